@@ -1,0 +1,58 @@
+//! Domain errors as gRPC statuses: the code comes from the core's one error
+//! table, invalid arguments carry a google.rpc.BadRequest field violation,
+//! and internal errors are logged here and reach the client only as
+//! "internal error".
+
+use switchboard_core::Error;
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+/// The gRPC status of a domain error. Used by every RPC of every service.
+pub fn status_from(err: Error) -> Status {
+    let code = Code::from_i32(err.grpc_code());
+    match err {
+        Error::InvalidArgument { field, message } => {
+            let text = format!("invalid {field}: {message}");
+            let details = ErrorDetails::with_bad_request_violation(field, message);
+            Status::with_error_details(code, text, details)
+        }
+        Error::Internal(source) => {
+            tracing::error!(error = %source, "internal error");
+            Status::new(code, "internal error")
+        }
+        other => Status::new(code, other.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn invalid_arguments_name_the_field_in_details() {
+        let status = status_from(Error::invalid_argument("page_token", "malformed"));
+        assert_eq!(status.code(), Code::InvalidArgument);
+        let bad_request = status.get_details_bad_request().expect("BadRequest details");
+        assert_eq!(bad_request.field_violations[0].field, "page_token");
+    }
+
+    #[test]
+    fn internal_errors_keep_their_details_out_of_the_status() {
+        let status = status_from(Error::internal("connection string postgres://secret"));
+        assert_eq!((status.code(), status.message()), (Code::Internal, "internal error"));
+    }
+
+    #[test]
+    fn every_kind_maps_to_its_code() {
+        let cases = [
+            (Error::NotFound { what: "conversation" }, Code::NotFound),
+            (Error::FailedPrecondition("x".into()), Code::FailedPrecondition),
+            (Error::AlreadyExists("x".into()), Code::AlreadyExists),
+            (Error::Unavailable("x".into()), Code::Unavailable),
+            (Error::Unauthenticated, Code::Unauthenticated),
+        ];
+        for (err, code) in cases {
+            assert_eq!(status_from(err).code(), code);
+        }
+    }
+}

@@ -1,0 +1,494 @@
+//! Emits the OpenAPI 3.1 document of the REST API from the same model the
+//! routes are generated from: paths and operations from the bindings,
+//! parameters for path variables and query fields, request and response
+//! schemas under the proto3 JSON mapping (path fields left out of bodies,
+//! required fields marked), field constraints as JSON Schema keywords, proto
+//! comments as descriptions, the google.rpc.Status error schema, streaming
+//! responses and the security schemes.
+
+use std::collections::BTreeMap;
+#[cfg(test)]
+use std::collections::BTreeSet;
+
+use prost_reflect::{EnumDescriptor, FieldDescriptor, Kind, MessageDescriptor};
+use serde_json::{json, Map, Value};
+
+use crate::model::{field_rules, ApiModel, BindingModel, BodyModel, ScalarKind};
+use crate::CodegenError;
+
+/// The document's title, version and description.
+#[derive(Debug, Clone)]
+pub struct OpenApiInfo {
+    /// `info.title`.
+    pub title: String,
+    /// `info.version`.
+    pub version: String,
+    /// `info.description` (CommonMark).
+    pub description: String,
+}
+
+impl Default for OpenApiInfo {
+    fn default() -> Self {
+        Self {
+            title: "API".into(),
+            version: "0.0.0".into(),
+            description: String::new(),
+        }
+    }
+}
+
+const STATUS_SCHEMA: &str = "google.rpc.Status";
+
+fn reference(name: &str) -> Value {
+    json!({ "$ref": format!("#/components/schemas/{name}") })
+}
+
+/// Builds the document.
+///
+/// # Errors
+/// Never at present; kept fallible for rules that cannot be rendered.
+pub(crate) fn document(model: &ApiModel, info: &OpenApiInfo) -> Result<String, CodegenError> {
+    let mut builder = Builder {
+        model,
+        schemas: BTreeMap::new(),
+        pending: Vec::new(),
+    };
+    let mut paths: Map<String, Value> = Map::new();
+    let mut tags = Vec::new();
+    for service in &model.services {
+        let descriptor = &service.descriptor;
+        let mut tag = json!({ "name": descriptor.name() });
+        if let Some(comment) = model.comment(&descriptor.parent_file(), descriptor.path()) {
+            tag["description"] = comment.into();
+        }
+        tags.push(tag);
+        for method in &service.methods {
+            for (index, binding) in method.bindings.iter().enumerate() {
+                let operation = builder.operation(service.descriptor.name(), method, binding, index);
+                let path = binding.template.openapi_path();
+                let entry = paths.entry(path).or_insert_with(|| json!({}));
+                entry[binding.http_method.to_ascii_lowercase()] = operation;
+            }
+        }
+    }
+    builder.drain();
+    let mut schemas: Map<String, Value> = builder.schemas.into_iter().collect();
+    schemas.insert(STATUS_SCHEMA.to_owned(), status_schema());
+
+    let document = json!({
+        "openapi": "3.1.0",
+        "info": {
+            "title": info.title,
+            "version": info.version,
+            "description": info.description,
+        },
+        "tags": tags,
+        "paths": paths,
+        "components": {
+            "schemas": schemas,
+            "securitySchemes": {
+                "bearerAuth": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "bearerFormat": "JWT",
+                    "description": "An access token issued by Switchboard or by a configured OpenID Connect provider.",
+                },
+                "apiKey": {
+                    "type": "apiKey",
+                    "in": "header",
+                    "name": "x-api-key",
+                    "description": "An API key created through the API; also accepted as `Authorization: Bearer`.",
+                },
+            },
+        },
+    });
+    let mut text = serde_json::to_string_pretty(&document).expect("a JSON value always serialises");
+    text.push('\n');
+    Ok(text)
+}
+
+fn status_schema() -> Value {
+    json!({
+        "type": "object",
+        "description": "An error, shaped like google.rpc.Status: a gRPC status code, a message for people, and machine-readable details.",
+        "properties": {
+            "code": { "type": "integer", "format": "int32", "description": "The gRPC status code (3 = INVALID_ARGUMENT, 5 = NOT_FOUND, …)." },
+            "message": { "type": "string", "description": "What went wrong, naming the field at fault where there is one." },
+            "details": {
+                "type": "array",
+                "description": "Error details such as google.rpc.BadRequest, each with its `@type`.",
+                "items": {
+                    "type": "object",
+                    "properties": { "@type": { "type": "string" } },
+                    "required": ["@type"],
+                    "additionalProperties": true,
+                },
+            },
+        },
+        "required": ["code", "message"],
+    })
+}
+
+struct Builder<'a> {
+    model: &'a ApiModel,
+    schemas: BTreeMap<String, Value>,
+    pending: Vec<SchemaSource>,
+}
+
+enum SchemaSource {
+    Message(MessageDescriptor),
+    Enum(EnumDescriptor),
+}
+
+impl Builder<'_> {
+    fn operation(
+        &mut self,
+        service: &str,
+        method: &crate::model::MethodModel,
+        binding: &BindingModel,
+        index: usize,
+    ) -> Value {
+        let descriptor = &method.descriptor;
+        let mut operation = Map::new();
+        let operation_id = if index == 0 {
+            format!("{service}_{}", descriptor.name())
+        } else {
+            format!("{service}_{}_{index}", descriptor.name())
+        };
+        operation.insert("operationId".into(), operation_id.into());
+        operation.insert("tags".into(), json!([service]));
+        if let Some(comment) = self.model.comment(&descriptor.parent_file(), descriptor.path()) {
+            let summary = comment.split(['\n']).next().unwrap_or(comment);
+            let summary = summary.split(". ").next().unwrap_or(summary).trim_end_matches('.');
+            operation.insert("summary".into(), summary.into());
+            operation.insert("description".into(), comment.into());
+        }
+
+        let mut parameters = Vec::new();
+        for bound in &binding.variables {
+            let leaf = bound.fields.last().expect("non-empty");
+            let mut schema = self.field_schema(leaf);
+            if let Some(pattern) = binding.template.variable_pattern(&bound.variable) {
+                schema["pattern"] = pattern.into();
+            }
+            let mut parameter = json!({
+                "name": bound.variable.dotted(),
+                "in": "path",
+                "required": true,
+                "schema": schema,
+            });
+            if let Some(text) = self.field_comment(leaf) {
+                parameter["description"] = text.into();
+            }
+            parameters.push(parameter);
+        }
+        for query in &binding.query {
+            let leaf = query.fields.last().expect("non-empty");
+            let name: Vec<&str> = query.fields.iter().map(FieldDescriptor::json_name).collect();
+            let mut parameter = json!({
+                "name": name.join("."),
+                "in": "query",
+                "required": false,
+                "schema": self.field_schema(leaf),
+            });
+            if query.repeated {
+                parameter["style"] = "form".into();
+                parameter["explode"] = true.into();
+            }
+            if query.kind == ScalarKind::Enum || query.kind == ScalarKind::Bool {
+                // Nothing more: the schema carries the values.
+            }
+            if let Some(text) = self.field_comment(leaf) {
+                parameter["description"] = text.into();
+            }
+            parameters.push(parameter);
+        }
+        if !parameters.is_empty() {
+            operation.insert("parameters".into(), parameters.into());
+        }
+
+        let input = descriptor.input();
+        let bound_paths: Vec<Vec<String>> = binding
+            .variables
+            .iter()
+            .map(|v| v.variable.field_path.clone())
+            .collect();
+        let body_schema = match &binding.body {
+            BodyModel::None => None,
+            BodyModel::Whole => Some(self.message_without(&input, &bound_paths)),
+            BodyModel::Field(field) => {
+                let nested: Vec<Vec<String>> = bound_paths
+                    .iter()
+                    .filter(|path| path.len() > 1 && path[0] == field.name())
+                    .map(|path| path[1..].to_vec())
+                    .collect();
+                Some(match field.kind() {
+                    Kind::Message(message) if !field.is_list() && !field.is_map() && !nested.is_empty() => {
+                        self.message_without(&message, &nested)
+                    }
+                    _ => self.field_schema(field),
+                })
+            }
+        };
+        if let Some(schema) = body_schema {
+            operation.insert(
+                "requestBody".into(),
+                json!({
+                    "required": matches!(binding.body, BodyModel::Whole),
+                    "content": { "application/json": { "schema": schema } },
+                }),
+            );
+        }
+
+        let output = descriptor.output();
+        let success = match &binding.response_body {
+            Some(field) => self.field_schema(field),
+            None => self.message_schema_ref(&output),
+        };
+        let ok = if descriptor.is_server_streaming() {
+            json!({
+                "description": "A stream of messages: Server-Sent Events (each `data:` is one message as JSON; an error ends the stream with an `error` event carrying a google.rpc.Status), or newline-delimited JSON with `Accept: application/x-ndjson` (each line `{\"result\": message}` or `{\"error\": status}`).",
+                "content": {
+                    "text/event-stream": {
+                        "schema": { "type": "string", "description": "Server-Sent Events whose data are the messages below." },
+                        "x-stream-item": success,
+                    },
+                    "application/x-ndjson": {
+                        "schema": {
+                            "type": "object",
+                            "description": "One line of the stream.",
+                            "properties": { "result": success, "error": reference(STATUS_SCHEMA) },
+                        },
+                    },
+                },
+            })
+        } else {
+            json!({
+                "description": "OK",
+                "content": { "application/json": { "schema": success } },
+            })
+        };
+        operation.insert(
+            "responses".into(),
+            json!({
+                "200": ok,
+                "default": {
+                    "description": "An error: the HTTP status follows the gRPC code (400 invalid argument, 401 unauthenticated, 403 permission denied, 404 not found, 409 conflict, 429 too many requests, 503 unavailable, 504 deadline exceeded).",
+                    "content": { "application/json": { "schema": reference(STATUS_SCHEMA) } },
+                },
+            }),
+        );
+        Value::Object(operation)
+    }
+
+    fn field_comment(&self, field: &FieldDescriptor) -> Option<String> {
+        self.model
+            .comment(&field.parent_file(), field.path())
+            .map(str::to_owned)
+    }
+
+    /// A reference to a message's component schema, or an inline schema for
+    /// the well-known types.
+    fn message_schema_ref(&mut self, message: &MessageDescriptor) -> Value {
+        if let Some(schema) = well_known_schema(message.full_name()) {
+            return schema;
+        }
+        self.require(SchemaSource::Message(message.clone()), message.full_name());
+        reference(message.full_name())
+    }
+
+    fn require(&mut self, source: SchemaSource, name: &str) {
+        if !self.schemas.contains_key(name) {
+            self.schemas.insert(name.to_owned(), Value::Null);
+            self.pending.push(source);
+        }
+    }
+
+    fn drain(&mut self) {
+        while let Some(source) = self.pending.pop() {
+            let (name, schema) = match source {
+                SchemaSource::Message(message) => {
+                    let schema = self.message_schema(&message, &[]);
+                    (message.full_name().to_owned(), schema)
+                }
+                SchemaSource::Enum(enumeration) => {
+                    let names: Vec<String> = enumeration.values().map(|v| v.name().to_owned()).collect();
+                    let mut schema = json!({ "type": "string", "enum": names });
+                    if let Some(text) = self.model.comment(&enumeration.parent_file(), enumeration.path()) {
+                        let mut text = text.to_owned();
+                        for value in enumeration.values() {
+                            if let Some(doc) = self.model.comment(&value.parent_file(), value.path()) {
+                                text.push_str(&format!("\n\n- `{}`: {}", value.name(), doc.replace('\n', " ")));
+                            }
+                        }
+                        schema["description"] = text.into();
+                    }
+                    (enumeration.full_name().to_owned(), schema)
+                }
+            };
+            self.schemas.insert(name, schema);
+        }
+    }
+
+    /// The schema of a message, without the fields at `excluded` paths
+    /// (path variables, which are not repeated in bodies).
+    fn message_schema(&mut self, message: &MessageDescriptor, excluded: &[Vec<String>]) -> Value {
+        let mut properties = Map::new();
+        let mut required = Vec::new();
+        for field in message.fields() {
+            if excluded.iter().any(|path| path.len() == 1 && path[0] == field.name()) {
+                continue;
+            }
+            let nested: Vec<Vec<String>> = excluded
+                .iter()
+                .filter(|path| path.len() > 1 && path[0] == field.name())
+                .map(|path| path[1..].to_vec())
+                .collect();
+            let schema = match field.kind() {
+                Kind::Message(child) if !nested.is_empty() && !field.is_list() => {
+                    self.message_without(&child, &nested)
+                }
+                _ => self.field_schema(&field),
+            };
+            if field_rules(&self.model.pool, &field).is_some_and(|rules| rules.required) {
+                required.push(field.json_name().to_owned());
+            }
+            properties.insert(field.json_name().to_owned(), schema);
+        }
+        let mut schema = json!({ "type": "object", "properties": properties });
+        if !required.is_empty() {
+            schema["required"] = required.into();
+        }
+        if let Some(text) = self.model.comment(&message.parent_file(), message.path()) {
+            schema["description"] = text.into();
+        }
+        schema
+    }
+
+    /// An inline schema of `message` less the fields at `excluded`, or a
+    /// reference when nothing is excluded.
+    fn message_without(&mut self, message: &MessageDescriptor, excluded: &[Vec<String>]) -> Value {
+        if excluded.is_empty() {
+            return self.message_schema_ref(message);
+        }
+        // The body schema is a copy of the message with the path fields left out.
+        let schema = self.message_schema(message, excluded);
+        self.require(SchemaSource::Message(message.clone()), message.full_name());
+        schema
+    }
+
+    /// The schema of one field's value under the proto3 JSON mapping, with
+    /// its constraints and description.
+    fn field_schema(&mut self, field: &FieldDescriptor) -> Value {
+        let rules = field_rules(&self.model.pool, field).unwrap_or_default();
+        let mut single = match field.kind() {
+            Kind::Message(message) if field.is_map() => {
+                let value = message.get_field_by_name("value").expect("map entries have a value");
+                let value_schema = self.field_schema(&value);
+                json!({ "type": "object", "additionalProperties": value_schema })
+            }
+            Kind::Message(message) => self.message_schema_ref(&message),
+            Kind::Enum(enumeration) => {
+                self.require(SchemaSource::Enum(enumeration.clone()), enumeration.full_name());
+                reference(enumeration.full_name())
+            }
+            Kind::String => json!({ "type": "string" }),
+            Kind::Bytes => json!({ "type": "string", "format": "byte", "contentEncoding": "base64" }),
+            Kind::Bool => json!({ "type": "boolean" }),
+            Kind::Int32 | Kind::Sint32 | Kind::Sfixed32 => json!({ "type": "integer", "format": "int32" }),
+            Kind::Uint32 | Kind::Fixed32 => json!({ "type": "integer", "format": "int64", "minimum": 0, "maximum": 4_294_967_295_u32 }),
+            Kind::Int64 | Kind::Sint64 | Kind::Sfixed64 => {
+                json!({ "type": "string", "format": "int64", "pattern": "^-?[0-9]+$" })
+            }
+            Kind::Uint64 | Kind::Fixed64 => json!({ "type": "string", "format": "uint64", "pattern": "^[0-9]+$" }),
+            Kind::Float => json!({ "type": "number", "format": "float" }),
+            Kind::Double => json!({ "type": "number", "format": "double" }),
+        };
+        if !field.is_map() {
+            if rules.min_len > 0 {
+                single["minLength"] = rules.min_len.into();
+            }
+            if rules.max_len > 0 {
+                single["maxLength"] = rules.max_len.into();
+            }
+            if let Some(pattern) = rules.anchored_pattern() {
+                single["pattern"] = pattern.into();
+            }
+            if let Some(minimum) = rules.minimum {
+                single["minimum"] = number(minimum);
+            }
+            if let Some(maximum) = rules.maximum {
+                single["maximum"] = number(maximum);
+            }
+            if rules.required && field.kind() == Kind::String && rules.min_len == 0 {
+                single["minLength"] = 1.into();
+            }
+        }
+        let mut schema = if field.is_list() {
+            let mut array = json!({ "type": "array", "items": single });
+            if rules.max_items > 0 {
+                array["maxItems"] = rules.max_items.into();
+            }
+            array
+        } else {
+            single
+        };
+        if let Some(text) = self.field_comment(field) {
+            schema["description"] = text.into();
+        }
+        schema
+    }
+}
+
+fn number(value: f64) -> Value {
+    if value.fract() == 0.0 && value.abs() < 9.0e15 {
+        Value::from(value as i64)
+    } else {
+        Value::from(value)
+    }
+}
+
+/// Inline schemas of the well-known types, under the proto3 JSON mapping.
+fn well_known_schema(name: &str) -> Option<Value> {
+    Some(match name {
+        "google.protobuf.Timestamp" => json!({ "type": "string", "format": "date-time" }),
+        "google.protobuf.Duration" => json!({ "type": "string", "pattern": "^-?[0-9]+(\\.[0-9]{1,9})?s$" }),
+        "google.protobuf.FieldMask" => json!({ "type": "string", "description": "Comma-separated lowerCamelCase field paths." }),
+        "google.protobuf.Empty" => json!({ "type": "object" }),
+        "google.protobuf.Struct" => json!({ "type": "object", "additionalProperties": true }),
+        "google.protobuf.Value" => json!({}),
+        "google.protobuf.ListValue" => json!({ "type": "array", "items": {} }),
+        "google.protobuf.Any" => json!({
+            "type": "object",
+            "properties": { "@type": { "type": "string" } },
+            "additionalProperties": true,
+        }),
+        "google.protobuf.StringValue" => json!({ "type": ["string", "null"] }),
+        "google.protobuf.BytesValue" => json!({ "type": ["string", "null"], "contentEncoding": "base64" }),
+        "google.protobuf.BoolValue" => json!({ "type": ["boolean", "null"] }),
+        "google.protobuf.Int32Value" | "google.protobuf.UInt32Value" => json!({ "type": ["integer", "null"] }),
+        "google.protobuf.Int64Value" | "google.protobuf.UInt64Value" => json!({ "type": ["string", "null"], "pattern": "^-?[0-9]+$" }),
+        "google.protobuf.FloatValue" | "google.protobuf.DoubleValue" => json!({ "type": ["number", "null"] }),
+        _ => return None,
+    })
+}
+
+/// Every schema name a document references, for tests.
+#[cfg(test)]
+pub(crate) fn referenced_schemas(document: &Value) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    fn walk(value: &Value, names: &mut BTreeSet<String>) {
+        match value {
+            Value::Object(map) => {
+                if let Some(Value::String(target)) = map.get("$ref") {
+                    names.insert(target.trim_start_matches("#/components/schemas/").to_owned());
+                }
+                map.values().for_each(|v| walk(v, names));
+            }
+            Value::Array(items) => items.iter().for_each(|v| walk(v, names)),
+            _ => {}
+        }
+    }
+    walk(document, &mut names);
+    names
+}

@@ -1,0 +1,312 @@
+//! The in-process event bus of replies being generated.
+//!
+//! Each reply has an append-only log of its events inside a
+//! `tokio::sync::watch` channel: the generator appends and the channel wakes
+//! subscribers, and each subscriber keeps its own cursor (an index into the
+//! log) and clones one event at a time as it is polled. A slow client
+//! therefore costs nothing but its cursor: the server never queues copies
+//! per subscriber, and never drops an event. A finished log stays for a
+//! short retention (so late subscribers need no database read) and is then
+//! dropped; replies that finished longer ago are replayed from the database.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use futures::Stream;
+use futures::stream::{self, BoxStream, StreamExt};
+use tokio::sync::watch;
+
+use crate::chat::events::{ReplyEvent, ReplyEventKind, seq_after};
+
+/// The live event logs of replies, keyed by reply id.
+#[derive(Debug)]
+pub struct ReplyHub {
+    logs: Mutex<HashMap<String, Arc<ReplyLog>>>,
+    retention: Duration,
+}
+
+#[derive(Debug)]
+pub(crate) struct ReplyLog {
+    state: watch::Sender<LogState>,
+    cancel: watch::Sender<bool>,
+}
+
+#[derive(Debug, Default)]
+struct LogState {
+    events: Vec<ReplyEvent>,
+    /// When the terminal event was appended.
+    finished_at: Option<Instant>,
+}
+
+/// Appends the events of one reply; held by the generator that claimed it.
+#[derive(Debug)]
+pub(crate) struct ReplyPublisher {
+    log: Arc<ReplyLog>,
+}
+
+/// The events of one reply, as a stream that ends after the final event
+/// (`Done` or `Error`).
+pub struct ReplyStream {
+    inner: BoxStream<'static, ReplyEvent>,
+}
+
+impl Default for ReplyHub {
+    fn default() -> Self {
+        Self::new(Self::DEFAULT_RETENTION)
+    }
+}
+
+impl ReplyHub {
+    /// How long a finished reply's log stays in memory by default.
+    pub const DEFAULT_RETENTION: Duration = Duration::from_secs(60);
+
+    /// A hub that keeps finished logs for `retention`.
+    pub fn new(retention: Duration) -> Self {
+        Self {
+            logs: Mutex::new(HashMap::new()),
+            retention,
+        }
+    }
+
+    /// The log of `reply_id`, created empty if there is none yet, so a
+    /// subscriber that comes before the generator waits on the same log.
+    pub(crate) fn open(&self, reply_id: &str) -> Arc<ReplyLog> {
+        let mut logs = self.lock_and_sweep();
+        logs.entry(reply_id.to_owned())
+            .or_insert_with(|| Arc::new(ReplyLog::new()))
+            .clone()
+    }
+
+    /// Starts publishing `reply_id`. An untouched log (subscribers waiting,
+    /// perhaps a cancel request) is kept; a log left by an earlier attempt
+    /// is replaced, which ends its subscribers' streams.
+    pub(crate) fn begin(&self, reply_id: &str) -> ReplyPublisher {
+        let mut logs = self.lock_and_sweep();
+        let log = logs
+            .entry(reply_id.to_owned())
+            .and_modify(|log| {
+                if !log.state.borrow().events.is_empty() {
+                    *log = Arc::new(ReplyLog::new());
+                }
+            })
+            .or_insert_with(|| Arc::new(ReplyLog::new()))
+            .clone();
+        ReplyPublisher { log }
+    }
+
+    /// Asks the generator of `reply_id` in this process to stop; it ends the
+    /// reply as cancelled. Returns false if the reply has already finished
+    /// here.
+    pub fn cancel(&self, reply_id: &str) -> bool {
+        let log = self.open(reply_id);
+        if log.state.borrow().finished_at.is_some() {
+            return false;
+        }
+        log.cancel.send_replace(true);
+        true
+    }
+
+    /// Drops every finished log now, whatever its age: later subscribers
+    /// get the reply rebuilt from the database, as after a restart. For
+    /// tests and for memory pressure.
+    pub fn evict_finished(&self) {
+        let mut logs = self.lock();
+        logs.retain(|_, log| log.state.borrow().finished_at.is_none());
+    }
+
+    /// The number of logs in memory.
+    pub fn live_logs(&self) -> usize {
+        self.lock().len()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, Arc<ReplyLog>>> {
+        // A panic while holding the lock cannot leave the map inconsistent
+        // (each operation is a single map call), so poisoning is ignored.
+        self.logs.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn lock_and_sweep(&self) -> MutexGuard<'_, HashMap<String, Arc<ReplyLog>>> {
+        let mut logs = self.lock();
+        let retention = self.retention;
+        logs.retain(|_, log| {
+            log.state
+                .borrow()
+                .finished_at
+                .is_none_or(|at| at.elapsed() < retention)
+        });
+        logs
+    }
+}
+
+impl ReplyLog {
+    fn new() -> Self {
+        Self {
+            state: watch::Sender::new(LogState::default()),
+            cancel: watch::Sender::new(false),
+        }
+    }
+
+    /// Whether the terminal event is in the log.
+    pub(crate) fn is_finished(&self) -> bool {
+        self.state.borrow().finished_at.is_some()
+    }
+
+    /// The events with a seq greater than `after_seq`, then the live ones,
+    /// ending after the terminal event.
+    pub(crate) fn stream(&self, after_seq: u32) -> ReplyStream {
+        let rx = self.state.subscribe();
+        let next = usize::try_from(after_seq).unwrap_or(usize::MAX);
+        ReplyStream::new(stream::unfold(Some((rx, next)), |cursor| async move {
+            let (mut rx, mut next) = cursor?;
+            loop {
+                // Clone one event under the lock; never hold it across await.
+                let step = {
+                    let log = rx.borrow_and_update();
+                    match log.events.get(next) {
+                        Some(event) => Some(Some(event.clone())),
+                        None if log.finished_at.is_some() => Some(None),
+                        None => None,
+                    }
+                };
+                match step {
+                    Some(Some(event)) => {
+                        next += 1;
+                        let rest = (!event.is_terminal()).then_some((rx, next));
+                        return Some((event, rest));
+                    }
+                    Some(None) => return None,
+                    // The hub dropped the unfinished log (a newer attempt
+                    // replaced it): this stream cannot continue.
+                    None => rx.changed().await.ok()?,
+                }
+            }
+        }))
+    }
+}
+
+impl ReplyPublisher {
+    /// Appends the next piece of text; returns its seq.
+    pub(crate) fn delta(&self, text: String) -> u32 {
+        self.append(ReplyEventKind::Delta(text))
+    }
+
+    /// Appends the final event; the log accepts nothing after it.
+    pub(crate) fn finish(&self, kind: ReplyEventKind) -> u32 {
+        self.append(kind)
+    }
+
+    fn append(&self, kind: ReplyEventKind) -> u32 {
+        let mut seq = 0;
+        self.log.state.send_if_modified(|log| {
+            if log.finished_at.is_some() {
+                return false;
+            }
+            seq = seq_after(log.events.len());
+            let event = ReplyEvent { seq, kind };
+            if event.is_terminal() {
+                log.finished_at = Some(Instant::now());
+            }
+            log.events.push(event);
+            true
+        });
+        seq
+    }
+
+    /// Resolves once someone asks for the reply to be cancelled.
+    pub(crate) async fn cancelled(&self) {
+        let mut rx = self.log.cancel.subscribe();
+        // The sender lives in the log, which this publisher holds: the wait
+        // only ends by a cancel request.
+        let _ = rx.wait_for(|cancelled| *cancelled).await;
+    }
+}
+
+impl ReplyStream {
+    /// Wraps any stream of events.
+    pub fn new(stream: impl Stream<Item = ReplyEvent> + Send + 'static) -> Self {
+        Self {
+            inner: stream.boxed(),
+        }
+    }
+
+    /// The events of `events` with a seq greater than `after_seq`.
+    pub fn from_events(events: Vec<ReplyEvent>, after_seq: u32) -> Self {
+        Self::new(stream::iter(
+            events.into_iter().filter(move |event| event.seq > after_seq),
+        ))
+    }
+}
+
+impl Stream for ReplyStream {
+    type Item = ReplyEvent;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<ReplyEvent>> {
+        self.inner.as_mut().poll_next(cx)
+    }
+}
+
+impl std::fmt::Debug for ReplyStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ReplyStream")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn delta(seq: u32, text: &str) -> ReplyEvent {
+        ReplyEvent {
+            seq,
+            kind: ReplyEventKind::Delta(text.into()),
+        }
+    }
+
+    fn failed() -> ReplyEventKind {
+        ReplyEventKind::Error {
+            code: "UNAVAILABLE".into(),
+            message: "x".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn subscribers_follow_live_events_from_their_own_cursor() {
+        let hub = ReplyHub::default();
+        let early = hub.open("r").stream(0);
+        let publisher = hub.begin("r");
+        publisher.delta("a".into());
+        publisher.delta("b".into());
+        let late = hub.open("r").stream(1);
+        publisher.finish(failed());
+        let early: Vec<_> = early.collect().await;
+        let late: Vec<_> = late.collect().await;
+        assert_eq!(early[..2], [delta(1, "a"), delta(2, "b")]);
+        assert_eq!(early.len(), 3);
+        assert_eq!(late[0], delta(2, "b"));
+        assert_eq!(late.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn finished_logs_are_evicted_after_retention() {
+        let hub = ReplyHub::new(Duration::ZERO);
+        hub.begin("r").finish(failed());
+        assert_eq!(hub.live_logs(), 1);
+        hub.open("other");
+        assert_eq!(hub.live_logs(), 1, "the finished log is swept");
+        hub.evict_finished();
+        assert_eq!(hub.live_logs(), 1, "unfinished logs stay");
+    }
+
+    #[tokio::test]
+    async fn cancel_reaches_the_publisher_even_before_it_begins() {
+        let hub = ReplyHub::default();
+        assert!(hub.cancel("r"));
+        let publisher = hub.begin("r");
+        tokio::time::timeout(Duration::from_secs(1), publisher.cancelled())
+            .await
+            .unwrap();
+    }
+}

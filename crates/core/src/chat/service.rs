@@ -1,0 +1,328 @@
+//! [`Chat`], the chat service every transport calls: conversations,
+//! messages, and following a reply. Every method takes the caller's
+//! [`Principal`] and sees only that user's conversations; another user's
+//! conversation is reported as not found, exactly like a missing one.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use uuid::Uuid;
+
+use crate::chat::events::{self, CANCELLED_CODE, CANCELLED_MESSAGE, ReplyEventKind};
+use crate::chat::hub::{ReplyHub, ReplyStream};
+use crate::chat::model::{
+    self, Conversation, ConversationPatch, Message, MessageStatus, Page, Role, SentMessage,
+};
+use crate::chat::paging::{
+    self, Cursor, DEFAULT_CONVERSATION_PAGE_SIZE, DEFAULT_MESSAGE_PAGE_SIZE, Listing,
+};
+use crate::chat::queue::{ReplyJob, ReplyQueue};
+use crate::chat::store::{self, StoredMessage};
+use crate::db::Database;
+use crate::error::{Error, Result};
+use crate::identity::Principal;
+
+/// How long [`Chat::cancel_reply`] waits for the generator to store the
+/// cancelled reply.
+const CANCEL_WAIT: Duration = Duration::from_secs(5);
+
+/// The chat service.
+pub struct Chat {
+    db: Database,
+    hub: Arc<ReplyHub>,
+    queue: Arc<dyn ReplyQueue>,
+}
+
+impl std::fmt::Debug for Chat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Chat").field("db", &self.db.kind()).finish_non_exhaustive()
+    }
+}
+
+impl Chat {
+    /// A chat service storing in `db`, following replies through `hub`, and
+    /// handing new replies to `queue`.
+    pub fn new(db: Database, hub: Arc<ReplyHub>, queue: Arc<dyn ReplyQueue>) -> Self {
+        Self { db, hub, queue }
+    }
+
+    /// The hub replies are published to.
+    pub fn hub(&self) -> &Arc<ReplyHub> {
+        &self.hub
+    }
+
+    /// Starts a conversation owned by `who`. The title is trimmed; an empty
+    /// one becomes [`DEFAULT_TITLE`](crate::chat::DEFAULT_TITLE).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidArgument`] (`title`) for a title over 200 characters.
+    pub async fn create_conversation(&self, who: &Principal, title: &str) -> Result<Conversation> {
+        let now = store::now();
+        let conversation = Conversation {
+            id: Uuid::now_v7().to_string(),
+            owner_id: who.user_id.clone(),
+            title: model::title_for_create(title)?,
+            created_at: now,
+            updated_at: now,
+        };
+        store::insert_conversation(&self.db, &conversation).await?;
+        Ok(conversation)
+    }
+
+    /// One page of `who`'s conversations, newest first. `page_size` 0 means
+    /// 50; at most 1000 are returned.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidArgument`] (`page_token`) for a token this listing
+    /// did not issue.
+    pub async fn list_conversations(
+        &self,
+        who: &Principal,
+        page_size: u32,
+        page_token: &str,
+    ) -> Result<Page<Conversation>> {
+        let after = paging::decode(Listing::Conversations, page_token)?;
+        let size = paging::page_size(page_size, DEFAULT_CONVERSATION_PAGE_SIZE);
+        let items =
+            store::list_conversations(&self.db, &who.user_id, after.as_ref(), size + 1).await?;
+        Ok(page(items, size, Listing::Conversations, |c| Cursor {
+            created_at: c.created_at.timestamp_micros(),
+            id: c.id.clone(),
+        }))
+    }
+
+    /// One of `who`'s conversations.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotFound`] if `who` has no conversation `id`.
+    pub async fn get_conversation(&self, who: &Principal, id: &str) -> Result<Conversation> {
+        store::get_conversation(&self.db, &who.user_id, id)
+            .await?
+            .ok_or(Error::NotFound {
+                what: "conversation",
+            })
+    }
+
+    /// Changes the fields `patch` sets; an empty patch changes nothing and
+    /// returns the conversation as it is.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotFound`] if `who` has no conversation `id`;
+    /// [`Error::InvalidArgument`] (`title`) for an empty or too long title.
+    pub async fn update_conversation(
+        &self,
+        who: &Principal,
+        id: &str,
+        patch: ConversationPatch,
+    ) -> Result<Conversation> {
+        let Some(title) = patch.title else {
+            return self.get_conversation(who, id).await;
+        };
+        let title = model::title_for_update(&title)?;
+        store::update_title(&self.db, &who.user_id, id, &title, store::now())
+            .await?
+            .ok_or(Error::NotFound {
+                what: "conversation",
+            })
+    }
+
+    /// Deletes a conversation and all of its messages, in one transaction.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotFound`] if `who` has no conversation `id`.
+    pub async fn delete_conversation(&self, who: &Principal, id: &str) -> Result<()> {
+        if store::delete_conversation(&self.db, &who.user_id, id).await? {
+            Ok(())
+        } else {
+            Err(Error::NotFound {
+                what: "conversation",
+            })
+        }
+    }
+
+    /// One page of a conversation's messages, oldest first. `page_size` 0
+    /// means 100; at most 1000 are returned.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotFound`] if `who` has no such conversation;
+    /// [`Error::InvalidArgument`] (`page_token`) for a token this listing did
+    /// not issue.
+    pub async fn list_messages(
+        &self,
+        who: &Principal,
+        conversation_id: &str,
+        page_size: u32,
+        page_token: &str,
+    ) -> Result<Page<Message>> {
+        let after = paging::decode(Listing::Messages, page_token)?;
+        self.get_conversation(who, conversation_id).await?;
+        let size = paging::page_size(page_size, DEFAULT_MESSAGE_PAGE_SIZE);
+        let items = store::list_messages(&self.db, conversation_id, after.as_ref(), size + 1).await?;
+        Ok(page(items, size, Listing::Messages, |m| Cursor {
+            created_at: m.created_at.timestamp_micros(),
+            id: m.id.clone(),
+        }))
+    }
+
+    /// Stores the user's message and a pending reply (and bumps the
+    /// conversation's `updated_at`) in one transaction, then queues the
+    /// reply. The reply's text arrives through [`Chat::subscribe_reply`].
+    ///
+    /// If the queue refuses the job (shutting down), the reply stays pending
+    /// and is generated after the next start; the call still succeeds, since
+    /// the message is stored.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotFound`] if `who` has no such conversation;
+    /// [`Error::InvalidArgument`] (`content`) for empty or over-long text.
+    pub async fn send_message(
+        &self,
+        who: &Principal,
+        conversation_id: &str,
+        content: &str,
+    ) -> Result<SentMessage> {
+        model::check_content(content)?;
+        let now = store::now();
+        // UUID v7 ids from one process are ordered, so with equal timestamps
+        // the reply still sorts after the message it answers.
+        let message = Message {
+            id: Uuid::now_v7().to_string(),
+            conversation_id: conversation_id.to_owned(),
+            role: Role::User,
+            content: content.to_owned(),
+            status: MessageStatus::Complete,
+            created_at: now,
+            updated_at: now,
+        };
+        let reply = Message {
+            id: Uuid::now_v7().to_string(),
+            role: Role::Assistant,
+            content: String::new(),
+            status: MessageStatus::Pending,
+            ..message.clone()
+        };
+        if !store::insert_turn(&self.db, &who.user_id, &message, &reply).await? {
+            return Err(Error::NotFound {
+                what: "conversation",
+            });
+        }
+        let job = ReplyJob {
+            reply_id: reply.id.clone(),
+            conversation_id: conversation_id.to_owned(),
+        };
+        if let Err(err) = self.queue.enqueue(job).await {
+            tracing::warn!(reply_id = %reply.id, error = %err, "reply left pending: queue refused it");
+        }
+        Ok(SentMessage { message, reply })
+    }
+
+    /// The events of a reply with a seq greater than `after_seq` (0: all),
+    /// live while it is generated, ending after `Done` or `Error`. After the
+    /// reply has finished, even long after or across a restart, the events
+    /// are rebuilt from the stored reply with the same seqs.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotFound`] if `who` has no such conversation, or it has no
+    /// assistant message `message_id`.
+    pub async fn subscribe_reply(
+        &self,
+        who: &Principal,
+        conversation_id: &str,
+        message_id: &str,
+        after_seq: u32,
+    ) -> Result<ReplyStream> {
+        let stored = self.find_reply(who, conversation_id, message_id).await?;
+        if stored.message.status.is_finished() {
+            return replayed(&stored, after_seq);
+        }
+        // Open the live log before looking again: if the reply finishes in
+        // between, the second read sees it finished (the generator stores
+        // before it publishes), and otherwise the log will get every event.
+        let log = self.hub.open(message_id);
+        let stored = self.find_reply(who, conversation_id, message_id).await?;
+        if stored.message.status.is_finished() && !log.is_finished() {
+            return replayed(&stored, after_seq);
+        }
+        Ok(log.stream(after_seq))
+    }
+
+    /// Cancels a reply that has not finished: a pending one ends at once
+    /// with no text, a streaming one (generated by this process) keeps the
+    /// text so far. Its last event is an `Error` with code `CANCELLED`.
+    /// Returns the reply as stored afterwards.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotFound`] as for [`Chat::subscribe_reply`];
+    /// [`Error::FailedPrecondition`] if the reply has already finished.
+    pub async fn cancel_reply(
+        &self,
+        who: &Principal,
+        conversation_id: &str,
+        message_id: &str,
+    ) -> Result<Message> {
+        let stored = self.find_reply(who, conversation_id, message_id).await?;
+        if stored.message.status.is_finished() {
+            return Err(Error::FailedPrecondition(format!(
+                "the reply is already {}",
+                stored.message.status
+            )));
+        }
+        if store::cancel_pending(&self.db, message_id, CANCELLED_MESSAGE, store::now()).await? {
+            // Subscribers already waiting see the same event a replay gives.
+            self.hub.begin(message_id).finish(ReplyEventKind::Error {
+                code: CANCELLED_CODE.to_owned(),
+                message: CANCELLED_MESSAGE.to_owned(),
+            });
+        } else if self.hub.cancel(message_id) {
+            // Wait for the generator to store the outcome; the stream of a
+            // log that finishes ends, skipping every event.
+            let done = self.hub.open(message_id).stream(u32::MAX).count();
+            let _ = tokio::time::timeout(CANCEL_WAIT, done).await;
+        }
+        Ok(self.find_reply(who, conversation_id, message_id).await?.message)
+    }
+
+    /// The assistant message `message_id` of `who`'s conversation.
+    async fn find_reply(
+        &self,
+        who: &Principal,
+        conversation_id: &str,
+        message_id: &str,
+    ) -> Result<StoredMessage> {
+        self.get_conversation(who, conversation_id).await?;
+        match store::get_message(&self.db, conversation_id, message_id).await? {
+            Some(stored) if store::is_reply(&stored.message) => Ok(stored),
+            _ => Err(Error::NotFound { what: "reply" }),
+        }
+    }
+}
+
+fn replayed(stored: &StoredMessage, after_seq: u32) -> Result<ReplyStream> {
+    Ok(ReplyStream::from_events(events::replay(stored)?, after_seq))
+}
+
+/// Cuts `items` (fetched with one extra row) to `size`, with a token for
+/// the next page if the extra row came back.
+fn page<T>(mut items: Vec<T>, size: u32, listing: Listing, cursor: impl Fn(&T) -> Cursor) -> Page<T> {
+    let size = usize::try_from(size).unwrap_or(usize::MAX);
+    let more = items.len() > size;
+    items.truncate(size);
+    let next_page_token = match items.last() {
+        Some(last) if more => Some(paging::encode(listing, &cursor(last))),
+        _ => None,
+    };
+    Page {
+        items,
+        next_page_token,
+    }
+}

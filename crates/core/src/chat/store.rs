@@ -1,0 +1,432 @@
+//! The chat tables: every SQL statement of the chat domain, each written
+//! once for both SQLite and PostgreSQL and run through [`on_database!`].
+//! Owner checks live in the SQL (`AND owner_id = $n`), so a conversation of
+//! another user is indistinguishable from a missing one.
+
+use chrono::{DateTime, Utc};
+use sqlx::FromRow;
+
+use crate::chat::model::{Conversation, Message, MessageStatus, Role};
+use crate::chat::paging::Cursor;
+use crate::db::Database;
+use crate::error::{Error, Result};
+use crate::on_database;
+
+/// The columns of a `ConversationRow`, as a literal for `concat!`.
+macro_rules! conversation_columns {
+    () => {
+        "id, owner_id, title, created_at, updated_at"
+    };
+}
+
+/// The columns of a `MessageRow`, as a literal for `concat!`.
+macro_rules! message_columns {
+    () => {
+        "id, conversation_id, role, content, status, delta_lengths, \
+         error_code, error_message, created_at, updated_at"
+    };
+}
+
+/// The current time, truncated to what the database keeps (microseconds),
+/// so a value returned by a write equals the value read back later.
+pub(crate) fn now() -> DateTime<Utc> {
+    let micros = Utc::now().timestamp_micros();
+    DateTime::from_timestamp_micros(micros).unwrap_or_default()
+}
+
+fn from_micros(micros: i64) -> Result<DateTime<Utc>> {
+    DateTime::from_timestamp_micros(micros)
+        .ok_or_else(|| Error::internal(format!("stored timestamp {micros} is out of range")))
+}
+
+#[derive(FromRow)]
+struct ConversationRow {
+    id: String,
+    owner_id: String,
+    title: String,
+    created_at: i64,
+    updated_at: i64,
+}
+
+#[derive(FromRow)]
+struct MessageRow {
+    id: String,
+    conversation_id: String,
+    role: String,
+    content: String,
+    status: String,
+    delta_lengths: Option<String>,
+    error_code: Option<String>,
+    error_message: Option<String>,
+    created_at: i64,
+    updated_at: i64,
+}
+
+/// A message with what the database keeps beside it for replaying a reply.
+#[derive(Debug, Clone)]
+pub(crate) struct StoredMessage {
+    pub(crate) message: Message,
+    /// Byte lengths of the streamed pieces of a finished reply.
+    pub(crate) delta_lengths: Option<Vec<usize>>,
+    /// Code and message of a failed or cancelled reply's final event.
+    pub(crate) error: Option<(String, String)>,
+}
+
+/// How a reply ended, as [`finish_reply`] stores it.
+pub(crate) struct ReplyEnding<'a> {
+    pub(crate) content: &'a str,
+    pub(crate) delta_lengths: &'a [usize],
+    pub(crate) status: MessageStatus,
+    pub(crate) error: Option<(&'a str, &'a str)>,
+}
+
+impl TryFrom<ConversationRow> for Conversation {
+    type Error = Error;
+
+    fn try_from(row: ConversationRow) -> Result<Self> {
+        Ok(Self {
+            id: row.id,
+            owner_id: row.owner_id,
+            title: row.title,
+            created_at: from_micros(row.created_at)?,
+            updated_at: from_micros(row.updated_at)?,
+        })
+    }
+}
+
+impl TryFrom<MessageRow> for StoredMessage {
+    type Error = Error;
+
+    fn try_from(row: MessageRow) -> Result<Self> {
+        let delta_lengths = row
+            .delta_lengths
+            .as_deref()
+            .map(serde_json::from_str::<Vec<usize>>)
+            .transpose()
+            .map_err(|e| Error::internal(format!("message {}: delta_lengths: {e}", row.id)))?;
+        let error = row.error_code.map(|code| (code, row.error_message.unwrap_or_default()));
+        Ok(Self {
+            message: Message {
+                id: row.id,
+                conversation_id: row.conversation_id,
+                role: row.role.parse()?,
+                content: row.content,
+                status: row.status.parse()?,
+                created_at: from_micros(row.created_at)?,
+                updated_at: from_micros(row.updated_at)?,
+            },
+            delta_lengths,
+            error,
+        })
+    }
+}
+
+fn conversations(rows: Vec<ConversationRow>) -> Result<Vec<Conversation>> {
+    rows.into_iter().map(Conversation::try_from).collect()
+}
+
+fn messages(rows: Vec<MessageRow>) -> Result<Vec<Message>> {
+    rows.into_iter()
+        .map(|row| StoredMessage::try_from(row).map(|stored| stored.message))
+        .collect()
+}
+
+pub(crate) async fn insert_conversation(db: &Database, c: &Conversation) -> Result<()> {
+    let sql = "INSERT INTO conversations (id, owner_id, title, created_at, updated_at) \
+               VALUES ($1, $2, $3, $4, $5)";
+    on_database!(db, pool => {
+        sqlx::query(sql)
+            .bind(&c.id)
+            .bind(&c.owner_id)
+            .bind(&c.title)
+            .bind(c.created_at.timestamp_micros())
+            .bind(c.updated_at.timestamp_micros())
+            .execute(pool)
+            .await?;
+    });
+    Ok(())
+}
+
+pub(crate) async fn get_conversation(
+    db: &Database,
+    owner_id: &str,
+    id: &str,
+) -> Result<Option<Conversation>> {
+    let sql = concat!("SELECT ", conversation_columns!(), " FROM conversations WHERE id = $1 AND owner_id = $2");
+    let row: Option<ConversationRow> = on_database!(db, pool => {
+        sqlx::query_as(sql).bind(id).bind(owner_id).fetch_optional(pool).await?
+    });
+    row.map(Conversation::try_from).transpose()
+}
+
+/// The owner's conversations after `cursor`, newest first.
+pub(crate) async fn list_conversations(
+    db: &Database,
+    owner_id: &str,
+    after: Option<&Cursor>,
+    limit: u32,
+) -> Result<Vec<Conversation>> {
+    let sql = concat!("SELECT ", conversation_columns!(), " FROM conversations \
+         WHERE owner_id = $1 AND (created_at < $2 OR (created_at = $2 AND id < $3)) \
+         ORDER BY created_at DESC, id DESC LIMIT $4");
+    // The first page starts after a position newer than any row.
+    let (created_at, id) = after.map_or((i64::MAX, ""), |c| (c.created_at, c.id.as_str()));
+    let rows: Vec<ConversationRow> = on_database!(db, pool => {
+        sqlx::query_as(sql)
+            .bind(owner_id)
+            .bind(created_at)
+            .bind(id)
+            .bind(i64::from(limit))
+            .fetch_all(pool)
+            .await?
+    });
+    conversations(rows)
+}
+
+pub(crate) async fn update_title(
+    db: &Database,
+    owner_id: &str,
+    id: &str,
+    title: &str,
+    now: DateTime<Utc>,
+) -> Result<Option<Conversation>> {
+    let sql = concat!("UPDATE conversations SET title = $1, updated_at = $2 \
+         WHERE id = $3 AND owner_id = $4 RETURNING ", conversation_columns!());
+    let row: Option<ConversationRow> = on_database!(db, pool => {
+        sqlx::query_as(sql)
+            .bind(title)
+            .bind(now.timestamp_micros())
+            .bind(id)
+            .bind(owner_id)
+            .fetch_optional(pool)
+            .await?
+    });
+    row.map(Conversation::try_from).transpose()
+}
+
+/// Deletes the conversation and its messages in one transaction; false if
+/// the owner has no such conversation.
+pub(crate) async fn delete_conversation(db: &Database, owner_id: &str, id: &str) -> Result<bool> {
+    // Messages go first, explicitly: the foreign key cascades too, but the
+    // transaction should not depend on the connection's foreign_keys pragma.
+    let delete_messages = "DELETE FROM messages WHERE conversation_id IN \
+                           (SELECT id FROM conversations WHERE id = $1 AND owner_id = $2)";
+    let delete_conversation = "DELETE FROM conversations WHERE id = $1 AND owner_id = $2";
+    let deleted = on_database!(db, pool => {
+        let mut tx = pool.begin().await?;
+        sqlx::query(delete_messages).bind(id).bind(owner_id).execute(&mut *tx).await?;
+        let deleted = sqlx::query(delete_conversation)
+            .bind(id)
+            .bind(owner_id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        tx.commit().await?;
+        deleted
+    });
+    Ok(deleted == 1)
+}
+
+/// The conversation's messages after `cursor`, oldest first.
+pub(crate) async fn list_messages(
+    db: &Database,
+    conversation_id: &str,
+    after: Option<&Cursor>,
+    limit: u32,
+) -> Result<Vec<Message>> {
+    let sql = concat!("SELECT ", message_columns!(), " FROM messages \
+         WHERE conversation_id = $1 AND (created_at > $2 OR (created_at = $2 AND id > $3)) \
+         ORDER BY created_at, id LIMIT $4");
+    // The first page starts after a position older than any row.
+    let (created_at, id) = after.map_or((i64::MIN, ""), |c| (c.created_at, c.id.as_str()));
+    let rows: Vec<MessageRow> = on_database!(db, pool => {
+        sqlx::query_as(sql)
+            .bind(conversation_id)
+            .bind(created_at)
+            .bind(id)
+            .bind(i64::from(limit))
+            .fetch_all(pool)
+            .await?
+    });
+    messages(rows)
+}
+
+/// The finished messages before `before` (the reply being generated), the
+/// most recent `limit` of them, oldest first: the engine's context.
+pub(crate) async fn history(db: &Database, before: &Message, limit: u32) -> Result<Vec<Message>> {
+    let sql = concat!("SELECT ", message_columns!(), " FROM messages \
+         WHERE conversation_id = $1 AND status = 'complete' \
+           AND (created_at < $2 OR (created_at = $2 AND id < $3)) \
+         ORDER BY created_at DESC, id DESC LIMIT $4");
+    let rows: Vec<MessageRow> = on_database!(db, pool => {
+        sqlx::query_as(sql)
+            .bind(&before.conversation_id)
+            .bind(before.created_at.timestamp_micros())
+            .bind(&before.id)
+            .bind(i64::from(limit))
+            .fetch_all(pool)
+            .await?
+    });
+    let mut history = messages(rows)?;
+    history.reverse();
+    Ok(history)
+}
+
+/// Stores a user's message and the pending reply, and touches the
+/// conversation, in one transaction; false if the owner has no such
+/// conversation (nothing is written then).
+pub(crate) async fn insert_turn(
+    db: &Database,
+    owner_id: &str,
+    message: &Message,
+    reply: &Message,
+) -> Result<bool> {
+    let touch = "UPDATE conversations SET updated_at = $1 WHERE id = $2 AND owner_id = $3";
+    let insert = "INSERT INTO messages (id, conversation_id, role, content, status, \
+                  created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7)";
+    let inserted = on_database!(db, pool => {
+        // The UPDATE comes first: it checks ownership and, on SQLite, takes
+        // the write lock at once instead of upgrading a read lock later.
+        let mut tx = pool.begin().await?;
+        let touched = sqlx::query(touch)
+            .bind(reply.created_at.timestamp_micros())
+            .bind(&message.conversation_id)
+            .bind(owner_id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if touched == 1 {
+            for m in [message, reply] {
+                sqlx::query(insert)
+                    .bind(&m.id)
+                    .bind(&m.conversation_id)
+                    .bind(m.role.as_str())
+                    .bind(&m.content)
+                    .bind(m.status.as_str())
+                    .bind(m.created_at.timestamp_micros())
+                    .bind(m.updated_at.timestamp_micros())
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await?;
+        } else {
+            tx.rollback().await?;
+        }
+        touched == 1
+    });
+    Ok(inserted)
+}
+
+/// One message of a conversation, with its replay data.
+pub(crate) async fn get_message(
+    db: &Database,
+    conversation_id: &str,
+    id: &str,
+) -> Result<Option<StoredMessage>> {
+    let sql = concat!("SELECT ", message_columns!(), " FROM messages WHERE id = $1 AND conversation_id = $2");
+    let row: Option<MessageRow> = on_database!(db, pool => {
+        sqlx::query_as(sql).bind(id).bind(conversation_id).fetch_optional(pool).await?
+    });
+    row.map(StoredMessage::try_from).transpose()
+}
+
+/// Moves a pending reply to streaming. The status condition makes the claim
+/// exclusive: of two workers racing for one reply, one gets `Some`.
+pub(crate) async fn claim_reply(
+    db: &Database,
+    id: &str,
+    now: DateTime<Utc>,
+) -> Result<Option<Message>> {
+    let sql = concat!("UPDATE messages SET status = 'streaming', updated_at = $1 \
+         WHERE id = $2 AND role = 'assistant' AND status = 'pending' RETURNING ", message_columns!());
+    let row: Option<MessageRow> = on_database!(db, pool => {
+        sqlx::query_as(sql).bind(now.timestamp_micros()).bind(id).fetch_optional(pool).await?
+    });
+    row.map(|row| StoredMessage::try_from(row).map(|s| s.message))
+        .transpose()
+}
+
+/// Stores how a streaming reply ended, and touches its conversation, in one
+/// transaction. `None` if the reply is no longer streaming (deleted, or
+/// finished by someone else).
+pub(crate) async fn finish_reply(
+    db: &Database,
+    id: &str,
+    ending: &ReplyEnding<'_>,
+    now: DateTime<Utc>,
+) -> Result<Option<Message>> {
+    let sql = concat!("UPDATE messages SET content = $1, delta_lengths = $2, status = $3, error_code = $4, \
+         error_message = $5, updated_at = $6 \
+         WHERE id = $7 AND status = 'streaming' RETURNING ", message_columns!());
+    let touch = "UPDATE conversations SET updated_at = $1 WHERE id = $2";
+    let lengths = serde_json::to_string(ending.delta_lengths).map_err(Error::internal)?;
+    let (code, message) = ending.error.unzip();
+    let row: Option<MessageRow> = on_database!(db, pool => {
+        let mut tx = pool.begin().await?;
+        let row: Option<MessageRow> = sqlx::query_as(sql)
+            .bind(ending.content)
+            .bind(&lengths)
+            .bind(ending.status.as_str())
+            .bind(code)
+            .bind(message)
+            .bind(now.timestamp_micros())
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if let Some(row) = &row {
+            sqlx::query(touch)
+                .bind(now.timestamp_micros())
+                .bind(&row.conversation_id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        row
+    });
+    row.map(|row| StoredMessage::try_from(row).map(|s| s.message))
+        .transpose()
+}
+
+/// Cancels a reply that has not started: it ends with no text.
+pub(crate) async fn cancel_pending(
+    db: &Database,
+    id: &str,
+    message: &str,
+    now: DateTime<Utc>,
+) -> Result<bool> {
+    let sql = "UPDATE messages SET status = 'cancelled', delta_lengths = '[]', \
+               error_code = 'CANCELLED', error_message = $1, updated_at = $2 \
+               WHERE id = $3 AND status = 'pending'";
+    let n = on_database!(db, pool => {
+        sqlx::query(sql)
+            .bind(message)
+            .bind(now.timestamp_micros())
+            .bind(id)
+            .execute(pool)
+            .await?
+            .rows_affected()
+    });
+    Ok(n == 1)
+}
+
+/// Puts replies left streaming by a stopped process back to pending, and
+/// returns every pending reply as (reply id, conversation id), oldest first.
+pub(crate) async fn unfinished_replies(
+    db: &Database,
+    now: DateTime<Utc>,
+) -> Result<Vec<(String, String)>> {
+    let reset = "UPDATE messages SET status = 'pending', updated_at = $1 \
+                 WHERE role = 'assistant' AND status = 'streaming'";
+    let select = "SELECT id, conversation_id FROM messages \
+                  WHERE role = 'assistant' AND status = 'pending' ORDER BY created_at, id";
+    let rows = on_database!(db, pool => {
+        sqlx::query(reset).bind(now.timestamp_micros()).execute(pool).await?;
+        sqlx::query_as(select).fetch_all(pool).await?
+    });
+    Ok(rows)
+}
+
+/// Whether `role` is the role of a reply.
+pub(crate) fn is_reply(message: &Message) -> bool {
+    message.role == Role::Assistant
+}

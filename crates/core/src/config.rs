@@ -1,0 +1,408 @@
+//! Switchboard's configuration: one typed struct, loaded once from built-in
+//! defaults, then an optional TOML file, then the environment (later sources
+//! win), and validated before anything binds a port or opens a database.
+//!
+//! Every key can be set in the file (`engine.token_delay_ms = 0`) or through
+//! an environment variable named `SWITCHBOARD_` + the key in upper case, with
+//! `__` between nested keys (`SWITCHBOARD_ENGINE__TOKEN_DELAY_MS=0`). The
+//! database URL is also read from the conventional `DATABASE_URL`
+//! (`SWITCHBOARD_DATABASE_URL` wins when both are set).
+
+use std::fmt;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::{Env, Format, Toml};
+use serde::{Deserialize, Deserializer};
+
+/// The file read when [`Config::load`] is given no path, if it exists in the
+/// current directory.
+pub const DEFAULT_CONFIG_FILE: &str = "switchboard.toml";
+
+/// The prefix of every Switchboard environment variable.
+pub const ENV_PREFIX: &str = "SWITCHBOARD_";
+
+/// Switchboard's whole configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default)]
+pub struct Config {
+    /// Key `listen`: the address the HTTP/gRPC listener binds.
+    /// Default `127.0.0.1:8080`; variable `SWITCHBOARD_LISTEN`.
+    pub listen: SocketAddr,
+    /// Key `data_dir`: the directory of local state (the default SQLite
+    /// database lives here). Created on start if missing.
+    /// Default `./data`; variable `SWITCHBOARD_DATA_DIR`.
+    pub data_dir: PathBuf,
+    /// Key `database_url`: where conversations are stored. Unset means the
+    /// SQLite file `<data_dir>/switchboard.db`; `postgres://…` or
+    /// `postgresql://…` selects PostgreSQL; `sqlite:…` names another SQLite
+    /// database. Never printed: Debug shows it redacted.
+    /// Default none; variables `DATABASE_URL` or `SWITCHBOARD_DATABASE_URL`
+    /// (the latter wins).
+    pub database_url: Option<Secret<String>>,
+    /// Key `database_max_connections`: size of the database connection pool,
+    /// at least 1. Default `10`; variable `SWITCHBOARD_DATABASE_MAX_CONNECTIONS`.
+    pub database_max_connections: u32,
+    /// Key `cors_allowed_origins`: origins browsers may call from. Empty turns
+    /// CORS off; `["*"]` allows any origin. In the environment, a
+    /// comma-separated list. Default `[]`; variable
+    /// `SWITCHBOARD_CORS_ALLOWED_ORIGINS` (e.g. `http://a,http://b`).
+    #[serde(deserialize_with = "list_or_comma_separated")]
+    pub cors_allowed_origins: Vec<String>,
+    /// Key `shutdown_grace_secs`: how long shutdown waits for open requests
+    /// and replies being generated before it stops them.
+    /// Default `30`; variable `SWITCHBOARD_SHUTDOWN_GRACE_SECS`.
+    pub shutdown_grace_secs: u64,
+    /// Key `log_format`: `text` for people, `json` for log collectors.
+    /// Default `text`; variable `SWITCHBOARD_LOG_FORMAT`.
+    pub log_format: LogFormat,
+    /// Key `log_level`: a tracing filter such as `info` or
+    /// `switchboard_core=debug,info`. Default `info`; variable
+    /// `SWITCHBOARD_LOG_LEVEL`.
+    pub log_level: String,
+    /// Table `engine`: the reply engine.
+    pub engine: EngineConfig,
+}
+
+/// Configuration of the reply engine (table `engine`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default)]
+pub struct EngineConfig {
+    /// Key `engine.token_delay_ms`: pause of the development engine before
+    /// each token, in milliseconds; 0 answers at once.
+    /// Default `25`; variable `SWITCHBOARD_ENGINE__TOKEN_DELAY_MS`.
+    pub token_delay_ms: u64,
+    /// Key `engine.max_concurrent_replies`: replies generated at the same time
+    /// by this process, at least 1; more wait their turn.
+    /// Default `64`; variable `SWITCHBOARD_ENGINE__MAX_CONCURRENT_REPLIES`.
+    pub max_concurrent_replies: usize,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Which database a [`Config`] selects.
+#[derive(Clone, PartialEq, Eq)]
+pub enum DatabaseTarget {
+    /// A SQLite database: a connection URL (`sqlite:…`) or a file path.
+    Sqlite(SqliteLocation),
+    /// A PostgreSQL server, by URL.
+    Postgres(Secret<String>),
+}
+
+/// Where a SQLite database is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SqliteLocation {
+    /// A file path (the default `<data_dir>/switchboard.db`).
+    File(PathBuf),
+    /// A `sqlite:` URL as given in `database_url`.
+    Url(String),
+}
+
+impl fmt::Debug for DatabaseTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Sqlite(location) => f.debug_tuple("Sqlite").field(location).finish(),
+            Self::Postgres(_) => f.write_str("Postgres([redacted])"),
+        }
+    }
+}
+
+/// A value that must never appear in logs: its `Debug` prints `[redacted]`.
+/// Read it with [`Secret::expose`], only where it is used.
+#[derive(Clone, PartialEq, Eq, Default)]
+pub struct Secret<T>(T);
+
+impl<T> Secret<T> {
+    /// Wraps a secret value.
+    pub fn new(value: T) -> Self {
+        Self(value)
+    }
+
+    /// The secret value itself.
+    pub fn expose(&self) -> &T {
+        &self.0
+    }
+}
+
+impl<T> fmt::Debug for Secret<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Secret<T> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        T::deserialize(deserializer).map(Secret)
+    }
+}
+
+/// Why the configuration could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A source could not be read or a value has the wrong type; figment's
+    /// message names the key and the source.
+    #[error("invalid configuration: {0}")]
+    Load(#[from] Box<figment::Error>),
+    /// A value has the right type but cannot be used.
+    #[error("invalid configuration key `{key}`: {message}")]
+    Invalid {
+        /// The key, as written in the TOML file (`engine.token_delay_ms`).
+        key: &'static str,
+        /// What is wrong with it.
+        message: String,
+    },
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 8080)),
+            data_dir: PathBuf::from("./data"),
+            database_url: None,
+            database_max_connections: 10,
+            cors_allowed_origins: Vec::new(),
+            shutdown_grace_secs: 30,
+            log_format: LogFormat::Text,
+            log_level: "info".to_owned(),
+            engine: EngineConfig::default(),
+        }
+    }
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            token_delay_ms: 25,
+            max_concurrent_replies: 64,
+        }
+    }
+}
+
+impl Config {
+    /// Loads the configuration: defaults, then the TOML `file` (or
+    /// `switchboard.toml` in the current directory when `file` is `None` and
+    /// that file exists), then the environment; and validates it.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::Load`] if a named file is missing or unreadable or a
+    /// value has the wrong type; [`ConfigError::Invalid`] if a value is out of
+    /// range (see [`Config::validate`]).
+    pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+        let config: Config = Self::figment(file).extract().map_err(Box::new)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// The figment that [`Config::load`] extracts from: useful to report
+    /// where a value came from.
+    pub fn figment(file: Option<&Path>) -> Figment {
+        let mut figment = Figment::new();
+        match file {
+            Some(path) => figment = figment.merge(Toml::file_exact(path)),
+            None => {
+                let default = Path::new(DEFAULT_CONFIG_FILE);
+                if default.is_file() {
+                    figment = figment.merge(Toml::file_exact(default));
+                }
+            }
+        }
+        figment
+            .merge(Env::raw().only(&["DATABASE_URL"]))
+            .merge(Env::prefixed(ENV_PREFIX).split("__"))
+    }
+
+    /// Returns the configuration with the command line's values in place of
+    /// the loaded ones, where given: flags win over file and environment.
+    pub fn with_overrides(mut self, listen: Option<SocketAddr>, data_dir: Option<PathBuf>) -> Self {
+        if let Some(listen) = listen {
+            self.listen = listen;
+        }
+        if let Some(data_dir) = data_dir {
+            self.data_dir = data_dir;
+        }
+        self
+    }
+
+    /// Checks the values that the types alone do not constrain.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::Invalid`] naming the first bad key: an unknown
+    /// database URL scheme, a pool or concurrency limit of 0, an empty log
+    /// level, or a CORS origin that is neither `*` nor an http(s) origin.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key, message: &str| {
+            Err(ConfigError::Invalid {
+                key,
+                message: message.to_owned(),
+            })
+        };
+        if let Some(url) = &self.database_url {
+            let url = url.expose();
+            if !(url.starts_with("postgres://")
+                || url.starts_with("postgresql://")
+                || url.starts_with("sqlite:"))
+            {
+                // The URL may hold a password: name only its scheme.
+                let scheme = url.split_once(':').map_or("(none)", |(scheme, _)| scheme);
+                return invalid(
+                    "database_url",
+                    &format!(
+                        "unsupported scheme `{scheme}`: use postgres://, postgresql:// or sqlite:"
+                    ),
+                );
+            }
+        }
+        if self.database_max_connections == 0 {
+            return invalid("database_max_connections", "must be at least 1");
+        }
+        if self.engine.max_concurrent_replies == 0 {
+            return invalid("engine.max_concurrent_replies", "must be at least 1");
+        }
+        if self.log_level.trim().is_empty() {
+            return invalid("log_level", "must not be empty (try `info`)");
+        }
+        for origin in &self.cors_allowed_origins {
+            if origin == "*" {
+                if self.cors_allowed_origins.len() > 1 {
+                    return invalid(
+                        "cors_allowed_origins",
+                        "`*` allows every origin and cannot be combined with others",
+                    );
+                }
+            } else if !(origin.starts_with("http://") || origin.starts_with("https://")) {
+                return invalid(
+                    "cors_allowed_origins",
+                    &format!("`{origin}` is not an origin such as https://chat.example.com"),
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// The database this configuration selects.
+    pub fn database_target(&self) -> DatabaseTarget {
+        match &self.database_url {
+            None => DatabaseTarget::Sqlite(SqliteLocation::File(
+                self.data_dir.join("switchboard.db"),
+            )),
+            Some(url) if url.expose().starts_with("sqlite:") => {
+                DatabaseTarget::Sqlite(SqliteLocation::Url(url.expose().clone()))
+            }
+            Some(url) => DatabaseTarget::Postgres(url.clone()),
+        }
+    }
+}
+
+/// Accepts a list, or one string of comma-separated items (the form an
+/// environment variable gives).
+fn list_or_comma_separated<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum ListOrString {
+        List(Vec<String>),
+        String(String),
+    }
+    Ok(match ListOrString::deserialize(d)? {
+        ListOrString::List(list) => list,
+        ListOrString::String(s) => s
+            .split(',')
+            .map(str::trim)
+            .filter(|item| !item.is_empty())
+            .map(str::to_owned)
+            .collect(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use figment::Jail;
+
+    #[test]
+    fn defaults_without_file_or_environment() {
+        Jail::expect_with(|jail| {
+            jail.clear_env();
+            assert_eq!(Config::load(None).unwrap(), Config::default());
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn environment_wins_over_file_and_nests_with_double_underscore() {
+        Jail::expect_with(|jail| {
+            jail.clear_env();
+            jail.create_file(
+                "switchboard.toml",
+                "listen = \"0.0.0.0:9000\"\nlog_format = \"json\"\n[engine]\ntoken_delay_ms = 5\n",
+            )?;
+            jail.set_env("SWITCHBOARD_ENGINE__TOKEN_DELAY_MS", "0");
+            jail.set_env("SWITCHBOARD_CORS_ALLOWED_ORIGINS", "http://a, http://b");
+            let config = Config::load(None).unwrap();
+            assert_eq!(config.listen, "0.0.0.0:9000".parse().unwrap());
+            assert_eq!(config.log_format, LogFormat::Json);
+            assert_eq!(config.engine.token_delay_ms, 0);
+            assert_eq!(config.cors_allowed_origins, ["http://a", "http://b"]);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn database_url_from_either_variable_and_never_printed() {
+        Jail::expect_with(|jail| {
+            jail.clear_env();
+            jail.set_env("DATABASE_URL", "postgres://me:hunter2@db/app");
+            let config = Config::load(None).unwrap();
+            assert!(matches!(config.database_target(), DatabaseTarget::Postgres(_)));
+            assert!(!format!("{config:?}").contains("hunter2"));
+            jail.set_env("SWITCHBOARD_DATABASE_URL", "sqlite:other.db");
+            let config = Config::load(None).unwrap();
+            assert_eq!(
+                config.database_target(),
+                DatabaseTarget::Sqlite(SqliteLocation::Url("sqlite:other.db".into()))
+            );
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn invalid_values_name_their_key() {
+        Jail::expect_with(|jail| {
+            jail.clear_env();
+            jail.set_env("DATABASE_URL", "mysql://root:secret@db/app");
+            let err = Config::load(None).unwrap_err().to_string();
+            assert!(err.contains("database_url") && !err.contains("secret"), "{err}");
+            jail.set_env("DATABASE_URL", "sqlite:x.db");
+            jail.set_env("SWITCHBOARD_ENGINE__MAX_CONCURRENT_REPLIES", "0");
+            let err = Config::load(None).unwrap_err().to_string();
+            assert!(err.contains("engine.max_concurrent_replies"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn a_named_file_must_exist() {
+        Jail::expect_with(|_| {
+            assert!(Config::load(Some(Path::new("missing.toml"))).is_err());
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn flags_override_loaded_values() {
+        let config = Config::default().with_overrides(Some("127.0.0.1:1".parse().unwrap()), None);
+        assert_eq!(config.listen.port(), 1);
+        assert_eq!(config.data_dir, PathBuf::from("./data"));
+    }
+}

@@ -1,0 +1,176 @@
+//! The domain error of every Switchboard operation, and the one table that
+//! turns each kind into a gRPC status code and an HTTP status. Every
+//! transport (gRPC, gRPC-Web, REST, WebSocket) maps errors through
+//! [`Error::grpc_code`] and [`Error::http_status`], so a client sees the same
+//! class of failure whichever door it came through.
+
+use std::error::Error as StdError;
+
+/// A boxed error source, for [`Error::Internal`].
+pub type BoxError = Box<dyn StdError + Send + Sync + 'static>;
+
+/// The result of a Switchboard operation.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What went wrong, in terms a client can act on.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The thing does not exist, or belongs to someone else (the two are
+    /// indistinguishable on purpose). gRPC `NOT_FOUND`, HTTP 404.
+    #[error("{what} not found")]
+    NotFound {
+        /// What was looked for, such as "conversation".
+        what: &'static str,
+    },
+    /// A request field has a value the operation cannot accept. gRPC
+    /// `INVALID_ARGUMENT` with a google.rpc.BadRequest field violation, HTTP 400.
+    #[error("invalid {field}: {message}")]
+    InvalidArgument {
+        /// The field's path in the request, such as "page_token".
+        field: String,
+        /// Why the value is refused.
+        message: String,
+    },
+    /// The operation does not apply to the thing's current state (a reply
+    /// that has already finished cannot be cancelled). gRPC
+    /// `FAILED_PRECONDITION`, HTTP 400.
+    #[error("failed precondition: {0}")]
+    FailedPrecondition(String),
+    /// The thing to create exists already. gRPC `ALREADY_EXISTS`, HTTP 409.
+    #[error("already exists: {0}")]
+    AlreadyExists(String),
+    /// A dependency (database, engine) cannot serve now; trying later may
+    /// work. gRPC `UNAVAILABLE`, HTTP 503.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    /// The caller is not authenticated. gRPC `UNAUTHENTICATED`, HTTP 401.
+    #[error("unauthenticated")]
+    Unauthenticated,
+    /// A bug or an unexpected failure. Logged in full; clients see only
+    /// "internal error". gRPC `INTERNAL`, HTTP 500.
+    #[error("internal error: {0}")]
+    Internal(#[source] BoxError),
+}
+
+impl Error {
+    /// An [`Error::Internal`] from any error or message.
+    pub fn internal(source: impl Into<BoxError>) -> Self {
+        Self::Internal(source.into())
+    }
+
+    /// An [`Error::InvalidArgument`] about `field`.
+    pub fn invalid_argument(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::InvalidArgument {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+
+    /// The same error with an [`Error::InvalidArgument`] field path placed
+    /// under `parent` (`title` becomes `conversation.title`), for adapters
+    /// whose request nests the domain's fields.
+    pub fn nested_under(self, parent: &str) -> Self {
+        match self {
+            Self::InvalidArgument { field, message } => Self::InvalidArgument {
+                field: format!("{parent}.{field}"),
+                message,
+            },
+            other => other,
+        }
+    }
+
+    /// The gRPC status code number (as in `google.rpc.Code`).
+    pub fn grpc_code(&self) -> i32 {
+        match self {
+            Self::InvalidArgument { .. } => 3,
+            Self::NotFound { .. } => 5,
+            Self::AlreadyExists(_) => 6,
+            Self::FailedPrecondition(_) => 9,
+            Self::Internal(_) => 13,
+            Self::Unavailable(_) => 14,
+            Self::Unauthenticated => 16,
+        }
+    }
+
+    /// The gRPC status code name, such as `"NOT_FOUND"`.
+    pub fn grpc_code_name(&self) -> &'static str {
+        match self {
+            Self::InvalidArgument { .. } => "INVALID_ARGUMENT",
+            Self::NotFound { .. } => "NOT_FOUND",
+            Self::AlreadyExists(_) => "ALREADY_EXISTS",
+            Self::FailedPrecondition(_) => "FAILED_PRECONDITION",
+            Self::Internal(_) => "INTERNAL",
+            Self::Unavailable(_) => "UNAVAILABLE",
+            Self::Unauthenticated => "UNAUTHENTICATED",
+        }
+    }
+
+    /// The HTTP status code the REST edge answers with.
+    pub fn http_status(&self) -> u16 {
+        match self {
+            Self::InvalidArgument { .. } | Self::FailedPrecondition(_) => 400,
+            Self::Unauthenticated => 401,
+            Self::NotFound { .. } => 404,
+            Self::AlreadyExists(_) => 409,
+            Self::Internal(_) => 500,
+            Self::Unavailable(_) => 503,
+        }
+    }
+
+    /// The message a client may see: everything but [`Error::Internal`]'s
+    /// details, which stay in the logs.
+    pub fn public_message(&self) -> String {
+        match self {
+            Self::Internal(_) => "internal error".to_owned(),
+            other => other.to_string(),
+        }
+    }
+
+    /// Turns a unique-constraint violation into [`Error::AlreadyExists`]
+    /// with `message`, and any other database error into [`Error::Internal`].
+    pub fn from_unique_violation(err: sqlx::Error, message: impl Into<String>) -> Self {
+        match &err {
+            sqlx::Error::Database(db) if db.is_unique_violation() => {
+                Self::AlreadyExists(message.into())
+            }
+            _ => err.into(),
+        }
+    }
+}
+
+/// Database errors are internal. A missing row is not turned into
+/// [`Error::NotFound`] here: the code that looked for it says what it was.
+impl From<sqlx::Error> for Error {
+    fn from(err: sqlx::Error) -> Self {
+        match err {
+            sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => {
+                Self::Unavailable(format!("database: {err}"))
+            }
+            other => Self::Internal(Box::new(other)),
+        }
+    }
+}
+
+impl From<sqlx::migrate::MigrateError> for Error {
+    fn from(err: sqlx::migrate::MigrateError) -> Self {
+        Self::Internal(Box::new(err))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn internal_details_stay_private() {
+        let err = Error::internal("disk on fire");
+        assert_eq!(err.public_message(), "internal error");
+        assert_eq!((err.grpc_code(), err.http_status()), (13, 500));
+    }
+
+    #[test]
+    fn field_paths_nest() {
+        let err = Error::invalid_argument("title", "too long").nested_under("conversation");
+        assert!(matches!(err, Error::InvalidArgument { field, .. } if field == "conversation.title"));
+    }
+}

@@ -1,0 +1,367 @@
+//! The REST router: matches a request against every generated binding,
+//! transcodes it into the request message, calls the same service trait
+//! method gRPC calls, and writes the response as proto3 JSON — or, for a
+//! server-streaming method, as Server-Sent Events or newline-delimited JSON
+//! chosen by `Accept`. An error before the first message is an ordinary JSON
+//! error response; an error mid-stream is sent as an `error` event (SSE) or
+//! an `{"error": …}` line (NDJSON), never as a silent 200.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
+use http::{HeaderValue, Method, StatusCode, header};
+use http_body_util::BodyExt;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+use tonic::metadata::MetadataMap;
+
+use crate::binding::HttpBinding;
+use crate::error::{status_json, status_response};
+use crate::transcode::{decode_request, match_path, parse_grpc_timeout};
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+type Handler = Arc<dyn Fn(Call) -> BoxFuture<Response> + Send + Sync>;
+
+/// A request matched to a binding, ready to be decoded and dispatched.
+struct Call {
+    binding: &'static HttpBinding,
+    captured: Vec<String>,
+    query: Option<String>,
+    body: Bytes,
+    metadata: MetadataMap,
+    extensions: http::Extensions,
+    deadline: Option<Duration>,
+    format: StreamFormat,
+}
+
+impl Call {
+    #[allow(clippy::result_large_err)]
+    fn into_request<Req: DeserializeOwned>(self) -> Result<tonic::Request<Req>, tonic::Status> {
+        let message = decode_request(self.binding, self.captured, self.query.as_deref(), &self.body)?;
+        Ok(tonic::Request::from_parts(self.metadata, self.extensions, message))
+    }
+}
+
+/// How a server stream is written over HTTP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StreamFormat {
+    /// `text/event-stream`: one `data:` event per message.
+    ServerSentEvents,
+    /// `application/x-ndjson`: one `{"result": …}` line per message.
+    NdJson,
+}
+
+impl StreamFormat {
+    fn from_accept(accept: Option<&HeaderValue>) -> Self {
+        let accept = accept.and_then(|value| value.to_str().ok()).unwrap_or("");
+        if !accept.contains("text/event-stream")
+            && (accept.contains("application/x-ndjson") || accept.contains("application/json"))
+        {
+            StreamFormat::NdJson
+        } else {
+            StreamFormat::ServerSentEvents
+        }
+    }
+}
+
+/// One binding and the code that calls its method.
+#[derive(Clone)]
+pub struct Route {
+    binding: &'static HttpBinding,
+    handler: Handler,
+}
+
+impl std::fmt::Debug for Route {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Route").field("binding", self.binding).finish_non_exhaustive()
+    }
+}
+
+impl Route {
+    /// A route to a unary method.
+    pub fn unary<Req, Res, F, Fut>(binding: &'static HttpBinding, call: F) -> Self
+    where
+        Req: DeserializeOwned + Send + 'static,
+        Res: Serialize + Send + 'static,
+        F: Fn(tonic::Request<Req>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<tonic::Response<Res>, tonic::Status>> + Send + 'static,
+    {
+        let call = Arc::new(call);
+        let handler: Handler = Arc::new(move |request: Call| {
+            let call = call.clone();
+            Box::pin(async move {
+                let response_body = request.binding.response_body;
+                let deadline = request.deadline;
+                let request = match request.into_request::<Req>() {
+                    Ok(request) => request,
+                    Err(status) => return status_response(&status),
+                };
+                let outcome = match deadline {
+                    Some(deadline) => tokio::time::timeout(deadline, call(request))
+                        .await
+                        .unwrap_or_else(|_| Err(tonic::Status::deadline_exceeded("deadline exceeded"))),
+                    None => call(request).await,
+                };
+                match outcome {
+                    Ok(response) => json_response(&response.into_inner(), response_body),
+                    Err(status) => status_response(&status),
+                }
+            })
+        });
+        Self { binding, handler }
+    }
+
+    /// A route to a server-streaming method.
+    pub fn server_streaming<Req, Item, S, F, Fut>(binding: &'static HttpBinding, call: F) -> Self
+    where
+        Req: DeserializeOwned + Send + 'static,
+        Item: Serialize + Send + 'static,
+        S: Stream<Item = Result<Item, tonic::Status>> + Send + 'static,
+        F: Fn(tonic::Request<Req>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<tonic::Response<S>, tonic::Status>> + Send + 'static,
+    {
+        let call = Arc::new(call);
+        let handler: Handler = Arc::new(move |request: Call| {
+            let call = call.clone();
+            Box::pin(async move {
+                let format = request.format;
+                let deadline = request.deadline.map(|d| tokio::time::Instant::now() + d);
+                let request = match request.into_request::<Req>() {
+                    Ok(request) => request,
+                    Err(status) => return status_response(&status),
+                };
+                let stream = match deadline {
+                    Some(deadline) => tokio::time::timeout_at(deadline, call(request))
+                        .await
+                        .unwrap_or_else(|_| Err(tonic::Status::deadline_exceeded("deadline exceeded"))),
+                    None => call(request).await,
+                };
+                match stream {
+                    Ok(response) => {
+                        let items = until_deadline(response.into_inner(), deadline);
+                        stream_response(items, format)
+                    }
+                    Err(status) => status_response(&status),
+                }
+            })
+        });
+        Self { binding, handler }
+    }
+
+    /// The binding this route serves.
+    pub fn binding(&self) -> &'static HttpBinding {
+        self.binding
+    }
+}
+
+/// Ends a stream with `DEADLINE_EXCEEDED` once the call's deadline passes.
+fn until_deadline<S, Item>(
+    stream: S,
+    deadline: Option<tokio::time::Instant>,
+) -> Pin<Box<dyn Stream<Item = Result<Item, tonic::Status>> + Send>>
+where
+    S: Stream<Item = Result<Item, tonic::Status>> + Send + 'static,
+    Item: Send + 'static,
+{
+    let Some(deadline) = deadline else {
+        return Box::pin(stream);
+    };
+    let expired = futures::stream::once(tokio::time::sleep_until(deadline))
+        .map(|_| Err(tonic::Status::deadline_exceeded("deadline exceeded")));
+    Box::pin(futures::stream::select(stream.map(Some), expired.map(Some).chain(futures::stream::pending()))
+        .map(|item| item.expect("both sides yield Some"))
+        .scan(false, |finished, item| {
+            if *finished {
+                return futures::future::ready(None);
+            }
+            *finished = item.is_err();
+            futures::future::ready(Some(item))
+        }))
+}
+
+fn json_response<Res: Serialize>(message: &Res, response_body: Option<&'static str>) -> Response {
+    let encoded = match response_body {
+        None => serde_json::to_vec(message),
+        Some(field) => serde_json::to_value(message)
+            .map(|mut value| value.get_mut(field).map(Value::take).unwrap_or(Value::Null))
+            .and_then(|value| serde_json::to_vec(&value)),
+    };
+    match encoded {
+        Ok(bytes) => (
+            [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+            bytes,
+        )
+            .into_response(),
+        Err(error) => status_response(&tonic::Status::internal(format!(
+            "the response could not be encoded as JSON: {error}"
+        ))),
+    }
+}
+
+fn stream_response<S, Item>(items: S, format: StreamFormat) -> Response
+where
+    S: Stream<Item = Result<Item, tonic::Status>> + Send + 'static,
+    Item: Serialize + Send + 'static,
+{
+    // The first error ends the stream: it is written, then nothing follows.
+    let items = items.scan(false, |failed, item| {
+        if *failed {
+            return futures::future::ready(None);
+        }
+        *failed = item.is_err();
+        futures::future::ready(Some(item))
+    });
+    match format {
+        StreamFormat::ServerSentEvents => {
+            let events = items.map(|item| {
+                Ok::<_, Infallible>(match item.map(|message| serde_json::to_string(&message)) {
+                    Ok(Ok(json)) => Event::default().data(json),
+                    Ok(Err(error)) => error_event(&tonic::Status::internal(error.to_string())),
+                    Err(status) => error_event(&status),
+                })
+            });
+            Sse::new(events).keep_alive(KeepAlive::default()).into_response()
+        }
+        StreamFormat::NdJson => {
+            let lines = items.map(|item| {
+                let line = match item {
+                    Ok(message) => match serde_json::to_value(&message) {
+                        Ok(value) => json!({ "result": value }),
+                        Err(error) => json!({ "error": status_json(&tonic::Status::internal(error.to_string())) }),
+                    },
+                    Err(status) => json!({ "error": status_json(&status) }),
+                };
+                let mut bytes = serde_json::to_vec(&line).unwrap_or_default();
+                bytes.push(b'\n');
+                Ok::<_, Infallible>(Bytes::from(bytes))
+            });
+            (
+                [(header::CONTENT_TYPE, HeaderValue::from_static("application/x-ndjson"))],
+                Body::from_stream(lines),
+            )
+                .into_response()
+        }
+    }
+}
+
+fn error_event(status: &tonic::Status) -> Event {
+    Event::default().event("error").data(status_json(status).to_string())
+}
+
+/// Every REST route of the API, matched in one place.
+#[derive(Debug, Clone, Default)]
+pub struct RestRouter {
+    routes: Arc<Vec<Route>>,
+    body_limit: usize,
+}
+
+/// The largest request body the router reads by default: 4 MiB.
+pub const DEFAULT_BODY_LIMIT: usize = 4 << 20;
+
+impl RestRouter {
+    /// A router over `routes`. Routes with a custom verb are tried first, so
+    /// `/v1/items/{id}:cancel` is never taken for `/v1/items/{id}`.
+    pub fn new(routes: impl IntoIterator<Item = Route>) -> Self {
+        let mut routes: Vec<Route> = routes.into_iter().collect();
+        routes.sort_by_key(|route| route.binding.verb.is_none());
+        Self {
+            routes: Arc::new(routes),
+            body_limit: DEFAULT_BODY_LIMIT,
+        }
+    }
+
+    /// Sets the largest request body read; a larger one is refused with 413.
+    pub fn with_body_limit(mut self, limit: usize) -> Self {
+        self.body_limit = limit;
+        self
+    }
+
+    /// The bindings served, in matching order.
+    pub fn bindings(&self) -> impl Iterator<Item = &'static HttpBinding> + '_ {
+        self.routes.iter().map(|route| route.binding)
+    }
+
+    /// Serves one request: 404 when no template matches the path, 405 when
+    /// one matches but not with this method, otherwise the method's answer.
+    pub async fn handle(&self, request: http::Request<Body>) -> Response {
+        let (parts, body) = request.into_parts();
+        let path = parts.uri.path();
+        let mut allowed: Vec<&'static str> = Vec::new();
+        let mut matched = None;
+        for route in self.routes.iter() {
+            let Some(captured) = match_path(route.binding, path) else {
+                continue;
+            };
+            if route.binding.http_method == parts.method.as_str() {
+                matched = Some((route, captured));
+                break;
+            }
+            allowed.push(route.binding.http_method);
+        }
+        let Some((route, captured)) = matched else {
+            return no_route(&parts.method, path, &allowed);
+        };
+        let body = match http_body_util::Limited::new(body, self.body_limit).collect().await {
+            Ok(collected) => collected.to_bytes(),
+            Err(_) => {
+                let status = tonic::Status::resource_exhausted(format!(
+                    "the request body is larger than {} bytes",
+                    self.body_limit
+                ));
+                let mut response = status_response(&status);
+                *response.status_mut() = StatusCode::PAYLOAD_TOO_LARGE;
+                return response;
+            }
+        };
+        let deadline = parts
+            .headers
+            .get("grpc-timeout")
+            .and_then(|value| value.to_str().ok())
+            .and_then(parse_grpc_timeout);
+        let format = StreamFormat::from_accept(parts.headers.get(header::ACCEPT));
+        let call = Call {
+            binding: route.binding,
+            captured,
+            query: parts.uri.query().map(str::to_owned),
+            body,
+            metadata: MetadataMap::from_headers(parts.headers),
+            extensions: parts.extensions,
+            deadline,
+            format,
+        };
+        (route.handler)(call).await
+    }
+
+    /// The router as an axum router that answers every path it is given;
+    /// use it as the fallback of the application router.
+    pub fn into_axum(self) -> axum::Router {
+        axum::Router::new().fallback(move |request: http::Request<Body>| {
+            let router = self.clone();
+            async move { router.handle(request).await }
+        })
+    }
+}
+
+fn no_route(method: &Method, path: &str, allowed: &[&'static str]) -> Response {
+    if allowed.is_empty() {
+        return status_response(&tonic::Status::not_found(format!("no route for {method} {path}")));
+    }
+    let mut response = status_response(&tonic::Status::unimplemented(format!(
+        "{method} is not allowed on {path}; allowed: {}",
+        allowed.join(", ")
+    )));
+    *response.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
+    if let Ok(value) = HeaderValue::from_str(&allowed.join(", ")) {
+        response.headers_mut().insert(header::ALLOW, value);
+    }
+    response
+}

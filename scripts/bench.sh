@@ -1,0 +1,153 @@
+#!/usr/bin/env bash
+# Load test of one read RPC (ChatService.GetConversation) over native gRPC,
+# gRPC-Web and REST, with h2load against a release build on 127.0.0.1.
+#
+# usage: scripts/bench.sh [BINARY]        (default: target/release/switchboard)
+#
+# The server runs with SWITCHBOARD_ENGINE__TOKEN_DELAY_MS=0 and a temporary
+# SQLite data dir. One conversation is created over REST, then the same
+# GetConversation is driven over each transport with the same h2load settings,
+# in BENCH_ROUNDS interleaved rounds (each after a short warm-up); the table
+# gives the median round's requests/s and p50/p99 latency over all rounds'
+# requests (from h2load --log-file). Target: REST (h2c) requests/s at least 85 %
+# of native gRPC's; prints PASS/FAIL and exits 1 on FAIL when BENCH_STRICT=1.
+# Unless BENCH_WRITE=0, the results table in docs/benchmarks.md is regenerated.
+#
+# Environment: BENCH_N (requests per round, default 50000), BENCH_C (clients,
+# default 32), BENCH_M (streams per client, default 10), BENCH_ROUNDS (default 3),
+# BENCH_WARMUP (requests per warm-up, default 5000), BENCH_STRICT, BENCH_WRITE.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+BIN=${1:-${CARGO_TARGET_DIR:-$ROOT/target}/release/switchboard}
+[[ -x $BIN ]] || { echo "bench: FAIL: $BIN not found; build it with: cargo build --release -p switchboard" >&2; exit 1; }
+BIN=$(realpath "$BIN")
+N=${BENCH_N:-50000} C=${BENCH_C:-32} M=${BENCH_M:-10} ROUNDS=${BENCH_ROUNDS:-3} WARMUP=${BENCH_WARMUP:-5000}
+TMP=$(mktemp -d "${TMPDIR:-/tmp}/switchboard-bench.XXXXXX")
+SERVER_PID=
+
+die() { printf 'bench: FAIL: %s\n' "$*" >&2; exit 1; }
+cleanup() {
+  if [[ -n $SERVER_PID ]] && kill -0 "$SERVER_PID" 2>/dev/null; then
+    kill -TERM "$SERVER_PID" 2>/dev/null || true
+    for _ in $(seq 50); do kill -0 "$SERVER_PID" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$SERVER_PID" 2>/dev/null || true
+  fi
+  rm -rf "$TMP"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+command -v h2load >/dev/null || "$ROOT/scripts/install-test-tools.sh" --bench >/dev/null || die "could not install h2load"
+command -v h2load >/dev/null || die "h2load is missing (scripts/install-test-tools.sh --bench)"
+
+PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+ADDR=127.0.0.1:$PORT
+BASE=http://$ADDR
+mkdir -p "$TMP/data"
+env -u DATABASE_URL -u SWITCHBOARD_LISTEN -u SWITCHBOARD_DATA_DIR SWITCHBOARD_ENGINE__TOKEN_DELAY_MS=0 \
+  RUST_LOG="${RUST_LOG:-warn}" "$BIN" serve --listen "$ADDR" --data-dir "$TMP/data" >"$TMP/server.log" 2>&1 </dev/null &
+SERVER_PID=$!
+for _ in $(seq 300); do
+  [[ $(curl -s -o /dev/null -w '%{http_code}' --max-time 2 "$BASE/readyz" || true) == 200 ]] && break
+  kill -0 "$SERVER_PID" 2>/dev/null || { tail -20 "$TMP/server.log" >&2; die "server exited during start-up"; }
+  sleep 0.2
+done
+[[ $(curl -s -o /dev/null -w '%{http_code}' "$BASE/readyz") == 200 ]] || die "/readyz not 200 within 60 s"
+
+ID=$(curl -sS --fail-with-body -H 'content-type: application/json' -d '{"title":"bench"}' "$BASE/v1/conversations" | jq -r .id) \
+  || die "could not create a conversation"
+# GetConversationRequest{id} as one length-prefixed gRPC message: flag 0, u32 big-endian length, protobuf.
+python3 - "$ID" "$TMP/get.bin" <<'EOF'
+import struct, sys
+idb = sys.argv[1].encode()
+msg = b"\x0a" + bytes([len(idb)]) + idb          # field 1 (string), length < 128
+open(sys.argv[2], "wb").write(b"\x00" + struct.pack(">I", len(msg)) + msg)
+EOF
+
+# One request per transport first, to be sure each answers the conversation (h2load counts a
+# gRPC error as a 200).
+curl -sS --http2-prior-knowledge -o "$TMP/grpc.out" -D "$TMP/grpc.hdr" -H 'content-type: application/grpc' -H 'te: trailers' \
+  --data-binary @"$TMP/get.bin" "$BASE/switchboard.v1.ChatService/GetConversation" || die "gRPC probe failed"
+grep -qi '^grpc-status: 0' "$TMP/grpc.hdr" && grep -q "$ID" "$TMP/grpc.out" || die "gRPC probe: no grpc-status 0 or no conversation in the answer"
+curl -sS --http2-prior-knowledge -o "$TMP/web.out" -H 'content-type: application/grpc-web+proto' -H 'x-grpc-web: 1' \
+  --data-binary @"$TMP/get.bin" "$BASE/switchboard.v1.ChatService/GetConversation" || die "gRPC-Web probe failed"
+grep -qa 'grpc-status: \{0,1\}0' "$TMP/web.out" && grep -qa "$ID" "$TMP/web.out" || die "gRPC-Web probe: no grpc-status 0 trailer or no conversation in the answer"
+curl -sS --fail --http2-prior-knowledge "$BASE/v1/conversations/$ID" | jq -e --arg id "$ID" '.id == $id' >/dev/null || die "REST h2c probe failed"
+curl -sS --fail --http1.1 "$BASE/v1/conversations/$ID" | jq -e --arg id "$ID" '.id == $id' >/dev/null || die "REST HTTP/1.1 probe failed"
+
+MODES=(grpc grpcweb rest-h2c rest-h1)
+declare -A LABEL=([grpc]="native gRPC (h2c)" [grpcweb]="gRPC-Web (h2c, grpc-web+proto)" [rest-h2c]="REST GET (h2c)" [rest-h1]="REST GET (HTTP/1.1, --h1)")
+args_for() { # MODE -> h2load arguments after the common ones
+  case $1 in
+    grpc) echo "-H 'content-type: application/grpc' -H 'te: trailers' -d get.bin $BASE/switchboard.v1.ChatService/GetConversation" ;;
+    grpcweb) echo "-H 'content-type: application/grpc-web+proto' -H 'x-grpc-web: 1' -d get.bin $BASE/switchboard.v1.ChatService/GetConversation" ;;
+    rest-h2c) echo "$BASE/v1/conversations/$ID" ;;
+    rest-h1) echo "--h1 $BASE/v1/conversations/$ID" ;;
+  esac
+}
+COMMON="h2load -t 1 -c $C -m $M"
+run() { # MODE N LOGFILE
+  (cd "$TMP" && eval "$COMMON -n $2 ${3:+--log-file=$3} $(args_for "$1")") >"$TMP/h2load.out" 2>&1 \
+    || { cat "$TMP/h2load.out" >&2; die "h2load failed for $1"; }
+  grep -q "requests: $2 total, $2 started, $2 done, $2 succeeded" "$TMP/h2load.out" \
+    || { cat "$TMP/h2load.out" >&2; die "$1: not every request succeeded"; }
+  grep -q "status codes: $2 2xx" "$TMP/h2load.out" || { cat "$TMP/h2load.out" >&2; die "$1: not every answer was 2xx"; }
+  sed -n 's/^finished in .*, \([0-9.]*\) req\/s.*/\1/p' "$TMP/h2load.out"
+}
+
+echo "bench: $(basename "$BIN") on $ADDR, conversation $ID; $COMMON -n $N, $ROUNDS rounds per transport, $(nproc) cores"
+declare -A RPS
+for r in $(seq "$ROUNDS"); do
+  for mode in "${MODES[@]}"; do
+    run "$mode" "$WARMUP" "" >/dev/null
+    rps=$(run "$mode" "$N" "$TMP/$mode.$r.log")
+    RPS[$mode]="${RPS[$mode]:-} $rps"
+    printf 'bench: round %d  %-32s %10.0f req/s\n' "$r" "${LABEL[$mode]}" "$rps"
+  done
+done
+
+# median req/s per mode; p50/p99 over all logged requests (column 3: µs until end of response)
+stats() { # MODE -> "median_rps p50_ms p99_ms"
+  local med
+  med=$(tr ' ' '\n' <<<"${RPS[$1]}" | grep . | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}')
+  cat "$TMP/$1".*.log | awk -F'\t' '{print $3}' | sort -n | awk -v med="$med" '
+    {a[NR]=$1} END {
+      p50=a[int(NR*0.50) > 0 ? int(NR*0.50) : 1]; p99=a[int(NR*0.99) > 0 ? int(NR*0.99) : 1]
+      printf "%s %.2f %.2f\n", med, p50/1000, p99/1000 }'
+}
+read -r g_rps _ < <(stats grpc)
+TABLE="| transport | requests/s (median of $ROUNDS) | vs native gRPC | p50 latency | p99 latency |
+| --- | ---: | ---: | ---: | ---: |"
+for mode in "${MODES[@]}"; do
+  read -r rps p50 p99 < <(stats "$mode")
+  ratio=$(awk -v a="$rps" -v b="$g_rps" 'BEGIN {printf "%.0f %%", 100*a/b}')
+  TABLE+=$'\n'"| ${LABEL[$mode]} | $(printf '%.0f' "$rps") | $ratio | $p50 ms | $p99 ms |"
+done
+read -r r_rps _ < <(stats rest-h2c)
+verdict=$(awk -v a="$r_rps" -v b="$g_rps" 'BEGIN {print (a >= 0.85*b) ? "PASS" : "FAIL"}')
+pct=$(awk -v a="$r_rps" -v b="$g_rps" 'BEGIN {printf "%.0f", 100*a/b}')
+TARGET="Target: REST (h2c) throughput within 15 % of native gRPC: **$verdict** (REST at $pct % of gRPC)."
+cpu=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1)
+rev=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
+dirty=$(git -C "$ROOT" status --porcelain --untracked-files=no 2>/dev/null | grep -q . && echo "+changes" || true)
+META="Run $(date -u +%Y-%m-%dT%H:%MZ) on commit $rev$dirty, $(nproc) cores ($cpu), h2load and server on the same machine; \`h2load -t 1 -c $C -m $M -n $N\` per round, $ROUNDS rounds per transport after a $WARMUP-request warm-up each."
+
+printf '\n%s\n\n%s\n\n%s\n' "$META" "$TABLE" "$TARGET"
+
+if [[ ${BENCH_WRITE:-1} == 1 ]]; then
+  DOC=$ROOT/docs/benchmarks.md
+  [[ -f $DOC ]] && grep -q '<!-- bench:begin -->' "$DOC" || die "$DOC has no <!-- bench:begin --> marker; not written"
+  SECTION=$'<!-- bench:begin -->\n'"$META"$'\n\n'"$TABLE"$'\n\n'"$TARGET"$'\n<!-- bench:end -->'
+  SECTION=$SECTION python3 - "$DOC" <<'EOF'
+import os, re, sys
+p = sys.argv[1]
+s = open(p).read()
+s = re.sub(r"<!-- bench:begin -->.*?<!-- bench:end -->", lambda _: os.environ["SECTION"], s, flags=re.S)
+open(p, "w").write(s)
+EOF
+  echo "bench: results written to docs/benchmarks.md"
+fi
+if [[ $verdict == FAIL && ${BENCH_STRICT:-0} == 1 ]]; then
+  die "REST (h2c) is at $pct % of native gRPC, below the 85 % target"
+fi
