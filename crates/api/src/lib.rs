@@ -9,5 +9,5 @@ mod chat;
 pub mod convert;
 mod status;
 
-pub use chat::ChatApi;
+pub use chat::{ChatApi, ReplyEventStream};
 pub use status::status_from;

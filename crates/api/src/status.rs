@@ -32,21 +32,34 @@ mod tests {
     fn invalid_arguments_name_the_field_in_details() {
         let status = status_from(Error::invalid_argument("page_token", "malformed"));
         assert_eq!(status.code(), Code::InvalidArgument);
-        let bad_request = status.get_details_bad_request().expect("BadRequest details");
+        let bad_request = status
+            .get_details_bad_request()
+            .expect("BadRequest details");
         assert_eq!(bad_request.field_violations[0].field, "page_token");
     }
 
     #[test]
     fn internal_errors_keep_their_details_out_of_the_status() {
         let status = status_from(Error::internal("connection string postgres://secret"));
-        assert_eq!((status.code(), status.message()), (Code::Internal, "internal error"));
+        assert_eq!(
+            (status.code(), status.message()),
+            (Code::Internal, "internal error")
+        );
     }
 
     #[test]
     fn every_kind_maps_to_its_code() {
         let cases = [
-            (Error::NotFound { what: "conversation" }, Code::NotFound),
-            (Error::FailedPrecondition("x".into()), Code::FailedPrecondition),
+            (
+                Error::NotFound {
+                    what: "conversation",
+                },
+                Code::NotFound,
+            ),
+            (
+                Error::FailedPrecondition("x".into()),
+                Code::FailedPrecondition,
+            ),
             (Error::AlreadyExists("x".into()), Code::AlreadyExists),
             (Error::Unavailable("x".into()), Code::Unavailable),
             (Error::Unauthenticated, Code::Unauthenticated),

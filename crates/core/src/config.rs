@@ -239,7 +239,7 @@ impl Config {
     /// # Errors
     ///
     /// [`ConfigError::Invalid`] naming the first bad key: an unknown
-    /// database URL scheme, a pool or concurrency limit of 0, an empty log
+    /// database URL scheme or an in-memory SQLite URL, a pool or concurrency limit of 0, an empty log
     /// level, or a CORS origin that is neither `*` nor an http(s) origin.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |key, message: &str| {
@@ -263,6 +263,15 @@ impl Config {
                     ),
                 );
             }
+        }
+        if let DatabaseTarget::Sqlite(SqliteLocation::Url(url)) = self.database_target()
+            && (url.contains(":memory:") || url.contains("mode=memory"))
+        {
+            // Each pooled connection would open its own empty database.
+            return invalid(
+                "database_url",
+                "in-memory SQLite is not supported; name a file (sqlite:path/to/file.db)",
+            );
         }
         if self.database_max_connections == 0 {
             return invalid("database_max_connections", "must be at least 1");
@@ -294,9 +303,9 @@ impl Config {
     /// The database this configuration selects.
     pub fn database_target(&self) -> DatabaseTarget {
         match &self.database_url {
-            None => DatabaseTarget::Sqlite(SqliteLocation::File(
-                self.data_dir.join("switchboard.db"),
-            )),
+            None => {
+                DatabaseTarget::Sqlite(SqliteLocation::File(self.data_dir.join("switchboard.db")))
+            }
             Some(url) if url.expose().starts_with("sqlite:") => {
                 DatabaseTarget::Sqlite(SqliteLocation::Url(url.expose().clone()))
             }
@@ -326,6 +335,8 @@ fn list_or_comma_separated<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String
 }
 
 #[cfg(test)]
+// figment's `Jail` closures must return `figment::Error`, which is large.
+#[allow(clippy::result_large_err)]
 mod tests {
     use super::*;
     use figment::Jail;
@@ -364,7 +375,10 @@ mod tests {
             jail.clear_env();
             jail.set_env("DATABASE_URL", "postgres://me:hunter2@db/app");
             let config = Config::load(None).unwrap();
-            assert!(matches!(config.database_target(), DatabaseTarget::Postgres(_)));
+            assert!(matches!(
+                config.database_target(),
+                DatabaseTarget::Postgres(_)
+            ));
             assert!(!format!("{config:?}").contains("hunter2"));
             jail.set_env("SWITCHBOARD_DATABASE_URL", "sqlite:other.db");
             let config = Config::load(None).unwrap();
@@ -382,7 +396,13 @@ mod tests {
             jail.clear_env();
             jail.set_env("DATABASE_URL", "mysql://root:secret@db/app");
             let err = Config::load(None).unwrap_err().to_string();
-            assert!(err.contains("database_url") && !err.contains("secret"), "{err}");
+            assert!(
+                err.contains("database_url") && !err.contains("secret"),
+                "{err}"
+            );
+            jail.set_env("DATABASE_URL", "sqlite::memory:");
+            let err = Config::load(None).unwrap_err().to_string();
+            assert!(err.contains("in-memory"), "{err}");
             jail.set_env("DATABASE_URL", "sqlite:x.db");
             jail.set_env("SWITCHBOARD_ENGINE__MAX_CONCURRENT_REPLIES", "0");
             let err = Config::load(None).unwrap_err().to_string();

@@ -52,8 +52,13 @@ pub enum DatabaseKind {
 /// Runs the same code against either pool: `$pool` is bound to the
 /// `SqlitePool` or the `PgPool`, and `$body` is compiled once for each.
 ///
-/// ```ignore
-/// let n = on_database!(&db, pool => sqlx::query("DELETE FROM t").execute(pool).await?);
+/// ```no_run
+/// # async fn demo(db: &switchboard_core::db::Database) -> switchboard_core::Result<()> {
+/// use switchboard_core::on_database;
+/// let sql = "SELECT COUNT(*) FROM conversations";
+/// let count: i64 = on_database!(db, pool => sqlx::query_scalar(sql).fetch_one(pool).await?);
+/// # Ok(())
+/// # }
 /// ```
 #[macro_export]
 macro_rules! on_database {
@@ -111,7 +116,9 @@ impl Database {
                     .acquire_timeout(ACQUIRE_TIMEOUT)
                     .connect(url.expose())
                     .await
-                    .map_err(|e| Error::Unavailable(format!("cannot connect to PostgreSQL: {e}")))?;
+                    .map_err(|e| {
+                        Error::Unavailable(format!("cannot connect to PostgreSQL: {e}"))
+                    })?;
                 Ok(Database::Postgres(pool))
             }
         }

@@ -171,6 +171,8 @@ mod tests {
     #[test]
     fn field_paths_nest() {
         let err = Error::invalid_argument("title", "too long").nested_under("conversation");
-        assert!(matches!(err, Error::InvalidArgument { field, .. } if field == "conversation.title"));
+        assert!(
+            matches!(err, Error::InvalidArgument { field, .. } if field == "conversation.title")
+        );
     }
 }

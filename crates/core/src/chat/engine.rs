@@ -117,30 +117,27 @@ impl ReplyEngine for DevEngine {
             tokens.truncate(TOKENS_BEFORE_MARKER);
         }
         let delay = self.token_delay;
-        stream::unfold(
-            Some((tokens, ending)),
-            move |state| async move {
-                let (mut tokens, ending) = state?;
-                if !delay.is_zero() {
-                    tokio::time::sleep(delay).await;
+        stream::unfold(Some((tokens, ending)), move |state| async move {
+            let (mut tokens, ending) = state?;
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+            match (tokens.pop_front(), ending) {
+                (Some(token), ending) => Some((Ok(token), Some((tokens, ending)))),
+                (None, Ending::Complete) => None,
+                (None, Ending::Fail) => Some((
+                    Err(Error::Unavailable(format!(
+                        "the development engine failed on purpose ({})",
+                        DevEngine::FAIL_MARKER
+                    ))),
+                    None,
+                )),
+                (None, Ending::Stall) => {
+                    std::future::pending::<()>().await;
+                    None
                 }
-                match (tokens.pop_front(), ending) {
-                    (Some(token), ending) => Some((Ok(token), Some((tokens, ending)))),
-                    (None, Ending::Complete) => None,
-                    (None, Ending::Fail) => Some((
-                        Err(Error::Unavailable(format!(
-                            "the development engine failed on purpose ({})",
-                            DevEngine::FAIL_MARKER
-                        ))),
-                        None,
-                    )),
-                    (None, Ending::Stall) => {
-                        std::future::pending::<()>().await;
-                        None
-                    }
-                }
-            },
-        )
+            }
+        })
         .boxed()
     }
 }

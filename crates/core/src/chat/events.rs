@@ -67,7 +67,10 @@ pub(crate) fn replay(stored: &StoredMessage) -> Result<Vec<ReplyEvent>> {
             .checked_add(len)
             .and_then(|end| content.get(start..end))
             .ok_or_else(|| {
-                Error::internal(format!("reply {}: delta lengths do not fit its text", message.id))
+                Error::internal(format!(
+                    "reply {}: delta lengths do not fit its text",
+                    message.id
+                ))
             })?;
         start += len;
         events.push(ReplyEvent {

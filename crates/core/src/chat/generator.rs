@@ -90,7 +90,11 @@ impl ReplyGenerator {
             }
             Stop::Cancelled => {
                 let error = (CANCELLED_CODE.to_owned(), CANCELLED_MESSAGE.to_owned());
-                (MessageStatus::Cancelled, Some(error), GenerateOutcome::Cancelled)
+                (
+                    MessageStatus::Cancelled,
+                    Some(error),
+                    GenerateOutcome::Cancelled,
+                )
             }
         };
         let ending = ReplyEnding {

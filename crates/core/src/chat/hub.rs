@@ -125,7 +125,9 @@ impl ReplyHub {
     fn lock(&self) -> MutexGuard<'_, HashMap<String, Arc<ReplyLog>>> {
         // A panic while holding the lock cannot leave the map inconsistent
         // (each operation is a single map call), so poisoning is ignored.
-        self.logs.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.logs
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn lock_and_sweep(&self) -> MutexGuard<'_, HashMap<String, Arc<ReplyLog>>> {
@@ -235,7 +237,9 @@ impl ReplyStream {
     /// The events of `events` with a seq greater than `after_seq`.
     pub fn from_events(events: Vec<ReplyEvent>, after_seq: u32) -> Self {
         Self::new(stream::iter(
-            events.into_iter().filter(move |event| event.seq > after_seq),
+            events
+                .into_iter()
+                .filter(move |event| event.seq > after_seq),
         ))
     }
 }

@@ -26,8 +26,6 @@ pub use model::{
     Conversation, ConversationPatch, DEFAULT_TITLE, MAX_CONTENT_CHARS, MAX_TITLE_CHARS, Message,
     MessageStatus, Page, Role, SentMessage,
 };
-pub use paging::{
-    DEFAULT_CONVERSATION_PAGE_SIZE, DEFAULT_MESSAGE_PAGE_SIZE, MAX_PAGE_SIZE,
-};
+pub use paging::{DEFAULT_CONVERSATION_PAGE_SIZE, DEFAULT_MESSAGE_PAGE_SIZE, MAX_PAGE_SIZE};
 pub use queue::{InProcessReplyQueue, ReplyJob, ReplyQueue, recover_replies};
 pub use service::Chat;

@@ -89,11 +89,10 @@ impl InProcessReplyQueue {
         self.closed.store(true, Ordering::SeqCst);
         self.permits.close();
         let mut tasks = std::mem::take(&mut *self.lock());
-        let drained = tokio::time::timeout(grace, async {
-            while tasks.join_next().await.is_some() {}
-        })
-        .await
-        .is_ok();
+        let drained =
+            tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} })
+                .await
+                .is_ok();
         if !drained {
             tracing::warn!(
                 aborted = tasks.len(),
@@ -105,7 +104,9 @@ impl InProcessReplyQueue {
     }
 
     fn lock(&self) -> MutexGuard<'_, JoinSet<()>> {
-        self.tasks.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.tasks
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 

@@ -36,7 +36,9 @@ pub struct Chat {
 
 impl std::fmt::Debug for Chat {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Chat").field("db", &self.db.kind()).finish_non_exhaustive()
+        f.debug_struct("Chat")
+            .field("db", &self.db.kind())
+            .finish_non_exhaustive()
     }
 }
 
@@ -164,7 +166,8 @@ impl Chat {
         let after = paging::decode(Listing::Messages, page_token)?;
         self.get_conversation(who, conversation_id).await?;
         let size = paging::page_size(page_size, DEFAULT_MESSAGE_PAGE_SIZE);
-        let items = store::list_messages(&self.db, conversation_id, after.as_ref(), size + 1).await?;
+        let items =
+            store::list_messages(&self.db, conversation_id, after.as_ref(), size + 1).await?;
         Ok(page(items, size, Listing::Messages, |m| Cursor {
             created_at: m.created_at.timestamp_micros(),
             id: m.id.clone(),
@@ -289,7 +292,10 @@ impl Chat {
             let done = self.hub.open(message_id).stream(u32::MAX).count();
             let _ = tokio::time::timeout(CANCEL_WAIT, done).await;
         }
-        Ok(self.find_reply(who, conversation_id, message_id).await?.message)
+        Ok(self
+            .find_reply(who, conversation_id, message_id)
+            .await?
+            .message)
     }
 
     /// The assistant message `message_id` of `who`'s conversation.
@@ -313,7 +319,12 @@ fn replayed(stored: &StoredMessage, after_seq: u32) -> Result<ReplyStream> {
 
 /// Cuts `items` (fetched with one extra row) to `size`, with a token for
 /// the next page if the extra row came back.
-fn page<T>(mut items: Vec<T>, size: u32, listing: Listing, cursor: impl Fn(&T) -> Cursor) -> Page<T> {
+fn page<T>(
+    mut items: Vec<T>,
+    size: u32,
+    listing: Listing,
+    cursor: impl Fn(&T) -> Cursor,
+) -> Page<T> {
     let size = usize::try_from(size).unwrap_or(usize::MAX);
     let more = items.len() > size;
     items.truncate(size);

@@ -104,7 +104,9 @@ impl TryFrom<MessageRow> for StoredMessage {
             .map(serde_json::from_str::<Vec<usize>>)
             .transpose()
             .map_err(|e| Error::internal(format!("message {}: delta_lengths: {e}", row.id)))?;
-        let error = row.error_code.map(|code| (code, row.error_message.unwrap_or_default()));
+        let error = row
+            .error_code
+            .map(|code| (code, row.error_message.unwrap_or_default()));
         Ok(Self {
             message: Message {
                 id: row.id,
@@ -152,7 +154,11 @@ pub(crate) async fn get_conversation(
     owner_id: &str,
     id: &str,
 ) -> Result<Option<Conversation>> {
-    let sql = concat!("SELECT ", conversation_columns!(), " FROM conversations WHERE id = $1 AND owner_id = $2");
+    let sql = concat!(
+        "SELECT ",
+        conversation_columns!(),
+        " FROM conversations WHERE id = $1 AND owner_id = $2"
+    );
     let row: Option<ConversationRow> = on_database!(db, pool => {
         sqlx::query_as(sql).bind(id).bind(owner_id).fetch_optional(pool).await?
     });
@@ -166,9 +172,13 @@ pub(crate) async fn list_conversations(
     after: Option<&Cursor>,
     limit: u32,
 ) -> Result<Vec<Conversation>> {
-    let sql = concat!("SELECT ", conversation_columns!(), " FROM conversations \
+    let sql = concat!(
+        "SELECT ",
+        conversation_columns!(),
+        " FROM conversations \
          WHERE owner_id = $1 AND (created_at < $2 OR (created_at = $2 AND id < $3)) \
-         ORDER BY created_at DESC, id DESC LIMIT $4");
+         ORDER BY created_at DESC, id DESC LIMIT $4"
+    );
     // The first page starts after a position newer than any row.
     let (created_at, id) = after.map_or((i64::MAX, ""), |c| (c.created_at, c.id.as_str()));
     let rows: Vec<ConversationRow> = on_database!(db, pool => {
@@ -190,8 +200,11 @@ pub(crate) async fn update_title(
     title: &str,
     now: DateTime<Utc>,
 ) -> Result<Option<Conversation>> {
-    let sql = concat!("UPDATE conversations SET title = $1, updated_at = $2 \
-         WHERE id = $3 AND owner_id = $4 RETURNING ", conversation_columns!());
+    let sql = concat!(
+        "UPDATE conversations SET title = $1, updated_at = $2 \
+         WHERE id = $3 AND owner_id = $4 RETURNING ",
+        conversation_columns!()
+    );
     let row: Option<ConversationRow> = on_database!(db, pool => {
         sqlx::query_as(sql)
             .bind(title)
@@ -234,9 +247,13 @@ pub(crate) async fn list_messages(
     after: Option<&Cursor>,
     limit: u32,
 ) -> Result<Vec<Message>> {
-    let sql = concat!("SELECT ", message_columns!(), " FROM messages \
+    let sql = concat!(
+        "SELECT ",
+        message_columns!(),
+        " FROM messages \
          WHERE conversation_id = $1 AND (created_at > $2 OR (created_at = $2 AND id > $3)) \
-         ORDER BY created_at, id LIMIT $4");
+         ORDER BY created_at, id LIMIT $4"
+    );
     // The first page starts after a position older than any row.
     let (created_at, id) = after.map_or((i64::MIN, ""), |c| (c.created_at, c.id.as_str()));
     let rows: Vec<MessageRow> = on_database!(db, pool => {
@@ -254,10 +271,14 @@ pub(crate) async fn list_messages(
 /// The finished messages before `before` (the reply being generated), the
 /// most recent `limit` of them, oldest first: the engine's context.
 pub(crate) async fn history(db: &Database, before: &Message, limit: u32) -> Result<Vec<Message>> {
-    let sql = concat!("SELECT ", message_columns!(), " FROM messages \
+    let sql = concat!(
+        "SELECT ",
+        message_columns!(),
+        " FROM messages \
          WHERE conversation_id = $1 AND status = 'complete' \
            AND (created_at < $2 OR (created_at = $2 AND id < $3)) \
-         ORDER BY created_at DESC, id DESC LIMIT $4");
+         ORDER BY created_at DESC, id DESC LIMIT $4"
+    );
     let rows: Vec<MessageRow> = on_database!(db, pool => {
         sqlx::query_as(sql)
             .bind(&before.conversation_id)
@@ -323,7 +344,11 @@ pub(crate) async fn get_message(
     conversation_id: &str,
     id: &str,
 ) -> Result<Option<StoredMessage>> {
-    let sql = concat!("SELECT ", message_columns!(), " FROM messages WHERE id = $1 AND conversation_id = $2");
+    let sql = concat!(
+        "SELECT ",
+        message_columns!(),
+        " FROM messages WHERE id = $1 AND conversation_id = $2"
+    );
     let row: Option<MessageRow> = on_database!(db, pool => {
         sqlx::query_as(sql).bind(id).bind(conversation_id).fetch_optional(pool).await?
     });
@@ -337,8 +362,11 @@ pub(crate) async fn claim_reply(
     id: &str,
     now: DateTime<Utc>,
 ) -> Result<Option<Message>> {
-    let sql = concat!("UPDATE messages SET status = 'streaming', updated_at = $1 \
-         WHERE id = $2 AND role = 'assistant' AND status = 'pending' RETURNING ", message_columns!());
+    let sql = concat!(
+        "UPDATE messages SET status = 'streaming', updated_at = $1 \
+         WHERE id = $2 AND role = 'assistant' AND status = 'pending' RETURNING ",
+        message_columns!()
+    );
     let row: Option<MessageRow> = on_database!(db, pool => {
         sqlx::query_as(sql).bind(now.timestamp_micros()).bind(id).fetch_optional(pool).await?
     });
@@ -355,9 +383,12 @@ pub(crate) async fn finish_reply(
     ending: &ReplyEnding<'_>,
     now: DateTime<Utc>,
 ) -> Result<Option<Message>> {
-    let sql = concat!("UPDATE messages SET content = $1, delta_lengths = $2, status = $3, error_code = $4, \
+    let sql = concat!(
+        "UPDATE messages SET content = $1, delta_lengths = $2, status = $3, error_code = $4, \
          error_message = $5, updated_at = $6 \
-         WHERE id = $7 AND status = 'streaming' RETURNING ", message_columns!());
+         WHERE id = $7 AND status = 'streaming' RETURNING ",
+        message_columns!()
+    );
     let touch = "UPDATE conversations SET updated_at = $1 WHERE id = $2";
     let lengths = serde_json::to_string(ending.delta_lengths).map_err(Error::internal)?;
     let (code, message) = ending.error.unzip();

@@ -119,12 +119,16 @@ impl Drop for TestDb {
         // Drop cannot await, and the test's runtime may be gone or busy: use
         // a thread with a runtime of its own. FORCE ends leftover connections.
         let dropped = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
             runtime.block_on(async {
                 let mut admin = sqlx::PgConnection::connect(&admin_url).await?;
-                sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")))
-                    .execute(&mut admin)
-                    .await?;
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+                )))
+                .execute(&mut admin)
+                .await?;
                 admin.close().await
             })?;
             Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
@@ -138,9 +142,15 @@ impl Drop for TestDb {
 
 /// The admin URL with its database replaced by `name`.
 fn database_url(admin_url: &str, name: &str) -> String {
-    let (base, query) = admin_url.split_once('?').map_or((admin_url, ""), |(b, q)| (b, q));
+    let (base, query) = admin_url
+        .split_once('?')
+        .map_or((admin_url, ""), |(b, q)| (b, q));
     let (server, _) = base.rsplit_once('/').expect("a PostgreSQL URL has a path");
-    let query = if query.is_empty() { String::new() } else { format!("?{query}") };
+    let query = if query.is_empty() {
+        String::new()
+    } else {
+        format!("?{query}")
+    };
     format!("{server}/{name}{query}")
 }
 
@@ -171,7 +181,9 @@ impl TestApp {
     /// [`Services::start`] on `test_db`, with the development engine
     /// answering at once.
     pub(crate) async fn start(test_db: TestDb) -> TestApp {
-        let services = Services::start(&test_db.config).await.expect("start services");
+        let services = Services::start(&test_db.config)
+            .await
+            .expect("start services");
         TestApp {
             chat: services.chat(),
             hub: services.hub().clone(),
@@ -184,15 +196,27 @@ impl TestApp {
 
     /// Sends `content` in a new conversation.
     pub(crate) async fn send(&self, content: &str) -> SentMessage {
-        let conversation = self.chat.create_conversation(&self.me, "test").await.unwrap();
-        self.chat.send_message(&self.me, &conversation.id, content).await.unwrap()
+        let conversation = self
+            .chat
+            .create_conversation(&self.me, "test")
+            .await
+            .unwrap();
+        self.chat
+            .send_message(&self.me, &conversation.id, content)
+            .await
+            .unwrap()
     }
 
     /// Every event of `sent`'s reply after `after_seq`, until the stream ends.
     pub(crate) async fn events(&self, sent: &SentMessage, after_seq: u32) -> Vec<ReplyEvent> {
         let stream = self
             .chat
-            .subscribe_reply(&self.me, &sent.reply.conversation_id, &sent.reply.id, after_seq)
+            .subscribe_reply(
+                &self.me,
+                &sent.reply.conversation_id,
+                &sent.reply.id,
+                after_seq,
+            )
             .await
             .unwrap();
         tokio::time::timeout(Duration::from_secs(10), stream.collect())
@@ -248,13 +272,20 @@ impl ManualApp {
 
     /// A generator on this app's database and hub, with the dev engine.
     pub(crate) fn generator(&self) -> ReplyGenerator {
-        ReplyGenerator::new(self.db.clone(), self.hub.clone(), Arc::new(DevEngine::default()))
+        ReplyGenerator::new(
+            self.db.clone(),
+            self.hub.clone(),
+            Arc::new(DevEngine::default()),
+        )
     }
 
     /// Sends `content` in a new conversation; the reply stays pending.
     pub(crate) async fn send(&self, content: &str) -> SentMessage {
         let conversation = self.chat.create_conversation(&self.me, "").await.unwrap();
-        self.chat.send_message(&self.me, &conversation.id, content).await.unwrap()
+        self.chat
+            .send_message(&self.me, &conversation.id, content)
+            .await
+            .unwrap()
     }
 
     pub(crate) fn job(sent: &SentMessage) -> ReplyJob {
