@@ -68,8 +68,14 @@ pub enum CodegenError {
 /// FieldMask from the runtime (whose JSON follows the spec), the rest from
 /// pbjson-types.
 const EXTERN_PATHS: &[(&str, &str)] = &[
-    (".google.protobuf.Timestamp", "::switchboard_rest::wkt::Timestamp"),
-    (".google.protobuf.FieldMask", "::switchboard_rest::wkt::FieldMask"),
+    (
+        ".google.protobuf.Timestamp",
+        "::switchboard_rest::wkt::Timestamp",
+    ),
+    (
+        ".google.protobuf.FieldMask",
+        "::switchboard_rest::wkt::FieldMask",
+    ),
     (".google.protobuf", "::pbjson_types"),
 ];
 
@@ -202,9 +208,15 @@ impl Generator {
 
         for package in &packages {
             let code = rust::package(&model, package)?;
-            write(&out_dir.join(format!("{package}.switchboard.rs")), code.as_bytes())?;
+            write(
+                &out_dir.join(format!("{package}.switchboard.rs")),
+                code.as_bytes(),
+            )?;
         }
-        write(&out_dir.join("_includes.rs"), includes(&packages).as_bytes())?;
+        write(
+            &out_dir.join("_includes.rs"),
+            includes(&packages).as_bytes(),
+        )?;
         write(
             &out_dir.join("openapi.json"),
             openapi::document(&model, &self.info)?.as_bytes(),
@@ -247,8 +259,14 @@ fn includes(packages: &BTreeSet<String>) -> String {
             }
         }
         for (name, child) in &node.children {
-            let _ = writeln!(out, "{indent}/// Generated from the `{name}` proto package level.");
-            let _ = writeln!(out, "{indent}#[allow(missing_docs, clippy::all, clippy::pedantic, unreachable_pub)]");
+            let _ = writeln!(
+                out,
+                "{indent}/// Generated from the `{name}` proto package level."
+            );
+            let _ = writeln!(
+                out,
+                "{indent}#[allow(missing_docs, clippy::all, clippy::pedantic, unreachable_pub)]"
+            );
             let _ = writeln!(out, "{indent}pub mod {} {{", rust::module_name(name));
             emit(child, depth + 1, out);
             let _ = writeln!(out, "{indent}}}");

@@ -10,9 +10,9 @@ use prost_reflect::{
     MethodDescriptor, ServiceDescriptor, Value,
 };
 
+use crate::CodegenError;
 use crate::options::{AccessRule, FieldRules, HttpRule, Pattern};
 use crate::template::{Template, Variable};
-use crate::CodegenError;
 
 /// How the text of a path or query parameter becomes JSON; mirrors
 /// `switchboard_rest::binding::ScalarKind`.
@@ -130,7 +130,10 @@ impl ApiModel {
     pub fn new(pool: DescriptorPool, files: &[String]) -> Result<Self, CodegenError> {
         let comments = collect_comments(&pool);
         let mut services = Vec::new();
-        for file in pool.files().filter(|file| files.iter().any(|f| f == file.name())) {
+        for file in pool
+            .files()
+            .filter(|file| files.iter().any(|f| f == file.name()))
+        {
             for service in file.services() {
                 let methods = service
                     .methods()
@@ -218,7 +221,10 @@ pub(crate) fn field_rules(pool: &DescriptorPool, field: &FieldDescriptor) -> Opt
     option(pool, &field.options(), "switchboard.v1.field")
 }
 
-fn resolve_method(pool: &DescriptorPool, method: MethodDescriptor) -> Result<MethodModel, CodegenError> {
+fn resolve_method(
+    pool: &DescriptorPool,
+    method: MethodDescriptor,
+) -> Result<MethodModel, CodegenError> {
     let options = method.options();
     let access = option::<AccessRule>(pool, &options, "switchboard.v1.access");
     let fail = |reason: String| CodegenError::Rule {
@@ -228,7 +234,9 @@ fn resolve_method(pool: &DescriptorPool, method: MethodDescriptor) -> Result<Met
     let mut bindings = Vec::new();
     if let Some(rule) = option::<HttpRule>(pool, &options, "google.api.http") {
         if method.is_client_streaming() {
-            return Err(fail("client-streaming methods cannot have an HTTP binding".into()));
+            return Err(fail(
+                "client-streaming methods cannot have an HTTP binding".into(),
+            ));
         }
         bindings.push(resolve_binding(&method, &rule).map_err(&fail)?);
         for additional in &rule.additional_bindings {
@@ -254,7 +262,10 @@ fn resolve_binding(method: &MethodDescriptor, rule: &HttpRule) -> Result<Binding
         Some(Pattern::Patch(path)) => ("PATCH".to_owned(), path.clone()),
         Some(Pattern::Custom(custom)) => {
             if custom.kind.is_empty() || !custom.kind.chars().all(|c| c.is_ascii_alphabetic()) {
-                return Err(format!("custom HTTP method {:?} is not a method name", custom.kind));
+                return Err(format!(
+                    "custom HTTP method {:?} is not a method name",
+                    custom.kind
+                ));
             }
             (custom.kind.to_ascii_uppercase(), custom.path.clone())
         }
@@ -270,10 +281,14 @@ fn resolve_binding(method: &MethodDescriptor, rule: &HttpRule) -> Result<Binding
             let fields = field_chain(&input, &variable.field_path)?;
             let leaf = fields.last().expect("field paths are never empty");
             if leaf.is_list() || leaf.is_map() {
-                return Err(format!("path variable {} is a repeated field", variable.dotted()));
+                return Err(format!(
+                    "path variable {} is a repeated field",
+                    variable.dotted()
+                ));
             }
-            let kind = leaf_kind(leaf)
-                .ok_or_else(|| format!("path variable {} is not a scalar field", variable.dotted()))?;
+            let kind = leaf_kind(leaf).ok_or_else(|| {
+                format!("path variable {} is not a scalar field", variable.dotted())
+            })?;
             Ok(BoundVariable {
                 variable: variable.clone(),
                 fields,
@@ -286,10 +301,16 @@ fn resolve_binding(method: &MethodDescriptor, rule: &HttpRule) -> Result<Binding
         "" => BodyModel::None,
         "*" => BodyModel::Whole,
         name => {
-            let field = input
-                .get_field_by_name(name)
-                .ok_or_else(|| format!("body field {name:?} is not a field of {}", input.full_name()))?;
-            if variables.iter().any(|v| v.variable.field_path.len() == 1 && v.variable.field_path[0] == name) {
+            let field = input.get_field_by_name(name).ok_or_else(|| {
+                format!(
+                    "body field {name:?} is not a field of {}",
+                    input.full_name()
+                )
+            })?;
+            if variables
+                .iter()
+                .any(|v| v.variable.field_path.len() == 1 && v.variable.field_path[0] == name)
+            {
                 return Err(format!("body field {name:?} is also bound by the path"));
             }
             BodyModel::Field(field)
@@ -302,18 +323,31 @@ fn resolve_binding(method: &MethodDescriptor, rule: &HttpRule) -> Result<Binding
     let response_body = match rule.response_body.as_str() {
         "" => None,
         name => Some(method.output().get_field_by_name(name).ok_or_else(|| {
-            format!("response_body {name:?} is not a field of {}", method.output().full_name())
+            format!(
+                "response_body {name:?} is not a field of {}",
+                method.output().full_name()
+            )
         })?),
     };
 
-    let bound: Vec<Vec<String>> = template.variables.iter().map(|v| v.field_path.clone()).collect();
+    let bound: Vec<Vec<String>> = template
+        .variables
+        .iter()
+        .map(|v| v.field_path.clone())
+        .collect();
     let mut query = Vec::new();
     if !matches!(body, BodyModel::Whole) {
         let body_field = match &body {
             BodyModel::Field(field) => Some(field.name().to_owned()),
             _ => None,
         };
-        collect_query(&input, &mut Vec::new(), &bound, body_field.as_deref(), &mut query);
+        collect_query(
+            &input,
+            &mut Vec::new(),
+            &bound,
+            body_field.as_deref(),
+            &mut query,
+        );
     }
 
     let mask = match (&body, http_method.as_str()) {
@@ -345,17 +379,29 @@ fn resolve_binding(method: &MethodDescriptor, rule: &HttpRule) -> Result<Binding
 
 /// The fields along `path` from `message`; every step but the last must be a
 /// singular message field.
-fn field_chain(message: &MessageDescriptor, path: &[String]) -> Result<Vec<FieldDescriptor>, String> {
+fn field_chain(
+    message: &MessageDescriptor,
+    path: &[String],
+) -> Result<Vec<FieldDescriptor>, String> {
     let mut current = message.clone();
     let mut fields = Vec::new();
     for (index, name) in path.iter().enumerate() {
-        let field = current
-            .get_field_by_name(name)
-            .ok_or_else(|| format!("{} has no field {name:?} (in {})", current.full_name(), path.join(".")))?;
+        let field = current.get_field_by_name(name).ok_or_else(|| {
+            format!(
+                "{} has no field {name:?} (in {})",
+                current.full_name(),
+                path.join(".")
+            )
+        })?;
         if index + 1 < path.len() {
             match field.kind() {
                 Kind::Message(next) if !field.is_list() && !field.is_map() => current = next,
-                _ => return Err(format!("{} is not a singular message field", path[..=index].join("."))),
+                _ => {
+                    return Err(format!(
+                        "{} is not a singular message field",
+                        path[..=index].join(".")
+                    ));
+                }
             }
         }
         fields.push(field);
@@ -405,8 +451,15 @@ fn collect_query(
         if field.is_map() {
             continue;
         }
-        let names: Vec<&str> = prefix.iter().map(FieldDescriptor::name).chain([field.name()]).collect();
-        if bound.iter().any(|path| path.iter().map(String::as_str).eq(names.iter().copied())) {
+        let names: Vec<&str> = prefix
+            .iter()
+            .map(FieldDescriptor::name)
+            .chain([field.name()])
+            .collect();
+        if bound
+            .iter()
+            .any(|path| path.iter().map(String::as_str).eq(names.iter().copied()))
+        {
             continue;
         }
         prefix.push(field.clone());

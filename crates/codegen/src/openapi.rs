@@ -11,10 +11,10 @@ use std::collections::BTreeMap;
 use std::collections::BTreeSet;
 
 use prost_reflect::{EnumDescriptor, FieldDescriptor, Kind, MessageDescriptor};
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value, json};
 
-use crate::model::{field_rules, ApiModel, BindingModel, BodyModel, ScalarKind};
 use crate::CodegenError;
+use crate::model::{ApiModel, BindingModel, BodyModel, ScalarKind, field_rules};
 
 /// The document's title, version and description.
 #[derive(Debug, Clone)]
@@ -64,7 +64,8 @@ pub(crate) fn document(model: &ApiModel, info: &OpenApiInfo) -> Result<String, C
         tags.push(tag);
         for method in &service.methods {
             for (index, binding) in method.bindings.iter().enumerate() {
-                let operation = builder.operation(service.descriptor.name(), method, binding, index);
+                let operation =
+                    builder.operation(service.descriptor.name(), method, binding, index);
                 let path = binding.template.openapi_path();
                 let entry = paths.entry(path).or_insert_with(|| json!({}));
                 entry[binding.http_method.to_ascii_lowercase()] = operation;
@@ -157,9 +158,16 @@ impl Builder<'_> {
         };
         operation.insert("operationId".into(), operation_id.into());
         operation.insert("tags".into(), json!([service]));
-        if let Some(comment) = self.model.comment(&descriptor.parent_file(), descriptor.path()) {
+        if let Some(comment) = self
+            .model
+            .comment(&descriptor.parent_file(), descriptor.path())
+        {
             let summary = comment.split(['\n']).next().unwrap_or(comment);
-            let summary = summary.split(". ").next().unwrap_or(summary).trim_end_matches('.');
+            let summary = summary
+                .split(". ")
+                .next()
+                .unwrap_or(summary)
+                .trim_end_matches('.');
             operation.insert("summary".into(), summary.into());
             operation.insert("description".into(), comment.into());
         }
@@ -184,7 +192,11 @@ impl Builder<'_> {
         }
         for query in &binding.query {
             let leaf = query.fields.last().expect("non-empty");
-            let name: Vec<&str> = query.fields.iter().map(FieldDescriptor::json_name).collect();
+            let name: Vec<&str> = query
+                .fields
+                .iter()
+                .map(FieldDescriptor::json_name)
+                .collect();
             let mut parameter = json!({
                 "name": name.join("."),
                 "in": "query",
@@ -223,7 +235,9 @@ impl Builder<'_> {
                     .map(|path| path[1..].to_vec())
                     .collect();
                 Some(match field.kind() {
-                    Kind::Message(message) if !field.is_list() && !field.is_map() && !nested.is_empty() => {
+                    Kind::Message(message)
+                        if !field.is_list() && !field.is_map() && !nested.is_empty() =>
+                    {
                         self.message_without(&message, &nested)
                     }
                     _ => self.field_schema(field),
@@ -312,13 +326,23 @@ impl Builder<'_> {
                     (message.full_name().to_owned(), schema)
                 }
                 SchemaSource::Enum(enumeration) => {
-                    let names: Vec<String> = enumeration.values().map(|v| v.name().to_owned()).collect();
+                    let names: Vec<String> =
+                        enumeration.values().map(|v| v.name().to_owned()).collect();
                     let mut schema = json!({ "type": "string", "enum": names });
-                    if let Some(text) = self.model.comment(&enumeration.parent_file(), enumeration.path()) {
+                    if let Some(text) = self
+                        .model
+                        .comment(&enumeration.parent_file(), enumeration.path())
+                    {
                         let mut text = text.to_owned();
                         for value in enumeration.values() {
-                            if let Some(doc) = self.model.comment(&value.parent_file(), value.path()) {
-                                text.push_str(&format!("\n\n- `{}`: {}", value.name(), doc.replace('\n', " ")));
+                            if let Some(doc) =
+                                self.model.comment(&value.parent_file(), value.path())
+                            {
+                                text.push_str(&format!(
+                                    "\n\n- `{}`: {}",
+                                    value.name(),
+                                    doc.replace('\n', " ")
+                                ));
                             }
                         }
                         schema["description"] = text.into();
@@ -336,7 +360,10 @@ impl Builder<'_> {
         let mut properties = Map::new();
         let mut required = Vec::new();
         for field in message.fields() {
-            if excluded.iter().any(|path| path.len() == 1 && path[0] == field.name()) {
+            if excluded
+                .iter()
+                .any(|path| path.len() == 1 && path[0] == field.name())
+            {
                 continue;
             }
             let nested: Vec<Vec<String>> = excluded
@@ -383,24 +410,37 @@ impl Builder<'_> {
         let rules = field_rules(&self.model.pool, field).unwrap_or_default();
         let mut single = match field.kind() {
             Kind::Message(message) if field.is_map() => {
-                let value = message.get_field_by_name("value").expect("map entries have a value");
+                let value = message
+                    .get_field_by_name("value")
+                    .expect("map entries have a value");
                 let value_schema = self.field_schema(&value);
                 json!({ "type": "object", "additionalProperties": value_schema })
             }
             Kind::Message(message) => self.message_schema_ref(&message),
             Kind::Enum(enumeration) => {
-                self.require(SchemaSource::Enum(enumeration.clone()), enumeration.full_name());
+                self.require(
+                    SchemaSource::Enum(enumeration.clone()),
+                    enumeration.full_name(),
+                );
                 reference(enumeration.full_name())
             }
             Kind::String => json!({ "type": "string" }),
-            Kind::Bytes => json!({ "type": "string", "format": "byte", "contentEncoding": "base64" }),
+            Kind::Bytes => {
+                json!({ "type": "string", "format": "byte", "contentEncoding": "base64" })
+            }
             Kind::Bool => json!({ "type": "boolean" }),
-            Kind::Int32 | Kind::Sint32 | Kind::Sfixed32 => json!({ "type": "integer", "format": "int32" }),
-            Kind::Uint32 | Kind::Fixed32 => json!({ "type": "integer", "format": "int64", "minimum": 0, "maximum": 4_294_967_295_u32 }),
+            Kind::Int32 | Kind::Sint32 | Kind::Sfixed32 => {
+                json!({ "type": "integer", "format": "int32" })
+            }
+            Kind::Uint32 | Kind::Fixed32 => {
+                json!({ "type": "integer", "format": "int64", "minimum": 0, "maximum": 4_294_967_295_u32 })
+            }
             Kind::Int64 | Kind::Sint64 | Kind::Sfixed64 => {
                 json!({ "type": "string", "format": "int64", "pattern": "^-?[0-9]+$" })
             }
-            Kind::Uint64 | Kind::Fixed64 => json!({ "type": "string", "format": "uint64", "pattern": "^[0-9]+$" }),
+            Kind::Uint64 | Kind::Fixed64 => {
+                json!({ "type": "string", "format": "uint64", "pattern": "^[0-9]+$" })
+            }
             Kind::Float => json!({ "type": "number", "format": "float" }),
             Kind::Double => json!({ "type": "number", "format": "double" }),
         };
@@ -452,8 +492,12 @@ fn number(value: f64) -> Value {
 fn well_known_schema(name: &str) -> Option<Value> {
     Some(match name {
         "google.protobuf.Timestamp" => json!({ "type": "string", "format": "date-time" }),
-        "google.protobuf.Duration" => json!({ "type": "string", "pattern": "^-?[0-9]+(\\.[0-9]{1,9})?s$" }),
-        "google.protobuf.FieldMask" => json!({ "type": "string", "description": "Comma-separated lowerCamelCase field paths." }),
+        "google.protobuf.Duration" => {
+            json!({ "type": "string", "pattern": "^-?[0-9]+(\\.[0-9]{1,9})?s$" })
+        }
+        "google.protobuf.FieldMask" => {
+            json!({ "type": "string", "description": "Comma-separated lowerCamelCase field paths." })
+        }
         "google.protobuf.Empty" => json!({ "type": "object" }),
         "google.protobuf.Struct" => json!({ "type": "object", "additionalProperties": true }),
         "google.protobuf.Value" => json!({}),
@@ -464,11 +508,19 @@ fn well_known_schema(name: &str) -> Option<Value> {
             "additionalProperties": true,
         }),
         "google.protobuf.StringValue" => json!({ "type": ["string", "null"] }),
-        "google.protobuf.BytesValue" => json!({ "type": ["string", "null"], "contentEncoding": "base64" }),
+        "google.protobuf.BytesValue" => {
+            json!({ "type": ["string", "null"], "contentEncoding": "base64" })
+        }
         "google.protobuf.BoolValue" => json!({ "type": ["boolean", "null"] }),
-        "google.protobuf.Int32Value" | "google.protobuf.UInt32Value" => json!({ "type": ["integer", "null"] }),
-        "google.protobuf.Int64Value" | "google.protobuf.UInt64Value" => json!({ "type": ["string", "null"], "pattern": "^-?[0-9]+$" }),
-        "google.protobuf.FloatValue" | "google.protobuf.DoubleValue" => json!({ "type": ["number", "null"] }),
+        "google.protobuf.Int32Value" | "google.protobuf.UInt32Value" => {
+            json!({ "type": ["integer", "null"] })
+        }
+        "google.protobuf.Int64Value" | "google.protobuf.UInt64Value" => {
+            json!({ "type": ["string", "null"], "pattern": "^-?[0-9]+$" })
+        }
+        "google.protobuf.FloatValue" | "google.protobuf.DoubleValue" => {
+            json!({ "type": ["number", "null"] })
+        }
         _ => return None,
     })
 }
@@ -481,7 +533,11 @@ pub(crate) fn referenced_schemas(document: &Value) -> BTreeSet<String> {
         match value {
             Value::Object(map) => {
                 if let Some(Value::String(target)) = map.get("$ref") {
-                    names.insert(target.trim_start_matches("#/components/schemas/").to_owned());
+                    names.insert(
+                        target
+                            .trim_start_matches("#/components/schemas/")
+                            .to_owned(),
+                    );
                 }
                 map.values().for_each(|v| walk(v, names));
             }

@@ -122,9 +122,10 @@ impl Template {
                 }
                 let start = parsed.segments.len();
                 for segment in pattern.split('/') {
-                    parsed.segments.push(parse_plain(segment).ok_or_else(|| {
-                        fail(&format!("{segment:?} is not a valid segment"))
-                    })?);
+                    parsed.segments.push(
+                        parse_plain(segment)
+                            .ok_or_else(|| fail(&format!("{segment:?} is not a valid segment")))?,
+                    );
                 }
                 parsed.variables.push(Variable {
                     field_path,
@@ -155,7 +156,10 @@ impl Template {
         let mut seen = std::collections::HashSet::new();
         for variable in &parsed.variables {
             if !seen.insert(variable.dotted()) {
-                return Err(fail(&format!("variable {} appears twice", variable.dotted())));
+                return Err(fail(&format!(
+                    "variable {} appears twice",
+                    variable.dotted()
+                )));
             }
         }
         Ok(parsed)
@@ -215,7 +219,9 @@ fn parse_plain(segment: &str) -> Option<Segment> {
         "*" => Some(Segment::Any),
         "**" => Some(Segment::AnyMany),
         "" => None,
-        literal if literal.chars().all(is_literal_char) => Some(Segment::Literal(literal.to_owned())),
+        literal if literal.chars().all(is_literal_char) => {
+            Some(Segment::Literal(literal.to_owned()))
+        }
         _ => None,
     }
 }
@@ -226,7 +232,9 @@ fn is_literal_char(c: char) -> bool {
 
 fn is_ident(part: &str) -> bool {
     let mut chars = part.chars();
-    chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
@@ -240,9 +248,17 @@ mod tests {
 
     #[test]
     fn simple_variables_are_one_segment_each() {
-        let t = Template::parse("/v1/conversations/{conversation_id}/messages/{message_id}").unwrap();
+        let t =
+            Template::parse("/v1/conversations/{conversation_id}/messages/{message_id}").unwrap();
         assert_eq!(t.segments.len(), 5);
-        assert_eq!(t.variables[0], Variable { field_path: vec!["conversation_id".into()], start: 2, end: 3 });
+        assert_eq!(
+            t.variables[0],
+            Variable {
+                field_path: vec!["conversation_id".into()],
+                start: 2,
+                end: 3
+            }
+        );
         assert_eq!(t.variables[1].start, 4);
         assert_eq!(t.verb, None);
     }
@@ -257,10 +273,22 @@ mod tests {
     #[test]
     fn patterns_cover_several_segments() {
         let t = Template::parse("/v1/{name=shelves/*/books/*}").unwrap();
-        assert_eq!(t.segments, vec![literal("v1"), literal("shelves"), Segment::Any, literal("books"), Segment::Any]);
+        assert_eq!(
+            t.segments,
+            vec![
+                literal("v1"),
+                literal("shelves"),
+                Segment::Any,
+                literal("books"),
+                Segment::Any
+            ]
+        );
         assert_eq!((t.variables[0].start, t.variables[0].end), (1, 5));
         assert_eq!(t.openapi_path(), "/v1/{name}");
-        assert_eq!(t.variable_pattern(&t.variables[0]).unwrap(), "^shelves/[^/]+/books/[^/]+$");
+        assert_eq!(
+            t.variable_pattern(&t.variables[0]).unwrap(),
+            "^shelves/[^/]+/books/[^/]+$"
+        );
     }
 
     #[test]
@@ -284,7 +312,15 @@ mod tests {
 
     #[test]
     fn malformed_templates_are_refused_with_a_reason() {
-        for bad in ["v1/x", "/v1/{id", "/v1/{a{b}}", "/v1/{1x}", "/v1//x", "/v1/x:", "/v1/{id}/{id}"] {
+        for bad in [
+            "v1/x",
+            "/v1/{id",
+            "/v1/{a{b}}",
+            "/v1/{1x}",
+            "/v1//x",
+            "/v1/x:",
+            "/v1/{id}/{id}",
+        ] {
             assert!(Template::parse(bad).is_err(), "{bad} should not parse");
         }
     }

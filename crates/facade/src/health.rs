@@ -40,7 +40,10 @@ impl HealthState {
     /// # Errors
     /// Why it cannot, for logs.
     pub async fn check(&self) -> Result<(), String> {
-        self.database.ping().await.map_err(|error| error.to_string())
+        self.database
+            .ping()
+            .await
+            .map_err(|error| error.to_string())
     }
 
     async fn serving_status(&self) -> ServingStatus {
@@ -66,13 +69,18 @@ impl Health for HealthState {
     ) -> Result<tonic::Response<HealthCheckResponse>, tonic::Status> {
         let service = &request.get_ref().service;
         if !SERVICES.contains(&service.as_str()) {
-            return Err(tonic::Status::not_found(format!("unknown service {service:?}")));
+            return Err(tonic::Status::not_found(format!(
+                "unknown service {service:?}"
+            )));
         }
         let status = self.serving_status().await;
-        Ok(tonic::Response::new(HealthCheckResponse { status: status as i32 }))
+        Ok(tonic::Response::new(HealthCheckResponse {
+            status: status as i32,
+        }))
     }
 
-    type WatchStream = Pin<Box<dyn Stream<Item = Result<HealthCheckResponse, tonic::Status>> + Send>>;
+    type WatchStream =
+        Pin<Box<dyn Stream<Item = Result<HealthCheckResponse, tonic::Status>> + Send>>;
 
     async fn watch(
         &self,
@@ -88,7 +96,9 @@ impl Health for HealthState {
                     ServingStatus::ServiceUnknown
                 };
                 if Some(status) != last {
-                    let response = HealthCheckResponse { status: status as i32 };
+                    let response = HealthCheckResponse {
+                        status: status as i32,
+                    };
                     return Some((Ok(response), (health, Some(status))));
                 }
                 tokio::time::sleep(WATCH_INTERVAL).await;
@@ -96,13 +106,15 @@ impl Health for HealthState {
         });
         Ok(tonic::Response::new(Box::pin(stream)))
     }
-
 }
 
 /// `/healthz` and `/readyz`.
 pub(crate) fn routes(health: HealthState) -> Router {
     Router::new()
-        .route("/healthz", get(|| async { axum::Json(json!({ "status": "ok" })) }))
+        .route(
+            "/healthz",
+            get(|| async { axum::Json(json!({ "status": "ok" })) }),
+        )
         .route("/readyz", get(ready))
         .with_state(health)
 }
@@ -112,7 +124,9 @@ async fn ready(State(health): State<HealthState>) -> (StatusCode, axum::Json<ser
         ServingStatus::Serving => (StatusCode::OK, axum::Json(json!({ "status": "ready" }))),
         _ => (
             StatusCode::SERVICE_UNAVAILABLE,
-            axum::Json(json!({ "status": "unavailable", "reason": "the database does not answer" })),
+            axum::Json(
+                json!({ "status": "unavailable", "reason": "the database does not answer" }),
+            ),
         ),
     }
 }

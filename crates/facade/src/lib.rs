@@ -19,9 +19,9 @@ use std::time::Duration;
 
 use axum::Router;
 use http::{HeaderName, HeaderValue, Method, header};
-use switchboard_core::db::Database;
 use switchboard_core::chat::Chat;
 use switchboard_core::config::Config;
+use switchboard_core::db::Database;
 use switchboard_core::identity::Principal;
 use switchboard_proto::v1;
 use switchboard_rest::RestRouter;
@@ -99,7 +99,11 @@ fn cors_layer(origins: &[String]) -> Option<CorsLayer> {
     let allow_origin = if origins.iter().any(|origin| origin == "*") {
         AllowOrigin::any()
     } else {
-        AllowOrigin::list(origins.iter().filter_map(|origin| HeaderValue::from_str(origin).ok()))
+        AllowOrigin::list(
+            origins
+                .iter()
+                .filter_map(|origin| HeaderValue::from_str(origin).ok()),
+        )
     };
     let request_headers = [
         header::CONTENT_TYPE,

@@ -157,7 +157,13 @@ mod tests {
         let json = status_json(&invalid_field("conversation.title", "too long"));
         assert_eq!(json["code"], 3);
         assert_eq!(json["message"], "conversation.title: too long");
-        assert_eq!(json["details"][0]["@type"], "type.googleapis.com/google.rpc.BadRequest");
-        assert_eq!(json["details"][0]["fieldViolations"][0]["field"], "conversation.title");
+        assert_eq!(
+            json["details"][0]["@type"],
+            "type.googleapis.com/google.rpc.BadRequest"
+        );
+        assert_eq!(
+            json["details"][0]["fieldViolations"][0]["field"],
+            "conversation.title"
+        );
     }
 }

@@ -46,8 +46,17 @@ struct Call {
 impl Call {
     #[allow(clippy::result_large_err)]
     fn into_request<Req: DeserializeOwned>(self) -> Result<tonic::Request<Req>, tonic::Status> {
-        let message = decode_request(self.binding, self.captured, self.query.as_deref(), &self.body)?;
-        Ok(tonic::Request::from_parts(self.metadata, self.extensions, message))
+        let message = decode_request(
+            self.binding,
+            self.captured,
+            self.query.as_deref(),
+            &self.body,
+        )?;
+        Ok(tonic::Request::from_parts(
+            self.metadata,
+            self.extensions,
+            message,
+        ))
     }
 }
 
@@ -82,7 +91,9 @@ pub struct Route {
 
 impl std::fmt::Debug for Route {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Route").field("binding", self.binding).finish_non_exhaustive()
+        f.debug_struct("Route")
+            .field("binding", self.binding)
+            .finish_non_exhaustive()
     }
 }
 
@@ -108,7 +119,9 @@ impl Route {
                 let outcome = match deadline {
                     Some(deadline) => tokio::time::timeout(deadline, call(request))
                         .await
-                        .unwrap_or_else(|_| Err(tonic::Status::deadline_exceeded("deadline exceeded"))),
+                        .unwrap_or_else(|_| {
+                            Err(tonic::Status::deadline_exceeded("deadline exceeded"))
+                        }),
                     None => call(request).await,
                 };
                 match outcome {
@@ -142,7 +155,9 @@ impl Route {
                 let stream = match deadline {
                     Some(deadline) => tokio::time::timeout_at(deadline, call(request))
                         .await
-                        .unwrap_or_else(|_| Err(tonic::Status::deadline_exceeded("deadline exceeded"))),
+                        .unwrap_or_else(|_| {
+                            Err(tonic::Status::deadline_exceeded("deadline exceeded"))
+                        }),
                     None => call(request).await,
                 };
                 match stream {
@@ -177,7 +192,11 @@ where
     };
     let expired = futures::stream::once(tokio::time::sleep_until(deadline))
         .map(|_| Err(tonic::Status::deadline_exceeded("deadline exceeded")));
-    Box::pin(futures::stream::select(stream.map(Some), expired.map(Some).chain(futures::stream::pending()))
+    Box::pin(
+        futures::stream::select(
+            stream.map(Some),
+            expired.map(Some).chain(futures::stream::pending()),
+        )
         .map(|item| item.expect("both sides yield Some"))
         .scan(false, |finished, item| {
             if *finished {
@@ -185,7 +204,8 @@ where
             }
             *finished = item.is_err();
             futures::future::ready(Some(item))
-        }))
+        }),
+    )
 }
 
 fn json_response<Res: Serialize>(message: &Res, response_body: Option<&'static str>) -> Response {
@@ -197,7 +217,10 @@ fn json_response<Res: Serialize>(message: &Res, response_body: Option<&'static s
     };
     match encoded {
         Ok(bytes) => (
-            [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            )],
             bytes,
         )
             .into_response(),
@@ -229,7 +252,9 @@ where
                     Err(status) => error_event(&status),
                 })
             });
-            Sse::new(events).keep_alive(KeepAlive::default()).into_response()
+            Sse::new(events)
+                .keep_alive(KeepAlive::default())
+                .into_response()
         }
         StreamFormat::NdJson => {
             let lines = items.map(|item| {
@@ -245,7 +270,10 @@ where
                 Ok::<_, Infallible>(Bytes::from(bytes))
             });
             (
-                [(header::CONTENT_TYPE, HeaderValue::from_static("application/x-ndjson"))],
+                [(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/x-ndjson"),
+                )],
                 Body::from_stream(lines),
             )
                 .into_response()
@@ -254,7 +282,9 @@ where
 }
 
 fn error_event(status: &tonic::Status) -> Event {
-    Event::default().event("error").data(status_json(status).to_string())
+    Event::default()
+        .event("error")
+        .data(status_json(status).to_string())
 }
 
 /// Every REST route of the API, matched in one place.
@@ -310,7 +340,10 @@ impl RestRouter {
         let Some((route, captured)) = matched else {
             return no_route(&parts.method, path, &allowed);
         };
-        let body = match http_body_util::Limited::new(body, self.body_limit).collect().await {
+        let body = match http_body_util::Limited::new(body, self.body_limit)
+            .collect()
+            .await
+        {
             Ok(collected) => collected.to_bytes(),
             Err(_) => {
                 let status = tonic::Status::resource_exhausted(format!(
@@ -353,7 +386,9 @@ impl RestRouter {
 
 fn no_route(method: &Method, path: &str, allowed: &[&'static str]) -> Response {
     if allowed.is_empty() {
-        return status_response(&tonic::Status::not_found(format!("no route for {method} {path}")));
+        return status_response(&tonic::Status::not_found(format!(
+            "no route for {method} {path}"
+        )));
     }
     let mut response = status_response(&tonic::Status::unimplemented(format!(
         "{method} is not allowed on {path}; allowed: {}",

@@ -171,9 +171,9 @@ fn parse_body(rule: BodyRule, body: &[u8]) -> Result<Option<Value>, TranscodeErr
         BodyRule::None if blank => Ok(None),
         BodyRule::None => Err(invalid_field("", "this method takes no request body")),
         _ if blank => Ok(None),
-        _ => serde_json::from_slice(body)
-            .map(Some)
-            .map_err(|error| invalid_field("", &format!("the request body is not valid JSON: {error}"))),
+        _ => serde_json::from_slice(body).map(Some).map_err(|error| {
+            invalid_field("", &format!("the request body is not valid JSON: {error}"))
+        }),
     }
 }
 
@@ -188,7 +188,8 @@ fn parse_query(
     let mut unknown = Vec::new();
     for (name, text) in form_urlencoded::parse(query.as_bytes()) {
         let param = binding.query.iter().find(|param| {
-            path_matches(param.path, &name, |s| s.proto) || path_matches(param.path, &name, |s| s.json)
+            path_matches(param.path, &name, |s| s.proto)
+                || path_matches(param.path, &name, |s| s.json)
         });
         let Some(param) = param else {
             if !unknown.contains(&name) {
@@ -227,7 +228,10 @@ fn path_matches(path: FieldPath, name: &str, pick: fn(&FieldStep) -> &'static st
 }
 
 fn proto_path(path: FieldPath) -> String {
-    path.iter().map(|step| step.proto).collect::<Vec<_>>().join(".")
+    path.iter()
+        .map(|step| step.proto)
+        .collect::<Vec<_>>()
+        .join(".")
 }
 
 #[allow(clippy::result_large_err)]
@@ -254,13 +258,19 @@ fn scalar_json(kind: ScalarKind, text: &str, path: FieldPath) -> Result<Value, T
 /// Sets the field at `path`, creating the messages on the way and replacing
 /// the field wherever the body had it under either of its names.
 #[allow(clippy::result_large_err)]
-fn insert_at(request: &mut Map<String, Value>, path: FieldPath, value: Value) -> Result<(), TranscodeError> {
+fn insert_at(
+    request: &mut Map<String, Value>,
+    path: FieldPath,
+    value: Value,
+) -> Result<(), TranscodeError> {
     let Some((last, parents)) = path.split_last() else {
         return Ok(());
     };
     let mut object = request;
     for (depth, step) in parents.iter().enumerate() {
-        let existing = object.remove(step.proto).or_else(|| object.remove(step.json));
+        let existing = object
+            .remove(step.proto)
+            .or_else(|| object.remove(step.json));
         let child = object
             .entry(step.json.to_owned())
             .or_insert(existing.unwrap_or_else(|| Value::Object(Map::new())));
@@ -326,10 +336,22 @@ mod tests {
     use super::*;
     use crate::binding::{MaskRule, QueryParam, Variable};
 
-    const NAME: FieldStep = FieldStep { proto: "name", json: "name" };
-    const ITEM: FieldStep = FieldStep { proto: "item", json: "item" };
-    const ITEM_ID: FieldStep = FieldStep { proto: "item_id", json: "itemId" };
-    const MASK: FieldStep = FieldStep { proto: "update_mask", json: "updateMask" };
+    const NAME: FieldStep = FieldStep {
+        proto: "name",
+        json: "name",
+    };
+    const ITEM: FieldStep = FieldStep {
+        proto: "item",
+        json: "item",
+    };
+    const ITEM_ID: FieldStep = FieldStep {
+        proto: "item_id",
+        json: "itemId",
+    };
+    const MASK: FieldStep = FieldStep {
+        proto: "update_mask",
+        json: "updateMask",
+    };
 
     const NAMED: HttpBinding = HttpBinding {
         grpc_method: "/t.S/Get",
@@ -342,11 +364,20 @@ mod tests {
             Segment::Literal("books"),
             Segment::AnyMany,
         ],
-        variables: &[Variable { path: &[NAME], kind: ScalarKind::Text, start: 1, end: 5 }],
+        variables: &[Variable {
+            path: &[NAME],
+            kind: ScalarKind::Text,
+            start: 1,
+            end: 5,
+        }],
         verb: None,
         body: BodyRule::None,
         response_body: None,
-        query: &[QueryParam { path: &[ITEM, ITEM_ID], kind: ScalarKind::Text, repeated: true }],
+        query: &[QueryParam {
+            path: &[ITEM, ITEM_ID],
+            kind: ScalarKind::Text,
+            repeated: true,
+        }],
         mask: None,
     };
 
@@ -356,18 +387,31 @@ mod tests {
         assert_eq!(captured, vec!["shelves/s 1/books/a/b"]);
         assert!(match_path(&NAMED, "/v1/shelves/s1/pens/a").is_none());
         assert!(match_path(&NAMED, "/v1/shelves/s1").is_none());
-        assert_eq!(match_path(&NAMED, "/v1/shelves/s1/books").unwrap(), vec!["shelves/s1/books"]);
+        assert_eq!(
+            match_path(&NAMED, "/v1/shelves/s1/books").unwrap(),
+            vec!["shelves/s1/books"]
+        );
     }
 
     #[test]
     fn repeated_nested_query_parameters_accept_both_names() {
-        let json = request_json(&NAMED, vec!["n".into()], Some("item.itemId=a&item.item_id=b"), b"").unwrap();
-        assert_eq!(json, serde_json::json!({"name": "n", "item": {"itemId": ["a", "b"]}}));
+        let json = request_json(
+            &NAMED,
+            vec!["n".into()],
+            Some("item.itemId=a&item.item_id=b"),
+            b"",
+        )
+        .unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"name": "n", "item": {"itemId": ["a", "b"]}})
+        );
     }
 
     #[test]
     fn unknown_query_parameters_are_named() {
-        let error = request_json(&NAMED, vec!["n".into()], Some("colour=red&size=2"), b"").unwrap_err();
+        let error =
+            request_json(&NAMED, vec!["n".into()], Some("colour=red&size=2"), b"").unwrap_err();
         assert_eq!(error.message(), "unknown query parameter `colour`, `size`");
     }
 
@@ -383,11 +427,22 @@ mod tests {
             http_method: "PATCH",
             body: BodyRule::Field(ITEM),
             query: &[],
-            variables: &[Variable { path: &[ITEM, ITEM_ID], kind: ScalarKind::Text, start: 1, end: 2 }],
+            variables: &[Variable {
+                path: &[ITEM, ITEM_ID],
+                kind: ScalarKind::Text,
+                start: 1,
+                end: 2,
+            }],
             segments: &[Segment::Literal("items"), Segment::Any],
             mask: Some(MaskRule {
                 field: MASK,
-                tree: &[MaskNode { field: FieldStep { proto: "shape", json: "shape" }, children: &[] }],
+                tree: &[MaskNode {
+                    field: FieldStep {
+                        proto: "shape",
+                        json: "shape",
+                    },
+                    children: &[],
+                }],
             }),
             ..NAMED
         };
@@ -399,8 +454,14 @@ mod tests {
 
     #[test]
     fn grpc_timeouts_follow_the_spec() {
-        assert_eq!(parse_grpc_timeout("100m"), Some(std::time::Duration::from_millis(100)));
-        assert_eq!(parse_grpc_timeout("2S"), Some(std::time::Duration::from_secs(2)));
+        assert_eq!(
+            parse_grpc_timeout("100m"),
+            Some(std::time::Duration::from_millis(100))
+        );
+        assert_eq!(
+            parse_grpc_timeout("2S"),
+            Some(std::time::Duration::from_secs(2))
+        );
         assert_eq!(parse_grpc_timeout("123456789S"), None);
         assert_eq!(parse_grpc_timeout("5x"), None);
     }

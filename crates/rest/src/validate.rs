@@ -95,9 +95,15 @@ impl<'a> Checker<'a> {
         }
         let count = value.chars().count();
         if max > 0 && count > max as usize {
-            self.fail(field, format!("must be at most {max} characters long (got {count})"));
+            self.fail(
+                field,
+                format!("must be at most {max} characters long (got {count})"),
+            );
         } else if count < min as usize {
-            self.fail(field, format!("must be at least {min} characters long (got {count})"));
+            self.fail(
+                field,
+                format!("must be at least {min} characters long (got {count})"),
+            );
         }
     }
 
@@ -105,9 +111,15 @@ impl<'a> Checker<'a> {
     pub fn bytes_length(&mut self, field: &str, value: &[u8], min: u32, max: u32) {
         let count = value.len();
         if max > 0 && count > max as usize {
-            self.fail(field, format!("must be at most {max} bytes long (got {count})"));
+            self.fail(
+                field,
+                format!("must be at most {max} bytes long (got {count})"),
+            );
         } else if count < min as usize {
-            self.fail(field, format!("must be at least {min} bytes long (got {count})"));
+            self.fail(
+                field,
+                format!("must be at least {min} bytes long (got {count})"),
+            );
         }
     }
 
@@ -136,7 +148,10 @@ impl<'a> Checker<'a> {
     /// `max_items` on a repeated field.
     pub fn max_items(&mut self, field: &str, count: usize, max: u32) {
         if max > 0 && count > max as usize {
-            self.fail(field, format!("must have at most {max} items (got {count})"));
+            self.fail(
+                field,
+                format!("must have at most {max} items (got {count})"),
+            );
         }
     }
 
@@ -166,7 +181,10 @@ mod tests {
         assert!(Title("héllo".into()).validate().is_ok());
         let status = Title("héllo!".into()).validate().unwrap_err();
         assert_eq!(status.code(), Code::InvalidArgument);
-        assert_eq!(status.message(), "title: must be at most 5 characters long (got 6)");
+        assert_eq!(
+            status.message(),
+            "title: must be at most 5 characters long (got 6)"
+        );
     }
 
     #[test]

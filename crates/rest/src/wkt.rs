@@ -28,7 +28,9 @@ impl Timestamp {
     /// The timestamp as a chrono date-time, or `None` when it is out of
     /// chrono's range or its nanos are outside 0..1e9.
     pub fn to_datetime(&self) -> Option<DateTime<Utc>> {
-        let nanos = u32::try_from(self.nanos).ok().filter(|n| *n < 1_000_000_000)?;
+        let nanos = u32::try_from(self.nanos)
+            .ok()
+            .filter(|n| *n < 1_000_000_000)?;
         DateTime::from_timestamp(self.seconds, nanos)
     }
 }
@@ -138,7 +140,10 @@ mod tests {
 
     #[test]
     fn timestamp_json_is_z_normalised_and_round_trips() {
-        let time = Timestamp { seconds: 1_700_000_000, nanos: 123_000_000 };
+        let time = Timestamp {
+            seconds: 1_700_000_000,
+            nanos: 123_000_000,
+        };
         let json = serde_json::to_string(&time).unwrap();
         assert_eq!(json, "\"2023-11-14T22:13:20.123Z\"");
         let back: Timestamp = serde_json::from_str("\"2023-11-14T23:13:20.123+01:00\"").unwrap();
@@ -153,8 +158,13 @@ mod tests {
 
     #[test]
     fn field_mask_json_is_one_camel_case_string() {
-        let mask = FieldMask { paths: vec!["title".into(), "conversation.update_time".into()] };
-        assert_eq!(serde_json::to_string(&mask).unwrap(), "\"title,conversation.updateTime\"");
+        let mask = FieldMask {
+            paths: vec!["title".into(), "conversation.update_time".into()],
+        };
+        assert_eq!(
+            serde_json::to_string(&mask).unwrap(),
+            "\"title,conversation.updateTime\""
+        );
         let back: FieldMask = serde_json::from_str("\"title, conversation.updateTime\"").unwrap();
         assert_eq!(back, mask);
     }

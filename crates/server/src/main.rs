@@ -69,7 +69,9 @@ async fn main() -> anyhow::Result<()> {
 
 fn init_logging(config: &Config) -> anyhow::Result<()> {
     let filter = EnvFilter::try_new(&config.log_level).context("invalid log_level")?;
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match config.log_format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
@@ -83,7 +85,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
-    let services = Services::start(&config).await.context("cannot start the services")?;
+    let services = Services::start(&config)
+        .await
+        .context("cannot start the services")?;
     let edge = switchboard_facade::Edge::new(services.chat(), services.database().clone(), &config);
     let app = switchboard_facade::app(edge);
     tracing::info!(address = %listener.local_addr()?, "listening: gRPC, gRPC-Web and REST; Swagger UI at /docs");
@@ -113,8 +117,9 @@ async fn shutdown_signal() {
     let interrupt = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("installing a SIGTERM handler cannot fail on unix");
+        let mut terminate =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                .expect("installing a SIGTERM handler cannot fail on unix");
         tokio::select! {
             _ = interrupt => tracing::info!("SIGINT received; shutting down"),
             _ = terminate.recv() => tracing::info!("SIGTERM received; shutting down"),

@@ -1,0 +1,7 @@
+//! End-to-end tests of the edge: the real server on a real port, called by
+//! real clients — tonic's generated gRPC client, gRPC-Web over HTTP/1.1 and
+//! REST with reqwest — on SQLite and on the PostgreSQL of this machine.
+
+mod lifecycle;
+mod support;
+mod transports;
