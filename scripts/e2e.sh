@@ -36,7 +36,7 @@ SERVER_PID=
 CHECKS=0
 
 # --- output helpers ---------------------------------------------------------
-step() { printf '\n== %s ==\n' "$*"; }
+step() { rm -f "$TMP/body"; printf '\n== %s ==\n' "$*"; }
 ok() { CHECKS=$((CHECKS + 1)); printf '  ok   %s\n' "$*"; }
 note() { printf '  ..   %s\n' "$*"; }
 short() { tr -d '\n' | cut -c1-"${1:-150}"; }

@@ -152,7 +152,7 @@ impl Generator {
     /// Any [`CodegenError`] from compiling or resolving the rules.
     pub fn openapi(&self) -> Result<String, CodegenError> {
         let model = self.model()?;
-        Ok(openapi::document(&model, &self.info)?)
+        openapi::document(&model, &self.info)
     }
 
     /// Generates every output into `OUT_DIR` (or the directory set with

@@ -133,13 +133,14 @@ impl<'a> Checker<'a> {
 
     /// `minimum` / `maximum` on a number.
     pub fn range(&mut self, field: &str, value: f64, minimum: Option<f64>, maximum: Option<f64>) {
+        // NaN is below and above every bound.
         if let Some(min) = minimum
-            && !(value >= min)
+            && (value.is_nan() || value < min)
         {
             self.fail(field, format!("must be at least {min} (got {value})"));
         }
         if let Some(max) = maximum
-            && !(value <= max)
+            && (value.is_nan() || value > max)
         {
             self.fail(field, format!("must be at most {max} (got {value})"));
         }
