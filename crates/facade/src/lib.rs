@@ -27,7 +27,12 @@ use switchboard_proto::v1;
 use switchboard_rest::RestRouter;
 use tokio::net::TcpListener;
 use tower_http::add_extension::AddExtensionLayer;
+use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::request_id::{
+    MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
+};
+use tower_http::trace::TraceLayer;
 use utoipa_swagger_ui::SwaggerUi;
 
 pub use health::HealthState;
@@ -83,11 +88,48 @@ pub fn app(edge: Edge) -> Router {
             let rest = rest.clone();
             async move { rest.handle(request).await }
         })
-        .layer(AddExtensionLayer::new(Principal::local()));
+        .layer(AddExtensionLayer::new(Principal::local()))
+        .layer(CatchPanicLayer::custom(panic_response))
+        .layer(TraceLayer::new_for_http().make_span_with(|request: &http::Request<_>| {
+            let request_id = request
+                .headers()
+                .get("x-request-id")
+                .and_then(|value| value.to_str().ok())
+                .unwrap_or_default();
+            tracing::info_span!("request", method = %request.method(), path = request.uri().path(), request_id)
+        }))
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(SetRequestIdLayer::x_request_id(UuidRequestId));
     if let Some(cors) = cors_layer(&edge.cors_allowed_origins) {
         app = app.layer(cors);
     }
     app
+}
+
+/// Gives each request without an `x-request-id` a fresh UUID v7.
+#[derive(Debug, Clone, Copy)]
+struct UuidRequestId;
+
+impl MakeRequestId for UuidRequestId {
+    fn make_request_id<B>(&mut self, _request: &http::Request<B>) -> Option<RequestId> {
+        HeaderValue::from_str(&uuid::Uuid::now_v7().to_string())
+            .ok()
+            .map(RequestId::new)
+    }
+}
+
+/// A handler that panicked answers 500 with a google.rpc.Status body; the
+/// panic is logged, the connection and the server live on.
+fn panic_response(
+    panic: Box<dyn std::any::Any + Send + 'static>,
+) -> http::Response<axum::body::Body> {
+    let detail = panic
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| panic.downcast_ref::<&str>().copied())
+        .unwrap_or("unknown panic");
+    tracing::error!(panic = detail, "a request handler panicked");
+    switchboard_rest::error::status_response(&tonic::Status::internal("internal error"))
 }
 
 /// The CORS policy for browser callers of gRPC-Web and REST, or `None` when

@@ -214,10 +214,17 @@ fn parse_query(
     }
     if !unknown.is_empty() {
         let names: Vec<String> = unknown.iter().map(|name| format!("`{name}`")).collect();
-        return Err(invalid_field(
-            "",
-            &format!("unknown query parameter {}", names.join(", ")),
-        ));
+        let mut details = tonic_types::ErrorDetails::new();
+        for name in &unknown {
+            details.add_bad_request_violation(name.as_ref(), "unknown query parameter");
+        }
+        return Err(
+            <tonic::Status as tonic_types::StatusExt>::with_error_details(
+                tonic::Code::InvalidArgument,
+                format!("unknown query parameter {}", names.join(", ")),
+                details,
+            ),
+        );
     }
     Ok(fields)
 }
