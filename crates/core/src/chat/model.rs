@@ -188,7 +188,20 @@ pub(crate) fn title_for_update(title: &str) -> Result<String> {
     checked_title(title)
 }
 
+/// Text is stored in TEXT columns, and PostgreSQL's cannot hold U+0000:
+/// refuse it on every backend alike.
+fn reject_nul(field: &str, text: &str) -> Result<()> {
+    if text.contains('\0') {
+        return Err(Error::invalid_argument(
+            field,
+            "must not contain the NUL character (U+0000)",
+        ));
+    }
+    Ok(())
+}
+
 fn checked_title(title: &str) -> Result<String> {
+    reject_nul("title", title)?;
     if title.chars().count() > MAX_TITLE_CHARS {
         return Err(Error::invalid_argument(
             "title",
@@ -200,6 +213,7 @@ fn checked_title(title: &str) -> Result<String> {
 
 /// Checks the text of a user's message; it is stored as written.
 pub(crate) fn check_content(content: &str) -> Result<()> {
+    reject_nul("content", content)?;
     if content.trim().is_empty() {
         return Err(Error::invalid_argument("content", "must not be empty"));
     }
@@ -222,6 +236,13 @@ mod tests {
         assert_eq!(title_for_create(" ").unwrap(), DEFAULT_TITLE);
         assert!(title_for_update(" ").is_err());
         assert!(title_for_create(&"x".repeat(MAX_TITLE_CHARS + 1)).is_err());
+    }
+
+    #[test]
+    fn nul_characters_are_refused_in_titles_and_content() {
+        assert!(title_for_create("a\0b").is_err());
+        assert!(check_content("hi\0").is_err());
+        assert!(check_content("hi").is_ok());
     }
 
     #[test]
