@@ -82,7 +82,7 @@ const EXTERN_PATHS: &[(&str, &str)] = &[
 /// Generates everything from a set of proto files.
 #[derive(Debug, Clone)]
 pub struct Generator {
-    include: PathBuf,
+    includes: Vec<PathBuf>,
     files: Vec<String>,
     info: OpenApiInfo,
     out_dir: Option<PathBuf>,
@@ -92,11 +92,19 @@ impl Generator {
     /// A generator over the protos under `include` (the import root).
     pub fn new(include: impl Into<PathBuf>) -> Self {
         Self {
-            include: include.into(),
+            includes: vec![include.into()],
             files: Vec::new(),
             info: OpenApiInfo::default(),
             out_dir: None,
         }
+    }
+
+    /// Adds another import root, searched after the first ones: test protos
+    /// import `google/api/*.proto` and `switchboard/v1/options.proto` from the
+    /// workspace's `proto/` this way instead of keeping copies.
+    pub fn include(mut self, include: impl Into<PathBuf>) -> Self {
+        self.includes.push(include.into());
+        self
     }
 
     /// Adds proto files to compile, relative to the include root.
@@ -124,7 +132,7 @@ impl Generator {
     /// # Errors
     /// [`CodegenError::Compile`] with protox's message.
     pub fn compile(&self) -> Result<(DescriptorPool, Vec<u8>), CodegenError> {
-        let mut compiler = protox::Compiler::new([&self.include])
+        let mut compiler = protox::Compiler::new(&self.includes)
             .map_err(|e| CodegenError::Compile(e.to_string()))?;
         compiler.include_imports(true).include_source_info(true);
         compiler
@@ -167,7 +175,9 @@ impl Generator {
                 CodegenError::Compile("OUT_DIR is not set: run from build.rs or set out_dir".into())
             })?),
         };
-        println!("cargo:rerun-if-changed={}", self.include.display());
+        for include in &self.includes {
+            println!("cargo:rerun-if-changed={}", include.display());
+        }
         let (pool, bytes) = self.compile()?;
         let model = ApiModel::new(pool.clone(), &self.files)?;
         write(&out_dir.join("file_descriptor_set.bin"), &bytes)?;
