@@ -14,7 +14,7 @@ use prost_reflect::{EnumDescriptor, FieldDescriptor, Kind, MessageDescriptor};
 use serde_json::{Map, Value, json};
 
 use crate::CodegenError;
-use crate::model::{ApiModel, BindingModel, BodyModel, ScalarKind, field_rules};
+use crate::model::{ApiModel, BindingModel, BodyModel, field_rules};
 
 /// The document's title, version and description.
 #[derive(Debug, Clone)]
@@ -162,13 +162,7 @@ impl Builder<'_> {
             .model
             .comment(&descriptor.parent_file(), descriptor.path())
         {
-            let summary = comment.split(['\n']).next().unwrap_or(comment);
-            let summary = summary
-                .split(". ")
-                .next()
-                .unwrap_or(summary)
-                .trim_end_matches('.');
-            operation.insert("summary".into(), summary.into());
+            operation.insert("summary".into(), first_sentence(comment).into());
             operation.insert("description".into(), comment.into());
         }
 
@@ -176,6 +170,7 @@ impl Builder<'_> {
         for bound in &binding.variables {
             let leaf = bound.fields.last().expect("non-empty");
             let mut schema = self.field_schema(leaf);
+            strip_description(&mut schema);
             if let Some(pattern) = binding.template.variable_pattern(&bound.variable) {
                 schema["pattern"] = pattern.into();
             }
@@ -197,18 +192,17 @@ impl Builder<'_> {
                 .iter()
                 .map(FieldDescriptor::json_name)
                 .collect();
+            let mut schema = self.field_schema(leaf);
+            strip_description(&mut schema);
             let mut parameter = json!({
                 "name": name.join("."),
                 "in": "query",
                 "required": false,
-                "schema": self.field_schema(leaf),
+                "schema": schema,
             });
             if query.repeated {
                 parameter["style"] = "form".into();
                 parameter["explode"] = true.into();
-            }
-            if query.kind == ScalarKind::Enum || query.kind == ScalarKind::Bool {
-                // Nothing more: the schema carries the values.
             }
             if let Some(text) = self.field_comment(leaf) {
                 parameter["description"] = text.into();
@@ -477,6 +471,22 @@ impl Builder<'_> {
             schema["description"] = text.into();
         }
         schema
+    }
+}
+
+/// The first sentence of a comment, on one line, for an operation summary.
+fn first_sentence(comment: &str) -> String {
+    let flat = comment.split_whitespace().collect::<Vec<_>>().join(" ");
+    match flat.find(". ") {
+        Some(end) => flat[..end].to_owned(),
+        None => flat.trim_end_matches('.').to_owned(),
+    }
+}
+
+/// Parameters carry their description themselves, not in their schema too.
+fn strip_description(schema: &mut Value) {
+    if let Some(object) = schema.as_object_mut() {
+        object.remove("description");
     }
 }
 
