@@ -558,3 +558,215 @@ pub(crate) fn referenced_schemas(document: &Value) -> BTreeSet<String> {
     walk(document, &mut names);
     names
 }
+
+#[cfg(test)]
+mod tests {
+    //! The document generated from `tests/protos/valid/shelves.proto`.
+
+    use super::*;
+
+    const PROTOS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/protos");
+    const WORKSPACE_PROTOS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../proto");
+
+    fn document_of(file: &str) -> Value {
+        let text = crate::Generator::new(PROTOS)
+            .include(WORKSPACE_PROTOS)
+            .files(&[file])
+            .openapi()
+            .unwrap();
+        serde_json::from_str(&text).unwrap()
+    }
+
+    fn shelves() -> Value {
+        document_of("valid/shelves.proto")
+    }
+
+    fn property_names(schema: &Value) -> Vec<&str> {
+        schema["properties"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect()
+    }
+
+    fn parameter_names<'a>(operation: &'a Value, place: &str) -> Vec<&'a str> {
+        operation["parameters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|parameter| parameter["in"] == place)
+            .map(|parameter| parameter["name"].as_str().unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn path_parameters_are_not_repeated_in_the_body_schema() {
+        let document = shelves();
+        let create = &document["paths"]["/v1/{parent}/books"]["post"];
+        let body = &create["requestBody"]["content"]["application/json"]["schema"];
+        assert_eq!(property_names(body), ["bookId", "book"]);
+        let update = &document["paths"]["/v1/{book.name}"]["patch"];
+        let body = &update["requestBody"]["content"]["application/json"]["schema"];
+        assert!(!property_names(body).contains(&"name"), "{body}");
+        assert!(property_names(body).contains(&"title"), "{body}");
+    }
+
+    #[test]
+    fn path_parameters_carry_their_pattern() {
+        let document = shelves();
+        let get = &document["paths"]["/v1/{name}"]["get"];
+        assert_eq!(parameter_names(get, "path"), ["name"]);
+        assert_eq!(
+            get["parameters"][0]["schema"]["pattern"],
+            "^shelves/[^/]+/books/[^/]+$"
+        );
+        assert_eq!(get["parameters"][0]["required"], true);
+    }
+
+    #[test]
+    fn required_fields_are_listed() {
+        let document = shelves();
+        let schemas = &document["components"]["schemas"];
+        assert_eq!(schemas["rules.v1.Book"]["required"], json!(["title"]));
+        assert_eq!(
+            schemas["rules.v1.CreateBookRequest"]["required"],
+            json!(["book"])
+        );
+        assert!(schemas["rules.v1.Author"].get("required").is_none());
+    }
+
+    #[test]
+    fn field_constraints_become_json_schema_keywords() {
+        let document = shelves();
+        let book = &document["components"]["schemas"]["rules.v1.Book"]["properties"];
+        assert_eq!(book["title"]["maxLength"], 100);
+        assert_eq!(
+            book["title"]["minLength"], 1,
+            "a required string is not empty"
+        );
+        assert_eq!(book["isbn"]["minLength"], 13);
+        assert_eq!(book["isbn"]["pattern"], "^(?:[0-9]{13})$");
+        assert_eq!(book["pages"]["minimum"], 1);
+        assert_eq!(book["pages"]["maximum"], 10000);
+        assert_eq!(book["tags"]["maxItems"], 5);
+    }
+
+    #[test]
+    fn query_parameters_include_nested_and_repeated_fields() {
+        let document = shelves();
+        let list = &document["paths"]["/v1/{parent}/books"]["get"];
+        assert_eq!(
+            parameter_names(list, "query"),
+            [
+                "pageSize",
+                "tags",
+                "filter.author.displayName",
+                "filter.author.born",
+                "filter.years"
+            ]
+        );
+        let years = list["parameters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == "filter.years")
+            .unwrap();
+        assert_eq!(years["schema"]["type"], "array");
+        assert_eq!(years["schema"]["items"]["type"], "integer");
+        assert_eq!(
+            (&years["style"], &years["explode"]),
+            (&json!("form"), &json!(true))
+        );
+        assert!(list.get("requestBody").is_none());
+    }
+
+    #[test]
+    fn single_field_body_leaves_the_rest_to_the_query() {
+        let document = shelves();
+        let update = &document["paths"]["/v1/{book.name}"]["patch"];
+        assert_eq!(parameter_names(update, "query"), ["updateMask"]);
+        assert_eq!(update["requestBody"]["required"], false);
+    }
+
+    #[test]
+    fn additional_bindings_are_operations_of_their_own() {
+        let document = shelves();
+        assert_eq!(
+            document["paths"]["/v1/{name}"]["get"]["operationId"],
+            "Shelves_GetBook"
+        );
+        let fetch = &document["paths"]["/v1/{name}:fetch"]["post"];
+        assert_eq!(fetch["operationId"], "Shelves_GetBook_1");
+        assert_eq!(fetch["requestBody"]["required"], true);
+    }
+
+    #[test]
+    fn response_body_is_the_schema_of_that_field() {
+        let document = shelves();
+        let tags = &document["paths"]["/v1/{name}/tags"]["get"]["responses"]["200"];
+        assert_eq!(
+            tags["content"]["application/json"]["schema"]["type"],
+            "array"
+        );
+    }
+
+    #[test]
+    fn streaming_response_offers_sse_and_ndjson() {
+        let document = shelves();
+        let content =
+            &document["paths"]["/v1/{parent}/books:watch"]["get"]["responses"]["200"]["content"];
+        let types: Vec<&str> = content
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        assert_eq!(types, ["text/event-stream", "application/x-ndjson"]);
+        let line = &content["application/x-ndjson"]["schema"]["properties"];
+        assert_eq!(line["result"], reference("rules.v1.Book"));
+        assert_eq!(line["error"], reference(STATUS_SCHEMA));
+    }
+
+    #[test]
+    fn every_ref_resolves() {
+        let document = shelves();
+        let schemas = document["components"]["schemas"].as_object().unwrap();
+        let referenced = referenced_schemas(&document);
+        assert!(referenced.contains("rules.v1.Book") && referenced.contains(STATUS_SCHEMA));
+        let missing: Vec<&String> = referenced
+            .iter()
+            .filter(|name| !schemas.contains_key(*name))
+            .collect();
+        assert!(missing.is_empty(), "unresolved: {missing:?}");
+        assert!(
+            schemas.values().all(|schema| !schema.is_null()),
+            "a schema was left unfilled"
+        );
+    }
+
+    #[test]
+    #[ignore = "generator bug: a custom HTTP method becomes a path item key OpenAPI 3.1 does not define"]
+    fn custom_methods_use_only_openapi_operation_keys() {
+        const KEYS: &[&str] = &[
+            "get",
+            "put",
+            "post",
+            "delete",
+            "options",
+            "head",
+            "patch",
+            "trace",
+            "parameters",
+        ];
+        let document = document_of("valid/custom_method.proto");
+        for (path, item) in document["paths"].as_object().unwrap() {
+            for key in item.as_object().unwrap().keys() {
+                assert!(
+                    KEYS.contains(&key.as_str()) || key.starts_with("x-"),
+                    "{path}: {key}"
+                );
+            }
+        }
+    }
+}

@@ -20,9 +20,6 @@ use conformance::v1::{
     StreamBooksRequest, UpdateBookRequest,
 };
 
-/// The OpenAPI document generated from the conformance protos.
-pub const OPENAPI_JSON: &str = include_str!(concat!(env!("OUT_DIR"), "/openapi.json"));
-
 /// The REST router of the generated `Library` routes over [`EchoLibrary`].
 pub fn rest_router() -> RestRouter {
     RestRouter::new(conformance::v1::library_rest_routes(Arc::new(EchoLibrary)))
@@ -37,7 +34,10 @@ type BookStream = Pin<Box<dyn Stream<Item = Result<Book, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl Library for EchoLibrary {
-    async fn get_book(&self, request: Request<GetBookRequest>) -> Result<Response<GetBookRequest>, Status> {
+    async fn get_book(
+        &self,
+        request: Request<GetBookRequest>,
+    ) -> Result<Response<GetBookRequest>, Status> {
         Ok(Response::new(request.into_inner()))
     }
 
@@ -62,7 +62,10 @@ impl Library for EchoLibrary {
         Ok(Response::new(request.into_inner()))
     }
 
-    async fn delete_book(&self, _request: Request<DeleteBookRequest>) -> Result<Response<pbjson_types::Empty>, Status> {
+    async fn delete_book(
+        &self,
+        _request: Request<DeleteBookRequest>,
+    ) -> Result<Response<pbjson_types::Empty>, Status> {
         Ok(Response::new(pbjson_types::Empty {}))
     }
 
@@ -73,11 +76,17 @@ impl Library for EchoLibrary {
         Ok(Response::new(request.into_inner()))
     }
 
-    async fn move_book(&self, request: Request<MoveBookRequest>) -> Result<Response<MoveBookRequest>, Status> {
+    async fn move_book(
+        &self,
+        request: Request<MoveBookRequest>,
+    ) -> Result<Response<MoveBookRequest>, Status> {
         Ok(Response::new(request.into_inner()))
     }
 
-    async fn list_book_tags(&self, request: Request<ListBookTagsRequest>) -> Result<Response<BookTags>, Status> {
+    async fn list_book_tags(
+        &self,
+        request: Request<ListBookTagsRequest>,
+    ) -> Result<Response<BookTags>, Status> {
         let ListBookTagsRequest { name, tags } = request.into_inner();
         Ok(Response::new(BookTags { name, tags }))
     }
@@ -101,6 +110,7 @@ impl Library for EchoLibrary {
         }
         let (sender, receiver) = tokio::sync::mpsc::channel(4);
         tokio::spawn(async move {
+            let pause = Duration::from_millis(u64::try_from(request.interval_ms).unwrap_or(0));
             for index in 1..=request.count {
                 let book = Book {
                     name: format!("{}/books/{index}", request.parent),
@@ -110,17 +120,24 @@ impl Library for EchoLibrary {
                 if sender.send(Ok(book)).await.is_err() {
                     return;
                 }
-                let pause = u64::try_from(request.interval_ms).unwrap_or(0);
-                tokio::time::sleep(Duration::from_millis(pause)).await;
+                tokio::time::sleep(pause).await;
             }
             if !request.fail_with.is_empty() {
                 let _ = sender.send(Err(Status::aborted(request.fail_with))).await;
+                // Like a producer that has not noticed yet, keep the stream
+                // open: the response must end at the error regardless.
+                tokio::time::sleep(pause).await;
             }
         });
-        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(receiver))))
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(receiver),
+        )))
     }
 
-    async fn sleep(&self, request: Request<SleepRequest>) -> Result<Response<SleepRequest>, Status> {
+    async fn sleep(
+        &self,
+        request: Request<SleepRequest>,
+    ) -> Result<Response<SleepRequest>, Status> {
         let millis = u64::try_from(request.get_ref().millis).unwrap_or(0);
         tokio::time::sleep(Duration::from_millis(millis)).await;
         Ok(Response::new(request.into_inner()))

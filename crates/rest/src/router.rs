@@ -179,6 +179,8 @@ impl Route {
 }
 
 /// Ends a stream with `DEADLINE_EXCEEDED` once the call's deadline passes.
+/// A stream that ends first ends the response then; nothing waits for the
+/// deadline.
 fn until_deadline<S, Item>(
     stream: S,
     deadline: Option<tokio::time::Instant>,
@@ -190,22 +192,36 @@ where
     let Some(deadline) = deadline else {
         return Box::pin(stream);
     };
-    let expired = futures::stream::once(tokio::time::sleep_until(deadline))
-        .map(|_| Err(tonic::Status::deadline_exceeded("deadline exceeded")));
-    Box::pin(
-        futures::stream::select(
-            stream.map(Some),
-            expired.map(Some).chain(futures::stream::pending()),
-        )
-        .map(|item| item.expect("both sides yield Some"))
-        .scan(false, |finished, item| {
-            if *finished {
-                return futures::future::ready(None);
+    let state = Some((
+        Box::pin(stream),
+        Box::pin(tokio::time::sleep_until(deadline)),
+    ));
+    Box::pin(futures::stream::unfold(state, |state| async move {
+        let (mut stream, mut expiry) = state?;
+        tokio::select! {
+            item = stream.next() => item.map(|item| (item, Some((stream, expiry)))),
+            () = &mut expiry => {
+                let status = tonic::Status::deadline_exceeded("deadline exceeded");
+                Some((Err(status), None))
             }
-            *finished = item.is_err();
-            futures::future::ready(Some(item))
-        }),
-    )
+        }
+    }))
+}
+
+/// The items of a stream up to and including its first error. Nothing is
+/// polled after the error, so the response ends at once (rather than when
+/// the method's stream next yields) and the method's stream is dropped.
+fn through_first_error<S, Item>(stream: S) -> impl Stream<Item = Result<Item, tonic::Status>> + Send
+where
+    S: Stream<Item = Result<Item, tonic::Status>> + Send + 'static,
+    Item: Send + 'static,
+{
+    futures::stream::unfold(Some(Box::pin(stream)), |state| async move {
+        let mut stream = state?;
+        let item = stream.next().await?;
+        let rest = if item.is_err() { None } else { Some(stream) };
+        Some((item, rest))
+    })
 }
 
 fn json_response<Res: Serialize>(message: &Res, response_body: Option<&'static str>) -> Response {
@@ -236,13 +252,7 @@ where
     Item: Serialize + Send + 'static,
 {
     // The first error ends the stream: it is written, then nothing follows.
-    let items = items.scan(false, |failed, item| {
-        if *failed {
-            return futures::future::ready(None);
-        }
-        *failed = item.is_err();
-        futures::future::ready(Some(item))
-    });
+    let items = through_first_error(items);
     match format {
         StreamFormat::ServerSentEvents => {
             let events = items.map(|item| {

@@ -1,0 +1,95 @@
+//! The proto3 JSON mapping, both ways: lowerCamelCase out and either name
+//! in, int64 as strings, enums as names, Timestamp as RFC 3339 in UTC; and
+//! malformed input refused with a 400 naming the field at fault.
+
+use serde_json::json;
+
+use crate::app::TestApp;
+
+const CREATE: &str = "/v1/shelves/s1/books?bookId=dune";
+
+#[tokio::test]
+async fn output_follows_the_proto3_json_mapping() {
+    let body = r#"{"title": "Dune", "genre": "GENRE_FICTION", "pageCount": "412", "inPrint": true,
+                   "rating": 4.5, "publishedAt": "1965-08-01T00:00:00+02:00", "tags": ["sf"]}"#;
+    let book = &TestApp::new().call("POST", CREATE, body).await.expect(200)["book"];
+    let expected = json!({
+        "name": "", "title": "Dune", "genre": "GENRE_FICTION", "tags": ["sf"], "pageCount": "412",
+        "inPrint": true, "rating": 4.5, "publishedAt": "1965-07-31T22:00:00Z", "isbn": "",
+    });
+    assert_eq!(*book, expected);
+}
+
+#[tokio::test]
+async fn input_accepts_original_field_names() {
+    let body = r#"{"page_count": "412", "in_print": true, "published_at": "1965-08-01T00:00:00Z"}"#;
+    let book = &TestApp::new().call("POST", CREATE, body).await.expect(200)["book"];
+    assert_eq!(book["pageCount"], "412");
+    assert_eq!(book["inPrint"], true);
+    assert_eq!(book["publishedAt"], "1965-08-01T00:00:00Z");
+}
+
+#[tokio::test]
+async fn input_accepts_int64_as_number_and_enum_as_number() {
+    let book = &TestApp::new()
+        .call("POST", CREATE, r#"{"pageCount": 412, "genre": 2}"#)
+        .await
+        .expect(200)["book"];
+    assert_eq!(book["pageCount"], "412");
+    assert_eq!(book["genre"], "GENRE_HISTORY");
+}
+
+#[tokio::test]
+async fn malformed_json_is_a_400() {
+    let reply = TestApp::new().call("POST", CREATE, r#"{"title": "#).await;
+    assert!(
+        reply
+            .error(400)
+            .starts_with("the request body is not valid JSON")
+    );
+}
+
+#[tokio::test]
+async fn wrong_type_is_a_400_naming_the_field() {
+    let reply = TestApp::new().call("POST", CREATE, r#"{"title": 5}"#).await;
+    assert_eq!(
+        reply.error(400),
+        "book.title: invalid type: integer `5`, expected a string"
+    );
+}
+
+#[tokio::test]
+async fn unknown_enum_name_is_a_400_naming_the_field() {
+    let reply = TestApp::new()
+        .call("POST", CREATE, r#"{"genre": "GENRE_COOKING"}"#)
+        .await;
+    assert!(
+        reply
+            .error(400)
+            .starts_with("book.genre: unknown variant `GENRE_COOKING`")
+    );
+}
+
+#[tokio::test]
+async fn unknown_field_is_a_400_naming_it() {
+    let reply = TestApp::new()
+        .call("POST", CREATE, r#"{"publisher": {"colour": "red"}}"#)
+        .await;
+    assert!(
+        reply
+            .error(400)
+            .starts_with("book.publisher.colour: unknown field `colour`")
+    );
+}
+
+#[tokio::test]
+async fn bad_timestamp_is_a_400_naming_the_field() {
+    let reply = TestApp::new()
+        .call("POST", CREATE, r#"{"publishedAt": "last summer"}"#)
+        .await;
+    assert!(
+        reply
+            .error(400)
+            .starts_with("book.publishedAt: invalid value")
+    );
+}
