@@ -148,7 +148,7 @@ impl ApiModel {
         let mut seen = HashMap::new();
         for method in services.iter().flat_map(|s| &s.methods) {
             for binding in &method.bindings {
-                let key = (binding.http_method.clone(), binding.template.openapi_path());
+                let key = (binding.http_method.clone(), binding.template.match_key());
                 if let Some(other) = seen.insert(key, method.descriptor.full_name().to_owned()) {
                     return Err(CodegenError::Rule {
                         method: method.descriptor.full_name().to_owned(),

@@ -54,6 +54,35 @@ pub struct Template {
     pub verb: Option<String>,
 }
 
+/// One parameter of a template's OpenAPI path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PathParameter {
+    /// The parameter's name in the path.
+    pub name: String,
+    /// The variable (index into [`Template::variables`]) the text belongs
+    /// to; `None` for a wildcard outside any variable.
+    pub variable: Option<usize>,
+    /// Whether it stands for `**` (any number of segments).
+    pub many: bool,
+}
+
+/// A collection name made singular for a parameter name: `books` → `book`,
+/// `categories` → `category`. Plain rules; the name is only a label.
+fn singular(literal: &str) -> String {
+    let word = literal.replace(|c: char| !c.is_ascii_alphanumeric() && c != '_', "_");
+    if let Some(stem) = word.strip_suffix("ies") {
+        format!("{stem}y")
+    } else if let Some(stem) = word.strip_suffix("ves") {
+        format!("{stem}f")
+    } else if word.ends_with("ss") {
+        word
+    } else if let Some(stem) = word.strip_suffix('s') {
+        stem.to_owned()
+    } else {
+        word
+    }
+}
+
 /// Why a template does not parse.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TemplateError {
@@ -165,23 +194,62 @@ impl Template {
         Ok(parsed)
     }
 
-    /// The template as an OpenAPI path: each variable becomes `{field.path}`.
-    pub fn openapi_path(&self) -> String {
+    /// The template as an OpenAPI path, and its parameters in order.
+    ///
+    /// A variable that is one plain segment becomes `{field.path}`. A
+    /// variable with a pattern is spelled out, since an OpenAPI parameter
+    /// cannot hold a `/`: `{name=shelves/*/books/*}` becomes
+    /// `shelves/{shelf}/books/{book}`, one parameter per wildcard, named after
+    /// the literal before it. So distinct templates give distinct paths, and
+    /// a client that fills the parameters builds a URL the server matches.
+    pub fn openapi_path(&self) -> (String, Vec<PathParameter>) {
         let mut path = String::new();
+        let mut parameters: Vec<PathParameter> = Vec::new();
         let mut index = 0;
+        let mut previous_literal: Option<&str> = None;
         while index < self.segments.len() {
             path.push('/');
-            if let Some(variable) = self.variables.iter().find(|v| v.start == index) {
-                path.push('{');
-                path.push_str(&variable.dotted());
-                path.push('}');
+            let variable = self.variables.iter().position(|v| v.start == index);
+            if let Some(position) = variable
+                && self.variable_pattern(&self.variables[position]).is_none()
+            {
+                let variable = &self.variables[position];
+                path.push_str(&format!("{{{}}}", variable.dotted()));
+                parameters.push(PathParameter {
+                    name: variable.dotted(),
+                    variable: Some(position),
+                    many: false,
+                });
                 index = variable.end;
                 continue;
             }
+            let owner = self
+                .variables
+                .iter()
+                .position(|v| v.start <= index && index < v.end);
             match &self.segments[index] {
-                Segment::Literal(literal) => path.push_str(literal),
-                Segment::Any => path.push('*'),
-                Segment::AnyMany => path.push_str("**"),
+                Segment::Literal(literal) => {
+                    path.push_str(literal);
+                    previous_literal = Some(literal);
+                }
+                wildcard => {
+                    let base = previous_literal
+                        .map(singular)
+                        .or_else(|| owner.map(|o| self.variables[o].field_path.join("_")))
+                        .unwrap_or_else(|| "segment".to_owned());
+                    let mut name = base.clone();
+                    let mut n = 2;
+                    while parameters.iter().any(|p| p.name == name) {
+                        name = format!("{base}{n}");
+                        n += 1;
+                    }
+                    path.push_str(&format!("{{{name}}}"));
+                    parameters.push(PathParameter {
+                        name,
+                        variable: owner,
+                        many: *wildcard == Segment::AnyMany,
+                    });
+                }
             }
             index += 1;
         }
@@ -192,7 +260,13 @@ impl Template {
             path.push(':');
             path.push_str(verb);
         }
-        path
+        (path, parameters)
+    }
+
+    /// The segments and verb that decide which requests the template
+    /// matches; two templates with the same key can never both be reached.
+    pub fn match_key(&self) -> String {
+        format!("{:?}:{:?}", self.segments, self.verb)
     }
 
     /// A regular expression for the text a variable captures, when it is
@@ -267,7 +341,7 @@ mod tests {
     fn nested_field_paths_are_split() {
         let t = Template::parse("/v1/conversations/{conversation.id}").unwrap();
         assert_eq!(t.variables[0].field_path, vec!["conversation", "id"]);
-        assert_eq!(t.openapi_path(), "/v1/conversations/{conversation.id}");
+        assert_eq!(t.openapi_path().0, "/v1/conversations/{conversation.id}");
     }
 
     #[test]
@@ -284,7 +358,16 @@ mod tests {
             ]
         );
         assert_eq!((t.variables[0].start, t.variables[0].end), (1, 5));
-        assert_eq!(t.openapi_path(), "/v1/{name}");
+        let (path, parameters) = t.openapi_path();
+        assert_eq!(path, "/v1/shelves/{shelf}/books/{book}");
+        assert_eq!(
+            parameters
+                .iter()
+                .map(|p| p.name.as_str())
+                .collect::<Vec<_>>(),
+            ["shelf", "book"]
+        );
+        assert!(parameters.iter().all(|p| p.variable == Some(0)));
         assert_eq!(
             t.variable_pattern(&t.variables[0]).unwrap(),
             "^shelves/[^/]+/books/[^/]+$"
@@ -300,7 +383,7 @@ mod tests {
         assert_eq!(t.segments, vec![literal("v1"), literal("auth")]);
         assert_eq!(t.verb.as_deref(), Some("login"));
         let t = Template::parse("/v1/{name=things/*}:archive").unwrap();
-        assert_eq!(t.openapi_path(), "/v1/{name}:archive");
+        assert_eq!(t.openapi_path().0, "/v1/things/{thing}:archive");
     }
 
     #[test]

@@ -233,7 +233,6 @@ fn duplicate_route_is_refused() {
 }
 
 #[test]
-#[ignore = "generator bug: routes are compared by their OpenAPI path, so renaming the variable hides the duplicate"]
 fn duplicate_route_with_a_renamed_variable_is_refused() {
     assert!(
         rejection("duplicate_route_renamed_variable")
@@ -242,7 +241,6 @@ fn duplicate_route_with_a_renamed_variable_is_refused() {
 }
 
 #[test]
-#[ignore = "generator bug: `{name=shelves/*}` and `{name=shelves/*/books/*}` share the OpenAPI path /v1/{name}"]
 fn same_variable_with_different_patterns_is_two_routes() {
     let model = model("valid/distinct_patterns.proto").unwrap();
     assert_eq!(model.services[0].methods.len(), 2);
