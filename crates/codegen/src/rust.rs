@@ -428,8 +428,25 @@ fn service_code(package: &str, service: &ServiceModel) -> String {
         } else {
             format!("::tonic::Request<{input}>")
         };
+        let mask =
+            method
+                .bindings
+                .iter()
+                .find_map(|binding| match (&binding.mask, &binding.body) {
+                    (Some(mask), BodyModel::Field(body)) => {
+                        Some((mask.field.clone(), body.clone()))
+                    }
+                    _ => None,
+                });
         let validate = if descriptor.is_client_streaming() || is_well_known(&descriptor.input()) {
             String::new()
+        } else if let Some((mask, body)) = mask {
+            // An update checks only the fields its mask names.
+            format!(
+                "        {RT}::validate::validate_masked(request.get_ref(), {:?}, request.get_ref().{}.as_ref().map(|mask| mask.paths.as_slice()).unwrap_or_default())?;\n",
+                body.name(),
+                field_name(mask.name())
+            )
         } else {
             format!("        {RT}::Validate::validate(request.get_ref())?;\n")
         };

@@ -32,23 +32,64 @@ pub trait Validate {
     fn validate(&self) -> Result<(), tonic::Status> {
         let mut violations = Vec::new();
         self.collect_violations("", &mut violations);
-        let Some(first) = violations.first() else {
-            return Ok(());
-        };
-        let mut message = format!("{}: {}", first.field, first.description);
-        if violations.len() > 1 {
-            message.push_str(&format!(" (and {} more)", violations.len() - 1));
-        }
-        let mut details = ErrorDetails::new();
-        for violation in &violations {
-            details.add_bad_request_violation(&violation.field, &violation.description);
-        }
-        Err(tonic::Status::with_error_details(
-            Code::InvalidArgument,
-            message,
-            details,
-        ))
+        status_of(&violations)
     }
+}
+
+/// Checks an update request whose FieldMask names the fields of `body`
+/// (the resource message) to change: a non-empty mask limits the checks of
+/// the resource to the fields it names, so a partial update is not refused
+/// for a field it leaves alone. Fields outside the resource are always
+/// checked.
+///
+/// # Errors
+/// As [`Validate::validate`].
+#[allow(clippy::result_large_err)]
+pub fn validate_masked<T: Validate>(
+    request: &T,
+    body: &str,
+    mask: &[String],
+) -> Result<(), tonic::Status> {
+    let mut violations = Vec::new();
+    request.collect_violations("", &mut violations);
+    if !mask.is_empty() {
+        violations.retain(|violation| {
+            let Some(rest) = violation
+                .field
+                .strip_prefix(body)
+                .and_then(|r| r.strip_prefix('.'))
+            else {
+                return true;
+            };
+            mask.iter().any(|path| {
+                rest == path
+                    || rest.starts_with(&format!("{path}."))
+                    || rest.starts_with(&format!("{path}["))
+            })
+        });
+    }
+    status_of(&violations)
+}
+
+/// `INVALID_ARGUMENT` for the violations, or `Ok` when there are none.
+#[allow(clippy::result_large_err)]
+fn status_of(violations: &[FieldViolation]) -> Result<(), tonic::Status> {
+    let Some(first) = violations.first() else {
+        return Ok(());
+    };
+    let mut message = format!("{}: {}", first.field, first.description);
+    if violations.len() > 1 {
+        message.push_str(&format!(" (and {} more)", violations.len() - 1));
+    }
+    let mut details = ErrorDetails::new();
+    for violation in violations {
+        details.add_bad_request_violation(&violation.field, &violation.description);
+    }
+    Err(tonic::Status::with_error_details(
+        Code::InvalidArgument,
+        message,
+        details,
+    ))
 }
 
 impl<T: Validate> Validate for Box<T> {

@@ -107,3 +107,22 @@ async fn patch_keeps_the_field_mask_the_query_sets() {
         .await;
     assert_eq!(reply.expect(200)["updateMask"], "title");
 }
+
+#[tokio::test]
+async fn patch_checks_only_the_fields_its_mask_names() {
+    // Publisher.name has min_len 2; a patch of the city alone leaves it empty.
+    let body = r#"{"publisher": {"city": "Oslo"}}"#;
+    let reply = TestApp::new()
+        .call("PATCH", "/v1/shelves/s1/books/b1", body)
+        .await;
+    assert_eq!(reply.expect(200)["updateMask"], "publisher.city");
+
+    let body = r#"{"publisher": {"name": "X", "city": "Oslo"}}"#;
+    let reply = TestApp::new()
+        .call("PATCH", "/v1/shelves/s1/books/b1", body)
+        .await;
+    assert_eq!(
+        reply.expect(400)["message"],
+        "book.publisher.name: must be at least 2 characters long (got 1)"
+    );
+}
