@@ -163,7 +163,7 @@ fn validate_impl(
         for field in oneof.fields() {
             let rules = checked_rules(model, &field)?;
             let name = format!("{:?}", field.name());
-            let checks = value_checks(package, &field, rules.as_ref(), &name, "value", patterns);
+            let checks = value_checks(&field, rules.as_ref(), &name, "value", patterns);
             if !checks.is_empty() {
                 let _ = writeln!(
                     arms,
@@ -190,7 +190,7 @@ fn validate_impl(
         let access = format!("self.{}", field_name(field.name()));
         let name = format!("{:?}", field.name());
         let optional = field.supports_presence() && !matches!(field.kind(), Kind::Message(_));
-        if let Some(rules) = rules.as_ref().filter(|r| r.required) {
+        if rules.as_ref().is_some_and(|r| r.required) {
             let is_set = if field.is_list() || field.is_map() {
                 format!("!{access}.is_empty()")
             } else if field.supports_presence() {
@@ -203,7 +203,6 @@ fn validate_impl(
                     _ => format!("{access} != 0"),
                 }
             };
-            let _ = rules;
             let _ = writeln!(body, "        check.required({name}, {is_set});");
         }
         if field.is_map() {
@@ -236,14 +235,7 @@ fn validate_impl(
                 );
             }
             let item_name = format!("&format!(\"{}[{{index}}]\")", field.name());
-            let checks = value_checks(
-                package,
-                &field,
-                rules.as_ref(),
-                &item_name,
-                "value",
-                patterns,
-            );
+            let checks = value_checks(&field, rules.as_ref(), &item_name, "value", patterns);
             if !checks.is_empty() {
                 let _ = writeln!(
                     body,
@@ -252,7 +244,7 @@ fn validate_impl(
                 );
             }
         } else if optional || matches!(field.kind(), Kind::Message(_)) {
-            let checks = value_checks(package, &field, rules.as_ref(), &name, "value", patterns);
+            let checks = value_checks(&field, rules.as_ref(), &name, "value", patterns);
             if !checks.is_empty() {
                 let _ = writeln!(
                     body,
@@ -262,7 +254,6 @@ fn validate_impl(
             }
         } else {
             let checks = value_checks(
-                package,
                 &field,
                 rules.as_ref(),
                 &name,
@@ -340,7 +331,6 @@ fn checked_rules(
 /// The checks of one value (not its presence): lengths, pattern, range, and
 /// the value's own message rules. `value` is an expression of type `&T`.
 fn value_checks(
-    package: &str,
     field: &FieldDescriptor,
     rules: Option<&FieldRules>,
     name: &str,
@@ -395,7 +385,6 @@ fn value_checks(
         && !is_well_known(&message)
         && !field.is_map()
     {
-        let _ = package;
         checks.push(format!("check.nested({name}, {value});"));
     }
     checks
