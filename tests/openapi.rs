@@ -25,7 +25,7 @@ fn document_is_openapi_3_1_with_every_rest_route() {
         ("/v1/conversations", "post"),
         ("/v1/conversations", "get"),
         ("/v1/conversations/{id}", "get"),
-        ("/v1/conversations/{conversation.id}", "patch"),
+        ("/v1/conversations/{id}", "patch"),
         ("/v1/conversations/{id}", "delete"),
         ("/v1/conversations/{conversation_id}/messages", "get"),
         ("/v1/conversations/{conversation_id}/messages", "post"),
@@ -39,8 +39,8 @@ fn document_is_openapi_3_1_with_every_rest_route() {
             "{method} {path} is documented"
         );
     }
-    let patch_body = &paths["/v1/conversations/{conversation.id}"]["patch"]["requestBody"]["content"]
-        ["application/json"]["schema"];
+    let patch_body = &paths["/v1/conversations/{id}"]["patch"]["requestBody"]["content"]["application/json"]
+        ["schema"];
     assert!(patch_body["properties"]["title"].is_object());
     assert!(
         patch_body["properties"].get("id").is_none(),

@@ -60,6 +60,7 @@ pub(crate) fn document(model: &ApiModel, info: &OpenApiInfo) -> Result<String, C
         pending: Vec::new(),
     };
     let mut paths: Map<String, Value> = Map::new();
+    let mut shapes: BTreeMap<String, (String, Vec<String>)> = BTreeMap::new();
     let mut tags = Vec::new();
     for service in &model.services {
         let descriptor = &service.descriptor;
@@ -70,7 +71,23 @@ pub(crate) fn document(model: &ApiModel, info: &OpenApiInfo) -> Result<String, C
         tags.push(tag);
         for method in &service.methods {
             for (index, binding) in method.bindings.iter().enumerate() {
-                let (path, parameters) = binding.template.openapi_path();
+                let (mut path, mut parameters) = binding.template.openapi_path();
+                // Paths that differ only in parameter names are one path to
+                // OpenAPI (`/v1/x/{id}` and `/v1/x/{x.id}`): the later
+                // binding takes the names the first one gave.
+                let shape = path_shape(&path);
+                match shapes.get(&shape) {
+                    Some((first_path, names)) => {
+                        path.clone_from(first_path);
+                        for (parameter, name) in parameters.iter_mut().zip(names) {
+                            parameter.name.clone_from(name);
+                        }
+                    }
+                    None => {
+                        let names = parameters.iter().map(|p| p.name.clone()).collect();
+                        shapes.insert(shape, (path.clone(), names));
+                    }
+                }
                 let operation = builder.operation(
                     service.descriptor.name(),
                     method,
@@ -297,9 +314,8 @@ impl Builder<'_> {
     /// one wildcard of a variable's pattern.
     fn path_parameter(&mut self, binding: &BindingModel, parameter: &PathParameter) -> Value {
         let bound = parameter.variable.map(|index| &binding.variables[index]);
-        let whole = bound.is_some_and(|bound| bound.variable.dotted() == parameter.name);
         let (schema, description) = match bound {
-            Some(bound) if whole => {
+            Some(bound) if parameter.whole => {
                 let leaf = bound.fields.last().expect("field paths are never empty");
                 let mut schema = self.field_schema(leaf);
                 strip_description(&mut schema);
@@ -524,6 +540,25 @@ fn first_sentence(comment: &str) -> String {
         Some(end) => flat[..end].to_owned(),
         None => flat.trim_end_matches('.').to_owned(),
     }
+}
+
+/// A path with every `{parameter}` blanked out: OpenAPI's notion of the
+/// same path.
+fn path_shape(path: &str) -> String {
+    let mut shape = String::with_capacity(path.len());
+    let mut in_parameter = false;
+    for c in path.chars() {
+        match c {
+            '{' => {
+                in_parameter = true;
+                shape.push_str("{}");
+            }
+            '}' => in_parameter = false,
+            _ if in_parameter => {}
+            _ => shape.push(c),
+        }
+    }
+    shape
 }
 
 /// The schema of a path parameter standing for `*` (one segment) or `**`.
@@ -822,5 +857,11 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn paths_differing_only_in_parameter_names_are_one_path() {
+        assert_eq!(path_shape("/v1/x/{id}:go"), path_shape("/v1/x/{x.id}:go"));
+        assert_ne!(path_shape("/v1/x/{id}"), path_shape("/v1/y/{id}"));
     }
 }

@@ -64,6 +64,9 @@ pub struct PathParameter {
     pub variable: Option<usize>,
     /// Whether it stands for `**` (any number of segments).
     pub many: bool,
+    /// Whether it is a whole plain variable (`{field}`), not one wildcard of
+    /// a variable's pattern.
+    pub whole: bool,
 }
 
 /// A collection name made singular for a parameter name: `books` → `book`,
@@ -219,6 +222,7 @@ impl Template {
                     name: variable.dotted(),
                     variable: Some(position),
                     many: false,
+                    whole: true,
                 });
                 index = variable.end;
                 continue;
@@ -248,6 +252,7 @@ impl Template {
                         name,
                         variable: owner,
                         many: *wildcard == Segment::AnyMany,
+                        whole: false,
                     });
                 }
             }

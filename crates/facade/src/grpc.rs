@@ -16,14 +16,12 @@ use crate::health::HealthState;
 
 /// The gRPC services as an axum router, gRPC-Web included.
 pub(crate) fn router(chat: Arc<ChatApi>, health: &HealthState) -> Router {
-    let reflection_v1 = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(switchboard_proto::FILE_DESCRIPTOR_SET)
+    let reflection_v1 = reflection()
         .build_v1()
-        .expect("the generated descriptor set is valid");
-    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(switchboard_proto::FILE_DESCRIPTOR_SET)
+        .expect("the generated descriptor sets are valid");
+    let reflection_v1alpha = reflection()
         .build_v1alpha()
-        .expect("the generated descriptor set is valid");
+        .expect("the generated descriptor sets are valid");
     tonic::service::Routes::new(v1::chat_service_grpc(chat))
         .add_service(health.grpc_service())
         .add_service(reflection_v1)
@@ -31,6 +29,17 @@ pub(crate) fn router(chat: Arc<ChatApi>, health: &HealthState) -> Router {
         .into_axum_router()
         .layer(middleware::from_fn(deadline))
         .layer(tonic_web::GrpcWebLayer::new())
+}
+
+/// Reflection over every service on the port: the API, health, and
+/// reflection itself in both versions (each version's builder only adds its
+/// own descriptors by default).
+fn reflection() -> tonic_reflection::server::Builder<'static> {
+    tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(switchboard_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET)
 }
 
 /// Ends a call with `DEADLINE_EXCEEDED` when its `grpc-timeout` passes
