@@ -8,13 +8,14 @@
 # SQLite data dir. One conversation is created over REST, then the same
 # GetConversation is driven over each transport with the same h2load settings,
 # in BENCH_ROUNDS interleaved rounds (each after a short warm-up); the table
-# gives the median round's requests/s and p50/p99 latency over all rounds'
-# requests (from h2load --log-file). Target: REST (h2c) requests/s at least 85 %
+# gives the median round's requests/s, p50/p99 latency over all rounds'
+# requests (from h2load --log-file) and the server's CPU time per request
+# (from /proc/PID/stat; steadier than requests/s when other work shares the cores). Target: REST (h2c) requests/s at least 85 %
 # of native gRPC's; prints PASS/FAIL and exits 1 on FAIL when BENCH_STRICT=1.
 # Unless BENCH_WRITE=0, the results table in docs/benchmarks.md is regenerated.
 #
-# Environment: BENCH_N (requests per round, default 50000), BENCH_C (clients,
-# default 32), BENCH_M (streams per client, default 10), BENCH_ROUNDS (default 3),
+# Environment: BENCH_N (requests per round, default 30000), BENCH_C (clients,
+# default 32), BENCH_M (streams per client, default 10), BENCH_ROUNDS (default 5),
 # BENCH_WARMUP (requests per warm-up, default 5000), BENCH_STRICT, BENCH_WRITE.
 set -euo pipefail
 
@@ -22,7 +23,7 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 BIN=${1:-${CARGO_TARGET_DIR:-$ROOT/target}/release/switchboard}
 [[ -x $BIN ]] || { echo "bench: FAIL: $BIN not found; build it with: cargo build --release -p switchboard" >&2; exit 1; }
 BIN=$(realpath "$BIN")
-N=${BENCH_N:-50000} C=${BENCH_C:-32} M=${BENCH_M:-10} ROUNDS=${BENCH_ROUNDS:-3} WARMUP=${BENCH_WARMUP:-5000}
+N=${BENCH_N:-30000} C=${BENCH_C:-32} M=${BENCH_M:-10} ROUNDS=${BENCH_ROUNDS:-5} WARMUP=${BENCH_WARMUP:-5000}
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/switchboard-bench.XXXXXX")
 SERVER_PID=
 
@@ -38,14 +39,14 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-command -v h2load >/dev/null || "$ROOT/scripts/install-test-tools.sh" --bench >/dev/null || die "could not install h2load"
+command -v h2load >/dev/null || bash "$ROOT/scripts/install-test-tools.sh" --bench >/dev/null || die "could not install h2load"
 command -v h2load >/dev/null || die "h2load is missing (scripts/install-test-tools.sh --bench)"
 
 PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 ADDR=127.0.0.1:$PORT
 BASE=http://$ADDR
 mkdir -p "$TMP/data"
-env -u DATABASE_URL -u SWITCHBOARD_LISTEN -u SWITCHBOARD_DATA_DIR SWITCHBOARD_ENGINE__TOKEN_DELAY_MS=0 \
+env -u DATABASE_URL -u SWITCHBOARD_LISTEN -u SWITCHBOARD_DATA_DIR NO_COLOR=1 SWITCHBOARD_ENGINE__TOKEN_DELAY_MS=0 \
   RUST_LOG="${RUST_LOG:-warn}" "$BIN" serve --listen "$ADDR" --data-dir "$TMP/data" >"$TMP/server.log" 2>&1 </dev/null &
 SERVER_PID=$!
 for _ in $(seq 300); do
@@ -87,51 +88,65 @@ args_for() { # MODE -> h2load arguments after the common ones
   esac
 }
 COMMON="h2load -t 1 -c $C -m $M"
-run() { # MODE N LOGFILE
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$SERVER_PID/stat"; } # server user+system CPU, in clock ticks
+TICK=$(getconf CLK_TCK)
+run() { # MODE N LOGFILE -> "req/s server-CPU-µs-per-request"
+  local before after
+  before=$(cpu_ticks)
   (cd "$TMP" && eval "$COMMON -n $2 ${3:+--log-file=$3} $(args_for "$1")") >"$TMP/h2load.out" 2>&1 \
     || { cat "$TMP/h2load.out" >&2; die "h2load failed for $1"; }
+  after=$(cpu_ticks)
   grep -q "requests: $2 total, $2 started, $2 done, $2 succeeded" "$TMP/h2load.out" \
     || { cat "$TMP/h2load.out" >&2; die "$1: not every request succeeded"; }
   grep -q "status codes: $2 2xx" "$TMP/h2load.out" || { cat "$TMP/h2load.out" >&2; die "$1: not every answer was 2xx"; }
-  sed -n 's/^finished in .*, \([0-9.]*\) req\/s.*/\1/p' "$TMP/h2load.out"
+  printf '%s %s\n' "$(sed -n 's/^finished in .*, \([0-9.]*\) req\/s.*/\1/p' "$TMP/h2load.out")" \
+    "$(awk -v t="$((after - before))" -v hz="$TICK" -v n="$2" 'BEGIN {printf "%.1f", t / hz * 1e6 / n}')"
 }
 
 echo "bench: $(basename "$BIN") on $ADDR, conversation $ID; $COMMON -n $N, $ROUNDS rounds per transport, $(nproc) cores"
-declare -A RPS
+load=$(cut -d' ' -f1 /proc/loadavg)
+if awk -v l="$load" 'BEGIN {exit !(l > 0.5)}'; then
+  echo "bench: WARNING: load average $load before the run: other work shares the cores and the numbers will be noisy"
+fi
+declare -A RPS CPU
 for r in $(seq "$ROUNDS"); do
   for mode in "${MODES[@]}"; do
     run "$mode" "$WARMUP" "" >/dev/null
-    rps=$(run "$mode" "$N" "$TMP/$mode.$r.log")
+    read -r rps cpu < <(run "$mode" "$N" "$TMP/$mode.$r.log")
     RPS[$mode]="${RPS[$mode]:-} $rps"
-    printf 'bench: round %d  %-32s %10.0f req/s\n' "$r" "${LABEL[$mode]}" "$rps"
+    CPU[$mode]="${CPU[$mode]:-} $cpu"
+    printf 'bench: round %d  %-32s %8.0f req/s  %6.1f µs server CPU/request\n' "$r" "${LABEL[$mode]}" "$rps" "$cpu"
   done
 done
 
-# median req/s per mode; p50/p99 over all logged requests (column 3: µs until end of response)
-stats() { # MODE -> "median_rps p50_ms p99_ms"
-  local med
-  med=$(tr ' ' '\n' <<<"${RPS[$1]}" | grep . | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}')
-  cat "$TMP/$1".*.log | awk -F'\t' '{print $3}' | sort -n | awk -v med="$med" '
+median() { tr ' ' '\n' <<<"$1" | grep . | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+# median req/s and server CPU per request over the rounds; p50/p99 over all logged requests
+# (h2load --log-file column 3: µs until the end of the response)
+stats() { # MODE -> "median_rps median_cpu_us p50_ms p99_ms"
+  local rps cpu
+  rps=$(median "${RPS[$1]}")
+  cpu=$(median "${CPU[$1]}")
+  cat "$TMP/$1".*.log | awk -F'\t' '{print $3}' | sort -n | awk -v rps="$rps" -v cpu="$cpu" '
     {a[NR]=$1} END {
       p50=a[int(NR*0.50) > 0 ? int(NR*0.50) : 1]; p99=a[int(NR*0.99) > 0 ? int(NR*0.99) : 1]
-      printf "%s %.2f %.2f\n", med, p50/1000, p99/1000 }'
+      printf "%s %s %.2f %.2f\n", rps, cpu, p50/1000, p99/1000 }'
 }
 read -r g_rps _ < <(stats grpc)
-TABLE="| transport | requests/s (median of $ROUNDS) | vs native gRPC | p50 latency | p99 latency |
-| --- | ---: | ---: | ---: | ---: |"
+TABLE="| transport | requests/s (median of $ROUNDS) | vs native gRPC | p50 latency | p99 latency | server CPU per request |
+| --- | ---: | ---: | ---: | ---: | ---: |"
 for mode in "${MODES[@]}"; do
-  read -r rps p50 p99 < <(stats "$mode")
+  read -r rps cpu p50 p99 < <(stats "$mode")
   ratio=$(awk -v a="$rps" -v b="$g_rps" 'BEGIN {printf "%.0f %%", 100*a/b}')
-  TABLE+=$'\n'"| ${LABEL[$mode]} | $(printf '%.0f' "$rps") | $ratio | $p50 ms | $p99 ms |"
+  TABLE+=$'\n'"| ${LABEL[$mode]} | $(printf '%.0f' "$rps") | $ratio | $p50 ms | $p99 ms | $cpu µs |"
 done
 read -r r_rps _ < <(stats rest-h2c)
 verdict=$(awk -v a="$r_rps" -v b="$g_rps" 'BEGIN {print (a >= 0.85*b) ? "PASS" : "FAIL"}')
 pct=$(awk -v a="$r_rps" -v b="$g_rps" 'BEGIN {printf "%.0f", 100*a/b}')
 TARGET="Target: REST (h2c) throughput within 15 % of native gRPC: **$verdict** (REST at $pct % of gRPC)."
-cpu=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1)
+cpu_model=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1)
 rev=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
 dirty=$(git -C "$ROOT" status --porcelain --untracked-files=no 2>/dev/null | grep -q . && echo "+changes" || true)
-META="Run $(date -u +%Y-%m-%dT%H:%MZ) on commit $rev$dirty, $(nproc) cores ($cpu), h2load and server on the same machine; \`h2load -t 1 -c $C -m $M -n $N\` per round, $ROUNDS rounds per transport after a $WARMUP-request warm-up each."
+META="Run $(date -u +%Y-%m-%dT%H:%MZ) on commit $rev$dirty, $(nproc) cores ($cpu_model), h2load and server on the same machine, load average $load before the run; \`h2load -t 1 -c $C -m $M -n $N\` per round, $ROUNDS rounds per transport after a $WARMUP-request warm-up each."
 
 printf '\n%s\n\n%s\n\n%s\n' "$META" "$TABLE" "$TARGET"
 

