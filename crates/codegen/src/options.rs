@@ -98,12 +98,7 @@ impl FieldRules {
     /// The pattern as the generated code and OpenAPI apply it: anchored at
     /// both ends, so the whole value must match.
     pub(crate) fn anchored_pattern(&self) -> Option<String> {
-        if self.pattern.is_empty() {
-            None
-        } else if self.pattern.starts_with('^') && self.pattern.ends_with('$') {
-            Some(self.pattern.clone())
-        } else {
-            Some(format!("^(?:{})$", self.pattern))
-        }
+        // Always wrapped: `^a|b$` is not anchored as a whole.
+        (!self.pattern.is_empty()).then(|| format!("^(?:{})$", self.pattern))
     }
 }

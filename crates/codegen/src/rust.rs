@@ -356,7 +356,8 @@ fn value_checks(
                             patterns.len() - 1
                         });
                     checks.push(format!(
-                        "check.pattern({name}, {value}, &SWITCHBOARD_PATTERN_{index});"
+                        "check.pattern({name}, {value}, &SWITCHBOARD_PATTERN_{index}, {:?});",
+                        rules.pattern
                     ));
                 }
             }

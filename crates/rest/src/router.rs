@@ -335,13 +335,19 @@ impl RestRouter {
     pub async fn handle(&self, request: http::Request<Body>) -> Response {
         let (parts, body) = request.into_parts();
         let path = parts.uri.path();
+        // HEAD is answered as GET; the server sends the headers only.
+        let method = if parts.method == Method::HEAD {
+            "GET"
+        } else {
+            parts.method.as_str()
+        };
         let mut allowed: Vec<&'static str> = Vec::new();
         let mut matched = None;
         for route in self.routes.iter() {
             let Some(captured) = match_path(route.binding, path) else {
                 continue;
             };
-            if route.binding.http_method == parts.method.as_str() {
+            if route.binding.http_method == method {
                 matched = Some((route, captured));
                 break;
             }
@@ -355,16 +361,31 @@ impl RestRouter {
             .await
         {
             Ok(collected) => collected.to_bytes(),
-            Err(_) => {
+            Err(error) if error.is::<http_body_util::LengthLimitError>() => {
                 let status = tonic::Status::resource_exhausted(format!(
                     "the request body is larger than {} bytes",
                     self.body_limit
                 ));
-                let mut response = status_response(&status);
-                *response.status_mut() = StatusCode::PAYLOAD_TOO_LARGE;
-                return response;
+                return with_status(status_response(&status), StatusCode::PAYLOAD_TOO_LARGE);
+            }
+            Err(error) => {
+                let status = tonic::Status::invalid_argument(format!(
+                    "the request body could not be read: {error}"
+                ));
+                return status_response(&status);
             }
         };
+        if !body.iter().all(u8::is_ascii_whitespace)
+            && !is_json(parts.headers.get(header::CONTENT_TYPE))
+        {
+            // Only JSON is read. Refusing other types also keeps browsers from
+            // sending "simple" cross-site requests (text/plain, forms) that
+            // skip the CORS preflight.
+            let status = tonic::Status::invalid_argument(
+                "the request body must be JSON: send `content-type: application/json`",
+            );
+            return with_status(status_response(&status), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+        }
         let deadline = parts
             .headers
             .get("grpc-timeout")
@@ -394,17 +415,44 @@ impl RestRouter {
     }
 }
 
+/// Whether a request's `content-type` is JSON: `application/json`, a
+/// `+json` type, or none at all (a client that labels nothing is taken to
+/// send JSON).
+fn is_json(content_type: Option<&HeaderValue>) -> bool {
+    let Some(value) = content_type else {
+        return true;
+    };
+    let Ok(value) = value.to_str() else {
+        return false;
+    };
+    let essence = value
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
+}
+
+fn with_status(mut response: Response, status: StatusCode) -> Response {
+    *response.status_mut() = status;
+    response
+}
+
 fn no_route(method: &Method, path: &str, allowed: &[&'static str]) -> Response {
     if allowed.is_empty() {
         return status_response(&tonic::Status::not_found(format!(
             "no route for {method} {path}"
         )));
     }
-    let mut response = status_response(&tonic::Status::unimplemented(format!(
-        "{method} is not allowed on {path}; allowed: {}",
-        allowed.join(", ")
-    )));
-    *response.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
+    let mut response = with_status(
+        status_response(&tonic::Status::unimplemented(format!(
+            "{method} is not allowed on {path}; allowed: {}",
+            allowed.join(", ")
+        ))),
+        StatusCode::METHOD_NOT_ALLOWED,
+    );
     if let Ok(value) = HeaderValue::from_str(&allowed.join(", ")) {
         response.headers_mut().insert(header::ALLOW, value);
     }

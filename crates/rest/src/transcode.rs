@@ -72,10 +72,46 @@ pub fn match_path(binding: &HttpBinding, path: &str) -> Option<Vec<String>> {
         .iter()
         .map(|variable| {
             let pieces = &parts[spans[variable.start]..spans[variable.end]];
-            let decoded: Option<Vec<String>> = pieces.iter().map(|piece| decode(piece)).collect();
+            // A variable of one plain segment takes its text fully decoded;
+            // one that spans a pattern keeps `%2F` encoded, so an escaped
+            // slash cannot add segments to a resource name.
+            let single = variable.end - variable.start == 1
+                && binding.segments[variable.start] != Segment::AnyMany;
+            let decoded: Option<Vec<String>> = pieces
+                .iter()
+                .map(|piece| {
+                    if single {
+                        decode(piece)
+                    } else {
+                        decode_keeping_slashes(piece)
+                    }
+                })
+                .collect();
             decoded.map(|pieces| pieces.join("/"))
         })
         .collect()
+}
+
+/// Decodes a segment but leaves `%2F` (an escaped `/`) as it is, as
+/// google.api.http asks of multi-segment variables.
+fn decode_keeping_slashes(segment: &str) -> Option<String> {
+    let bytes = segment.as_bytes();
+    let mut out = String::with_capacity(segment.len());
+    let mut start = 0;
+    let mut at = 0;
+    while at + 3 <= bytes.len() {
+        if bytes[at] == b'%' && bytes[at + 1] == b'2' && bytes[at + 2].eq_ignore_ascii_case(&b'f') {
+            // `%`, `2` and `F` are ASCII, so both cuts fall on char boundaries.
+            out.push_str(&decode(&segment[start..at])?);
+            out.push_str(&segment[at..at + 3]);
+            at += 3;
+            start = at;
+        } else {
+            at += 1;
+        }
+    }
+    out.push_str(&decode(&segment[start..])?);
+    Some(out)
 }
 
 fn decode(segment: &str) -> Option<String> {
@@ -326,6 +362,9 @@ pub fn parse_grpc_timeout(value: &str) -> Option<std::time::Duration> {
         return None;
     }
     let (digits, unit) = value.split_at(value.len() - 1);
+    if !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
     let amount: u64 = digits.parse().ok()?;
     Some(match unit {
         "H" => Duration::from_secs(amount.checked_mul(3600)?),
@@ -397,6 +436,11 @@ mod tests {
         assert_eq!(
             match_path(&NAMED, "/v1/shelves/s1/books").unwrap(),
             vec!["shelves/s1/books"]
+        );
+        assert_eq!(
+            match_path(&NAMED, "/v1/shelves/a%2fb/books/c%C3%A9").unwrap(),
+            vec!["shelves/a%2fb/books/cé"],
+            "an escaped slash adds no segment to the name"
         );
     }
 
@@ -471,5 +515,6 @@ mod tests {
         );
         assert_eq!(parse_grpc_timeout("123456789S"), None);
         assert_eq!(parse_grpc_timeout("5x"), None);
+        assert_eq!(parse_grpc_timeout("+9S"), None);
     }
 }

@@ -164,11 +164,13 @@ impl<'a> Checker<'a> {
         }
     }
 
-    /// `pattern` on a string. An empty string that is not required is not
-    /// checked: `required` says whether it may be empty.
-    pub fn pattern(&mut self, field: &str, value: &str, regex: &regex::Regex) {
+    /// `pattern` on a string: `regex` is the rule anchored at both ends,
+    /// `shown` the rule as the proto states it, for the message. An empty
+    /// string that is not required is not checked: `required` says whether
+    /// it may be empty.
+    pub fn pattern(&mut self, field: &str, value: &str, regex: &regex::Regex, shown: &str) {
         if !value.is_empty() && !regex.is_match(value) {
-            self.fail(field, format!("must match the pattern {}", regex.as_str()));
+            self.fail(field, format!("must match the pattern {shown}"));
         }
     }
 

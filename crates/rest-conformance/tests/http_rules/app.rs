@@ -69,7 +69,10 @@ impl TestApp {
         headers: &[(&str, &str)],
     ) -> Reply {
         let mut request = Request::builder().method(method).uri(uri);
-        if !body.is_empty() {
+        let labelled = headers
+            .iter()
+            .any(|(name, _)| name.eq_ignore_ascii_case("content-type"));
+        if !body.is_empty() && !labelled {
             request = request.header("content-type", "application/json");
         }
         for (name, value) in headers {

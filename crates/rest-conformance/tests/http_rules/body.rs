@@ -126,3 +126,28 @@ async fn patch_checks_only_the_fields_its_mask_names() {
         "book.publisher.name: must be at least 2 characters long (got 1)"
     );
 }
+
+#[tokio::test]
+async fn a_body_that_is_not_json_is_a_415() {
+    let app = TestApp::new();
+    for content_type in ["text/plain", "application/x-www-form-urlencoded"] {
+        let reply = app
+            .call_with(
+                "PATCH",
+                "/v1/shelves/s1/books/b1",
+                r#"{"title": "Dune"}"#,
+                &[("content-type", content_type)],
+            )
+            .await;
+        assert!(reply.error(415).contains("must be JSON"), "{content_type}");
+    }
+    let charset = app
+        .call_with(
+            "PATCH",
+            "/v1/shelves/s1/books/b1",
+            r#"{"title": "Dune"}"#,
+            &[("content-type", "application/json; charset=utf-8")],
+        )
+        .await;
+    charset.expect(200);
+}

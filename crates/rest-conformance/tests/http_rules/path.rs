@@ -115,3 +115,11 @@ async fn wrong_method_is_a_405_with_allow() {
     assert_eq!(reply.expect(405)["code"], 12);
     assert_eq!(reply.headers["allow"], "GET, PATCH, DELETE, MOVE");
 }
+
+#[tokio::test]
+async fn head_is_answered_like_get() {
+    let reply = TestApp::new()
+        .call("HEAD", "/v1/shelves/s1/books/b1", "")
+        .await;
+    assert_eq!(reply.status, 200);
+}
