@@ -36,7 +36,7 @@ async fn max_len_is_enforced() {
 async fn pattern_is_enforced_on_the_whole_value() {
     assert_eq!(
         create(r#"{"isbn": "978-0441013593"}"#).await,
-        "book.isbn: must match the pattern ^(?:[0-9]{13})$"
+        "book.isbn: must match the pattern [0-9]{13}"
     );
     let reply = TestApp::new()
         .call("POST", "/v1/shelves/s1/books?bookId=Dune", "{}")
