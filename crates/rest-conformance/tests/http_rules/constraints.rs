@@ -43,7 +43,7 @@ async fn pattern_is_enforced_on_the_whole_value() {
         .await;
     assert_eq!(
         reply.error(400),
-        "book_id: must match the pattern ^(?:[a-z][a-z0-9-]*)$"
+        "book_id: must match the pattern [a-z][a-z0-9-]*"
     );
 }
 
