@@ -1,9 +1,14 @@
 //! Health: `/healthz` answers while the process runs; `/readyz` answers 200
-//! only while the database answers. grpc.health.v1 asks the same question on
-//! every `Check` for the whole server (`""`) and for each served service, and
-//! `Watch` reports each change of that answer.
+//! only while the database answers and the server is not shutting down.
+//! grpc.health.v1 gives the same answer for the whole server (`""`) and for
+//! `switchboard.v1.ChatService`. One background task checks every few
+//! seconds and `Watch` streams read its result, so watchers cost the
+//! database nothing; when shutdown begins every watcher is told NOT_SERVING
+//! and its stream ends, so load balancers stop sending and no watch holds
+//! the drain open.
 
 use std::pin::Pin;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use axum::Router;
@@ -13,6 +18,7 @@ use axum::routing::get;
 use futures::Stream;
 use serde_json::json;
 use switchboard_core::db::Database;
+use tokio::sync::watch;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_server::{Health, HealthServer};
 use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
@@ -20,44 +26,104 @@ use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
 /// The services a health check may name; `""` is the server as a whole.
 const SERVICES: &[&str] = &["", "switchboard.v1.ChatService"];
 
-/// How often `Watch` checks again.
-const WATCH_INTERVAL: Duration = Duration::from_secs(5);
+/// How often the background task checks the database.
+const CHECK_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Whether the server is shutting down. Cloning shares it; the binary (or a
+/// test) calls [`Drain::begin`] when its shutdown signal arrives.
+#[derive(Debug, Clone)]
+pub struct Drain(Arc<watch::Sender<bool>>);
+
+impl Default for Drain {
+    fn default() -> Self {
+        Self(Arc::new(watch::Sender::new(false)))
+    }
+}
+
+impl Drain {
+    /// Marks the server as shutting down: readiness fails from now on.
+    pub fn begin(&self) {
+        self.0.send_replace(true);
+    }
+
+    /// Whether shutdown has begun.
+    pub fn is_draining(&self) -> bool {
+        *self.0.borrow()
+    }
+}
 
 /// The readiness of the server, shared by the HTTP and gRPC health checks.
 #[derive(Debug, Clone)]
 pub struct HealthState {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
     database: Database,
+    drain: Drain,
+    status: watch::Sender<ServingStatus>,
 }
 
 impl HealthState {
-    /// Health of a server whose readiness is the database's.
-    pub fn new(database: Database) -> Self {
-        Self { database }
+    /// Health of a server whose readiness is the database's, and which stops
+    /// being ready once `drain` begins. Starts the background check, which
+    /// ends when the last clone of the state is dropped; call it inside a
+    /// tokio runtime.
+    pub fn new(database: Database, drain: Drain) -> Self {
+        let inner = Arc::new(Inner {
+            database,
+            drain,
+            status: watch::Sender::new(ServingStatus::Unknown),
+        });
+        tokio::spawn(check_periodically(Arc::downgrade(&inner)));
+        Self { inner }
     }
 
-    /// Whether the server can serve requests now.
-    ///
-    /// # Errors
-    /// Why it cannot, for logs.
-    pub async fn check(&self) -> Result<(), String> {
-        self.database
-            .ping()
-            .await
-            .map_err(|error| error.to_string())
-    }
-
-    async fn serving_status(&self) -> ServingStatus {
-        match self.check().await {
-            Ok(()) => ServingStatus::Serving,
-            Err(error) => {
-                tracing::warn!(%error, "not ready");
-                ServingStatus::NotServing
-            }
-        }
+    /// Checks now, publishes the outcome to watchers, and returns it.
+    async fn refresh(&self) -> ServingStatus {
+        refresh(&self.inner).await
     }
 
     pub(crate) fn grpc_service(&self) -> HealthServer<HealthState> {
         HealthServer::new(self.clone())
+    }
+}
+
+async fn refresh(inner: &Inner) -> ServingStatus {
+    let status = if inner.drain.is_draining() {
+        ServingStatus::NotServing
+    } else {
+        match inner.database.ping().await {
+            Ok(()) => ServingStatus::Serving,
+            Err(error) => {
+                tracing::warn!(%error, "not ready: the database does not answer");
+                ServingStatus::NotServing
+            }
+        }
+    };
+    inner.status.send_if_modified(|current| {
+        let changed = *current != status;
+        *current = status;
+        changed
+    });
+    status
+}
+
+async fn check_periodically(inner: Weak<Inner>) {
+    let mut draining = match inner.upgrade() {
+        Some(inner) => inner.drain.0.subscribe(),
+        None => return,
+    };
+    loop {
+        match inner.upgrade() {
+            Some(inner) => refresh(&inner).await,
+            None => return,
+        };
+        tokio::select! {
+            () = tokio::time::sleep(CHECK_INTERVAL) => {}
+            _ = draining.changed() => {}
+        }
     }
 }
 
@@ -73,7 +139,7 @@ impl Health for HealthState {
                 "unknown service {service:?}"
             )));
         }
-        let status = self.serving_status().await;
+        let status = self.refresh().await;
         Ok(tonic::Response::new(HealthCheckResponse {
             status: status as i32,
         }))
@@ -87,24 +153,50 @@ impl Health for HealthState {
         request: tonic::Request<HealthCheckRequest>,
     ) -> Result<tonic::Response<Self::WatchStream>, tonic::Status> {
         let known = SERVICES.contains(&request.get_ref().service.as_str());
-        let health = self.clone();
-        let stream = futures::stream::unfold((health, None), move |(health, last)| async move {
-            loop {
-                let status = if known {
-                    health.serving_status().await
-                } else {
-                    ServingStatus::ServiceUnknown
-                };
-                if Some(status) != last {
-                    let response = HealthCheckResponse {
-                        status: status as i32,
-                    };
-                    return Some((Ok(response), (health, Some(status))));
+        let mut statuses = self.inner.status.subscribe();
+        let mut draining = self.inner.drain.0.subscribe();
+        let (sender, receiver) = tokio::sync::mpsc::channel(1);
+        tokio::spawn(async move {
+            let response = |status: ServingStatus| {
+                Ok(HealthCheckResponse {
+                    status: status as i32,
+                })
+            };
+            if !known {
+                let _ = sender.send(response(ServingStatus::ServiceUnknown)).await;
+                tokio::select! {
+                    _ = draining.wait_for(|draining| *draining) => {}
+                    () = sender.closed() => {}
                 }
-                tokio::time::sleep(WATCH_INTERVAL).await;
+                return;
+            }
+            let mut sent = ServingStatus::Unknown;
+            loop {
+                let draining_now = *draining.borrow_and_update();
+                let status = if draining_now {
+                    ServingStatus::NotServing
+                } else {
+                    *statuses.borrow_and_update()
+                };
+                if status != sent && status != ServingStatus::Unknown {
+                    if sender.send(response(status)).await.is_err() {
+                        return; // the client went away
+                    }
+                    sent = status;
+                }
+                if draining_now {
+                    return; // told NOT_SERVING; the drain need not wait for it
+                }
+                tokio::select! {
+                    changed = statuses.changed() => if changed.is_err() { return },
+                    changed = draining.changed() => if changed.is_err() { return },
+                    () = sender.closed() => return,
+                }
             }
         });
-        Ok(tonic::Response::new(Box::pin(stream)))
+        Ok(tonic::Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(receiver),
+        )))
     }
 }
 
@@ -120,7 +212,13 @@ pub(crate) fn routes(health: HealthState) -> Router {
 }
 
 async fn ready(State(health): State<HealthState>) -> (StatusCode, axum::Json<serde_json::Value>) {
-    match health.serving_status().await {
+    if health.inner.drain.is_draining() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(json!({ "status": "unavailable", "reason": "shutting down" })),
+        );
+    }
+    match health.refresh().await {
         ServingStatus::Serving => (StatusCode::OK, axum::Json(json!({ "status": "ready" }))),
         _ => (
             StatusCode::SERVICE_UNAVAILABLE,

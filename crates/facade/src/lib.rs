@@ -35,7 +35,7 @@ use tower_http::request_id::{
 use tower_http::trace::TraceLayer;
 use utoipa_swagger_ui::SwaggerUi;
 
-pub use health::HealthState;
+pub use health::{Drain, HealthState};
 
 /// What the edge serves: the domain services and the settings it reads.
 #[derive(Debug, Clone)]
@@ -46,6 +46,9 @@ pub struct Edge {
     pub database: Database,
     /// Browser origins allowed by CORS (empty: CORS off; `*`: any).
     pub cors_allowed_origins: Vec<String>,
+    /// Set when shutdown begins: readiness fails and health watchers are
+    /// told NOT_SERVING, while open requests finish.
+    pub drain: Drain,
 }
 
 impl Edge {
@@ -55,6 +58,7 @@ impl Edge {
             chat,
             database,
             cors_allowed_origins: config.cors_allowed_origins.clone(),
+            drain: Drain::default(),
         }
     }
 }
@@ -62,7 +66,7 @@ impl Edge {
 /// The whole application router: gRPC and gRPC-Web, REST, docs and health.
 pub fn app(edge: Edge) -> Router {
     let chat_api = Arc::new(switchboard_api::ChatApi::new(edge.chat.clone()));
-    let health = HealthState::new(edge.database.clone());
+    let health = HealthState::new(edge.database.clone(), edge.drain.clone());
 
     let grpc = grpc::router(chat_api.clone(), &health);
     let rest = RestRouter::new(v1::chat_service_rest_routes(chat_api));
@@ -82,11 +86,17 @@ pub fn app(edge: Edge) -> Router {
         .merge(grpc)
         .merge(docs)
         .merge(health::routes(health))
-        // tonic's router brings a gRPC "unimplemented" fallback; the REST
-        // router replaces it and answers every other path with JSON.
+        // tonic's router brings a gRPC "unimplemented" fallback; ours keeps
+        // that answer for gRPC callers and gives every other path to REST.
         .fallback(move |request: axum::extract::Request| {
             let rest = rest.clone();
-            async move { rest.handle(request).await }
+            async move {
+                if is_grpc(&request) {
+                    let status = tonic::Status::unimplemented(format!("unknown method {}", request.uri().path()));
+                    return status.into_http::<axum::body::Body>();
+                }
+                rest.handle(request).await
+            }
         })
         .layer(AddExtensionLayer::new(Principal::local()))
         .layer(CatchPanicLayer::custom(panic_response))
@@ -104,6 +114,15 @@ pub fn app(edge: Edge) -> Router {
         app = app.layer(cors);
     }
     app
+}
+
+/// Whether a request is a gRPC or gRPC-Web call (by its content type).
+fn is_grpc(request: &axum::extract::Request) -> bool {
+    request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| value.starts_with("application/grpc"))
 }
 
 /// Gives each request without an `x-request-id` a fresh UUID v7.

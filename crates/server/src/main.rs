@@ -89,10 +89,16 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         .await
         .context("cannot start the services")?;
     let edge = switchboard_facade::Edge::new(services.chat(), services.database().clone(), &config);
+    let drain = edge.drain.clone();
     let app = switchboard_facade::app(edge);
     tracing::info!(address = %listener.local_addr()?, "listening: gRPC, gRPC-Web and REST; Swagger UI at /docs");
     let grace = Duration::from_secs(config.shutdown_grace_secs);
-    switchboard_facade::serve(listener, app, shutdown_signal(), grace)
+    let shutdown = async move {
+        shutdown_signal().await;
+        // Readiness fails from now on, so load balancers stop sending.
+        drain.begin();
+    };
+    switchboard_facade::serve(listener, app, shutdown, grace)
         .await
         .context("serving failed")?;
     tracing::info!("stopped taking requests; finishing replies in progress");

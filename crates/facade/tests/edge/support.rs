@@ -90,6 +90,7 @@ pub(crate) async fn spawn_app_with_delay(backend: Backend, token_delay_ms: u64) 
     };
     let services = Services::start(&config).await.expect("services start");
     let edge = switchboard_facade::Edge::new(services.chat(), services.database().clone(), &config);
+    let drain = edge.drain.clone();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind port 0");
@@ -100,6 +101,7 @@ pub(crate) async fn spawn_app_with_delay(backend: Backend, token_delay_ms: u64) 
         switchboard_facade::app(edge),
         async move {
             let _ = stopped.await;
+            drain.begin();
         },
         Duration::from_secs(10),
     ));
