@@ -8,7 +8,6 @@
 
 use std::collections::BTreeMap;
 
-use heck::ToSnakeCase;
 use percent_encoding::percent_decode_str;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
@@ -343,7 +342,10 @@ fn mask_paths(object: &Map<String, Value>, tree: &[MaskNode], prefix: &str, out:
         let node = tree
             .iter()
             .find(|node| node.field.json == key || node.field.proto == key);
-        let name = node.map_or_else(|| key.to_snake_case(), |node| node.field.proto.to_owned());
+        let name = node.map_or_else(
+            || crate::wkt::camel_to_snake(key),
+            |node| node.field.proto.to_owned(),
+        );
         let path = format!("{prefix}{name}");
         match (node, value) {
             (Some(node), Value::Object(child)) if !child.is_empty() => {

@@ -52,7 +52,8 @@ pub fn validate_masked<T: Validate>(
 ) -> Result<(), tonic::Status> {
     let mut violations = Vec::new();
     request.collect_violations("", &mut violations);
-    if !mask.is_empty() {
+    // `*` (or no mask) means every field, so every field is checked.
+    if !mask.is_empty() && !mask.iter().any(|path| path == "*") {
         violations.retain(|violation| {
             let Some(rest) = violation
                 .field
@@ -237,6 +238,23 @@ mod tests {
         assert_eq!(status.message(), "title: is required");
         let details = status.get_error_details();
         assert_eq!(details.bad_request().unwrap().field_violations.len(), 1);
+    }
+
+    struct Update(Title);
+
+    impl Validate for Update {
+        fn collect_violations(&self, prefix: &str, violations: &mut Vec<FieldViolation>) {
+            Checker::new(prefix, violations).nested("book", &self.0);
+        }
+    }
+
+    #[test]
+    fn a_mask_limits_checks_to_its_fields_and_star_checks_all() {
+        let update = Update(Title("far too long".into()));
+        assert!(validate_masked(&update, "book", &["author".into()]).is_ok());
+        assert!(validate_masked(&update, "book", &["title".into()]).is_err());
+        assert!(validate_masked(&update, "book", &["*".into()]).is_err());
+        assert!(validate_masked(&update, "book", &[]).is_err());
     }
 
     #[test]

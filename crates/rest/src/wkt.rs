@@ -9,7 +9,6 @@
 use std::fmt;
 
 use chrono::{DateTime, SecondsFormat, Utc};
-use heck::{ToLowerCamelCase, ToSnakeCase};
 use serde::de::{self, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -93,16 +92,7 @@ impl prost::Name for FieldMask {
 
 impl Serialize for FieldMask {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let camel: Vec<String> = self
-            .paths
-            .iter()
-            .map(|path| {
-                path.split('.')
-                    .map(|part| part.to_lower_camel_case())
-                    .collect::<Vec<_>>()
-                    .join(".")
-            })
-            .collect();
+        let camel: Vec<String> = self.paths.iter().map(|path| snake_to_camel(path)).collect();
         serializer.serialize_str(&camel.join(","))
     }
 }
@@ -120,18 +110,46 @@ impl<'de> Deserialize<'de> for FieldMask {
                     .split(',')
                     .map(str::trim)
                     .filter(|path| !path.is_empty())
-                    .map(|path| {
-                        path.split('.')
-                            .map(|part| part.to_snake_case())
-                            .collect::<Vec<_>>()
-                            .join(".")
-                    })
+                    .map(camel_to_snake)
                     .collect();
                 Ok(FieldMask { paths })
             }
         }
         deserializer.deserialize_str(FieldMaskVisitor)
     }
+}
+
+/// A field path in JSON form (`pageCount.value`) in proto form
+/// (`page_count.value`), as the proto3 JSON mapping converts it: `_` before
+/// each ASCII capital, which is lowered. `*` and digits are kept.
+pub fn camel_to_snake(path: &str) -> String {
+    let mut out = String::with_capacity(path.len() + 4);
+    for c in path.chars() {
+        if c.is_ascii_uppercase() {
+            out.push('_');
+            out.push(c.to_ascii_lowercase());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// A field path in proto form in JSON form: each `_` followed by an ASCII
+/// lower-case letter becomes that letter in capitals.
+pub fn snake_to_camel(path: &str) -> String {
+    let mut out = String::with_capacity(path.len());
+    let mut chars = path.chars().peekable();
+    while let Some(c) = chars.next() {
+        match chars.peek() {
+            Some(next) if c == '_' && next.is_ascii_lowercase() => {
+                out.push(next.to_ascii_uppercase());
+                chars.next();
+            }
+            _ => out.push(c),
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -154,6 +172,19 @@ mod tests {
     fn timestamp_rejects_garbage_with_a_clear_message() {
         let err = serde_json::from_str::<Timestamp>("\"yesterday\"").unwrap_err();
         assert!(err.to_string().contains("RFC 3339"), "{err}");
+    }
+
+    #[test]
+    fn field_mask_paths_convert_as_the_spec_says() {
+        for (snake, camel) in [
+            ("page_count", "pageCount"),
+            ("a.b_c", "a.bC"),
+            ("*", "*"),
+            ("ab_1c", "ab_1c"),
+        ] {
+            assert_eq!(snake_to_camel(snake), camel);
+            assert_eq!(camel_to_snake(camel), snake);
+        }
     }
 
     #[test]
