@@ -167,6 +167,8 @@ pub fn conversation_update(
     for path in &paths {
         match path.as_str() {
             "title" | "*" => patch.title = Some(conversation.title.clone()),
+            // Output-only fields are ignored in a mask (AIP-203).
+            "id" | "created_at" | "updated_at" => {}
             other => {
                 return Err(Error::invalid_argument(
                     "update_mask",

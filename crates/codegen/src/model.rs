@@ -216,6 +216,35 @@ fn option<T: prost::Message + Default>(
     }
 }
 
+/// The `google.api.field_behavior` values of a field (numbers of the
+/// `google.api.FieldBehavior` enum).
+fn field_behaviors(pool: &DescriptorPool, field: &FieldDescriptor) -> Vec<i32> {
+    let Some(extension) = pool.get_extension_by_name("google.api.field_behavior") else {
+        return Vec::new();
+    };
+    let options = field.options();
+    if !options.has_extension(&extension) {
+        return Vec::new();
+    }
+    match options.get_extension(&extension).as_ref() {
+        Value::List(values) => values.iter().filter_map(Value::as_enum_number).collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// Whether the server sets the field and ignores it in requests:
+/// `google.api.field_behavior` OUTPUT_ONLY (3) or IDENTIFIER (8).
+pub(crate) fn is_output_only(pool: &DescriptorPool, field: &FieldDescriptor) -> bool {
+    field_behaviors(pool, field)
+        .iter()
+        .any(|behavior| matches!(behavior, 3 | 8))
+}
+
+/// Whether `google.api.field_behavior` marks the field REQUIRED (2).
+pub(crate) fn is_behavior_required(pool: &DescriptorPool, field: &FieldDescriptor) -> bool {
+    field_behaviors(pool, field).contains(&2)
+}
+
 /// The `(switchboard.v1.field)` rules of a field, if any.
 pub(crate) fn field_rules(pool: &DescriptorPool, field: &FieldDescriptor) -> Option<FieldRules> {
     option(pool, &field.options(), "switchboard.v1.field")

@@ -14,7 +14,9 @@ use prost_reflect::{EnumDescriptor, FieldDescriptor, Kind, MessageDescriptor};
 use serde_json::{Map, Value, json};
 
 use crate::CodegenError;
-use crate::model::{ApiModel, BindingModel, BodyModel, field_rules};
+use crate::model::{
+    ApiModel, BindingModel, BodyModel, field_rules, is_behavior_required, is_output_only,
+};
 use crate::template::PathParameter;
 
 /// The document's title, version and description.
@@ -428,8 +430,15 @@ impl Builder<'_> {
                 }
                 _ => self.field_schema(&field),
             };
-            if field_rules(&self.model.pool, &field).is_some_and(|rules| rules.required) {
+            let pool = &self.model.pool;
+            if field_rules(pool, &field).is_some_and(|rules| rules.required)
+                || is_behavior_required(pool, &field)
+            {
                 required.push(field.json_name().to_owned());
+            }
+            let mut schema = schema;
+            if is_output_only(pool, &field) {
+                schema["readOnly"] = true.into();
             }
             properties.insert(field.json_name().to_owned(), schema);
         }

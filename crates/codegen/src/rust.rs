@@ -7,12 +7,12 @@
 use std::fmt::Write as _;
 
 use heck::{ToShoutySnakeCase, ToSnakeCase, ToUpperCamelCase};
-use prost_reflect::{FieldDescriptor, Kind, MessageDescriptor};
+use prost_reflect::{DescriptorPool, FieldDescriptor, Kind, MessageDescriptor};
 
 use crate::CodegenError;
 use crate::model::{
     ApiModel, BindingModel, BodyModel, MaskModel, ScalarKind, ServiceModel, field_rules,
-    is_well_known,
+    is_output_only, is_well_known,
 };
 use crate::options::FieldRules;
 
@@ -118,7 +118,7 @@ pub(crate) fn package(model: &ApiModel, package: &str) -> Result<String, Codegen
         .filter(|s| s.descriptor.package_name() == package)
         .collect();
     for service in &services {
-        out.push_str(&service_code(package, service));
+        out.push_str(&service_code(&model.pool, package, service));
     }
     if !services.is_empty() {
         out.push_str(
@@ -391,7 +391,7 @@ fn value_checks(
     checks
 }
 
-fn service_code(package: &str, service: &ServiceModel) -> String {
+fn service_code(pool: &DescriptorPool, package: &str, service: &ServiceModel) -> String {
     let name = service.descriptor.name().to_upper_camel_case();
     let server_mod = format!("{}_server", service.descriptor.name().to_snake_case());
     let guard = format!("{name}Guard");
@@ -506,7 +506,7 @@ fn service_code(package: &str, service: &ServiceModel) -> String {
                 binding.http_method,
                 binding.template_text,
                 binding_static_name(&shouty, method.descriptor.name(), index),
-                binding_literal(binding, &grpc_method)
+                binding_literal(pool, binding, &grpc_method)
             );
         }
     }
@@ -536,7 +536,7 @@ fn kind_literal(kind: ScalarKind) -> String {
     format!("{RT}::binding::ScalarKind::{kind:?}")
 }
 
-fn binding_literal(binding: &BindingModel, grpc_method: &str) -> String {
+fn binding_literal(pool: &DescriptorPool, binding: &BindingModel, grpc_method: &str) -> String {
     let segments: Vec<String> = binding
         .template
         .segments
@@ -588,7 +588,7 @@ fn binding_literal(binding: &BindingModel, grpc_method: &str) -> String {
     let mask = binding
         .mask
         .as_ref()
-        .map_or("None".to_owned(), mask_literal);
+        .map_or("None".to_owned(), |mask| mask_literal(pool, mask));
     format!(
         "{RT}::binding::HttpBinding {{\n    grpc_method: {grpc_method:?},\n    http_method: {:?},\n    template: {:?},\n    \
          segments: &[{}],\n    variables: &[{}],\n    verb: {},\n    body: {body},\n    response_body: {response_body},\n    \
@@ -606,8 +606,16 @@ fn binding_literal(binding: &BindingModel, grpc_method: &str) -> String {
     )
 }
 
-fn mask_literal(mask: &MaskModel) -> String {
-    fn tree(message: &MessageDescriptor, seen: &mut Vec<String>) -> String {
+fn mask_literal(pool: &DescriptorPool, mask: &MaskModel) -> String {
+    fn output_only(pool: &DescriptorPool, message: &MessageDescriptor) -> String {
+        let steps: Vec<String> = message
+            .fields()
+            .filter(|field| is_output_only(pool, field))
+            .map(|field| step(&field))
+            .collect();
+        format!("&[{}]", steps.join(", "))
+    }
+    fn tree(pool: &DescriptorPool, message: &MessageDescriptor, seen: &mut Vec<String>) -> String {
         let mut nodes = Vec::new();
         for field in message.fields() {
             if field.is_list() || field.is_map() {
@@ -618,11 +626,12 @@ fn mask_literal(mask: &MaskModel) -> String {
                 && !seen.contains(&child.full_name().to_owned())
             {
                 seen.push(child.full_name().to_owned());
-                let children = tree(&child, seen);
+                let children = tree(pool, &child, seen);
                 seen.pop();
                 nodes.push(format!(
-                    "{RT}::binding::MaskNode {{ field: {}, children: {children} }}",
-                    step(&field)
+                    "{RT}::binding::MaskNode {{ field: {}, children: {children}, output_only: {} }}",
+                    step(&field),
+                    output_only(pool, &child)
                 ));
             }
         }
@@ -630,8 +639,9 @@ fn mask_literal(mask: &MaskModel) -> String {
     }
     let mut seen = vec![mask.body_message.full_name().to_owned()];
     format!(
-        "Some({RT}::binding::MaskRule {{ field: {}, tree: {} }})",
+        "Some({RT}::binding::MaskRule {{ field: {}, tree: {}, output_only: {} }})",
         step(&mask.field),
-        tree(&mask.body_message, &mut seen)
+        tree(pool, &mask.body_message, &mut seen),
+        output_only(pool, &mask.body_message)
     )
 }

@@ -88,6 +88,8 @@ pub struct MaskNode {
     pub field: FieldStep,
     /// Its message-typed sub-fields, whose presence is reported path by path.
     pub children: &'static [MaskNode],
+    /// Its message's output-only fields, never put in a mask.
+    pub output_only: &'static [FieldStep],
 }
 
 /// The FieldMask a PATCH binding fills from the body, as grpc-gateway does.
@@ -97,6 +99,10 @@ pub struct MaskRule {
     pub field: FieldStep,
     /// The message-typed fields of the body message.
     pub tree: &'static [MaskNode],
+    /// The body message's output-only fields (`google.api.field_behavior`
+    /// OUTPUT_ONLY or IDENTIFIER): a client that sends back a resource it
+    /// read does not ask to change them.
+    pub output_only: &'static [FieldStep],
 }
 
 /// One HTTP binding of an RPC method.

@@ -171,7 +171,7 @@ fn request_json(
         (Some(mask), BodyRule::Field(step)) => match request.get(step.json) {
             Some(Value::Object(patch)) => {
                 let mut paths = Vec::new();
-                mask_paths(patch, mask.tree, "", &mut paths);
+                mask_paths(patch, mask.tree, mask.output_only, "", &mut paths);
                 Some((mask.field, paths))
             }
             _ => None,
@@ -337,8 +337,20 @@ fn remove_field(object: &mut Map<String, Value>, step: FieldStep) {
 }
 
 /// The FieldMask paths (proto names) of the fields present in a PATCH body.
-fn mask_paths(object: &Map<String, Value>, tree: &[MaskNode], prefix: &str, out: &mut Vec<String>) {
+fn mask_paths(
+    object: &Map<String, Value>,
+    tree: &[MaskNode],
+    output_only: &[FieldStep],
+    prefix: &str,
+    out: &mut Vec<String>,
+) {
     for (key, value) in object {
+        if output_only
+            .iter()
+            .any(|step| step.json == key || step.proto == key)
+        {
+            continue;
+        }
         let node = tree
             .iter()
             .find(|node| node.field.json == key || node.field.proto == key);
@@ -349,7 +361,13 @@ fn mask_paths(object: &Map<String, Value>, tree: &[MaskNode], prefix: &str, out:
         let path = format!("{prefix}{name}");
         match (node, value) {
             (Some(node), Value::Object(child)) if !child.is_empty() => {
-                mask_paths(child, node.children, &format!("{path}."), out);
+                mask_paths(
+                    child,
+                    node.children,
+                    node.output_only,
+                    &format!("{path}."),
+                    out,
+                );
             }
             _ => out.push(path),
         }
@@ -495,11 +513,16 @@ mod tests {
                         json: "shape",
                     },
                     children: &[],
+                    output_only: &[],
+                }],
+                output_only: &[FieldStep {
+                    proto: "create_time",
+                    json: "createTime",
                 }],
             }),
             ..NAMED
         };
-        let body = br#"{"displayName": "x", "shape": {"sides": 3, "colour": "red"}}"#;
+        let body = br#"{"displayName": "x", "createTime": "2026-01-01T00:00:00Z", "shape": {"sides": 3, "colour": "red"}}"#;
         let json = request_json(&binding, vec!["7".into()], None, body).unwrap();
         assert_eq!(json["updateMask"], "display_name,shape.sides,shape.colour");
         assert_eq!(json["item"]["itemId"], "7");

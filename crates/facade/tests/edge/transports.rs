@@ -62,6 +62,21 @@ async fn a_conversation_reads_back_identically_on_every_transport(app: &TestApp)
     assert_eq!(serde_json::to_value(&over_grpc).unwrap(), created);
     assert_eq!(over_rest, created);
     assert_eq!(created["title"], "Trip to Hanoi");
+
+    // A resource read back and sent again, output-only fields and all, is an update of its title.
+    let mut edited = created.clone();
+    edited["title"] = "Trip to Hue".into();
+    let patched = app
+        .http
+        .patch(app.url(&format!("/v1/conversations/{id}")))
+        .json(&edited)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(patched.status(), 200);
+    let patched: Value = patched.json().await.unwrap();
+    assert_eq!(patched["title"], "Trip to Hue");
+    assert_eq!(patched["createdAt"], created["createdAt"]);
     assert!(
         created["createdAt"].as_str().unwrap().ends_with('Z'),
         "{created}"
