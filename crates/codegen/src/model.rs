@@ -89,6 +89,10 @@ pub struct BindingModel {
     pub query: Vec<QueryModel>,
     /// The FieldMask filled from the body.
     pub mask: Option<MaskModel>,
+    /// For a server stream: the field of each message that is its SSE `id`.
+    pub event_id: Option<FieldDescriptor>,
+    /// For a server stream: the request field `Last-Event-ID` sets.
+    pub resume: Option<(FieldDescriptor, ScalarKind)>,
 }
 
 /// One RPC.
@@ -267,12 +271,12 @@ fn resolve_method(
                 "client-streaming methods cannot have an HTTP binding".into(),
             ));
         }
-        bindings.push(resolve_binding(&method, &rule).map_err(&fail)?);
+        bindings.push(resolve_binding(pool, &method, &rule).map_err(&fail)?);
         for additional in &rule.additional_bindings {
             if !additional.additional_bindings.is_empty() {
                 return Err(fail("additional_bindings must not nest".into()));
             }
-            bindings.push(resolve_binding(&method, additional).map_err(&fail)?);
+            bindings.push(resolve_binding(pool, &method, additional).map_err(&fail)?);
         }
     }
     Ok(MethodModel {
@@ -282,7 +286,11 @@ fn resolve_method(
     })
 }
 
-fn resolve_binding(method: &MethodDescriptor, rule: &HttpRule) -> Result<BindingModel, String> {
+fn resolve_binding(
+    pool: &DescriptorPool,
+    method: &MethodDescriptor,
+    rule: &HttpRule,
+) -> Result<BindingModel, String> {
     let (http_method, template_text) = match &rule.pattern {
         Some(Pattern::Get(path)) => ("GET".to_owned(), path.clone()),
         Some(Pattern::Put(path)) => ("PUT".to_owned(), path.clone()),
@@ -394,6 +402,23 @@ fn resolve_binding(method: &MethodDescriptor, rule: &HttpRule) -> Result<Binding
         _ => None,
     };
 
+    let (event_id, resume) = if method.is_server_streaming() {
+        let event_id = flagged_field(pool, &method.output(), "switchboard.v1.sse_event_id")?;
+        let resume = flagged_field(pool, &input, "switchboard.v1.sse_resume_after")?
+            .map(|field| {
+                let kind = leaf_kind(&field)
+                    .filter(|_| !field.is_list())
+                    .ok_or_else(|| {
+                        format!("sse_resume_after field {} is not a scalar", field.name())
+                    })?;
+                Ok::<_, String>((field, kind))
+            })
+            .transpose()?;
+        (event_id, resume)
+    } else {
+        (None, None)
+    };
+
     Ok(BindingModel {
         http_method,
         template_text,
@@ -403,7 +428,37 @@ fn resolve_binding(method: &MethodDescriptor, rule: &HttpRule) -> Result<Binding
         response_body,
         query,
         mask,
+        event_id,
+        resume,
     })
+}
+
+/// The one top-level field of `message` that sets the boolean field option
+/// `option_name`, if any.
+fn flagged_field(
+    pool: &DescriptorPool,
+    message: &MessageDescriptor,
+    option_name: &str,
+) -> Result<Option<FieldDescriptor>, String> {
+    let Some(extension) = pool.get_extension_by_name(option_name) else {
+        return Ok(None);
+    };
+    let flagged: Vec<FieldDescriptor> = message
+        .fields()
+        .filter(|field| {
+            let options = field.options();
+            options.has_extension(&extension)
+                && options.get_extension(&extension).as_bool() == Some(true)
+        })
+        .collect();
+    match flagged.as_slice() {
+        [] => Ok(None),
+        [field] => Ok(Some(field.clone())),
+        _ => Err(format!(
+            "{} has more than one field with ({option_name})",
+            message.full_name()
+        )),
+    }
 }
 
 /// The fields along `path` from `message`; every step but the last must be a

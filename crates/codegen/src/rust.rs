@@ -585,6 +585,22 @@ fn binding_literal(pool: &DescriptorPool, binding: &BindingModel, grpc_method: &
             )
         })
         .collect();
+    let event_id = binding
+        .event_id
+        .as_ref()
+        .map_or("None".to_owned(), |field| {
+            format!("Some({:?})", field.json_name())
+        });
+    let resume = binding
+        .resume
+        .as_ref()
+        .map_or("None".to_owned(), |(field, kind)| {
+            format!(
+                "Some({RT}::binding::ResumeField {{ field: {}, kind: {} }})",
+                step(field),
+                kind_literal(*kind)
+            )
+        });
     let mask = binding
         .mask
         .as_ref()
@@ -592,7 +608,7 @@ fn binding_literal(pool: &DescriptorPool, binding: &BindingModel, grpc_method: &
     format!(
         "{RT}::binding::HttpBinding {{\n    grpc_method: {grpc_method:?},\n    http_method: {:?},\n    template: {:?},\n    \
          segments: &[{}],\n    variables: &[{}],\n    verb: {},\n    body: {body},\n    response_body: {response_body},\n    \
-         query: &[{}],\n    mask: {mask},\n}}",
+         query: &[{}],\n    mask: {mask},\n    event_id: {event_id},\n    resume: {resume},\n}}",
         binding.http_method,
         binding.template_text,
         segments.join(", "),

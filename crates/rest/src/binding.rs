@@ -105,6 +105,16 @@ pub struct MaskRule {
     pub output_only: &'static [FieldStep],
 }
 
+/// The request field a `Last-Event-ID` header sets, for Server-Sent Events
+/// that resume.
+#[derive(Debug, Clone, Copy)]
+pub struct ResumeField {
+    /// The request's top-level field.
+    pub field: FieldStep,
+    /// How the header's text becomes JSON.
+    pub kind: ScalarKind,
+}
+
 /// One HTTP binding of an RPC method.
 #[derive(Debug, Clone, Copy)]
 pub struct HttpBinding {
@@ -128,4 +138,9 @@ pub struct HttpBinding {
     pub query: &'static [QueryParam],
     /// The FieldMask filled from the body when the query does not set it.
     pub mask: Option<MaskRule>,
+    /// For a server stream: the JSON name of the field of each message that
+    /// is the Server-Sent Event `id`.
+    pub event_id: Option<&'static str>,
+    /// For a server stream: the request field `Last-Event-ID` sets.
+    pub resume: Option<ResumeField>,
 }

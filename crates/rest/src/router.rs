@@ -41,6 +41,8 @@ struct Call {
     extensions: http::Extensions,
     deadline: Option<Duration>,
     format: StreamFormat,
+    /// The `Last-Event-ID` header of an EventSource that reconnects.
+    last_event_id: Option<String>,
 }
 
 impl Call {
@@ -51,6 +53,7 @@ impl Call {
             self.captured,
             self.query.as_deref(),
             &self.body,
+            self.last_event_id.as_deref(),
         )?;
         Ok(tonic::Request::from_parts(
             self.metadata,
@@ -147,6 +150,8 @@ impl Route {
             let call = call.clone();
             Box::pin(async move {
                 let format = request.format;
+                let binding = request.binding;
+                let resuming = request.last_event_id.is_some();
                 let deadline = request.deadline.map(|d| tokio::time::Instant::now() + d);
                 let request = match request.into_request::<Req>() {
                     Ok(request) => request,
@@ -163,7 +168,7 @@ impl Route {
                 match stream {
                     Ok(response) => {
                         let items = until_deadline(response.into_inner(), deadline);
-                        stream_response(items, format)
+                        stream_response(items, format, binding.event_id, resuming).await
                     }
                     Err(status) => status_response(&status),
                 }
@@ -246,18 +251,35 @@ fn json_response<Res: Serialize>(message: &Res, response_body: Option<&'static s
     }
 }
 
-fn stream_response<S, Item>(items: S, format: StreamFormat) -> Response
+/// A server stream as SSE or NDJSON. `event_id` names the field of each
+/// message that is its SSE `id`. An EventSource that reconnects (`resuming`)
+/// to a stream with nothing left gets 204, which tells it not to reconnect
+/// again.
+async fn stream_response<S, Item>(
+    items: S,
+    format: StreamFormat,
+    event_id: Option<&'static str>,
+    resuming: bool,
+) -> Response
 where
     S: Stream<Item = Result<Item, tonic::Status>> + Send + 'static,
     Item: Serialize + Send + 'static,
 {
     // The first error ends the stream: it is written, then nothing follows.
-    let items = through_first_error(items);
+    let mut items = Box::pin(through_first_error(items));
     match format {
         StreamFormat::ServerSentEvents => {
-            let events = items.map(|item| {
-                Ok::<_, Infallible>(match item.map(|message| serde_json::to_string(&message)) {
-                    Ok(Ok(json)) => Event::default().data(json),
+            let first = if resuming {
+                match items.next().await {
+                    Some(first) => Some(first),
+                    None => return StatusCode::NO_CONTENT.into_response(),
+                }
+            } else {
+                None
+            };
+            let events = futures::stream::iter(first).chain(items).map(move |item| {
+                Ok::<_, Infallible>(match item.map(|message| serde_json::to_value(&message)) {
+                    Ok(Ok(json)) => sse_event(&json, event_id),
                     Ok(Err(error)) => error_event(&tonic::Status::internal(error.to_string())),
                     Err(status) => error_event(&status),
                 })
@@ -288,6 +310,21 @@ where
             )
                 .into_response()
         }
+    }
+}
+
+/// One message as an SSE event, with its `id` when the binding names one.
+fn sse_event(json: &Value, event_id: Option<&'static str>) -> Event {
+    let event = Event::default().data(json.to_string());
+    let id = event_id.and_then(|field| match json.get(field)? {
+        Value::String(text) => Some(text.clone()),
+        Value::Number(number) => Some(number.to_string()),
+        _ => None,
+    });
+    match id {
+        // An id never holds a line break (the spec forbids it; axum panics).
+        Some(id) if !id.contains(['\n', '\r', '\0']) => event.id(id),
+        _ => event,
     }
 }
 
@@ -392,6 +429,11 @@ impl RestRouter {
             .and_then(|value| value.to_str().ok())
             .and_then(parse_grpc_timeout);
         let format = StreamFormat::from_accept(parts.headers.get(header::ACCEPT));
+        let last_event_id = parts
+            .headers
+            .get("last-event-id")
+            .and_then(|value| value.to_str().ok())
+            .map(str::to_owned);
         let call = Call {
             binding: route.binding,
             captured,
@@ -401,6 +443,7 @@ impl RestRouter {
             extensions: parts.extensions,
             deadline,
             format,
+            last_event_id,
         };
         (route.handler)(call).await
     }

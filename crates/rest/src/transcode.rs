@@ -136,8 +136,17 @@ pub fn decode_request<Req: DeserializeOwned>(
     captured: Vec<String>,
     query: Option<&str>,
     body: &[u8],
+    last_event_id: Option<&str>,
 ) -> Result<Req, TranscodeError> {
-    let json = request_json(binding, captured, query, body)?;
+    let mut json = request_json(binding, captured, query, body)?;
+    if let (Some(resume), Some(id), Value::Object(request)) =
+        (binding.resume, last_event_id, &mut json)
+        && !request.contains_key(resume.field.json)
+        && !request.contains_key(resume.field.proto)
+    {
+        let value = scalar_json(resume.kind, id.trim(), std::slice::from_ref(&resume.field))?;
+        request.insert(resume.field.json.to_owned(), value);
+    }
     serde_path_to_error::deserialize(json).map_err(|error| {
         let field = error.path().to_string();
         let field = if field == "." { String::new() } else { field };
@@ -269,7 +278,7 @@ fn path_matches(path: FieldPath, name: &str, pick: fn(&FieldStep) -> &'static st
     path.iter().all(|step| parts.next() == Some(pick(step))) && parts.next().is_none()
 }
 
-fn proto_path(path: FieldPath) -> String {
+fn proto_path(path: &[FieldStep]) -> String {
     path.iter()
         .map(|step| step.proto)
         .collect::<Vec<_>>()
@@ -277,7 +286,7 @@ fn proto_path(path: FieldPath) -> String {
 }
 
 #[allow(clippy::result_large_err)]
-fn scalar_json(kind: ScalarKind, text: &str, path: FieldPath) -> Result<Value, TranscodeError> {
+fn scalar_json(kind: ScalarKind, text: &str, path: &[FieldStep]) -> Result<Value, TranscodeError> {
     Ok(match kind {
         ScalarKind::Text | ScalarKind::Number => Value::String(text.to_owned()),
         ScalarKind::Bool => match text {
@@ -445,6 +454,8 @@ mod tests {
             repeated: true,
         }],
         mask: None,
+        event_id: None,
+        resume: None,
     };
 
     #[test]

@@ -252,6 +252,40 @@ async fn replies_stream_token_by_token_over_grpc_sse_and_ndjson(app: &TestApp) {
         .map(|data| serde_json::from_str(data).unwrap())
         .collect();
     assert_eq!(sse_events, events);
+    let ids: Vec<&str> = body
+        .lines()
+        .filter_map(|line| line.strip_prefix("id: "))
+        .collect();
+    let seqs: Vec<String> = events.iter().map(|event| event.seq.to_string()).collect();
+    assert_eq!(ids, seqs, "each event's SSE id is its seq");
+
+    // An EventSource that reconnects sends Last-Event-ID: it gets the rest…
+    let resumed = app
+        .http
+        .get(app.url(&path))
+        .header("last-event-id", "5")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let resumed: Vec<ReplyEvent> = resumed
+        .lines()
+        .filter_map(|line| line.strip_prefix("data: "))
+        .map(|data| serde_json::from_str(data).unwrap())
+        .collect();
+    assert_eq!(resumed, events[5..]);
+    // …and once it has everything, 204, which tells it to stop reconnecting.
+    let last = events.last().unwrap().seq.to_string();
+    let finished = app
+        .http
+        .get(app.url(&path))
+        .header("last-event-id", last)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(finished.status(), 204);
 
     // NDJSON, resumed after the third event: exactly the rest.
     let ndjson = app
