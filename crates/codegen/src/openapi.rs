@@ -232,6 +232,18 @@ impl Builder<'_> {
             }
             parameters.push(parameter);
         }
+        if let Some((field, _)) = &binding.resume {
+            parameters.push(json!({
+                "name": "Last-Event-ID",
+                "in": "header",
+                "required": false,
+                "description": format!(
+                    "Sent by a reconnecting EventSource: the `id` of the last event it received. Sets `{}` when the query string does not.",
+                    field.json_name()
+                ),
+                "schema": { "type": "string", "pattern": "^[0-9]+$" },
+            }));
+        }
         if !parameters.is_empty() {
             operation.insert("parameters".into(), parameters.into());
         }
@@ -281,8 +293,9 @@ impl Builder<'_> {
                 "description": "A stream of messages: Server-Sent Events (each `data:` is one message as JSON; an error ends the stream with an `error` event carrying a google.rpc.Status), or newline-delimited JSON with `Accept: application/x-ndjson` (each line `{\"result\": message}` or `{\"error\": status}`).",
                 "content": {
                     "text/event-stream": {
-                        "schema": { "type": "string", "description": "Server-Sent Events whose data are the messages below." },
-                        "x-stream-item": success,
+                        // Each event, as OpenAPI 3.2 (`itemSchema`) and
+                        // SSE-aware tools read it: `data` is JSON.
+                        "schema": sse_event_schema(&success, binding.event_id.is_some()),
                     },
                     "application/x-ndjson": {
                         "schema": {
@@ -299,16 +312,24 @@ impl Builder<'_> {
                 "content": { "application/json": { "schema": success } },
             })
         };
-        operation.insert(
-            "responses".into(),
+        let mut responses = Map::new();
+        responses.insert("200".into(), ok);
+        if binding.resume.is_some() {
+            responses.insert(
+                "204".into(),
+                json!({
+                    "description": "Resumed with `Last-Event-ID` after the stream's last event: nothing is left, and an EventSource stops reconnecting.",
+                }),
+            );
+        }
+        responses.insert(
+            "default".into(),
             json!({
-                "200": ok,
-                "default": {
-                    "description": "An error: the HTTP status follows the gRPC code (400 invalid argument, 401 unauthenticated, 403 permission denied, 404 not found, 409 conflict, 429 too many requests, 503 unavailable, 504 deadline exceeded).",
-                    "content": { "application/json": { "schema": reference(STATUS_SCHEMA) } },
-                },
+                "description": "An error: the HTTP status follows the gRPC code (400 invalid argument, 401 unauthenticated, 403 permission denied, 404 not found, 409 conflict, 429 too many requests, 503 unavailable, 504 deadline exceeded).",
+                "content": { "application/json": { "schema": reference(STATUS_SCHEMA) } },
             }),
         );
+        operation.insert("responses".into(), Value::Object(responses));
         Value::Object(operation)
     }
 
@@ -568,6 +589,36 @@ fn path_shape(path: &str) -> String {
         }
     }
     shape
+}
+
+/// One Server-Sent Event of a stream of `item`s: a message event whose
+/// `data` is the item as JSON (with an `id` when the stream has one), or the
+/// `error` event whose `data` is a google.rpc.Status.
+fn sse_event_schema(item: &Value, with_id: bool) -> Value {
+    let json_data = |schema: Value| json!({ "type": "string", "contentMediaType": "application/json", "contentSchema": schema });
+    let mut message = json!({
+        "type": "object",
+        "properties": { "data": json_data(item.clone()) },
+        "required": ["data"],
+        "not": { "required": ["event"] },
+    });
+    if with_id {
+        message["properties"]["id"] = json!({ "type": "string" });
+    }
+    json!({
+        "description": "One event: a message, or an `error` event that ends the stream.",
+        "oneOf": [
+            message,
+            {
+                "type": "object",
+                "properties": {
+                    "event": { "const": "error" },
+                    "data": json_data(reference(STATUS_SCHEMA)),
+                },
+                "required": ["event", "data"],
+            },
+        ],
+    })
 }
 
 /// The schema of a path parameter standing for `*` (one segment) or `**`.
