@@ -2,34 +2,23 @@
 //! its end before the server exits.
 
 use futures::StreamExt;
-use serde_json::{Value, json};
+use serde_json::json;
 
 use crate::support::{Backend, spawn_app_with_delay};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_drains_an_open_reply_stream() {
     let mut app = spawn_app_with_delay(Backend::Sqlite, 20).await;
-    let conversation: Value = app
-        .http
-        .post(app.url("/v1/conversations"))
-        .json(&json!({ "title": "draining" }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let conversation = app
+        .post_json("/v1/conversations", json!({ "title": "draining" }))
+        .await;
     let id = conversation["id"].as_str().unwrap();
-    let sent: Value = app
-        .http
-        .post(app.url(&format!("/v1/conversations/{id}/messages")))
-        .json(&json!({ "content": "tell me a story" }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let sent = app
+        .post_json(
+            &format!("/v1/conversations/{id}/messages"),
+            json!({ "content": "tell me a story" }),
+        )
+        .await;
     let reply = sent["reply"]["id"].as_str().unwrap();
     let response = app
         .http

@@ -147,6 +147,31 @@ impl TestApp {
         format!("http://{}{path}", self.address)
     }
 
+    /// GETs `path` and returns its JSON body, whatever the status.
+    pub(crate) async fn get_json(&self, path: &str) -> serde_json::Value {
+        self.http
+            .get(self.url(path))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    /// POSTs `body` as JSON to `path`, checks the answer is 200, and returns its JSON.
+    pub(crate) async fn post_json(&self, path: &str, body: serde_json::Value) -> serde_json::Value {
+        let response = self
+            .http
+            .post(self.url(path))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "POST {path}");
+        response.json().await.unwrap()
+    }
+
     /// A native gRPC client over h2c.
     pub(crate) async fn grpc(&self) -> ChatServiceClient<tonic::transport::Channel> {
         ChatServiceClient::connect(self.url(""))

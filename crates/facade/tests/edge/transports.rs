@@ -19,15 +19,8 @@ on_both_databases!(
 );
 
 async fn create_over_rest(app: &TestApp, title: &str) -> Value {
-    let response = app
-        .http
-        .post(app.url("/v1/conversations"))
-        .json(&json!({ "title": title }))
-        .send()
+    app.post_json("/v1/conversations", json!({ "title": title }))
         .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
-    response.json().await.unwrap()
 }
 
 async fn a_conversation_reads_back_identically_on_every_transport(app: &TestApp) {
@@ -48,15 +41,7 @@ async fn a_conversation_reads_back_identically_on_every_transport(app: &TestApp)
         )
         .await
         .unwrap();
-    let over_rest: Value = app
-        .http
-        .get(app.url(&format!("/v1/conversations/{id}")))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let over_rest: Value = app.get_json(&format!("/v1/conversations/{id}")).await;
 
     assert_eq!(over_grpc, over_grpc_web);
     assert_eq!(serde_json::to_value(&over_grpc).unwrap(), created);
@@ -127,15 +112,7 @@ async fn invalid_input_is_refused_alike_on_every_transport(app: &TestApp) {
         "conversation.title"
     );
 
-    let listed = app
-        .http
-        .get(app.url("/v1/conversations"))
-        .send()
-        .await
-        .unwrap()
-        .json::<Value>()
-        .await
-        .unwrap();
+    let listed = app.get_json("/v1/conversations").await;
     assert_eq!(
         listed["conversations"],
         json!([]),
@@ -214,14 +191,8 @@ async fn replies_stream_token_by_token_over_grpc_sse_and_ndjson(app: &TestApp) {
     let first = stream.next().await.unwrap().unwrap();
     assert_eq!(first.seq, 1);
     let messages: Value = app
-        .http
-        .get(app.url(&format!("/v1/conversations/{conversation_id}/messages")))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .get_json(&format!("/v1/conversations/{conversation_id}/messages"))
+        .await;
     assert_ne!(
         messages["messages"][1]["status"], "MESSAGE_STATUS_COMPLETE",
         "the reply is still streaming"
@@ -336,15 +307,7 @@ async fn health_readiness_and_docs_are_served(app: &TestApp) {
             tonic_health::pb::health_check_response::ServingStatus::Serving as i32
         );
     }
-    let openapi = app
-        .http
-        .get(app.url("/openapi.json"))
-        .send()
-        .await
-        .unwrap()
-        .json::<Value>()
-        .await
-        .unwrap();
+    let openapi = app.get_json("/openapi.json").await;
     assert_eq!(
         openapi,
         serde_json::from_str::<Value>(switchboard_proto::OPENAPI_JSON).unwrap()
