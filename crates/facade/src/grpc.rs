@@ -11,6 +11,7 @@ use axum::response::Response;
 use switchboard_api::ChatApi;
 use switchboard_proto::v1;
 use switchboard_rest::transcode::parse_grpc_timeout;
+use tonic::codec::CompressionEncoding;
 
 use crate::health::HealthState;
 
@@ -22,7 +23,12 @@ pub(crate) fn router(chat: Arc<ChatApi>, health: &HealthState) -> Router {
     let reflection_v1alpha = reflection()
         .build_v1alpha()
         .expect("the generated descriptor sets are valid");
-    tonic::service::Routes::new(v1::chat_service_grpc(chat))
+    // gzip both ways: requests may come compressed, and answers are
+    // compressed for callers that say (grpc-accept-encoding) they take it.
+    let chat = v1::chat_service_grpc(chat)
+        .accept_compressed(CompressionEncoding::Gzip)
+        .send_compressed(CompressionEncoding::Gzip);
+    tonic::service::Routes::new(chat)
         .add_service(health.grpc_service())
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

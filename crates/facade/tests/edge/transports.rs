@@ -30,6 +30,8 @@ async fn a_conversation_reads_back_identically_on_every_transport(app: &TestApp)
     let over_grpc = app
         .grpc()
         .await
+        .send_compressed(tonic::codec::CompressionEncoding::Gzip)
+        .accept_compressed(tonic::codec::CompressionEncoding::Gzip)
         .get_conversation(GetConversationRequest { id: id.clone() })
         .await
         .unwrap()
