@@ -59,7 +59,7 @@ async fn main() -> anyhow::Result<()> {
         print!("{}", switchboard_proto::OPENAPI_JSON);
         return Ok(());
     }
-    let config = Config::load(cli.config.as_deref()).context("invalid configuration")?;
+    let config = Config::load(cli.config.as_deref())?;
     match cli.command {
         Command::Serve { listen, data_dir } => serve(config.with_overrides(listen, data_dir)).await,
         Command::Migrate { data_dir } => migrate(config.with_overrides(None, data_dir)).await,
