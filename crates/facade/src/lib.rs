@@ -1,7 +1,7 @@
 //! Switchboard's HTTP edge: one listener that serves native gRPC (h2c),
 //! gRPC-Web, the generated REST routes, Swagger UI and the OpenAPI document,
-//! gRPC server reflection (v1 and v1alpha), grpc.health.v1, `/healthz` and
-//! `/readyz`. [`app`] builds the router, so tests drive it in-process; [`serve`]
+//! gRPC server reflection (v1 and v1alpha), grpc.health.v1, `/healthz`,
+//! `/readyz` and `/metrics`. [`app`] builds the router, so tests drive it in-process; [`serve`]
 //! runs it on a listener until `shutdown` resolves, then drains.
 //!
 //! Every request passes the same edge layers whatever its transport: the
@@ -11,6 +11,7 @@
 
 mod grpc;
 mod health;
+mod metrics;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -70,6 +71,18 @@ pub fn app(edge: Edge) -> Router {
 
     let grpc = grpc::router(chat_api.clone(), &health);
     let rest = RestRouter::new(v1::chat_service_rest_routes(chat_api));
+    let known_rpcs = metrics::KnownRpcs::new(
+        v1::ACCESS_POLICY
+            .iter()
+            .map(|policy| policy.method.to_owned())
+            .chain(
+                [
+                    "/grpc.health.v1.Health/Check",
+                    "/grpc.health.v1.Health/Watch",
+                ]
+                .map(str::to_owned),
+            ),
+    );
     let openapi: serde_json::Value = serde_json::from_str(switchboard_proto::OPENAPI_JSON)
         .expect("the generated OpenAPI document is valid JSON");
     let docs = SwaggerUi::new("/docs")
@@ -86,6 +99,7 @@ pub fn app(edge: Edge) -> Router {
         .merge(grpc)
         .merge(docs)
         .merge(health::routes(health))
+        .merge(metrics::routes())
         // tonic's router brings a gRPC "unimplemented" fallback; ours keeps
         // that answer for gRPC callers and gives every other path to REST.
         .fallback(move |request: axum::extract::Request| {
@@ -99,6 +113,9 @@ pub fn app(edge: Edge) -> Router {
             }
         })
         .layer(AddExtensionLayer::new(Principal::local()))
+        .layer(axum::middleware::from_fn(move |request, next| {
+            metrics::record(known_rpcs.clone(), request, next)
+        }))
         .layer(CatchPanicLayer::custom(panic_response))
         .layer(TraceLayer::new_for_http().make_span_with(|request: &http::Request<_>| {
             let request_id = request

@@ -85,6 +85,12 @@ impl StreamFormat {
     }
 }
 
+/// Put in the extensions of every response to a matched route: the full
+/// gRPC method it called, so metrics and logs name the RPC whatever the
+/// transport, without a label per URL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MatchedRpc(pub &'static str);
+
 /// One binding and the code that calls its method.
 #[derive(Clone)]
 pub struct Route {
@@ -445,7 +451,11 @@ impl RestRouter {
             format,
             last_event_id,
         };
-        (route.handler)(call).await
+        let mut response = (route.handler)(call).await;
+        response
+            .extensions_mut()
+            .insert(MatchedRpc(route.binding.grpc_method));
+        response
     }
 
     /// The router as an axum router that answers every path it is given;

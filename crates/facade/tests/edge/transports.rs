@@ -341,6 +341,29 @@ async fn health_readiness_and_docs_are_served(app: &TestApp) {
         preflight.headers()["access-control-allow-origin"],
         "http://localhost:3000"
     );
+    create_over_rest(app, "counted").await;
+    let metrics = app
+        .http
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for series in [
+        r#"transport="rest",rpc="/switchboard.v1.ChatService/CreateConversation",status="200""#,
+        r#"transport="grpc",rpc="/grpc.health.v1.Health/Check",status="200",grpc_status="0""#,
+    ] {
+        assert!(
+            metrics.lines().any(
+                |line| line.starts_with("switchboard_requests_total{") && line.contains(series)
+            ),
+            "no {series} in\n{metrics}"
+        );
+    }
+    assert!(metrics.contains("switchboard_request_duration_seconds_bucket"));
+
     let unknown = app.http.get(app.url("/v2/nothing")).send().await.unwrap();
     assert_eq!(unknown.status(), 404);
     assert_eq!(unknown.json::<Value>().await.unwrap()["code"], 5);
