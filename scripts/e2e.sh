@@ -326,6 +326,13 @@ sed -n 's/^data: \{0,1\}//p' "$TMP/resume.txt" | jq -s . >"$TMP/resume.json" || 
 [[ $(jq -cS . "$TMP/resume.json") == "$(jq -cS ".[$after:]" "$TMP/sse.json")" ]] \
   || fail "resume with after_seq=$after gave seqs $(jq -c 'map(.seq)' "$TMP/resume.json"), expected the last 3 events of the first stream"
 ok "resume: ?after_seq=$after replays exactly events $((after + 1))..$n of the finished reply"
+curl -sS -N --max-time 60 -o "$TMP/last-id.txt" -H "Last-Event-ID: $after" "$BASE/v1/conversations/$CID/messages/$MID:stream" \
+  || fail "SSE request with Last-Event-ID failed"
+ids=$(sed -n 's/^id: \{0,1\}//p' "$TMP/last-id.txt" | tr '\n' ' ')
+[[ $ids == "$(seq -s ' ' $((after + 1)) "$n") " ]] || fail "Last-Event-ID: $after gave event ids '$ids', expected $((after + 1))..$n"
+code=$(curl -sS -o /dev/null -w '%{http_code}' --max-time 20 -H "Last-Event-ID: $n" "$BASE/v1/conversations/$CID/messages/$MID:stream")
+[[ $code == 204 ]] || fail "Last-Event-ID of the last event: HTTP $code, expected 204 (EventSource stops reconnecting)"
+ok "EventSource resume: each event's id is its seq; Last-Event-ID: $after gives $((after + 1))..$n; Last-Event-ID: $n gives 204"
 FMID=$(send_rest "$CID" "please fail [dev:fail]")
 curl -sS -N --max-time 60 -o "$TMP/fail.txt" "$BASE/v1/conversations/$CID/messages/$FMID:stream" || fail "SSE request for a failing reply failed"
 sed -n 's/^data: \{0,1\}//p' "$TMP/fail.txt" | jq -s . >"$TMP/fail.json" || fail "SSE data lines are not JSON"
@@ -359,6 +366,18 @@ jq -s . "$TMP/web-stream.txt" >"$TMP/web-stream.json"
 check_events "gRPC-Web StreamReply (connect-node, HTTP/1.1)" "$TMP/web-stream.json"
 
 # --- OpenAPI and Swagger UI --------------------------------------------------------------
+step "metrics"
+curl -sS --max-time 10 -o "$TMP/metrics.txt" "$BASE/metrics" || fail "GET /metrics failed"
+for series in 'transport="rest",rpc="/switchboard.v1.ChatService/CreateConversation",status="200"' \
+              'transport="grpc",rpc="/switchboard.v1.ChatService/GetConversation",status="200",grpc_status="0"' \
+              'transport="grpc-web",rpc="/switchboard.v1.ChatService/GetConversation"' \
+              'transport="rest",rpc="/switchboard.v1.ChatService/GetConversation",status="404"'; do
+  grep -q "^switchboard_requests_total{$series" "$TMP/metrics.txt" \
+    || fail "/metrics has no switchboard_requests_total{$series...}"
+done
+grep -q '^switchboard_request_duration_seconds_bucket{' "$TMP/metrics.txt" || fail "/metrics has no request duration histogram"
+ok "/metrics counts requests by transport, RPC and status (REST, gRPC, gRPC-Web), with a duration histogram"
+
 step "OpenAPI and Swagger UI"
 code=$(curl -sS -o "$TMP/openapi.served.json" -w '%{http_code}' --max-time 10 "$BASE/openapi.json") || fail "GET /openapi.json failed"
 [[ $code == 200 ]] || fail "GET /openapi.json answered $code"
