@@ -142,12 +142,42 @@ impl Error {
 /// [`Error::NotFound`] here: the code that looked for it says what it was.
 impl From<sqlx::Error> for Error {
     fn from(err: sqlx::Error) -> Self {
-        match err {
-            sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => {
-                Self::Unavailable(format!("database: {err}"))
-            }
-            other => Self::Internal(Box::new(other)),
+        if is_transient(&err) {
+            // Worth retrying; the client learns that much and no more.
+            tracing::warn!(error = %err, "database unavailable");
+            return Self::Unavailable("the database is unavailable; try again".to_owned());
         }
+        Self::Internal(Box::new(err))
+    }
+}
+
+/// Whether a database error goes away by itself: no connection or pool,
+/// SQLite busy or locked past its timeout, PostgreSQL out of connections,
+/// a serialization failure or deadlock, or a server shutting down.
+fn is_transient(err: &sqlx::Error) -> bool {
+    match err {
+        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => true,
+        sqlx::Error::Database(db) => match db.code() {
+            // SQLite result codes are numbers; the low byte is the primary
+            // code: 5 SQLITE_BUSY, 6 SQLITE_LOCKED.
+            Some(code) => match code.parse::<u32>() {
+                Ok(number) => matches!(number & 0xff, 5 | 6),
+                Err(_) => matches!(
+                    code.as_ref(),
+                    "53300"
+                        | "40001"
+                        | "40P01"
+                        | "57P01"
+                        | "57P02"
+                        | "57P03"
+                        | "08000"
+                        | "08003"
+                        | "08006"
+                ),
+            },
+            None => false,
+        },
+        _ => false,
     }
 }
 

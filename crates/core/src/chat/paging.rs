@@ -72,7 +72,7 @@ pub(crate) fn decode(listing: Listing, token: &str) -> Result<Option<Cursor>> {
     let (Some(tag), Some(created_at), Some(id)) = (parts.next(), parts.next(), parts.next()) else {
         return Err(malformed());
     };
-    if tag != listing.tag() || id.is_empty() {
+    if tag != listing.tag() || uuid::Uuid::try_parse(id).is_err() {
         return Err(malformed());
     }
     let created_at = created_at.parse().map_err(|_| malformed())?;
@@ -90,13 +90,23 @@ mod tests {
     fn tokens_round_trip_and_stay_in_their_listing() {
         let cursor = Cursor {
             created_at: 1_700_000_000_000_000,
-            id: "0190-abc".into(),
+            id: "01a229b8-41c2-7291-af9c-f242ae29f1d6".into(),
         };
         let token = encode(Listing::Messages, &cursor);
         assert_eq!(decode(Listing::Messages, &token).unwrap(), Some(cursor));
         assert!(decode(Listing::Conversations, &token).is_err());
         assert!(decode(Listing::Messages, "%%%").is_err());
         assert_eq!(decode(Listing::Messages, "").unwrap(), None);
+        // A forged cursor whose id is not an id (a NUL, say) is refused
+        // before it reaches SQL.
+        let forged = encode(
+            Listing::Messages,
+            &Cursor {
+                created_at: 0,
+                id: "a\0b".into(),
+            },
+        );
+        assert!(decode(Listing::Messages, &forged).is_err());
     }
 
     #[test]

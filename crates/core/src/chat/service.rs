@@ -102,6 +102,7 @@ impl Chat {
     ///
     /// [`Error::NotFound`] if `who` has no conversation `id`.
     pub async fn get_conversation(&self, who: &Principal, id: &str) -> Result<Conversation> {
+        known_id(id, "conversation")?;
         store::get_conversation(&self.db, &who.user_id, id)
             .await?
             .ok_or(Error::NotFound {
@@ -122,6 +123,7 @@ impl Chat {
         id: &str,
         patch: ConversationPatch,
     ) -> Result<Conversation> {
+        known_id(id, "conversation")?;
         let Some(title) = patch.title else {
             return self.get_conversation(who, id).await;
         };
@@ -139,6 +141,7 @@ impl Chat {
     ///
     /// [`Error::NotFound`] if `who` has no conversation `id`.
     pub async fn delete_conversation(&self, who: &Principal, id: &str) -> Result<()> {
+        known_id(id, "conversation")?;
         if store::delete_conversation(&self.db, &who.user_id, id).await? {
             Ok(())
         } else {
@@ -192,6 +195,7 @@ impl Chat {
         conversation_id: &str,
         content: &str,
     ) -> Result<SentMessage> {
+        known_id(conversation_id, "conversation")?;
         model::check_content(content)?;
         let now = store::now();
         // UUID v7 ids from one process are ordered, so with equal timestamps
@@ -306,10 +310,20 @@ impl Chat {
         message_id: &str,
     ) -> Result<StoredMessage> {
         self.get_conversation(who, conversation_id).await?;
+        known_id(message_id, "reply")?;
         match store::get_message(&self.db, conversation_id, message_id).await? {
             Some(stored) if store::is_reply(&stored.message) => Ok(stored),
             _ => Err(Error::NotFound { what: "reply" }),
         }
+    }
+}
+
+/// Ids are UUIDs; any other text names nothing, and never reaches SQL (where
+/// PostgreSQL would refuse a NUL with an error, not an empty result).
+fn known_id(id: &str, what: &'static str) -> Result<()> {
+    match Uuid::try_parse(id) {
+        Ok(_) => Ok(()),
+        Err(_) => Err(Error::NotFound { what }),
     }
 }
 

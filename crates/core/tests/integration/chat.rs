@@ -17,6 +17,7 @@ on_both_databases!(
     conversations_page_newest_first_without_duplicates,
     malformed_page_tokens_are_invalid_arguments,
     another_users_conversation_is_not_found,
+    ids_that_are_not_ids_are_not_found_on_every_database,
     update_trims_the_title_and_keeps_the_rest,
     delete_removes_the_conversation_and_its_messages,
     send_message_stores_both_rows_and_the_reply_completes,
@@ -86,6 +87,36 @@ async fn malformed_page_tokens_are_invalid_arguments(db: TestDb) {
         matches!(err, Error::InvalidArgument { ref field, .. } if field == "page_token"),
         "{err}"
     );
+}
+
+async fn ids_that_are_not_ids_are_not_found_on_every_database(db: TestDb) {
+    let app = TestApp::start(db).await;
+    let c = app.chat.create_conversation(&app.me, "mine").await.unwrap();
+    let not_found = |r: Result<(), Error>| matches!(r, Err(Error::NotFound { .. }));
+    // PostgreSQL refuses a NUL in text with an error; it must still be a 404.
+    for id in ["x\0y", "not-an-id", ""] {
+        assert!(
+            not_found(app.chat.get_conversation(&app.me, id).await.map(drop)),
+            "{id:?}"
+        );
+        assert!(
+            not_found(app.chat.delete_conversation(&app.me, id).await),
+            "{id:?}"
+        );
+        assert!(
+            not_found(app.chat.send_message(&app.me, id, "hi").await.map(drop)),
+            "{id:?}"
+        );
+        assert!(
+            not_found(
+                app.chat
+                    .subscribe_reply(&app.me, &c.id, id, 0)
+                    .await
+                    .map(drop)
+            ),
+            "{id:?}"
+        );
+    }
 }
 
 async fn another_users_conversation_is_not_found(db: TestDb) {
