@@ -4,13 +4,14 @@
 //! including the boundaries of the pieces so the events can be replayed.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::StreamExt;
 
 use crate::chat::engine::ReplyEngine;
-use crate::chat::events::{CANCELLED_CODE, CANCELLED_MESSAGE, ReplyEventKind};
+use crate::chat::events::{self, CANCELLED_CODE, CANCELLED_MESSAGE, ReplyEventKind};
 use crate::chat::hub::{ReplyHub, ReplyPublisher};
-use crate::chat::model::MessageStatus;
+use crate::chat::model::{Message, MessageStatus};
 use crate::chat::queue::ReplyJob;
 use crate::chat::store::{self, ReplyEnding};
 use crate::db::Database;
@@ -18,6 +19,13 @@ use crate::error::{Error, Result};
 
 /// How many earlier messages the engine sees.
 const HISTORY_LIMIT: u32 = 100;
+
+/// The waits between attempts to store a finished reply.
+const STORE_RETRY_DELAYS: &[Duration] = &[
+    Duration::from_millis(200),
+    Duration::from_secs(1),
+    Duration::from_secs(3),
+];
 
 /// Generates replies: claims, streams, stores.
 pub struct ReplyGenerator {
@@ -69,6 +77,7 @@ impl ReplyGenerator {
     /// an error here: it is stored with the reply ([`GenerateOutcome::Failed`]).
     pub async fn generate(&self, job: &ReplyJob) -> Result<GenerateOutcome> {
         let Some(reply) = store::claim_reply(&self.db, &job.reply_id, store::now()).await? else {
+            self.settle_waiting(job).await?;
             return Ok(GenerateOutcome::Skipped);
         };
         let publisher = self.hub.begin(&reply.id);
@@ -103,7 +112,7 @@ impl ReplyGenerator {
             status,
             error: error.as_ref().map(|(c, m)| (c.as_str(), m.as_str())),
         };
-        let stored = match store::finish_reply(&self.db, &reply.id, &ending, store::now()).await {
+        let stored = match self.store_ending(&reply.id, &ending).await {
             Ok(stored) => stored,
             Err(err) => {
                 // Subscribers must not wait forever; the reply stays
@@ -128,6 +137,67 @@ impl ReplyGenerator {
         };
         publisher.finish(terminal);
         Ok(outcome)
+    }
+
+    /// Ends every reply this process has not finished for its subscribers,
+    /// with UNAVAILABLE: at shutdown, so no stream waits on a reply that will
+    /// only be generated after the next start.
+    pub(crate) fn close_unfinished(&self) {
+        let closed = self.hub.close_unfinished(&ReplyEventKind::Error {
+            code: "UNAVAILABLE".to_owned(),
+            message: "the server is shutting down; the reply is finished after it restarts"
+                .to_owned(),
+        });
+        if closed > 0 {
+            tracing::info!(closed, "ended the streams of unfinished replies");
+        }
+    }
+
+    /// Stores the end of a reply, retrying a few times over a few seconds
+    /// when the database is briefly unavailable, so a blip does not leave a
+    /// finished reply streaming until the next restart.
+    async fn store_ending(
+        &self,
+        reply_id: &str,
+        ending: &ReplyEnding<'_>,
+    ) -> Result<Option<Message>> {
+        let mut delays = STORE_RETRY_DELAYS.iter();
+        loop {
+            match store::finish_reply(&self.db, reply_id, ending, store::now()).await {
+                Err(Error::Unavailable(reason)) => match delays.next() {
+                    Some(delay) => {
+                        tracing::warn!(%reply_id, %reason, "storing the reply failed; retrying");
+                        tokio::time::sleep(*delay).await;
+                    }
+                    None => return Err(Error::Unavailable(reason)),
+                },
+                other => return other,
+            }
+        }
+    }
+
+    /// Ends the wait of subscribers of a reply this call did not claim: one
+    /// that was deleted, or already finished (its events are replayed from
+    /// the database). A reply another worker is generating is left to it.
+    async fn settle_waiting(&self, job: &ReplyJob) -> Result<()> {
+        let Some(publisher) = self.hub.waiting(&job.reply_id) else {
+            return Ok(());
+        };
+        match store::get_message(&self.db, &job.conversation_id, &job.reply_id).await? {
+            None => {
+                publisher.finish(ReplyEventKind::Error {
+                    code: "NOT_FOUND".to_owned(),
+                    message: "the reply no longer exists".to_owned(),
+                });
+            }
+            Some(stored) if stored.message.status.is_finished() => {
+                for event in events::replay(&stored)? {
+                    publisher.publish(event.kind);
+                }
+            }
+            Some(_) => {}
+        }
+        Ok(())
     }
 
     /// Publishes the engine's tokens until the stream ends, fails or the

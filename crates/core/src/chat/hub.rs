@@ -109,6 +109,32 @@ impl ReplyHub {
         true
     }
 
+    /// A publisher for the log of `reply_id` if subscribers are waiting on
+    /// it and nothing has been published yet: for settling a reply that no
+    /// generator here will produce.
+    pub(crate) fn waiting(&self, reply_id: &str) -> Option<ReplyPublisher> {
+        let logs = self.lock();
+        let log = logs.get(reply_id)?;
+        let state = log.state.borrow();
+        (state.events.is_empty() && state.finished_at.is_none())
+            .then(|| ReplyPublisher { log: log.clone() })
+    }
+
+    /// Ends every unfinished log with `kind`, so no subscriber waits on a
+    /// reply this process will not finish (at shutdown).
+    pub(crate) fn close_unfinished(&self, kind: &ReplyEventKind) -> usize {
+        let unfinished: Vec<Arc<ReplyLog>> = self
+            .lock()
+            .values()
+            .filter(|log| !log.is_finished())
+            .cloned()
+            .collect();
+        for log in &unfinished {
+            ReplyPublisher { log: log.clone() }.finish(kind.clone());
+        }
+        unfinished.len()
+    }
+
     /// Drops every finished log now, whatever its age: later subscribers
     /// get the reply rebuilt from the database, as after a restart. For
     /// tests and for memory pressure.
@@ -193,6 +219,11 @@ impl ReplyPublisher {
     /// Appends the next piece of text; returns its seq.
     pub(crate) fn delta(&self, text: String) -> u32 {
         self.append(ReplyEventKind::Delta(text))
+    }
+
+    /// Appends any event (a replay of a stored reply); returns its seq.
+    pub(crate) fn publish(&self, kind: ReplyEventKind) -> u32 {
+        self.append(kind)
     }
 
     /// Appends the final event; the log accepts nothing after it.

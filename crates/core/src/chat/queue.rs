@@ -100,6 +100,9 @@ impl InProcessReplyQueue {
             );
             tasks.shutdown().await;
         }
+        // Replies stopped or never started here end for their subscribers
+        // with a retryable error; the next start generates them again.
+        self.generator.close_unfinished();
         drained
     }
 

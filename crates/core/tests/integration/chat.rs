@@ -26,6 +26,8 @@ on_both_databases!(
     resuming_mid_stream_gets_exactly_the_rest,
     a_failing_engine_stores_failed_and_ends_with_error,
     cancelling_a_pending_reply_ends_it_with_no_text,
+    a_waiting_subscriber_is_told_when_its_reply_is_deleted,
+    shutdown_ends_the_streams_of_replies_it_stops,
     recover_finishes_replies_left_pending_or_streaming,
     two_generators_on_one_job_complete_it_once,
     services_start_is_ready_and_migrations_are_idempotent,
@@ -318,6 +320,56 @@ async fn a_failing_engine_stores_failed_and_ends_with_error(db: TestDb) {
     );
     app.hub.evict_finished();
     assert_eq!(app.events(&sent, 0).await, live);
+}
+
+async fn a_waiting_subscriber_is_told_when_its_reply_is_deleted(db: TestDb) {
+    let app = ManualApp::start(db).await;
+    let sent = app.send("about to vanish").await;
+    let (conversation, reply) = (&sent.reply.conversation_id, &sent.reply.id);
+    let waiting = app
+        .chat
+        .subscribe_reply(&app.me, conversation, reply, 0)
+        .await
+        .unwrap();
+    app.chat
+        .delete_conversation(&app.me, conversation)
+        .await
+        .unwrap();
+    let outcome = app
+        .generator()
+        .generate(&ManualApp::job(&sent))
+        .await
+        .unwrap();
+    assert_eq!(outcome, GenerateOutcome::Skipped);
+    let events: Vec<_> = tokio::time::timeout(std::time::Duration::from_secs(5), waiting.collect())
+        .await
+        .expect("the stream ends instead of waiting forever");
+    assert!(
+        matches!(&events[..], [e] if matches!(&e.kind, ReplyEventKind::Error { code, .. } if code == "NOT_FOUND")),
+        "{events:?}"
+    );
+}
+
+async fn shutdown_ends_the_streams_of_replies_it_stops(db: TestDb) {
+    let app = TestApp::start(db).await;
+    let sent = app.send("wait for me [dev:stall]").await;
+    let stream = app
+        .chat
+        .subscribe_reply(&app.me, &sent.reply.conversation_id, &sent.reply.id, 0)
+        .await
+        .unwrap();
+    let drained = app
+        .queue
+        .shutdown(std::time::Duration::from_millis(200))
+        .await;
+    assert!(!drained, "the stalled reply outlives the grace period");
+    let events: Vec<_> = tokio::time::timeout(std::time::Duration::from_secs(5), stream.collect())
+        .await
+        .expect("the stream ends at shutdown");
+    assert!(
+        matches!(events.last(), Some(e) if matches!(&e.kind, ReplyEventKind::Error { code, .. } if code == "UNAVAILABLE")),
+        "{events:?}"
+    );
 }
 
 async fn cancelling_a_pending_reply_ends_it_with_no_text(db: TestDb) {
