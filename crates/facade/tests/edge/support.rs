@@ -159,6 +159,18 @@ impl TestApp {
             .unwrap()
     }
 
+    /// GETs `path` and returns its body as text, whatever the status.
+    pub(crate) async fn get_text(&self, path: &str) -> String {
+        self.http
+            .get(self.url(path))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     /// POSTs `body` as JSON to `path`, checks the answer is 200, and returns its JSON.
     pub(crate) async fn post_json(&self, path: &str, body: serde_json::Value) -> serde_json::Value {
         let response = self

@@ -149,6 +149,14 @@ async fn an_unknown_conversation_is_not_found_on_every_transport(app: &TestApp) 
     assert_eq!(grpc_web.0, "5");
 }
 
+/// The events in the `data:` lines of a Server-Sent Events body.
+fn sse_data(body: &str) -> Vec<ReplyEvent> {
+    body.lines()
+        .filter_map(|line| line.strip_prefix("data: "))
+        .map(|data| serde_json::from_str(data).unwrap())
+        .collect()
+}
+
 /// The text of a reply's deltas, and whether the stream ended with `done`.
 fn collect(events: &[ReplyEvent]) -> (String, bool) {
     let mut text = String::new();
@@ -219,12 +227,7 @@ async fn replies_stream_token_by_token_over_grpc_sse_and_ndjson(app: &TestApp) {
         .unwrap();
     assert_eq!(sse.headers()["content-type"], "text/event-stream");
     let body = sse.text().await.unwrap();
-    let sse_events: Vec<ReplyEvent> = body
-        .lines()
-        .filter_map(|line| line.strip_prefix("data: "))
-        .map(|data| serde_json::from_str(data).unwrap())
-        .collect();
-    assert_eq!(sse_events, events);
+    assert_eq!(sse_data(&body), events);
     let ids: Vec<&str> = body
         .lines()
         .filter_map(|line| line.strip_prefix("id: "))
@@ -243,12 +246,7 @@ async fn replies_stream_token_by_token_over_grpc_sse_and_ndjson(app: &TestApp) {
         .text()
         .await
         .unwrap();
-    let resumed: Vec<ReplyEvent> = resumed
-        .lines()
-        .filter_map(|line| line.strip_prefix("data: "))
-        .map(|data| serde_json::from_str(data).unwrap())
-        .collect();
-    assert_eq!(resumed, events[5..]);
+    assert_eq!(sse_data(&resumed), events[5..]);
     // …and once it has everything, 204, which tells it to stop reconnecting.
     let last = events.last().unwrap().seq.to_string();
     let finished = app
@@ -314,15 +312,7 @@ async fn health_readiness_and_docs_are_served(app: &TestApp) {
         openapi,
         serde_json::from_str::<Value>(switchboard_proto::OPENAPI_JSON).unwrap()
     );
-    let docs = app
-        .http
-        .get(app.url("/docs/"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let docs = app.get_text("/docs/").await;
     assert!(docs.contains("swagger-ui"), "{docs}");
 
     let preflight = app
@@ -342,15 +332,7 @@ async fn health_readiness_and_docs_are_served(app: &TestApp) {
         "http://localhost:3000"
     );
     create_over_rest(app, "counted").await;
-    let metrics = app
-        .http
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.get_text("/metrics").await;
     for series in [
         r#"transport="rest",rpc="/switchboard.v1.ChatService/CreateConversation",status="200""#,
         r#"transport="grpc",rpc="/grpc.health.v1.Health/Check",status="200",grpc_status="0""#,
