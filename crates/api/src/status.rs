@@ -12,7 +12,8 @@ pub fn status_from(err: Error) -> Status {
     let code = Code::from_i32(err.grpc_code());
     match err {
         Error::InvalidArgument { field, message } => {
-            let text = format!("invalid {field}: {message}");
+            // The same "field: problem" form the generated guards give.
+            let text = format!("{field}: {message}");
             let details = ErrorDetails::with_bad_request_violation(field, message);
             Status::with_error_details(code, text, details)
         }

@@ -24,7 +24,7 @@ pub enum Error {
     },
     /// A request field has a value the operation cannot accept. gRPC
     /// `INVALID_ARGUMENT` with a google.rpc.BadRequest field violation, HTTP 400.
-    #[error("invalid {field}: {message}")]
+    #[error("{field}: {message}")]
     InvalidArgument {
         /// The field's path in the request, such as "page_token".
         field: String,
