@@ -26,7 +26,14 @@ use crate::chat::events::{ReplyEvent, ReplyEventKind, seq_after};
 pub struct ReplyHub {
     logs: Mutex<HashMap<String, Arc<ReplyLog>>>,
     retention: Duration,
+    /// When expired logs were last dropped: the sweep walks every log, so
+    /// it runs at most once per [`SWEEP_INTERVAL`] (or per retention, if
+    /// shorter), not on every call.
+    swept_at: Mutex<Instant>,
 }
+
+/// How often expired logs are looked for.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 
 #[derive(Debug)]
 pub(crate) struct ReplyLog {
@@ -68,6 +75,7 @@ impl ReplyHub {
         Self {
             logs: Mutex::new(HashMap::new()),
             retention,
+            swept_at: Mutex::new(Instant::now()),
         }
     }
 
@@ -158,6 +166,16 @@ impl ReplyHub {
 
     fn lock_and_sweep(&self) -> MutexGuard<'_, HashMap<String, Arc<ReplyLog>>> {
         let mut logs = self.lock();
+        {
+            let mut swept_at = self
+                .swept_at
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            if swept_at.elapsed() < self.retention.min(SWEEP_INTERVAL) {
+                return logs;
+            }
+            *swept_at = Instant::now();
+        }
         let retention = self.retention;
         logs.retain(|_, log| {
             log.state
