@@ -2,7 +2,11 @@
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     switchboard_codegen::Generator::new("proto")
-        .files(&["switchboard/v1/chat.proto"])
+        .files(&[
+            "switchboard/v1/chat.proto",
+            "switchboard/v1/identity.proto",
+            "switchboard/v1/audit.proto",
+        ])
         .openapi_info(switchboard_codegen::OpenApiInfo {
             title: "Switchboard API".into(),
             version: env!("CARGO_PKG_VERSION").into(),

@@ -8,11 +8,11 @@ use std::sync::Arc;
 
 use futures::{Stream, StreamExt};
 use switchboard_core::chat::{Chat, ConversationPatch};
-use switchboard_core::identity::Principal;
 use switchboard_proto::v1 as pb;
 use switchboard_proto::v1::chat_service_server::ChatService;
 use tonic::{Request, Response, Status};
 
+use crate::caller::principal;
 use crate::convert::{self, IntoProto};
 use crate::status::status_from;
 
@@ -30,15 +30,6 @@ impl ChatApi {
     pub fn new(chat: Arc<Chat>) -> Self {
         Self { chat }
     }
-}
-
-/// The caller, as the edge authenticated it.
-fn principal<T>(request: &Request<T>) -> Result<Principal, Status> {
-    request
-        .extensions()
-        .get::<Principal>()
-        .cloned()
-        .ok_or_else(|| Status::unauthenticated("no authenticated caller"))
 }
 
 #[tonic::async_trait]

@@ -17,6 +17,13 @@ pub fn status_from(err: Error) -> Status {
             let details = ErrorDetails::with_bad_request_violation(field, message);
             Status::with_error_details(code, text, details)
         }
+        Error::ResourceExhausted { retry_after_secs } => {
+            let text = err.to_string();
+            let details = ErrorDetails::with_retry_info(Some(std::time::Duration::from_secs(
+                retry_after_secs,
+            )));
+            Status::with_error_details(code, text, details)
+        }
         Error::Internal(source) => {
             tracing::error!(error = %source, "internal error");
             Status::new(code, "internal error")
@@ -63,7 +70,14 @@ mod tests {
             ),
             (Error::AlreadyExists("x".into()), Code::AlreadyExists),
             (Error::Unavailable("x".into()), Code::Unavailable),
-            (Error::Unauthenticated, Code::Unauthenticated),
+            (Error::Unauthenticated("x".into()), Code::Unauthenticated),
+            (Error::PermissionDenied("x".into()), Code::PermissionDenied),
+            (
+                Error::ResourceExhausted {
+                    retry_after_secs: 3,
+                },
+                Code::ResourceExhausted,
+            ),
         ];
         for (err, code) in cases {
             assert_eq!(status_from(err).code(), code);

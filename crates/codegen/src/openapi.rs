@@ -312,6 +312,22 @@ impl Builder<'_> {
                 "content": { "application/json": { "schema": success } },
             })
         };
+        let access = method.access.clone().unwrap_or_default();
+        if access.public {
+            // Explicitly open: no credentials needed.
+            operation.insert("security".into(), json!([]));
+        } else {
+            operation.insert(
+                "security".into(),
+                json!([{ "bearerAuth": [] }, { "apiKey": [] }]),
+            );
+            let permission = if access.permission.is_empty() {
+                "(administrators only)".to_owned()
+            } else {
+                access.permission
+            };
+            operation.insert("x-permission".into(), permission.into());
+        }
         let mut responses = Map::new();
         responses.insert("200".into(), ok);
         if binding.resume.is_some() {

@@ -129,20 +129,31 @@ pub(crate) fn package(model: &ApiModel, package: &str) -> Result<String, Codegen
             "pub static ACCESS_POLICY: &[{RT}::policy::MethodPolicy] = &["
         );
         for service in &services {
+            let shouty = service.descriptor.name().to_shouty_snake_case();
             for method in &service.methods {
-                let access = method.access.clone().unwrap_or_default();
-                let permission = if access.permission.is_empty() {
-                    "None".to_owned()
-                } else {
-                    format!("Some({:?})", access.permission)
-                };
                 let _ = writeln!(
                     out,
-                    "    {RT}::policy::MethodPolicy {{ method: \"/{}/{}\", permission: {permission}, public: {} }},",
-                    service.descriptor.full_name(),
-                    method.descriptor.name(),
-                    access.public
+                    "    {},",
+                    policy_const_name(&shouty, method.descriptor.name())
                 );
+            }
+        }
+        out.push_str("];\n");
+        out.push_str("/// Every HTTP binding of every method of this package, in proto order.\n");
+        let _ = writeln!(
+            out,
+            "pub static HTTP_BINDINGS: &[&{RT}::binding::HttpBinding] = &["
+        );
+        for service in &services {
+            let shouty = service.descriptor.name().to_shouty_snake_case();
+            for method in &service.methods {
+                for index in 0..method.bindings.len() {
+                    let _ = writeln!(
+                        out,
+                        "    &{},",
+                        binding_static_name(&shouty, method.descriptor.name(), index)
+                    );
+                }
             }
         }
         out.push_str("];\n");
@@ -401,7 +412,8 @@ fn service_code(pool: &DescriptorPool, package: &str, service: &ServiceModel) ->
     // Guard.
     let _ = write!(
         out,
-        "/// Serves [`{server_mod}::{name}`] with every request first checked against the\n\
+        "/// Serves [`{server_mod}::{name}`] with every request first checked for the\n\
+         /// caller's access by the method's rule, then against the input\n\
          /// constraints its proto declares. gRPC, gRPC-Web and REST all go through it.\n\
          pub struct {guard}<T> {{\n    inner: ::std::sync::Arc<T>,\n}}\n\n\
          impl<T> {guard}<T> {{\n    /// Guards `inner`.\n    pub fn new(inner: ::std::sync::Arc<T>) -> Self {{\n        Self {{ inner }}\n    }}\n}}\n\n\
@@ -440,6 +452,10 @@ fn service_code(pool: &DescriptorPool, package: &str, service: &ServiceModel) ->
         } else {
             format!("        {RT}::Validate::validate(request.get_ref())?;\n")
         };
+        let policy = policy_const_name(&shouty, descriptor.name());
+        let authorize = format!(
+            "        {RT}::policy::authorize(request.extensions().get::<{RT}::policy::Caller>(), &{policy})?;\n"
+        );
         let response = if descriptor.is_server_streaming() {
             let stream = format!("{}Stream", descriptor.name().to_upper_camel_case());
             let _ = writeln!(out, "    type {stream} = T::{stream};");
@@ -450,7 +466,7 @@ fn service_code(pool: &DescriptorPool, package: &str, service: &ServiceModel) ->
         let _ = write!(
             out,
             "    async fn {fn_name}(&self, request: {request}) -> ::std::result::Result<::tonic::Response<{response}>, ::tonic::Status> {{\n\
-             {validate}        self.inner.{fn_name}(request).await\n    }}\n"
+             {authorize}{validate}        self.inner.{fn_name}(request).await\n    }}\n"
         );
     }
     out.push_str("}\n\n");
@@ -492,6 +508,27 @@ fn service_code(pool: &DescriptorPool, package: &str, service: &ServiceModel) ->
     }
     out.push_str("    ]\n}\n\n");
 
+    // Access rules.
+    for method in &service.methods {
+        let access = method.access.clone().unwrap_or_default();
+        let permission = if access.permission.is_empty() {
+            "None".to_owned()
+        } else {
+            format!("Some({:?})", access.permission)
+        };
+        let grpc_method = format!(
+            "/{}/{}",
+            service.descriptor.full_name(),
+            method.descriptor.name()
+        );
+        let _ = write!(
+            out,
+            "/// Who may call `{grpc_method}`.\npub const {}: {RT}::policy::MethodPolicy = {RT}::policy::MethodPolicy {{ method: \"{grpc_method}\", permission: {permission}, public: {} }};\n\n",
+            policy_const_name(&shouty, method.descriptor.name()),
+            access.public
+        );
+    }
+
     // Bindings.
     for method in &service.methods {
         for (index, binding) in method.bindings.iter().enumerate() {
@@ -511,6 +548,10 @@ fn service_code(pool: &DescriptorPool, package: &str, service: &ServiceModel) ->
         }
     }
     out
+}
+
+fn policy_const_name(service: &str, method: &str) -> String {
+    format!("{service}_{}_POLICY", method.to_shouty_snake_case())
 }
 
 fn binding_static_name(service: &str, method: &str, index: usize) -> String {

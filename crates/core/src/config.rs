@@ -24,7 +24,7 @@ pub const DEFAULT_CONFIG_FILE: &str = "switchboard.toml";
 pub const ENV_PREFIX: &str = "SWITCHBOARD_";
 
 /// Switchboard's whole configuration.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default)]
 pub struct Config {
     /// Key `listen`: the address the HTTP/gRPC listener binds.
@@ -63,6 +63,80 @@ pub struct Config {
     pub log_level: String,
     /// Table `engine`: the reply engine.
     pub engine: EngineConfig,
+    /// Table `auth`: accounts, tokens, sign-in limits and identity providers.
+    pub auth: AuthConfig,
+}
+
+/// Configuration of identity and access (table `auth`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct AuthConfig {
+    /// Key `auth.issuer`: the `iss` of the access tokens this server signs
+    /// (usually its public URL). Default `switchboard`; variable
+    /// `SWITCHBOARD_AUTH__ISSUER`.
+    pub issuer: String,
+    /// Key `auth.audience`: the `aud` of the access tokens this server signs
+    /// and requires. Default `switchboard`; variable `SWITCHBOARD_AUTH__AUDIENCE`.
+    pub audience: String,
+    /// Key `auth.signing_algorithm`: `EdDSA` (Ed25519) or `RS256`, for keys
+    /// generated from now on. Default `EdDSA`; variable
+    /// `SWITCHBOARD_AUTH__SIGNING_ALGORITHM`.
+    pub signing_algorithm: String,
+    /// Key `auth.access_token_ttl_secs`: lifetime of an access token.
+    /// Default `900`; variable `SWITCHBOARD_AUTH__ACCESS_TOKEN_TTL_SECS`.
+    pub access_token_ttl_secs: u64,
+    /// Key `auth.refresh_token_ttl_secs`: lifetime of a session and its
+    /// refresh tokens. Default `2592000` (30 days); variable
+    /// `SWITCHBOARD_AUTH__REFRESH_TOKEN_TTL_SECS`.
+    pub refresh_token_ttl_secs: u64,
+    /// Key `auth.allow_registration`: whether anyone may create an account
+    /// with Register. Default `true`; variable `SWITCHBOARD_AUTH__ALLOW_REGISTRATION`.
+    pub allow_registration: bool,
+    /// Key `auth.require_totp_for_admins`: an admin without a second factor
+    /// may only manage their own account (to enrol one) until they have one.
+    /// Default `false`; variable `SWITCHBOARD_AUTH__REQUIRE_TOTP_FOR_ADMINS`.
+    pub require_totp_for_admins: bool,
+    /// Key `auth.password_min_length`: shortest accepted password, in
+    /// characters. Default `12`; variable `SWITCHBOARD_AUTH__PASSWORD_MIN_LENGTH`.
+    pub password_min_length: usize,
+    /// Key `auth.login_attempts_per_account`: sign-in attempts one account
+    /// may receive in a burst, refilled by one every
+    /// `login_attempt_refill_secs`. Default `5`; variable
+    /// `SWITCHBOARD_AUTH__LOGIN_ATTEMPTS_PER_ACCOUNT`.
+    pub login_attempts_per_account: u32,
+    /// Key `auth.login_attempts_per_address`: sign-in attempts one client
+    /// address may make in a burst. Default `20`; variable
+    /// `SWITCHBOARD_AUTH__LOGIN_ATTEMPTS_PER_ADDRESS`.
+    pub login_attempts_per_address: u32,
+    /// Key `auth.login_attempt_refill_secs`: one more attempt is allowed
+    /// per account and per address every this many seconds. Default `60`;
+    /// variable `SWITCHBOARD_AUTH__LOGIN_ATTEMPT_REFILL_SECS`.
+    pub login_attempt_refill_secs: u64,
+    /// Key `auth.oidc_providers`: OpenID Connect providers, an array of
+    /// tables with `id`, `issuer`, `client_id`, `client_secret`, and
+    /// optionally `display_name`, `scopes`, `audience`, `role_claim` (such
+    /// as `realm_access.roles` or `groups`) and `role_map` (claim value →
+    /// `user` | `operator` | `admin`). Default none.
+    pub oidc_providers: Vec<crate::identity::oidc::OidcProviderConfig>,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            issuer: "switchboard".to_owned(),
+            audience: "switchboard".to_owned(),
+            signing_algorithm: "EdDSA".to_owned(),
+            access_token_ttl_secs: 900,
+            refresh_token_ttl_secs: 30 * 24 * 3600,
+            allow_registration: true,
+            require_totp_for_admins: false,
+            password_min_length: 12,
+            login_attempts_per_account: 5,
+            login_attempts_per_address: 20,
+            login_attempt_refill_secs: 60,
+            oidc_providers: Vec::new(),
+        }
+    }
 }
 
 /// Configuration of the reply engine (table `engine`).
@@ -175,6 +249,7 @@ impl Default for Config {
             log_format: LogFormat::Text,
             log_level: "info".to_owned(),
             engine: EngineConfig::default(),
+            auth: AuthConfig::default(),
         }
     }
 }
@@ -278,6 +353,23 @@ impl Config {
         }
         if self.engine.max_concurrent_replies == 0 {
             return invalid("engine.max_concurrent_replies", "must be at least 1");
+        }
+        if !matches!(self.auth.signing_algorithm.as_str(), "EdDSA" | "RS256") {
+            return invalid("auth.signing_algorithm", "must be EdDSA or RS256");
+        }
+        if self.auth.access_token_ttl_secs == 0 || self.auth.refresh_token_ttl_secs == 0 {
+            return invalid(
+                "auth.access_token_ttl_secs",
+                "token lifetimes must be at least 1 second",
+            );
+        }
+        if self.auth.password_min_length < 8 {
+            return invalid("auth.password_min_length", "must be at least 8");
+        }
+        if let Err(error) =
+            crate::identity::oidc::OidcProviderConfig::validate_all(&self.auth.oidc_providers)
+        {
+            return invalid("auth.oidc_providers", &error.to_string());
         }
         if self.log_level.trim().is_empty() {
             return invalid("log_level", "must not be empty (try `info`)");

@@ -70,7 +70,63 @@ macro_rules! on_database {
     };
 }
 
+/// An open transaction on either engine. Statements run in it through
+/// [`on_tx!`]; it rolls back when dropped without [`Tx::commit`].
+#[derive(Debug)]
+pub enum Tx {
+    /// A SQLite transaction, begun `IMMEDIATE` so that it holds the write
+    /// lock from its first statement and never fails to upgrade later.
+    Sqlite(sqlx::Transaction<'static, sqlx::Sqlite>),
+    /// A PostgreSQL transaction.
+    Postgres(sqlx::Transaction<'static, sqlx::Postgres>),
+}
+
+/// Runs the same code on the connection of a [`Tx`]: `$conn` is bound to
+/// `&mut SqliteConnection` or `&mut PgConnection`.
+#[macro_export]
+macro_rules! on_tx {
+    ($tx:expr, $conn:ident => $body:expr) => {
+        match $tx {
+            $crate::db::Tx::Sqlite(transaction) => {
+                let $conn = &mut **transaction;
+                $body
+            }
+            $crate::db::Tx::Postgres(transaction) => {
+                let $conn = &mut **transaction;
+                $body
+            }
+        }
+    };
+}
+
+impl Tx {
+    /// Commits the transaction.
+    ///
+    /// # Errors
+    ///
+    /// The database error, as [`Error`].
+    pub async fn commit(self) -> Result<()> {
+        match self {
+            Self::Sqlite(tx) => tx.commit().await?,
+            Self::Postgres(tx) => tx.commit().await?,
+        }
+        Ok(())
+    }
+}
+
 impl Database {
+    /// Begins a transaction.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Unavailable`] if no connection can be had.
+    pub async fn begin(&self) -> Result<Tx> {
+        Ok(match self {
+            Self::Sqlite(pool) => Tx::Sqlite(pool.begin_with("BEGIN IMMEDIATE").await?),
+            Self::Postgres(pool) => Tx::Postgres(pool.begin().await?),
+        })
+    }
+
     /// Opens a pool to the database `config` selects. For SQLite, creates
     /// the data directory and the database file if missing, and sets WAL
     /// journaling, `synchronous=NORMAL` (durable across application crashes,

@@ -43,9 +43,23 @@ pub enum Error {
     /// work. gRPC `UNAVAILABLE`, HTTP 503.
     #[error("unavailable: {0}")]
     Unavailable(String),
-    /// The caller is not authenticated. gRPC `UNAUTHENTICATED`, HTTP 401.
-    #[error("unauthenticated")]
-    Unauthenticated,
+    /// The caller is not authenticated, or its credentials are refused; the
+    /// message says what to do, never why a credential failed. gRPC
+    /// `UNAUTHENTICATED`, HTTP 401.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// The caller is authenticated but may not do this. gRPC
+    /// `PERMISSION_DENIED`, HTTP 403.
+    #[error("permission denied: {0}")]
+    PermissionDenied(String),
+    /// Too many attempts; try again after `retry_after_secs`. gRPC
+    /// `RESOURCE_EXHAUSTED` with a google.rpc.RetryInfo, HTTP 429 with
+    /// `Retry-After`.
+    #[error("too many attempts; try again in {retry_after_secs} s")]
+    ResourceExhausted {
+        /// Seconds until an attempt may succeed.
+        retry_after_secs: u64,
+    },
     /// A bug or an unexpected failure. Logged in full; clients see only
     /// "internal error". gRPC `INTERNAL`, HTTP 500.
     #[error("internal error: {0}")]
@@ -87,8 +101,10 @@ impl Error {
             Self::AlreadyExists(_) => 6,
             Self::FailedPrecondition(_) => 9,
             Self::Internal(_) => 13,
+            Self::PermissionDenied(_) => 7,
+            Self::ResourceExhausted { .. } => 8,
             Self::Unavailable(_) => 14,
-            Self::Unauthenticated => 16,
+            Self::Unauthenticated(_) => 16,
         }
     }
 
@@ -100,8 +116,10 @@ impl Error {
             Self::AlreadyExists(_) => "ALREADY_EXISTS",
             Self::FailedPrecondition(_) => "FAILED_PRECONDITION",
             Self::Internal(_) => "INTERNAL",
+            Self::PermissionDenied(_) => "PERMISSION_DENIED",
+            Self::ResourceExhausted { .. } => "RESOURCE_EXHAUSTED",
             Self::Unavailable(_) => "UNAVAILABLE",
-            Self::Unauthenticated => "UNAUTHENTICATED",
+            Self::Unauthenticated(_) => "UNAUTHENTICATED",
         }
     }
 
@@ -109,7 +127,9 @@ impl Error {
     pub fn http_status(&self) -> u16 {
         match self {
             Self::InvalidArgument { .. } | Self::FailedPrecondition(_) => 400,
-            Self::Unauthenticated => 401,
+            Self::Unauthenticated(_) => 401,
+            Self::PermissionDenied(_) => 403,
+            Self::ResourceExhausted { .. } => 429,
             Self::NotFound { .. } => 404,
             Self::AlreadyExists(_) => 409,
             Self::Internal(_) => 500,

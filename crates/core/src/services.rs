@@ -1,7 +1,7 @@
 //! [`Services`]: the running domain, built once from the configuration and
 //! shared by the binary and the edge. It owns the database pool, the reply
-//! hub, the in-process reply queue and the [`Chat`] service, and shuts them
-//! down in order.
+//! hub, the in-process reply queue, the [`Chat`] service and the
+//! [`Identity`] service, and shuts them down in order.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,6 +12,7 @@ use crate::chat::{
 use crate::config::Config;
 use crate::db::Database;
 use crate::error::Result;
+use crate::identity::Identity;
 
 /// The running domain services.
 #[derive(Debug)]
@@ -19,14 +20,16 @@ pub struct Services {
     db: Database,
     hub: Arc<ReplyHub>,
     chat: Arc<Chat>,
+    identity: Arc<Identity>,
     queue: Arc<InProcessReplyQueue>,
     shutdown_grace: Duration,
 }
 
 impl Services {
     /// Connects to the database, applies migrations, builds the chat
-    /// service with the development engine and the in-process queue, and
-    /// re-queues replies a previous process left unfinished.
+    /// service with the development engine and the in-process queue and the
+    /// identity service (loading or creating its signing keys), and re-queues
+    /// replies a previous process left unfinished.
     ///
     /// # Errors
     ///
@@ -57,10 +60,12 @@ impl Services {
         ));
         let chat = Arc::new(Chat::new(db.clone(), hub.clone(), queue.clone()));
         recover_replies(&db, queue.as_ref()).await?;
+        let identity = Arc::new(Identity::start(db.clone(), &config.auth).await?);
         Ok(Services {
             db,
             hub,
             chat,
+            identity,
             queue,
             shutdown_grace: Duration::from_secs(config.shutdown_grace_secs),
         })
@@ -69,6 +74,11 @@ impl Services {
     /// The chat service.
     pub fn chat(&self) -> Arc<Chat> {
         self.chat.clone()
+    }
+
+    /// The identity service.
+    pub fn identity(&self) -> Arc<Identity> {
+        self.identity.clone()
     }
 
     /// The database pool.

@@ -1,22 +1,20 @@
-//! The gRPC side of the listener: the guarded ChatService, grpc.health.v1,
+//! The gRPC side of the listener: the guarded API services, grpc.health.v1,
 //! and server reflection v1 and v1alpha, with gRPC-Web translated in front
 //! and `grpc-timeout` enforced as the call's deadline.
-
-use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::Request;
 use axum::middleware::{self, Next};
 use axum::response::Response;
-use switchboard_api::ChatApi;
 use switchboard_proto::v1;
 use switchboard_rest::transcode::parse_grpc_timeout;
 use tonic::codec::CompressionEncoding;
 
+use crate::Apis;
 use crate::health::HealthState;
 
 /// The gRPC services as an axum router, gRPC-Web included.
-pub(crate) fn router(chat: Arc<ChatApi>, health: &HealthState) -> Router {
+pub(crate) fn router(apis: &Apis, health: &HealthState) -> Router {
     let reflection_v1 = reflection()
         .build_v1()
         .expect("the generated descriptor sets are valid");
@@ -25,10 +23,17 @@ pub(crate) fn router(chat: Arc<ChatApi>, health: &HealthState) -> Router {
         .expect("the generated descriptor sets are valid");
     // gzip both ways: requests may come compressed, and answers are
     // compressed for callers that say (grpc-accept-encoding) they take it.
-    let chat = v1::chat_service_grpc(chat)
-        .accept_compressed(CompressionEncoding::Gzip)
-        .send_compressed(CompressionEncoding::Gzip);
-    tonic::service::Routes::new(chat)
+    macro_rules! gzip {
+        ($service:expr) => {
+            $service
+                .accept_compressed(CompressionEncoding::Gzip)
+                .send_compressed(CompressionEncoding::Gzip)
+        };
+    }
+    tonic::service::Routes::new(gzip!(v1::chat_service_grpc(apis.chat.clone())))
+        .add_service(gzip!(v1::auth_service_grpc(apis.auth.clone())))
+        .add_service(gzip!(v1::user_service_grpc(apis.users.clone())))
+        .add_service(gzip!(v1::audit_service_grpc(apis.audit.clone())))
         .add_service(health.grpc_service())
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

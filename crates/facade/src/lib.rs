@@ -5,10 +5,12 @@
 //! runs it on a listener until `shutdown` resolves, then drains.
 //!
 //! Every request passes the same edge layers whatever its transport: the
-//! caller's principal is put in the request extensions here (one local
-//! principal until identity lands), and the generated service guards check
-//! input before any method runs.
+//! caller is authenticated here ([`auth`]) and recorded in the request
+//! extensions, and the generated service guards apply each method's access
+//! rule from the proto, then check input, before any method runs. The public
+//! keys of issued tokens are served at `/.well-known/jwks.json`.
 
+mod auth;
 mod grpc;
 mod health;
 mod metrics;
@@ -20,14 +22,15 @@ use std::time::Duration;
 
 use axum::Router;
 use http::{HeaderName, HeaderValue, Method, header};
+use switchboard_api::{AuditApi, AuthApi, ChatApi, UserApi};
+use switchboard_core::Services;
 use switchboard_core::chat::Chat;
 use switchboard_core::config::Config;
 use switchboard_core::db::Database;
-use switchboard_core::identity::Principal;
+use switchboard_core::identity::Identity;
 use switchboard_proto::v1;
 use switchboard_rest::RestRouter;
 use tokio::net::TcpListener;
-use tower_http::add_extension::AddExtensionLayer;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::request_id::{
@@ -43,6 +46,8 @@ pub use health::{Drain, HealthState};
 pub struct Edge {
     /// The chat domain.
     pub chat: Arc<Chat>,
+    /// Accounts, sign-in and the audit trail; authenticates every request.
+    pub identity: Arc<Identity>,
     /// The database, pinged by readiness checks.
     pub database: Database,
     /// Browser origins allowed by CORS (empty: CORS off; `*`: any).
@@ -54,23 +59,46 @@ pub struct Edge {
 
 impl Edge {
     /// The edge of running services, with the settings of `config`.
-    pub fn new(chat: Arc<Chat>, database: Database, config: &Config) -> Self {
+    pub fn new(services: &Services, config: &Config) -> Self {
         Self {
-            chat,
-            database,
+            chat: services.chat(),
+            identity: services.identity(),
+            database: services.database().clone(),
             cors_allowed_origins: config.cors_allowed_origins.clone(),
             drain: Drain::default(),
         }
     }
 }
 
+/// The API services, each shared by its gRPC server and its REST routes.
+#[derive(Debug, Clone)]
+pub(crate) struct Apis {
+    pub(crate) chat: Arc<ChatApi>,
+    pub(crate) auth: Arc<AuthApi>,
+    pub(crate) users: Arc<UserApi>,
+    pub(crate) audit: Arc<AuditApi>,
+}
+
 /// The whole application router: gRPC and gRPC-Web, REST, docs and health.
 pub fn app(edge: Edge) -> Router {
-    let chat_api = Arc::new(switchboard_api::ChatApi::new(edge.chat.clone()));
+    let apis = Apis {
+        chat: Arc::new(ChatApi::new(edge.chat.clone())),
+        auth: Arc::new(AuthApi::new(edge.identity.clone())),
+        users: Arc::new(UserApi::new(edge.identity.clone())),
+        audit: Arc::new(AuditApi::new(edge.identity.clone())),
+    };
     let health = HealthState::new(edge.database.clone(), edge.drain.clone());
 
-    let grpc = grpc::router(chat_api.clone(), &health);
-    let rest = RestRouter::new(v1::chat_service_rest_routes(chat_api));
+    let grpc = grpc::router(&apis, &health);
+    let rest = RestRouter::new(
+        [
+            v1::chat_service_rest_routes(apis.chat.clone()),
+            v1::auth_service_rest_routes(apis.auth.clone()),
+            v1::user_service_rest_routes(apis.users.clone()),
+            v1::audit_service_rest_routes(apis.audit.clone()),
+        ]
+        .concat(),
+    );
     let known_rpcs = metrics::KnownRpcs::new(
         v1::ACCESS_POLICY
             .iter()
@@ -83,8 +111,7 @@ pub fn app(edge: Edge) -> Router {
                 .map(str::to_owned),
             ),
     );
-    let openapi: serde_json::Value = serde_json::from_str(switchboard_proto::OPENAPI_JSON)
-        .expect("the generated OpenAPI document is valid JSON");
+    let openapi = openapi_document(&edge.identity);
     let docs = SwaggerUi::new("/docs")
         .external_url_unchecked("/openapi.json", openapi)
         .config(
@@ -100,6 +127,10 @@ pub fn app(edge: Edge) -> Router {
         .merge(docs)
         .merge(health::routes(health))
         .merge(metrics::routes())
+        .route(
+            "/.well-known/jwks.json",
+            axum::routing::get(auth::jwks).with_state(edge.identity.clone()),
+        )
         // tonic's router brings a gRPC "unimplemented" fallback; ours keeps
         // that answer for gRPC callers and gives every other path to REST.
         .fallback(move |request: axum::extract::Request| {
@@ -112,7 +143,10 @@ pub fn app(edge: Edge) -> Router {
                 rest.handle(request).await
             }
         })
-        .layer(AddExtensionLayer::new(Principal::local()))
+        .layer(axum::middleware::from_fn_with_state(
+            edge.identity.clone(),
+            auth::authenticate,
+        ))
         .layer(axum::middleware::from_fn(move |request, next| {
             metrics::record(known_rpcs.clone(), request, next)
         }))
@@ -133,8 +167,46 @@ pub fn app(edge: Edge) -> Router {
     app
 }
 
+/// The generated OpenAPI document, with an OpenID Connect security scheme
+/// for each configured provider added beside the bearer and API-key schemes,
+/// and offered by every operation that needs credentials.
+fn openapi_document(identity: &Identity) -> serde_json::Value {
+    let mut document: serde_json::Value = serde_json::from_str(switchboard_proto::OPENAPI_JSON)
+        .expect("the generated OpenAPI document is valid JSON");
+    let providers = identity.identity_providers();
+    if providers.is_empty() {
+        return document;
+    }
+    for provider in &providers {
+        document["components"]["securitySchemes"][format!("oidc_{}", provider.id)] = serde_json::json!({
+            "type": "openIdConnect",
+            "openIdConnectUrl": format!(
+                "{}/.well-known/openid-configuration",
+                provider.issuer.trim_end_matches('/')
+            ),
+            "description": format!("Sign in with {}; its access tokens are accepted as bearer tokens.", provider.display_name),
+        });
+    }
+    if let Some(paths) = document["paths"].as_object_mut() {
+        for operation in paths
+            .values_mut()
+            .filter_map(|path| path.as_object_mut())
+            .flat_map(|path| path.values_mut())
+        {
+            if let Some(security) = operation.get_mut("security").and_then(|s| s.as_array_mut())
+                && !security.is_empty()
+            {
+                for provider in &providers {
+                    security.push(serde_json::json!({ format!("oidc_{}", provider.id): [] }));
+                }
+            }
+        }
+    }
+    document
+}
+
 /// Whether a request is a gRPC or gRPC-Web call (by its content type).
-fn is_grpc(request: &axum::extract::Request) -> bool {
+pub(crate) fn is_grpc(request: &axum::extract::Request) -> bool {
     request
         .headers()
         .get(header::CONTENT_TYPE)

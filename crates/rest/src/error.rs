@@ -93,6 +93,13 @@ pub fn status_response(status: &tonic::Status) -> Response {
         tracing::warn!(code = ?status.code(), message = status.message(), "request failed");
     }
     let mut response = (http, axum::Json(status_json(status))).into_response();
+    if status.code() == Code::Unauthenticated {
+        // RFC 6750 §3: a 401 names the scheme the client should use.
+        response.headers_mut().insert(
+            http::header::WWW_AUTHENTICATE,
+            http::HeaderValue::from_static("Bearer"),
+        );
+    }
     if status.code() == Code::ResourceExhausted
         && let Some(delay) = status
             .get_error_details()

@@ -1,6 +1,7 @@
 //! The `switchboard` binary: parses the command line, loads the
-//! configuration, sets up logging, and runs one of `serve`, `migrate` or
-//! `openapi`. Everything else lives in the library crates.
+//! configuration, sets up logging, and runs one of `serve`, `migrate`,
+//! `user create`, `audit verify`, `keys rotate` or `openapi`. Everything else
+//! lives in the library crates.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -10,6 +11,8 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use switchboard_core::Services;
 use switchboard_core::config::{Config, LogFormat};
+use switchboard_core::db::Database;
+use switchboard_core::identity::{Identity, Role};
 use tracing_subscriber::EnvFilter;
 
 /// Switchboard: a backend for chatbot products. One port serves native gRPC,
@@ -48,8 +51,47 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         data_dir: Option<PathBuf>,
     },
+    /// Manage accounts.
+    #[command(subcommand)]
+    User(UserCommand),
+    /// Check the audit trail.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+    /// Manage the keys that sign access tokens.
+    #[command(subcommand)]
+    Keys(KeysCommand),
     /// Print the OpenAPI 3.1 document of the REST API to standard output.
     Openapi,
+}
+
+#[derive(Debug, Subcommand)]
+enum UserCommand {
+    /// Create an account, such as the first administrator. The password is
+    /// read from SWITCHBOARD_USER_PASSWORD, or else asked for at the
+    /// terminal; it is never taken as an argument (arguments show in `ps`).
+    Create {
+        /// The account's sign-in email.
+        #[arg(long)]
+        email: String,
+        /// The account's role: user, operator or admin.
+        #[arg(long, default_value = "user")]
+        role: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Walk the hash chain of the audit trail and report any event that was
+    /// edited, deleted or cut off the end. Exits 1 if the chain is broken.
+    Verify,
+}
+
+#[derive(Debug, Subcommand)]
+enum KeysCommand {
+    /// Add a new signing key and retire the others. Tokens signed by the
+    /// retired keys stay valid until they expire; running servers pick the
+    /// new key up when they first meet a token signed with it.
+    Rotate,
 }
 
 #[tokio::main]
@@ -63,8 +105,86 @@ async fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Serve { listen, data_dir } => serve(config.with_overrides(listen, data_dir)).await,
         Command::Migrate { data_dir } => migrate(config.with_overrides(None, data_dir)).await,
+        Command::User(UserCommand::Create { email, role }) => {
+            create_user(config, &email, &role).await
+        }
+        Command::Audit(AuditCommand::Verify) => verify_audit(config).await,
+        Command::Keys(KeysCommand::Rotate) => rotate_keys(config).await,
         Command::Openapi => unreachable!("handled before the configuration is loaded"),
     }
+}
+
+/// The database, migrated, and the identity domain over it, for the
+/// administrative commands (no server, no reply workers).
+async fn identity(config: &Config) -> anyhow::Result<Identity> {
+    let database = Database::connect(config)
+        .await
+        .context("cannot connect to the database")?;
+    database.migrate().await.context("migration failed")?;
+    Identity::start(database, &config.auth)
+        .await
+        .context("cannot load the identity service")
+}
+
+async fn create_user(config: Config, email: &str, role: &str) -> anyhow::Result<()> {
+    init_logging(&config)?;
+    let role: Role = role
+        .parse()
+        .map_err(|e: switchboard_core::Error| anyhow::anyhow!("{e}"))?;
+    let password = match std::env::var("SWITCHBOARD_USER_PASSWORD") {
+        Ok(password) => password,
+        Err(_) => {
+            let password = rpassword::prompt_password(format!("Password for {email}: "))
+                .context("cannot read the password (set SWITCHBOARD_USER_PASSWORD when there is no terminal)")?;
+            let again = rpassword::prompt_password("Again: ")?;
+            anyhow::ensure!(password == again, "the passwords differ");
+            password
+        }
+    };
+    let identity = identity(&config).await?;
+    let user = identity
+        .create_user(email, &password, role)
+        .await
+        .map_err(|e| anyhow::anyhow!("{}", e.public_message()))?;
+    println!(
+        "created {} ({}) with role {}",
+        user.email, user.id, user.role
+    );
+    Ok(())
+}
+
+async fn verify_audit(config: Config) -> anyhow::Result<()> {
+    init_logging(&config)?;
+    let database = Database::connect(&config)
+        .await
+        .context("cannot connect to the database")?;
+    database.migrate().await.context("migration failed")?;
+    let report = switchboard_core::identity::audit::verify_chain(&database)
+        .await
+        .context("cannot read the audit trail")?;
+    if report.is_intact() {
+        println!("audit trail intact: {} events", report.events);
+        return Ok(());
+    }
+    println!("audit trail BROKEN ({} events read):", report.events);
+    for problem in &report.problems {
+        println!("  {problem}");
+    }
+    std::process::exit(1);
+}
+
+async fn rotate_keys(config: Config) -> anyhow::Result<()> {
+    init_logging(&config)?;
+    let identity = identity(&config).await?;
+    let kid = identity
+        .keys()
+        .rotate()
+        .await
+        .context("cannot rotate the signing keys")?;
+    println!(
+        "new signing key {kid}; older keys retired (still accepted until their tokens expire)"
+    );
+    Ok(())
 }
 
 fn init_logging(config: &Config) -> anyhow::Result<()> {
@@ -88,7 +208,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let services = Services::start(&config)
         .await
         .context("cannot start the services")?;
-    let edge = switchboard_facade::Edge::new(services.chat(), services.database().clone(), &config);
+    let edge = switchboard_facade::Edge::new(&services, &config);
     let drain = edge.drain.clone();
     let app = switchboard_facade::app(edge);
     tracing::info!(address = %listener.local_addr()?, "listening: gRPC, gRPC-Web and REST; Swagger UI at /docs");

@@ -13,7 +13,7 @@ mod events;
 mod generator;
 mod hub;
 mod model;
-mod paging;
+pub(crate) mod paging;
 mod queue;
 mod service;
 mod store;

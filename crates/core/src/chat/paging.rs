@@ -23,6 +23,7 @@ pub const MAX_PAGE_SIZE: u32 = 1000;
 pub(crate) enum Listing {
     Conversations,
     Messages,
+    Users,
 }
 
 /// The position after which the next page starts.
@@ -37,6 +38,7 @@ impl Listing {
         match self {
             Self::Conversations => "c1",
             Self::Messages => "m1",
+            Self::Users => "u1",
         }
     }
 }

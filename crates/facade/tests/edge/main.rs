@@ -1,7 +1,12 @@
 //! End-to-end tests of the edge: the real server on a real port, called by
 //! real clients — tonic's generated gRPC client, gRPC-Web over HTTP/1.1 and
-//! REST with reqwest — on SQLite and on the PostgreSQL of this machine.
+//! REST with reqwest — on SQLite and on the PostgreSQL of this machine; and
+//! a real OpenID provider (npm `oidc-provider`) for sign-in with OIDC.
 
+mod access;
+mod identity;
 mod lifecycle;
+mod oidc;
+mod oidc_provider;
 mod support;
 mod transports;

@@ -1,5 +1,6 @@
-//! `spawn_app`: a server on 127.0.0.1:0 with a fresh database, and the
-//! clients of every transport. PostgreSQL is reached at
+//! `spawn_app`: a server on 127.0.0.1:0 with a fresh database, a signed-in
+//! account whose token every client sends by default, and the clients of
+//! every transport. PostgreSQL is reached at
 //! `SWITCHBOARD_TEST_POSTGRES_URL` (default
 //! `postgres://postgres@127.0.0.1:5432/postgres`); each test gets its own
 //! database, dropped afterwards. An unreachable PostgreSQL fails the tests
@@ -12,9 +13,11 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use sqlx::Connection as _;
 use switchboard_core::Services;
 use switchboard_core::config::{Config, EngineConfig, Secret};
+use switchboard_core::identity::{RequestContext, Role};
 use switchboard_proto::v1::chat_service_client::ChatServiceClient;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
+use tonic::service::interceptor::InterceptedService;
 
 /// Runs each scenario `async fn name(app: TestApp)` on SQLite and on PostgreSQL.
 macro_rules! on_both_databases {
@@ -52,10 +55,43 @@ pub(crate) enum Backend {
     Postgres,
 }
 
+/// The password of every account the tests create.
+pub(crate) const PASSWORD: &str = "correct horse battery staple";
+
+/// A signed-in account.
+#[derive(Debug, Clone)]
+pub(crate) struct Account {
+    pub(crate) user_id: String,
+    pub(crate) access_token: String,
+    pub(crate) refresh_token: String,
+}
+
+/// Sends the account's bearer token on every native gRPC call.
+#[derive(Debug, Clone)]
+pub(crate) struct Bearer(pub(crate) Option<String>);
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(token) = &self.0 {
+            let value = format!("Bearer {token}").parse().expect("an ASCII token");
+            request.metadata_mut().insert("authorization", value);
+        }
+        Ok(request)
+    }
+}
+
 /// A running server and what it takes to call and stop it.
 pub(crate) struct TestApp {
     pub(crate) address: SocketAddr,
+    /// A client that sends `owner`'s token on every request.
     pub(crate) http: reqwest::Client,
+    /// A client that sends no credentials.
+    pub(crate) anonymous: reqwest::Client,
+    /// The account every default client acts as.
+    pub(crate) owner: Account,
     stop: Option<oneshot::Sender<()>>,
     server: Option<JoinHandle<std::io::Result<()>>>,
     services: Option<Services>,
@@ -70,7 +106,20 @@ pub(crate) async fn spawn_app(backend: Backend) -> TestApp {
 }
 
 pub(crate) async fn spawn_app_with_delay(backend: Backend, token_delay_ms: u64) -> TestApp {
+    spawn_app_with(backend, |config| {
+        config.engine.token_delay_ms = token_delay_ms
+    })
+    .await
+}
+
+/// Starts a server with a fresh database and the configuration `configure`
+/// leaves.
+pub(crate) async fn spawn_app_with(
+    backend: Backend,
+    configure: impl FnOnce(&mut Config),
+) -> TestApp {
     let data_dir = tempfile::tempdir().expect("a temporary directory");
+    let token_delay_ms = 5;
     let mut config = Config {
         data_dir: data_dir.path().to_owned(),
         engine: EngineConfig {
@@ -88,8 +137,10 @@ pub(crate) async fn spawn_app_with_delay(backend: Backend, token_delay_ms: u64) 
             Some((admin_url(), name))
         }
     };
+    configure(&mut config);
     let services = Services::start(&config).await.expect("services start");
-    let edge = switchboard_facade::Edge::new(services.chat(), services.database().clone(), &config);
+    let owner = sign_in_new(&services, "owner@example.test", Role::User).await;
+    let edge = switchboard_facade::Edge::new(&services, &config);
     let drain = edge.drain.clone();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -107,12 +158,53 @@ pub(crate) async fn spawn_app_with_delay(backend: Backend, token_delay_ms: u64) 
     ));
     TestApp {
         address,
-        http: reqwest::Client::new(),
+        http: client_for(Some(&owner.access_token)),
+        anonymous: client_for(None),
+        owner,
         stop: Some(stop),
         server: Some(server),
         services: Some(services),
         _data_dir: data_dir,
         postgres,
+    }
+}
+
+/// An HTTP client (HTTP/1.1, or h2c with prior knowledge when `h2`) that
+/// sends `token` as a bearer token on every request.
+pub(crate) fn client_for(token: Option<&str>) -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(token) = token {
+        headers.insert(
+            reqwest::header::AUTHORIZATION,
+            format!("Bearer {token}").parse().expect("an ASCII token"),
+        );
+    }
+    reqwest::Client::builder()
+        .default_headers(headers)
+        .build()
+        .expect("a reqwest client")
+}
+
+/// Creates an account with `role` in the domain (as `switchboard user
+/// create` does) and signs it in.
+pub(crate) async fn sign_in_new(services: &Services, email: &str, role: Role) -> Account {
+    let identity = services.identity();
+    let user = identity
+        .create_user(email, PASSWORD, role)
+        .await
+        .expect("create the account");
+    let context = RequestContext {
+        client_address: format!("test-{}", user.id),
+        ..RequestContext::default()
+    };
+    let tokens = identity
+        .login(&context, email, PASSWORD, "")
+        .await
+        .expect("sign in");
+    Account {
+        user_id: user.id,
+        access_token: tokens.access_token,
+        refresh_token: tokens.refresh_token,
     }
 }
 
@@ -184,16 +276,88 @@ impl TestApp {
         response.json().await.unwrap()
     }
 
-    /// A native gRPC client over h2c.
-    pub(crate) async fn grpc(&self) -> ChatServiceClient<tonic::transport::Channel> {
-        ChatServiceClient::connect(self.url(""))
+    /// Calls `method path` over REST with `token` as the bearer token (none:
+    /// anonymous) and a JSON `body`; returns the status and the JSON body
+    /// (`null` when empty).
+    pub(crate) async fn rest(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<serde_json::Value>,
+    ) -> (u16, serde_json::Value) {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).expect("an HTTP method");
+        let mut request = self.anonymous.request(method, self.url(path));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.expect("the request is sent");
+        let status = response.status().as_u16();
+        let text = response.text().await.expect("a body");
+        let json = if text.is_empty() {
+            serde_json::Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"))
+        };
+        (status, json)
+    }
+
+    /// The running domain services.
+    pub(crate) fn services(&self) -> &Services {
+        self.services.as_ref().expect("the services run until stop")
+    }
+
+    /// A new account with `role`, signed in.
+    pub(crate) async fn account(&self, email: &str, role: Role) -> Account {
+        sign_in_new(self.services(), email, role).await
+    }
+
+    /// A gRPC channel over h2c.
+    pub(crate) async fn channel(&self) -> tonic::transport::Channel {
+        tonic::transport::Endpoint::from_shared(self.url(""))
+            .expect("a valid URL")
+            .connect()
             .await
             .expect("a gRPC connection")
     }
 
-    /// Calls a unary method over gRPC-Web (binary, HTTP/1.1), as a browser would.
+    /// A native gRPC ChatService client over h2c, signed in as `owner`.
+    pub(crate) async fn grpc(
+        &self,
+    ) -> ChatServiceClient<InterceptedService<tonic::transport::Channel, Bearer>> {
+        self.grpc_as(Some(&self.owner)).await
+    }
+
+    /// A native gRPC ChatService client over h2c, signed in as `account`
+    /// (`None`: no credentials).
+    pub(crate) async fn grpc_as(
+        &self,
+        account: Option<&Account>,
+    ) -> ChatServiceClient<InterceptedService<tonic::transport::Channel, Bearer>> {
+        ChatServiceClient::with_interceptor(
+            self.channel().await,
+            Bearer(account.map(|a| a.access_token.clone())),
+        )
+    }
+
+    /// Calls a unary method over gRPC-Web (binary, HTTP/1.1), as a browser
+    /// would, signed in as `owner`.
     pub(crate) async fn grpc_web<Req: prost::Message, Res: prost::Message + Default>(
         &self,
+        method: &str,
+        request: &Req,
+    ) -> Result<Res, (String, String)> {
+        self.grpc_web_with(&self.http, method, request).await
+    }
+
+    /// Calls a unary method over gRPC-Web with `client` (and its default
+    /// credentials).
+    pub(crate) async fn grpc_web_with<Req: prost::Message, Res: prost::Message + Default>(
+        &self,
+        client: &reqwest::Client,
         method: &str,
         request: &Req,
     ) -> Result<Res, (String, String)> {
@@ -203,8 +367,7 @@ impl TestApp {
         request
             .encode(&mut body)
             .expect("encoding into a growable buffer");
-        let response = self
-            .http
+        let response = client
             .post(self.url(method))
             .header("content-type", "application/grpc-web+proto")
             .header("x-grpc-web", "1")

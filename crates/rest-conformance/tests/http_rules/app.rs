@@ -5,6 +5,7 @@ use axum::body::Body;
 use http::{HeaderMap, Request, StatusCode};
 use http_body_util::BodyExt;
 use serde_json::Value;
+use switchboard_rest::policy::Caller;
 use tower::ServiceExt;
 
 /// The generated REST routes of `conformance.v1.Library` over the echo
@@ -60,9 +61,24 @@ impl TestApp {
         self.call_with(method, uri, body, &[]).await
     }
 
-    /// Sends `method uri` with a JSON `body` (empty for none) and `headers`.
+    /// Sends `method uri` with a JSON `body` (empty for none) and `headers`,
+    /// as a caller that holds every permission.
     pub(crate) async fn call_with(
         &self,
+        method: &str,
+        uri: &str,
+        body: &str,
+        headers: &[(&str, &str)],
+    ) -> Reply {
+        self.call_as(Some(Caller::trusted()), method, uri, body, headers)
+            .await
+    }
+
+    /// Sends `method uri` with a JSON `body` and `headers` as `caller`
+    /// (`None`: a request the edge never authenticated).
+    pub(crate) async fn call_as(
+        &self,
+        caller: Option<Caller>,
         method: &str,
         uri: &str,
         body: &str,
@@ -78,9 +94,12 @@ impl TestApp {
         for (name, value) in headers {
             request = request.header(*name, *value);
         }
-        let request = request
+        let mut request = request
             .body(Body::from(body.to_owned()))
             .expect("a valid request");
+        if let Some(caller) = caller {
+            request.extensions_mut().insert(caller);
+        }
         let response = self
             .router
             .clone()

@@ -3,6 +3,7 @@
 //! rule. The echo service answers with the request message it received, so
 //! each test reads how its HTTP request was transcoded.
 
+mod access;
 mod app;
 mod body;
 mod constraints;

@@ -1,0 +1,246 @@
+//! [`KeyRing`]: the keys that sign this server's access tokens, kept in the
+//! database so they survive restarts and are shared by every instance.
+//!
+//! The newest unretired key signs. Rotating adds a key and retires the
+//! others; a retired key stays published in the JWKS (and accepted) for as
+//! long as a token it signed can live, so nobody is logged out by a
+//! rotation. An instance that meets a `kid` it does not know reloads the
+//! keys from the database (at most once every few seconds), so a rotation
+//! made by another instance is picked up without a restart.
+//!
+//! Private keys are stored unencrypted in the database: whoever can read the
+//! database can sign tokens. Protect it accordingly.
+
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+
+use crate::db::Database;
+use crate::error::{Error, Result};
+use crate::identity::jwt::{
+    self, AccessClaims, JwtError, KeyAlgorithm, KeySet, SigningKey, StoredKey,
+};
+use crate::identity::store::{self, SigningKeyRow, micros};
+
+/// Clock skew tolerated on `exp` and `nbf`.
+pub(crate) const LEEWAY_SECS: u64 = 30;
+
+/// Least time between two reloads caused by unknown key ids.
+const RELOAD_INTERVAL: Duration = Duration::from_secs(5);
+
+/// The keys in use, swapped whole on reload.
+#[derive(Debug)]
+struct Keys {
+    signing: Arc<SigningKey>,
+    published: KeySet,
+}
+
+/// The signing keys of access tokens, and their verification.
+#[derive(Debug)]
+pub struct KeyRing {
+    db: Database,
+    algorithm: KeyAlgorithm,
+    issuer: String,
+    audience: String,
+    access_ttl: Duration,
+    keys: RwLock<Arc<Keys>>,
+    last_reload: RwLock<Instant>,
+}
+
+fn key_error(error: JwtError) -> Error {
+    Error::internal(format!("signing key: {error}"))
+}
+
+impl KeyRing {
+    /// Loads the keys from the database, generating the first one (with
+    /// `algorithm`) when there is none.
+    ///
+    /// # Errors
+    ///
+    /// The database error; [`Error::Internal`] for a stored key that cannot
+    /// be read.
+    pub async fn load(
+        db: Database,
+        algorithm: KeyAlgorithm,
+        issuer: String,
+        audience: String,
+        access_ttl: Duration,
+    ) -> Result<Self> {
+        let keys = Self::read(&db, algorithm, access_ttl).await?;
+        Ok(Self {
+            db,
+            algorithm,
+            issuer,
+            audience,
+            access_ttl,
+            keys: RwLock::new(Arc::new(keys)),
+            last_reload: RwLock::new(Instant::now()),
+        })
+    }
+
+    async fn read(db: &Database, algorithm: KeyAlgorithm, access_ttl: Duration) -> Result<Keys> {
+        let horizon = Utc::now()
+            - chrono::Duration::from_std(access_ttl + Duration::from_secs(LEEWAY_SECS))
+                .unwrap_or_default();
+        let mut rows = store::signing_keys(db, horizon).await?;
+        if !rows.iter().any(|row| row.retired_at.is_none()) {
+            // First start (or every key retired): make one. Two instances
+            // starting at once may both do so; the newest then signs and
+            // both stay published.
+            let key = generate(algorithm).await?;
+            store::insert_signing_key(db, &row_of(&key), false).await?;
+            rows = store::signing_keys(db, horizon).await?;
+        }
+        let mut loaded = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let stored = StoredKey {
+                kid: row.kid.clone(),
+                algorithm: row.algorithm.clone(),
+                private_key: row.private_key.clone(),
+                public_jwk: row.public_jwk.clone(),
+            };
+            loaded.push((
+                SigningKey::from_stored(&stored).map_err(key_error)?,
+                row.retired_at,
+            ));
+        }
+        let signing = loaded
+            .iter()
+            .find(|(_, retired)| retired.is_none())
+            .map(|(key, _)| Arc::new(key.clone()))
+            .ok_or_else(|| Error::internal("no signing key after generating one"))?;
+        let keys: Vec<SigningKey> = loaded.into_iter().map(|(key, _)| key).collect();
+        Ok(Keys {
+            signing,
+            published: KeySet::from_signing_keys(&keys),
+        })
+    }
+
+    fn current(&self) -> Arc<Keys> {
+        self.keys
+            .read()
+            .map(|keys| keys.clone())
+            .unwrap_or_else(|poisoned| poisoned.into_inner().clone())
+    }
+
+    /// Re-reads the keys from the database.
+    ///
+    /// # Errors
+    ///
+    /// As [`KeyRing::load`].
+    pub async fn reload(&self) -> Result<()> {
+        let keys = Self::read(&self.db, self.algorithm, self.access_ttl).await?;
+        if let Ok(mut slot) = self.keys.write() {
+            *slot = Arc::new(keys);
+        }
+        if let Ok(mut last) = self.last_reload.write() {
+            *last = Instant::now();
+        }
+        Ok(())
+    }
+
+    /// Adds a new signing key (of the configured algorithm), retires the
+    /// others, and returns the new key's id. Tokens signed by the retired
+    /// keys stay valid until they expire.
+    ///
+    /// # Errors
+    ///
+    /// The database error.
+    pub async fn rotate(&self) -> Result<String> {
+        let key = generate(self.algorithm).await?;
+        store::insert_signing_key(&self.db, &row_of(&key), true).await?;
+        self.reload().await?;
+        Ok(key.kid)
+    }
+
+    /// The id of the key that signs now.
+    pub fn signing_kid(&self) -> String {
+        self.current().signing.kid.clone()
+    }
+
+    /// The public keys as a JWK Set, for `/.well-known/jwks.json`.
+    pub fn jwks(&self) -> serde_json::Value {
+        self.current().published.jwks()
+    }
+
+    /// The issuer this ring signs as.
+    pub fn issuer(&self) -> &str {
+        &self.issuer
+    }
+
+    /// Signs an access token for `user_id` in `session_id`; returns it with
+    /// its lifetime in seconds.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Internal`] if signing fails.
+    pub fn issue(&self, user_id: &str, session_id: &str) -> Result<(String, u64)> {
+        let now = Utc::now().timestamp();
+        let ttl = self.access_ttl.as_secs();
+        let claims = AccessClaims {
+            iss: self.issuer.clone(),
+            aud: self.audience.clone(),
+            sub: user_id.to_owned(),
+            exp: now + i64::try_from(ttl).unwrap_or(i64::MAX / 2),
+            nbf: now,
+            iat: now,
+            jti: uuid::Uuid::now_v7().to_string(),
+            sid: session_id.to_owned(),
+        };
+        let token = jwt::sign(&self.current().signing, &claims).map_err(key_error)?;
+        Ok((token, ttl))
+    }
+
+    /// Verifies an access token this server signed. An unknown `kid` makes
+    /// the ring reload from the database once (another instance may have
+    /// rotated) before the token is refused.
+    ///
+    /// # Errors
+    ///
+    /// The [`JwtError`] that refuses the token.
+    pub async fn verify(&self, token: &str) -> std::result::Result<AccessClaims, JwtError> {
+        let first =
+            self.current()
+                .published
+                .verify(token, &self.issuer, &self.audience, LEEWAY_SECS);
+        match first {
+            Err(JwtError::UnknownKey) if self.may_reload() => {
+                if let Err(error) = self.reload().await {
+                    tracing::warn!(%error, "could not reload signing keys");
+                }
+                self.current()
+                    .published
+                    .verify(token, &self.issuer, &self.audience, LEEWAY_SECS)
+            }
+            other => other,
+        }
+    }
+
+    fn may_reload(&self) -> bool {
+        self.last_reload
+            .read()
+            .map(|last| last.elapsed() >= RELOAD_INTERVAL)
+            .unwrap_or(true)
+    }
+}
+
+async fn generate(algorithm: KeyAlgorithm) -> Result<SigningKey> {
+    // RSA key generation takes a while: keep it off the async workers.
+    tokio::task::spawn_blocking(move || SigningKey::generate(algorithm))
+        .await
+        .map_err(Error::internal)?
+        .map_err(key_error)
+}
+
+fn row_of(key: &SigningKey) -> SigningKeyRow {
+    let stored = key.to_stored();
+    SigningKeyRow {
+        kid: stored.kid,
+        algorithm: stored.algorithm,
+        private_key: stored.private_key,
+        public_jwk: stored.public_jwk,
+        created_at: micros(Utc::now()),
+        retired_at: None,
+    }
+}

@@ -1,0 +1,129 @@
+//! Authentication at the edge: the one place every request passes, whatever
+//! its transport (native gRPC, gRPC-Web, REST, and the WebSocket upgrade).
+//!
+//! It reads the credential (`Authorization: Bearer …` or `x-api-key`), asks
+//! [`Identity::authenticate`] who presents it, and records the outcome in
+//! the request extensions: a [`Caller`] for the generated guards, which
+//! apply each method's access rule from the proto, and the [`Principal`]
+//! the services scope their work to. It also records the
+//! [`RequestContext`] audit events carry. It decides nothing about access
+//! itself: a refused credential still reaches public methods, as anonymous.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::{ConnectInfo, Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use http::header;
+use switchboard_core::identity::{Identity, Principal, RequestContext};
+use switchboard_rest::policy::{Caller, Grants};
+
+/// The longest `User-Agent` kept for audit events.
+const MAX_USER_AGENT: usize = 256;
+
+/// A principal's permissions, as the generated guards ask for them.
+#[derive(Debug)]
+struct PrincipalGrants(Principal);
+
+impl Grants for PrincipalGrants {
+    fn allows(&self, permission: &str) -> bool {
+        self.0.allows(permission)
+    }
+
+    fn allows_undeclared(&self) -> bool {
+        self.0.is_admin()
+    }
+}
+
+/// The caller's verified principal as a [`Caller`].
+pub(crate) fn caller_of(principal: Principal) -> Caller {
+    Caller::Authenticated(Arc::new(PrincipalGrants(principal)))
+}
+
+/// The credential a request presents, if any: a bearer token or an API key.
+/// An `Authorization` header of another scheme (Basic, …) is returned as
+/// is, and refused.
+fn credential(request: &Request) -> Option<String> {
+    let headers = request.headers();
+    if let Some(value) = headers.get(header::AUTHORIZATION) {
+        let value = value.to_str().unwrap_or_default().trim();
+        return Some(match value.split_once(' ') {
+            Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => {
+                token.trim().to_owned()
+            }
+            _ => String::new(),
+        });
+    }
+    headers
+        .get("x-api-key")
+        .map(|value| value.to_str().unwrap_or_default().trim().to_owned())
+}
+
+fn request_context(request: &Request) -> RequestContext {
+    let headers = request.headers();
+    let text = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|value| value.to_str().ok())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let mut user_agent = text("user-agent");
+    if user_agent.is_empty() {
+        // gRPC-Web clients in browsers cannot set User-Agent.
+        user_agent = text("x-user-agent");
+    }
+    RequestContext {
+        client_address: request
+            .extensions()
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|info| info.0.ip().to_string())
+            .unwrap_or_default(),
+        user_agent: user_agent.chars().take(MAX_USER_AGENT).collect(),
+        request_id: text("x-request-id"),
+    }
+}
+
+/// The authentication middleware (see the module comment).
+pub(crate) async fn authenticate(
+    State(identity): State<Arc<Identity>>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let context = request_context(&request);
+    let caller = match credential(&request) {
+        None => Caller::Anonymous,
+        Some(credential) if credential.is_empty() => Caller::Refused,
+        Some(credential) => match identity.authenticate(&credential).await {
+            Ok(Some(principal)) => {
+                request.extensions_mut().insert(principal.clone());
+                caller_of(principal)
+            }
+            Ok(None) => Caller::Refused,
+            Err(error) => {
+                // Not the credential's fault (the database is down): say so
+                // with the error's own status, on the caller's transport.
+                let status = switchboard_api::status_from(error);
+                return if crate::is_grpc(&request) {
+                    status.into_http::<axum::body::Body>()
+                } else {
+                    switchboard_rest::error::status_response(&status).into_response()
+                };
+            }
+        },
+    };
+    request.extensions_mut().insert(caller);
+    request.extensions_mut().insert(context);
+    next.run(request).await
+}
+
+/// `GET /.well-known/jwks.json`: the public keys of the access tokens this
+/// server signs, for services that verify them offline.
+pub(crate) async fn jwks(State(identity): State<Arc<Identity>>) -> Response {
+    (
+        [(header::CACHE_CONTROL, "public, max-age=300")],
+        axum::Json(identity.keys().jwks()),
+    )
+        .into_response()
+}

@@ -1,0 +1,936 @@
+//! Identity end to end: registering and signing in, sessions and refresh
+//! tokens, API keys, the second factor, refused credentials on every
+//! transport, users kept apart, administration and the audit trail — on
+//! SQLite and on PostgreSQL.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde_json::{Value, json};
+use switchboard_core::identity::Role;
+use switchboard_core::identity::audit::verify_chain;
+use switchboard_core::identity::jwt::{self, AccessClaims, SigningKey, StoredKey};
+use switchboard_core::identity::totp::TotpSecret;
+use switchboard_core::on_database;
+use switchboard_proto::v1;
+use switchboard_proto::v1::auth_service_client::AuthServiceClient;
+
+use crate::support::{Account, PASSWORD, TestApp, on_both_databases};
+
+fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+async fn audit_actions(app: &TestApp, admin: &Account, action: &str) -> Vec<Value> {
+    let (status, body) = app
+        .rest(
+            "GET",
+            &format!("/v1/audit-events?action={action}"),
+            Some(&admin.access_token),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    body["events"].as_array().cloned().unwrap_or_default()
+}
+
+async fn a_new_user_registers_signs_in_and_chats_over_every_transport(app: &TestApp) {
+    let (status, registered) = app
+        .rest(
+            "POST",
+            "/v1/auth:register",
+            None,
+            Some(json!({"email": "New@Example.test", "password": PASSWORD, "displayName": "New"})),
+        )
+        .await;
+    assert_eq!(status, 200, "{registered}");
+    assert_eq!(registered["user"]["email"], "new@example.test");
+    assert_eq!(registered["user"]["role"], "USER_ROLE_USER");
+    assert_eq!(registered["tokenType"], "Bearer");
+
+    // Sign in over native gRPC.
+    let mut auth = AuthServiceClient::new(app.channel().await);
+    let tokens = auth
+        .login(v1::LoginRequest {
+            email: "new@example.test".into(),
+            password: PASSWORD.into(),
+            totp_code: String::new(),
+        })
+        .await
+        .expect("login over gRPC")
+        .into_inner();
+    let token = tokens.access_token;
+
+    // REST: create and list.
+    let (status, created) = app
+        .rest(
+            "POST",
+            "/v1/conversations",
+            Some(&token),
+            Some(json!({"title": "mine"})),
+        )
+        .await;
+    assert_eq!(status, 200, "{created}");
+    let id = created["id"].as_str().unwrap().to_owned();
+    // Native gRPC: read it back.
+    let account = Account {
+        user_id: tokens.user.unwrap().id,
+        access_token: token.clone(),
+        refresh_token: tokens.refresh_token,
+    };
+    let got = app
+        .grpc_as(Some(&account))
+        .await
+        .get_conversation(v1::GetConversationRequest { id: id.clone() })
+        .await
+        .expect("GetConversation over gRPC")
+        .into_inner();
+    assert_eq!(got.title, "mine");
+    // gRPC-Web: list as a browser would.
+    let client = crate::support::client_for(Some(&token));
+    let listed: v1::ListConversationsResponse = app
+        .grpc_web_with(
+            &client,
+            "/switchboard.v1.ChatService/ListConversations",
+            &v1::ListConversationsRequest::default(),
+        )
+        .await
+        .expect("ListConversations over gRPC-Web");
+    assert_eq!(listed.conversations.len(), 1);
+    assert_eq!(listed.conversations[0].id, id);
+    // And who am I.
+    let (status, me) = app.rest("GET", "/v1/me", Some(&token), None).await;
+    assert_eq!(
+        (status, me["email"].as_str()),
+        (200, Some("new@example.test"))
+    );
+}
+
+async fn another_user_never_sees_the_first_users_conversations(app: &TestApp) {
+    let owner = &app.owner;
+    let (_, conversation) = app
+        .rest(
+            "POST",
+            "/v1/conversations",
+            Some(&owner.access_token),
+            Some(json!({"title": "private"})),
+        )
+        .await;
+    let cid = conversation["id"].as_str().unwrap().to_owned();
+    let (status, sent) = app
+        .rest(
+            "POST",
+            &format!("/v1/conversations/{cid}/messages"),
+            Some(&owner.access_token),
+            Some(json!({"content": "secret"})),
+        )
+        .await;
+    assert_eq!(status, 200, "{sent}");
+    let mid = sent["reply"]["id"].as_str().unwrap().to_owned();
+    let other = app.account("other@example.test", Role::User).await;
+    let admin = app.account("boss@example.test", Role::Admin).await;
+
+    // Every ChatService RPC that names a conversation, over REST.
+    let rest_cases = [
+        (
+            "GetConversation",
+            "GET",
+            format!("/v1/conversations/{cid}"),
+            None,
+        ),
+        (
+            "UpdateConversation",
+            "PATCH",
+            format!("/v1/conversations/{cid}"),
+            Some(json!({"title": "mine now"})),
+        ),
+        (
+            "DeleteConversation",
+            "DELETE",
+            format!("/v1/conversations/{cid}"),
+            None,
+        ),
+        (
+            "ListMessages",
+            "GET",
+            format!("/v1/conversations/{cid}/messages"),
+            None,
+        ),
+        (
+            "SendMessage",
+            "POST",
+            format!("/v1/conversations/{cid}/messages"),
+            Some(json!({"content": "hi"})),
+        ),
+        (
+            "StreamReply",
+            "GET",
+            format!("/v1/conversations/{cid}/messages/{mid}:stream"),
+            None,
+        ),
+    ];
+    for intruder in [&other, &admin] {
+        for (rpc, method, path, body) in &rest_cases {
+            let (status, answer) = app
+                .rest(method, path, Some(&intruder.access_token), body.clone())
+                .await;
+            assert_eq!(status, 404, "{rpc} over REST: {answer}");
+            assert!(!answer.to_string().contains("secret"));
+        }
+        let (status, listed) = app
+            .rest(
+                "GET",
+                "/v1/conversations",
+                Some(&intruder.access_token),
+                None,
+            )
+            .await;
+        assert_eq!(status, 200);
+        assert!(
+            !listed.to_string().contains(&cid),
+            "ListConversations leaks: {listed}"
+        );
+    }
+    // The list above covers every ChatService RPC: a new one fails here
+    // until it is given an ownership case.
+    let covered = [
+        "GetConversation",
+        "UpdateConversation",
+        "DeleteConversation",
+        "ListMessages",
+        "SendMessage",
+        "StreamReply",
+        "ListConversations",
+        "CreateConversation",
+    ];
+    for policy in v1::ACCESS_POLICY
+        .iter()
+        .filter(|p| p.method.starts_with("/switchboard.v1.ChatService/"))
+    {
+        let name = policy.method.rsplit('/').next().unwrap();
+        assert!(covered.contains(&name), "{name} has no ownership case here");
+    }
+
+    // Native gRPC and gRPC-Web say NOT_FOUND too.
+    let mut grpc = app.grpc_as(Some(&other)).await;
+    let status = grpc
+        .get_conversation(v1::GetConversationRequest { id: cid.clone() })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::NotFound);
+    let status = grpc
+        .list_messages(v1::ListMessagesRequest {
+            conversation_id: cid.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::NotFound);
+    let client = crate::support::client_for(Some(&other.access_token));
+    let web = app
+        .grpc_web_with::<_, v1::Conversation>(
+            &client,
+            "/switchboard.v1.ChatService/GetConversation",
+            &v1::GetConversationRequest { id: cid.clone() },
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(web.0, "5", "NOT_FOUND over gRPC-Web: {web:?}");
+    // The owner still has it, untouched.
+    let (status, mine) = app
+        .rest(
+            "GET",
+            &format!("/v1/conversations/{cid}"),
+            Some(&owner.access_token),
+            None,
+        )
+        .await;
+    assert_eq!((status, mine["title"].as_str()), (200, Some("private")));
+}
+
+/// Signs `claims` with the server's current signing key, read from the
+/// database as an attacker who stole it would not be able to; the tests use
+/// it to make tokens that are valid in every way but one.
+async fn sign_with_server_key(app: &TestApp, claims: &AccessClaims) -> (String, SigningKey) {
+    let db = app.services().database();
+    let row: (String, String, String, String) = on_database!(db, pool => {
+        sqlx::query_as("SELECT kid, algorithm, private_key, public_jwk FROM signing_keys WHERE retired_at IS NULL ORDER BY created_at DESC LIMIT 1")
+            .fetch_one(pool)
+            .await
+            .unwrap()
+    });
+    let key = SigningKey::from_stored(&StoredKey {
+        kid: row.0,
+        algorithm: row.1,
+        private_key: row.2,
+        public_jwk: row.3,
+    })
+    .unwrap();
+    (jwt::sign(&key, claims).unwrap(), key)
+}
+
+fn b64(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+async fn every_forged_or_stale_credential_is_a_401_on_every_transport(app: &TestApp) {
+    let owner = &app.owner;
+    let good = {
+        let parts: Vec<&str> = owner.access_token.split('.').collect();
+        let payload: Value = serde_json::from_slice(
+            &base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, parts[1])
+                .unwrap(),
+        )
+        .unwrap();
+        payload
+    };
+    let claims = |edit: &dyn Fn(&mut AccessClaims)| {
+        let mut claims = AccessClaims {
+            iss: good["iss"].as_str().unwrap().into(),
+            aud: good["aud"].as_str().unwrap().into(),
+            sub: good["sub"].as_str().unwrap().into(),
+            exp: now() + 600,
+            nbf: now() - 10,
+            iat: now() - 10,
+            jti: "t".into(),
+            sid: good["sid"].as_str().unwrap().into(),
+        };
+        edit(&mut claims);
+        claims
+    };
+    // The control: a token signed like the server's is accepted.
+    let (control, key) = sign_with_server_key(app, &claims(&|_| {})).await;
+    let (status, _) = app
+        .rest("GET", "/v1/conversations", Some(&control), None)
+        .await;
+    assert_eq!(
+        status, 200,
+        "the control token must work, or the cases below prove nothing"
+    );
+
+    let header = |alg: &str| {
+        b64(format!(r#"{{"alg":"{alg}","typ":"at+jwt","kid":"{}"}}"#, key.kid).as_bytes())
+    };
+    let body = b64(serde_json::to_string(&claims(&|_| {})).unwrap().as_bytes());
+    let alg_none = format!("{}.{body}.", header("none"));
+    let public_jwk = key.public_jwk();
+    let public_bytes = base64::Engine::decode(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+        public_jwk["x"].as_str().unwrap_or_default(),
+    )
+    .unwrap_or_default();
+    let hs256 = {
+        let mut h = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
+        h.kid = Some(key.kid.clone());
+        h.typ = Some("at+jwt".into());
+        jsonwebtoken::encode(
+            &h,
+            &claims(&|_| {}),
+            &jsonwebtoken::EncodingKey::from_secret(&public_bytes).unwrap(),
+        )
+        .unwrap()
+    };
+    let tampered = {
+        let parts: Vec<&str> = control.split('.').collect();
+        let forged = b64(
+            serde_json::to_string(&claims(&|c| c.sub = "someone-else".into()))
+                .unwrap()
+                .as_bytes(),
+        );
+        format!("{}.{forged}.{}", parts[0], parts[2])
+    };
+    let unknown_kid = {
+        let other = SigningKey::generate(key.algorithm).unwrap();
+        jwt::sign(&other, &claims(&|_| {})).unwrap()
+    };
+    let (expired, _) = sign_with_server_key(
+        app,
+        &claims(&|c| {
+            c.exp = now() - 120;
+            c.iat = now() - 1000;
+            c.nbf = now() - 1000;
+        }),
+    )
+    .await;
+    let (not_yet, _) = sign_with_server_key(app, &claims(&|c| c.nbf = now() + 600)).await;
+    let (wrong_iss, _) =
+        sign_with_server_key(app, &claims(&|c| c.iss = "https://evil.example".into())).await;
+    let (wrong_aud, _) =
+        sign_with_server_key(app, &claims(&|c| c.aud = "another-api".into())).await;
+
+    // A revoked API key, and the token of a disabled user.
+    let (_, key_created) = app
+        .rest(
+            "POST",
+            "/v1/me/api-keys",
+            Some(&owner.access_token),
+            Some(json!({"name": "soon revoked"})),
+        )
+        .await;
+    let revoked_key = key_created["secret"].as_str().unwrap().to_owned();
+    let key_id = key_created["apiKey"]["id"].as_str().unwrap();
+    let (status, _) = app
+        .rest(
+            "DELETE",
+            &format!("/v1/me/api-keys/{key_id}"),
+            Some(&owner.access_token),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200);
+    let doomed = app.account("doomed@example.test", Role::User).await;
+    let admin = app.account("root@example.test", Role::Admin).await;
+    let (status, _) = app
+        .rest(
+            "PATCH",
+            &format!("/v1/users/{}", doomed.user_id),
+            Some(&admin.access_token),
+            Some(json!({"disabled": true})),
+        )
+        .await;
+    assert_eq!(status, 200);
+
+    let cases: Vec<(&str, Option<String>)> = vec![
+        ("missing token", None),
+        ("alg none", Some(alg_none)),
+        ("HS256 signed with the public key", Some(hs256)),
+        ("expired", Some(expired)),
+        ("not yet valid", Some(not_yet)),
+        ("wrong issuer", Some(wrong_iss)),
+        ("wrong audience", Some(wrong_aud)),
+        ("unknown kid", Some(unknown_kid)),
+        ("tampered payload", Some(tampered)),
+        ("revoked API key", Some(revoked_key)),
+        ("disabled user", Some(doomed.access_token.clone())),
+        ("garbage", Some("not.a.token".into())),
+    ];
+    for (name, token) in &cases {
+        let (status, body) = app
+            .rest("GET", "/v1/conversations", token.as_deref(), None)
+            .await;
+        assert_eq!(status, 401, "{name} over REST: {body}");
+        let message = body["message"].as_str().unwrap();
+        assert!(
+            message == "sign in: this method needs a bearer token or an API key"
+                || message == "the credentials are invalid, expired or revoked",
+            "{name}: the refusal reveals nothing specific: {message}"
+        );
+        let account = token.as_ref().map(|token| Account {
+            user_id: String::new(),
+            access_token: token.clone(),
+            refresh_token: String::new(),
+        });
+        let status = app
+            .grpc_as(account.as_ref())
+            .await
+            .list_conversations(v1::ListConversationsRequest::default())
+            .await
+            .unwrap_err();
+        assert_eq!(
+            status.code(),
+            tonic::Code::Unauthenticated,
+            "{name} over gRPC"
+        );
+        let client = crate::support::client_for(token.as_deref());
+        let web = app
+            .grpc_web_with::<_, v1::ListConversationsResponse>(
+                &client,
+                "/switchboard.v1.ChatService/ListConversations",
+                &v1::ListConversationsRequest::default(),
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(web.0, "16", "{name} over gRPC-Web");
+    }
+    eprintln!("{} refused credentials x 3 transports", cases.len());
+}
+
+async fn refresh_tokens_rotate_and_a_reused_one_ends_the_session(app: &TestApp) {
+    let owner = &app.owner;
+    let (status, fresh) = app
+        .rest(
+            "POST",
+            "/v1/auth:refresh",
+            None,
+            Some(json!({"refreshToken": owner.refresh_token})),
+        )
+        .await;
+    assert_eq!(status, 200, "{fresh}");
+    let new_refresh = fresh["refreshToken"].as_str().unwrap();
+    assert_ne!(new_refresh, owner.refresh_token, "refresh tokens rotate");
+    let new_access = fresh["accessToken"].as_str().unwrap();
+    let (status, _) = app.rest("GET", "/v1/me", Some(new_access), None).await;
+    assert_eq!(status, 200);
+
+    // Someone replays the old one: refused, and the whole session ends.
+    let (status, _) = app
+        .rest(
+            "POST",
+            "/v1/auth:refresh",
+            None,
+            Some(json!({"refreshToken": owner.refresh_token})),
+        )
+        .await;
+    assert_eq!(status, 401);
+    let (status, _) = app
+        .rest(
+            "POST",
+            "/v1/auth:refresh",
+            None,
+            Some(json!({"refreshToken": new_refresh})),
+        )
+        .await;
+    assert_eq!(
+        status, 401,
+        "the rotated token of a revoked session is dead too"
+    );
+    let (status, _) = app.rest("GET", "/v1/me", Some(new_access), None).await;
+    assert_eq!(status, 401, "so are the session's access tokens");
+
+    let admin = app.account("auditor@example.test", Role::Admin).await;
+    let reuse = audit_actions(app, &admin, "auth.refresh_token_reuse").await;
+    assert_eq!(reuse.len(), 1, "{reuse:?}");
+    assert_eq!(reuse[0]["actor"], owner.user_id);
+    assert_eq!(reuse[0]["outcome"], "AUDIT_OUTCOME_FAILURE");
+
+    // Logout ends a session at once.
+    let second = app.account("leaver@example.test", Role::User).await;
+    let (status, _) = app
+        .rest(
+            "POST",
+            "/v1/auth:logout",
+            None,
+            Some(json!({"refreshToken": second.refresh_token})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (status, _) = app
+        .rest("GET", "/v1/me", Some(&second.access_token), None)
+        .await;
+    assert_eq!(status, 401);
+}
+
+async fn api_keys_are_shown_once_restricted_and_revocable(app: &TestApp) {
+    let owner = &app.owner;
+    let (status, created) = app
+        .rest(
+            "POST",
+            "/v1/me/api-keys",
+            Some(&owner.access_token),
+            Some(json!({"name": "reader", "permissions": ["conversations.read"]})),
+        )
+        .await;
+    assert_eq!(status, 200, "{created}");
+    let secret = created["secret"].as_str().unwrap().to_owned();
+    assert!(secret.starts_with("sbk_"));
+    let (status, refused) = app
+        .rest(
+            "POST",
+            "/v1/me/api-keys",
+            Some(&owner.access_token),
+            Some(json!({"name": "greedy", "permissions": ["users.read"]})),
+        )
+        .await;
+    assert_eq!(status, 400, "a key cannot exceed its owner: {refused}");
+
+    // As x-api-key and as a bearer token; reading works, writing does not.
+    let response = app
+        .anonymous
+        .get(app.url("/v1/conversations"))
+        .header("x-api-key", &secret)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let (status, _) = app
+        .rest("GET", "/v1/conversations", Some(&secret), None)
+        .await;
+    assert_eq!(status, 200);
+    let (status, _) = app
+        .rest(
+            "POST",
+            "/v1/conversations",
+            Some(&secret),
+            Some(json!({"title": "x"})),
+        )
+        .await;
+    assert_eq!(status, 403);
+
+    let (_, listed) = app
+        .rest("GET", "/v1/me/api-keys", Some(&owner.access_token), None)
+        .await;
+    let keys = listed["apiKeys"].as_array().unwrap();
+    assert_eq!(keys.len(), 1);
+    assert!(
+        keys[0]["lastUsedAt"].is_string(),
+        "last use is recorded: {listed}"
+    );
+    assert!(
+        !listed.to_string().contains(&secret),
+        "the secret is never listed"
+    );
+
+    let id = keys[0]["id"].as_str().unwrap();
+    let (status, _) = app
+        .rest(
+            "DELETE",
+            &format!("/v1/me/api-keys/{id}"),
+            Some(&owner.access_token),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (status, _) = app
+        .rest("GET", "/v1/conversations", Some(&secret), None)
+        .await;
+    assert_eq!(status, 401);
+    let admin = app.account("keys-auditor@example.test", Role::Admin).await;
+    assert_eq!(audit_actions(app, &admin, "api_key.create").await.len(), 1);
+    assert_eq!(audit_actions(app, &admin, "api_key.revoke").await.len(), 1);
+}
+
+async fn sign_in_is_throttled_and_never_tells_which_accounts_exist(app: &TestApp) {
+    let login = |email: &'static str, password: &'static str| async move {
+        app.rest(
+            "POST",
+            "/v1/auth:login",
+            None,
+            Some(json!({"email": email, "password": password})),
+        )
+        .await
+    };
+    let unknown = login("nobody@example.test", "wrong password here").await;
+    let wrong = login("owner@example.test", "wrong password here").await;
+    assert_eq!(unknown.0, 401);
+    assert_eq!(
+        unknown, wrong,
+        "an unknown email and a wrong password get the same answer"
+    );
+    for _ in 0..3 {
+        assert_eq!(
+            login("owner@example.test", "wrong password here").await.0,
+            401
+        );
+    }
+    // The sixth attempt on the account in a minute is held back.
+    let response = app
+        .anonymous
+        .post(app.url("/v1/auth:login"))
+        .json(&json!({"email": "owner@example.test", "password": PASSWORD}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 429);
+    let retry_after: u64 = response.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&retry_after));
+    // Failures are audited.
+    let admin = app
+        .account("throttle-auditor@example.test", Role::Admin)
+        .await;
+    let failures: Vec<Value> = audit_actions(app, &admin, "auth.login")
+        .await
+        .into_iter()
+        .filter(|e| e["outcome"] == "AUDIT_OUTCOME_FAILURE")
+        .collect();
+    assert_eq!(failures.len(), 5, "{failures:?}");
+    assert!(failures.iter().all(|e| e["clientAddress"] == "127.0.0.1"));
+}
+
+async fn admins_manage_users_and_read_an_audit_trail_that_detects_edits(app: &TestApp) {
+    let admin = app.account("admin@example.test", Role::Admin).await;
+    let bob = app.account("bob@example.test", Role::User).await;
+    let (status, users) = app
+        .rest("GET", "/v1/users", Some(&admin.access_token), None)
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(users["users"].as_array().unwrap().len(), 3);
+    let (status, _) = app
+        .rest("GET", "/v1/users", Some(&bob.access_token), None)
+        .await;
+    assert_eq!(status, 403);
+
+    let (status, promoted) = app
+        .rest(
+            "PATCH",
+            &format!("/v1/users/{}", bob.user_id),
+            Some(&admin.access_token),
+            Some(json!({"role": "USER_ROLE_OPERATOR"})),
+        )
+        .await;
+    assert_eq!(
+        (status, promoted["role"].as_str()),
+        (200, Some("USER_ROLE_OPERATOR"))
+    );
+    let (status, _) = app
+        .rest(
+            "GET",
+            &format!("/v1/users/{}", bob.user_id),
+            Some(&admin.access_token),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (status, _) = app
+        .rest(
+            "PATCH",
+            &format!("/v1/users/{}", admin.user_id),
+            Some(&admin.access_token),
+            Some(json!({"disabled": true})),
+        )
+        .await;
+    assert_eq!(status, 400, "an admin cannot disable themselves");
+    let (status, _) = app
+        .rest(
+            "DELETE",
+            &format!("/v1/users/{}", bob.user_id),
+            Some(&admin.access_token),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (status, _) = app
+        .rest("GET", "/v1/me", Some(&bob.access_token), None)
+        .await;
+    assert_eq!(status, 401, "a deleted account's tokens die with it");
+
+    let role_changes = audit_actions(app, &admin, "user.role_change").await;
+    assert_eq!(role_changes.len(), 1);
+    assert_eq!(role_changes[0]["detail"], "role user -> operator");
+    assert_eq!(role_changes[0]["actor"], admin.user_id);
+    assert!(!role_changes[0]["requestId"].as_str().unwrap().is_empty());
+    assert_eq!(audit_actions(app, &admin, "user.read").await.len(), 1);
+    assert_eq!(audit_actions(app, &admin, "user.delete").await.len(), 1);
+    // Paging and the actor filter.
+    let (_, page) = app
+        .rest(
+            "GET",
+            &format!("/v1/audit-events?actor={}&pageSize=1", admin.user_id),
+            Some(&admin.access_token),
+            None,
+        )
+        .await;
+    assert_eq!(page["events"].as_array().unwrap().len(), 1);
+    let token = page["nextPageToken"].as_str().unwrap();
+    assert!(!token.is_empty());
+    let (_, next) = app
+        .rest(
+            "GET",
+            &format!(
+                "/v1/audit-events?actor={}&pageSize=1&pageToken={token}",
+                admin.user_id
+            ),
+            Some(&admin.access_token),
+            None,
+        )
+        .await;
+    let seq = |page: &Value| {
+        page["events"][0]["seq"]
+            .as_str()
+            .unwrap()
+            .parse::<i64>()
+            .unwrap()
+    };
+    assert!(seq(&next) < seq(&page), "newest first: {next} after {page}");
+
+    // The chain is intact; then someone edits a row by hand.
+    let db = app.services().database();
+    let report = verify_chain(db).await.unwrap();
+    assert!(report.is_intact(), "{report:?}");
+    let edited: i64 = role_changes[0]["seq"].as_str().unwrap().parse().unwrap();
+    let edit = "UPDATE audit_events SET detail = 'role user -> user' WHERE seq = $1";
+    let refused =
+        on_database!(db, pool => sqlx::query(edit).bind(edited).execute(pool).await.map(drop));
+    assert!(refused.is_err(), "the database refuses to edit audit rows");
+    on_database!(db, pool => {
+        let bypass = match db.kind() {
+            switchboard_core::db::DatabaseKind::Sqlite => "DROP TRIGGER audit_events_no_update",
+            switchboard_core::db::DatabaseKind::Postgres => "ALTER TABLE audit_events DISABLE TRIGGER audit_events_no_update",
+        };
+        sqlx::query(bypass).execute(pool).await.unwrap();
+        sqlx::query(edit).bind(edited).execute(pool).await.unwrap();
+    });
+    let report = verify_chain(db).await.unwrap();
+    eprintln!("audit verify after a hand edit of seq {edited}: {report:?}");
+    assert_eq!(report.problems.len(), 1, "{report:?}");
+    assert!(
+        report.problems[0].starts_with(&format!("seq {edited}: its fields do not match its hash"))
+    );
+}
+
+async fn a_second_factor_guards_sign_in_and_recovery_codes_work_once(app: &TestApp) {
+    let owner = &app.owner;
+    let token = Some(owner.access_token.as_str());
+    let (status, enrolled) = app
+        .rest("POST", "/v1/me/totp:enroll", token, Some(json!({})))
+        .await;
+    assert_eq!(status, 200, "{enrolled}");
+    assert!(
+        enrolled["otpauthUri"]
+            .as_str()
+            .unwrap()
+            .starts_with("otpauth://totp/")
+    );
+    let secret = TotpSecret::from_base32(enrolled["secret"].as_str().unwrap()).unwrap();
+    let (status, _) = app
+        .rest(
+            "POST",
+            "/v1/me/totp:confirm",
+            token,
+            Some(json!({"code": "000000"})),
+        )
+        .await;
+    assert_eq!(status, 400, "a wrong code does not turn it on");
+    let code = secret.code_at(now() as u64);
+    let (status, confirmed) = app
+        .rest(
+            "POST",
+            "/v1/me/totp:confirm",
+            token,
+            Some(json!({"code": code})),
+        )
+        .await;
+    assert_eq!(status, 200, "{confirmed}");
+    let recovery: Vec<String> = confirmed["recoveryCodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(recovery.len(), 10);
+
+    let login = |second: &str| {
+        app.rest(
+            "POST",
+            "/v1/auth:login",
+            None,
+            Some(json!({"email": "owner@example.test", "password": PASSWORD, "totpCode": second})),
+        )
+    };
+    let (status, body) = login("").await;
+    assert_eq!(status, 401);
+    assert!(body["message"].as_str().unwrap().contains("second factor"));
+    let (status, _) = login(&code).await;
+    assert_eq!(status, 401, "a TOTP code is never accepted twice");
+    let (status, signed_in) = login(&recovery[0]).await;
+    assert_eq!(status, 200, "{signed_in}");
+    assert_eq!(signed_in["user"]["totpEnabled"], true);
+    let (status, _) = login(&recovery[0]).await;
+    assert_eq!(status, 401, "a recovery code works once");
+    let (status, _) = app
+        .rest(
+            "POST",
+            "/v1/me/totp:remove",
+            token,
+            Some(json!({"code": recovery[1]})),
+        )
+        .await;
+    assert_eq!(status, 200);
+}
+
+async fn bcrypt_hashes_from_the_old_system_are_rehashed_on_sign_in(app: &TestApp) {
+    let db = app.services().database();
+    let hash = bcrypt::hash(PASSWORD, 4).unwrap();
+    let insert = "INSERT INTO users (id, email, display_name, role, password_hash, disabled, totp_enabled, created_at, updated_at) \
+                  VALUES ('01a229b8-41c2-7291-af9c-000000000001', 'legacy@example.test', '', 'user', $1, FALSE, FALSE, 0, 0)";
+    on_database!(db, pool => sqlx::query(insert).bind(&hash).execute(pool).await.map(drop).unwrap());
+    let (status, body) = app
+        .rest(
+            "POST",
+            "/v1/auth:login",
+            None,
+            Some(json!({"email": "legacy@example.test", "password": PASSWORD})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let stored: String = on_database!(db, pool => {
+        sqlx::query_scalar("SELECT password_hash FROM users WHERE email = 'legacy@example.test'").fetch_one(pool).await.unwrap()
+    });
+    assert!(stored.starts_with("$argon2id$"), "{stored}");
+    let (status, _) = app
+        .rest(
+            "POST",
+            "/v1/auth:login",
+            None,
+            Some(json!({"email": "legacy@example.test", "password": PASSWORD})),
+        )
+        .await;
+    assert_eq!(status, 200, "the new hash verifies");
+}
+
+async fn rotating_the_signing_key_logs_nobody_out(app: &TestApp) {
+    let before = app.owner.access_token.clone();
+    let old_kid = app.services().identity().keys().signing_kid();
+    let new_kid = app.services().identity().keys().rotate().await.unwrap();
+    assert_ne!(old_kid, new_kid);
+    let (status, _) = app.rest("GET", "/v1/me", Some(&before), None).await;
+    assert_eq!(status, 200, "a token of the retired key still works");
+    let (status, jwks) = app.rest("GET", "/.well-known/jwks.json", None, None).await;
+    assert_eq!(status, 200);
+    let kids: Vec<&str> = jwks["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["kid"].as_str().unwrap())
+        .collect();
+    assert!(
+        kids.contains(&old_kid.as_str()) && kids.contains(&new_kid.as_str()),
+        "{kids:?}"
+    );
+    let fresh = app.account("after-rotation@example.test", Role::User).await;
+    let header: Value = serde_json::from_slice(
+        &base64::Engine::decode(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+            fresh.access_token.split('.').next().unwrap(),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(header["kid"], new_kid.as_str());
+}
+
+on_both_databases!(
+    a_new_user_registers_signs_in_and_chats_over_every_transport,
+    another_user_never_sees_the_first_users_conversations,
+    every_forged_or_stale_credential_is_a_401_on_every_transport,
+    refresh_tokens_rotate_and_a_reused_one_ends_the_session,
+    api_keys_are_shown_once_restricted_and_revocable,
+    sign_in_is_throttled_and_never_tells_which_accounts_exist,
+    admins_manage_users_and_read_an_audit_trail_that_detects_edits,
+    a_second_factor_guards_sign_in_and_recovery_codes_work_once,
+    bcrypt_hashes_from_the_old_system_are_rehashed_on_sign_in,
+    rotating_the_signing_key_logs_nobody_out,
+);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_without_a_required_second_factor_may_only_manage_their_account() {
+    let app = crate::support::spawn_app_with(crate::support::Backend::Sqlite, |config| {
+        config.auth.require_totp_for_admins = true;
+    })
+    .await;
+    let admin = app.account("strict@example.test", Role::Admin).await;
+    let (status, _) = app
+        .rest("GET", "/v1/users", Some(&admin.access_token), None)
+        .await;
+    assert_eq!(status, 403);
+    let (status, _) = app
+        .rest("GET", "/v1/me", Some(&admin.access_token), None)
+        .await;
+    assert_eq!(status, 200);
+    let (status, _) = app
+        .rest(
+            "POST",
+            "/v1/me/totp:enroll",
+            Some(&admin.access_token),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    app.stop().await;
+}
