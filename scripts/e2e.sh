@@ -5,6 +5,40 @@
 # openapi-spec-validator, schemathesis and, when Chromium is installed,
 # headless Chromium rendering /docs.
 #
+# Every ChatService call needs credentials, so the run first registers a user
+# over REST and sends its access token on every call, whatever the client.
+# Identity checks:
+#   - each transport refuses a call without credentials: REST 401 with
+#     `WWW-Authenticate: Bearer` and a google.rpc.Status body (code 16), SSE
+#     401, grpcurl and gRPC-Web UNAUTHENTICATED; a malformed, unknown or
+#     non-Bearer credential is refused the same way
+#   - Register: tokens + user; a common password and a taken email refused
+#   - /.well-known/jwks.json publishes the key (kid, alg) the token is signed with
+#   - a second user gets 404 / NOT_FOUND for the first user's conversation,
+#     messages and reply stream on REST, grpcurl and gRPC-Web, and lists none
+#   - an API key (REST) works as `x-api-key` and as Bearer on REST and gRPC,
+#     is limited to its permissions (403), is listed without its secret, and
+#     after DELETE is refused (401 / UNAUTHENTICATED)
+#   - Login, RefreshToken (once: a replayed refresh token gets 401 and ends
+#     the session), Logout; wrong passwords and unknown emails get one
+#     answer, and the sixth attempt on an account gets 429 with Retry-After
+#   - `switchboard user create --role admin` against the live data dir; the
+#     admin lists users over grpcurl (UserService/ListUsers) and the audit
+#     trail over REST (auth.login successes and failures, reuse, logout, API
+#     keys); a plain user gets 403 / PERMISSION_DENIED there
+#   - `switchboard audit verify` says intact, during the run and after
+#     schemathesis; `switchboard keys rotate` prints a new kid and tokens of
+#     the retired key keep working; the server log never shows a password,
+#     token or key
+#   - schemathesis runs signed in as the second user with an API key sent as
+#     `Authorization: Bearer` (an access token would be ended by its fuzzing
+#     of Logout); afterwards the key still works, and only the admin
+#     operations answered it with nothing but 401/403
+# Login attempts are throttled per account (5) and per client address (20,
+# shared with Register, which also has one server-wide budget of 5), refilled
+# once a minute: the run stays under those budgets, and every sign-in happens
+# before schemathesis, whose fuzzing of Login/Register spends the rest.
+#
 # usage: scripts/e2e.sh BINARY
 #
 # The server runs on a free 127.0.0.1 port with a temporary data dir (SQLite)
@@ -100,10 +134,14 @@ code=$(curl -s -o "$TMP/body" -w '%{http_code}' --max-time 5 "$BASE/healthz") ||
 ok "GET /healthz 200"
 
 # --- REST helpers -----------------------------------------------------------------
-# req METHOD PATH [JSON_BODY]: sets ST (status), CT (content type), BODY
+# AS is the credential header every client sends ("authorization: Bearer ..." or
+# "x-api-key: ..."); empty sends none. Calls as someone else: AS=$AS2 req ...
+AS=
+# req METHOD PATH [JSON_BODY]: sets ST (status), CT (content type), BODY; headers in $TMP/headers
 req() {
   local method=$1 path=$2 out
-  local args=(-sS -o "$TMP/body" -w '%{http_code} %{content_type}' -X "$method" --max-time 20)
+  local args=(-sS -o "$TMP/body" -D "$TMP/headers" -w '%{http_code} %{content_type}' -X "$method" --max-time 20)
+  if [[ -n $AS ]]; then args+=(-H "$AS"); fi
   if [[ $# -ge 3 ]]; then args+=(-H 'content-type: application/json' --data-binary "$3"); fi
   out=$(curl "${args[@]}" "$BASE$path") || fail "curl $method $path: transport error"
   ST=${out%% *}
@@ -111,6 +149,8 @@ req() {
   BODY=$(cat "$TMP/body")
   verbose "$method $path -> $ST $CT $(short 300 <<<"$BODY")"
 }
+# hdr NAME: the value of response header NAME of the last req
+hdr() { sed -n "s/^$1: *//Ip" "$TMP/headers" | tr -d '\r' | tail -n 1; }
 expect_status() { # WANT WHAT
   [[ $ST == "$1" ]] || fail "$2: HTTP $ST, expected $1; body: $(short 400 <<<"$BODY")"
 }
@@ -132,11 +172,78 @@ expect_error() {
   if [[ -n $must ]]; then
     grep -qiF -- "$must" <<<"$msg" || fail "$what: message '$msg' does not name '$must'"
   fi
+  if [[ $status == 401 ]]; then
+    [[ $(hdr www-authenticate) == Bearer* ]] || fail "$what: 401 without 'WWW-Authenticate: Bearer' (got '$(hdr www-authenticate)')"
+    msg="[WWW-Authenticate: $(hdr www-authenticate)] $msg"
+  fi
   ok "$(printf '%-34s %s %s -> %s code=%s: %s' "$what" "$method" "$(cut -c1-40 <<<"$path")" "$status" "$code" "$(short 70 <<<"$msg")")"
+}
+# jwt_header TOKEN: the decoded JOSE header of a JWT
+jwt_header() { jq -cR 'split(".")[0] | gsub("-";"+") | gsub("_";"/") | @base64d | fromjson' <<<"$1"; }
+# sb ARGS: the binary's CLI against the server's data dir (SQLite in WAL mode
+# takes a second process while the server runs)
+sb() {
+  (cd "$TMP" && env -u DATABASE_URL -u SWITCHBOARD_DATABASE_URL -u SWITCHBOARD_CONFIG -u SWITCHBOARD_LISTEN \
+    NO_COLOR=1 SWITCHBOARD_DATA_DIR="$TMP/data" "$BIN" "$@")
 }
 uuid_re='^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$'
 ts_re='^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{3}|\.[0-9]{6}|\.[0-9]{9})?Z$'
 random_uuid() { cat /proc/sys/kernel/random/uuid; }
+
+# --- identity: register, credentials ------------------------------------------------
+# Register and Login share the throttle's budgets (see the header): this run
+# registers 4 times and tries 10 sign-ins before schemathesis.
+PASSWORD='e2e long passphrase, not common'
+USER1=alice@e2e.example
+USER2=bob@e2e.example
+ADMIN=admin@e2e.example
+# register EMAIL NAME: POST /v1/auth:register, anonymous; checks the AuthTokens
+register() {
+  AS='' req POST /v1/auth:register "$(jq -cn --arg e "$1" --arg p "$PASSWORD" --arg n "$2" '{email: $e, password: $p, displayName: $n}')"
+  expect_status 200 "register $1"
+  expect_json "register $1"
+  jqb -e --arg e "$1" --arg n "$2" '.tokenType == "Bearer" and (.accessToken | length > 20) and (.refreshToken | length > 20)
+    and (.expiresIn | tonumber) > 0 and (.refreshExpiresIn | tonumber) > (.expiresIn | tonumber)
+    and .user.email == $e and .user.displayName == $n and .user.role == "USER_ROLE_USER"' >/dev/null \
+    || fail "register $1 answered $(short 400 <<<"$BODY")"
+  [[ $(jqb .user.id) =~ $uuid_re ]] || fail "register $1: user id '$(jqb .user.id)' is not a UUID"
+}
+# login EMAIL PASSWORD: POST /v1/auth:login, anonymous; sets ST, BODY
+login() { AS='' req POST /v1/auth:login "$(jq -cn --arg e "$1" --arg p "$2" '{email: $e, password: $p}')"; }
+
+step "identity (REST): refusal without credentials, Register, /v1/me, JWKS"
+AS='' expect_error "no credentials" 401 16 GET /v1/conversations
+AS='' expect_error "no credentials (POST)" 401 16 POST /v1/conversations '{"title":"anonymous"}'
+AS="authorization: Bearer not-a-token" expect_error "malformed bearer token" 401 16 GET /v1/conversations
+AS="authorization: Basic YWxpY2U6cGFzc3dvcmQ=" expect_error "Basic credentials" 401 16 GET /v1/conversations
+AS="x-api-key: sbk_$(random_uuid | tr -d -)" expect_error "unknown API key" 401 16 GET /v1/conversations
+
+register "$USER1" "Alice E2E"
+TOKEN=$(jqb .accessToken)
+USER1_ID=$(jqb .user.id)
+ok "POST /v1/auth:register $USER1 -> 200 tokenType Bearer, expiresIn $(jqb .expiresIn), refreshExpiresIn $(jqb .refreshExpiresIn), user $USER1_ID USER_ROLE_USER"
+# the same token with its signature's first character changed
+sig=${TOKEN##*.}
+FORGED=${TOKEN%.*}.$([[ ${sig:0:1} == A ]] && echo B || echo A)${sig:1}
+AS="authorization: Bearer $FORGED" expect_error "token with a bad signature" 401 16 GET /v1/me
+AS="authorization: Bearer $TOKEN"
+req GET /v1/me
+expect_status 200 "GET /v1/me"
+[[ $(jqb .id) == "$USER1_ID" && $(jqb .email) == "$USER1" ]] || fail "GET /v1/me answered $(short 300 <<<"$BODY")"
+ok "GET /v1/me with 'Authorization: Bearer <access token>' -> 200 $USER1 ($USER1_ID)"
+AS='' expect_error "Register with a common password" 400 3 POST /v1/auth:register \
+  "{\"email\":\"carol@e2e.example\",\"password\":\"password1234\"}" password
+AS='' expect_error "Register with a taken email" 409 6 POST /v1/auth:register \
+  "{\"email\":\"${USER1^^}\",\"password\":\"$PASSWORD\"}"
+
+code=$(curl -sS -o "$TMP/jwks.json" -w '%{http_code}' --max-time 10 "$BASE/.well-known/jwks.json") || fail "GET /.well-known/jwks.json failed"
+[[ $code == 200 ]] || fail "GET /.well-known/jwks.json answered $code"
+jq -e '.keys | length > 0 and all(.[]; (.kid | type == "string" and length > 0) and (.kty | type == "string") and (has("d") | not))' \
+  "$TMP/jwks.json" >/dev/null || fail "/.well-known/jwks.json has no usable public key with a kid: $(head -c 400 "$TMP/jwks.json")"
+jose=$(jwt_header "$TOKEN") || fail "the access token is not a JWT: $(cut -c1-60 <<<"$TOKEN")"
+jq -e --argjson h "$jose" 'any(.keys[]; .kid == $h.kid and (.alg == null or .alg == $h.alg))' "$TMP/jwks.json" >/dev/null \
+  || fail "the access token's header $jose names no key of /.well-known/jwks.json: $(jq -c '[.keys[] | {kid, alg}]' "$TMP/jwks.json")"
+ok "GET /.well-known/jwks.json -> $(jq '.keys | length' "$TMP/jwks.json") public key(s), no private part; the token's header $jose names one of them"
 
 # --- REST CRUD --------------------------------------------------------------------
 step "REST (curl): create, get, list, patch, delete"
@@ -210,33 +317,59 @@ expect_error "message to unknown conversation" 404 5 POST "/v1/conversations/$(r
 expect_error "message without content" 400 3 POST "/v1/conversations/$CID/messages" '{}' content
 
 # --- native gRPC -------------------------------------------------------------------
-grpc() { "$GRPCURL" -plaintext -max-time 30 "$@"; }
+# grpc ARGS: grpcurl with the credential AS as a request header (metadata)
+grpc() {
+  local cred=()
+  if [[ -n $AS ]]; then cred=(-H "$AS"); fi
+  "$GRPCURL" -plaintext -max-time 30 "${cred[@]}" "$@"
+}
+# expect_grpc_error WHAT CODE GRPCURL_ARGS...: the call must fail with status CODE
+expect_grpc_error() {
+  local what=$1 code=$2 out
+  shift 2
+  out=$(grpc "$@" 2>&1) && fail "$what: succeeded, expected $code: $(short 300 <<<"$out")"
+  grep -q "Code: $code\$" <<<"$out" || fail "$what: expected $code, got: $out"
+  ok "$(printf '%-42s -> %s: %s' "$what" "$code" "$(sed -n 's/^ *Message: //p' <<<"$out" | short 80)")"
+}
 step "native gRPC (grpcurl $("$GRPCURL" -version 2>&1 | awk '{print $2}'), server reflection)"
-services=$(grpc "$ADDR" list) || fail "grpcurl list failed: $services"
-for s in switchboard.v1.ChatService grpc.health.v1.Health grpc.reflection.v1.ServerReflection grpc.reflection.v1alpha.ServerReflection; do
+# Reflection and health answer without credentials (load balancers and tools
+# call them anonymously); everything in switchboard.v1 carries the token.
+services=$(AS='' grpc "$ADDR" list) || fail "grpcurl list failed: $services"
+for s in switchboard.v1.ChatService switchboard.v1.AuthService switchboard.v1.UserService switchboard.v1.AuditService \
+  grpc.health.v1.Health grpc.reflection.v1.ServerReflection grpc.reflection.v1alpha.ServerReflection; do
   grep -qx "$s" <<<"$services" || fail "grpcurl list does not show $s; it shows: $(tr '\n' ' ' <<<"$services")"
 done
-ok "list: $(tr '\n' ' ' <<<"$services")"
-v1=$(grpc -d '{"listServices":""}' "$ADDR" grpc.reflection.v1.ServerReflection/ServerReflectionInfo 2>&1) \
+ok "list (no credentials): $(tr '\n' ' ' <<<"$services")"
+v1=$(AS='' grpc -d '{"listServices":""}' "$ADDR" grpc.reflection.v1.ServerReflection/ServerReflectionInfo 2>&1) \
   || fail "reflection v1 ServerReflectionInfo failed: $v1"
 grep -q '"name": "switchboard.v1.ChatService"' <<<"$v1" || fail "reflection v1 list_services does not name switchboard.v1.ChatService: $v1"
 ok "reflection v1 (grpc.reflection.v1.ServerReflection/ServerReflectionInfo list_services) names switchboard.v1.ChatService"
-desc=$(grpc "$ADDR" describe switchboard.v1.ChatService) || fail "grpcurl describe failed: $desc"
+desc=$(AS='' grpc "$ADDR" describe switchboard.v1.ChatService) || fail "grpcurl describe failed: $desc"
 for m in CreateConversation ListConversations GetConversation UpdateConversation DeleteConversation ListMessages SendMessage; do
   grep -q "rpc $m (" <<<"$desc" || fail "describe switchboard.v1.ChatService lacks rpc $m"
 done
 grep -q 'rpc StreamReply ( .switchboard.v1.StreamReplyRequest ) returns ( stream .switchboard.v1.ReplyEvent )' <<<"$desc" \
   || fail "describe does not show StreamReply as a server stream"
 ok "describe switchboard.v1.ChatService: 8 rpcs, StreamReply returns ( stream .switchboard.v1.ReplyEvent )"
-health=$(grpc -d '{"service":""}' "$ADDR" grpc.health.v1.Health/Check) || fail "health check failed: $health"
+health=$(AS='' grpc -d '{"service":""}' "$ADDR" grpc.health.v1.Health/Check) || fail "health check failed: $health"
 [[ $(jq -r .status <<<"$health") == SERVING ]] || fail "grpc.health.v1.Health/Check answered $health"
-ok "grpc.health.v1.Health/Check {service:\"\"} -> SERVING"
-if h=$(grpc -d '{"service":"switchboard.v1.ChatService"}' "$ADDR" grpc.health.v1.Health/Check 2>&1); then
+ok "grpc.health.v1.Health/Check {service:\"\"} -> SERVING (no credentials)"
+if h=$(AS='' grpc -d '{"service":"switchboard.v1.ChatService"}' "$ADDR" grpc.health.v1.Health/Check 2>&1); then
   note "Health/Check {service:\"switchboard.v1.ChatService\"} -> $(jq -r .status <<<"$h")"
 else
   note "Health/Check {service:\"switchboard.v1.ChatService\"} -> $(short 80 <<<"$h") (per-service status not registered)"
 fi
 
+AS='' expect_grpc_error "CreateConversation without credentials" Unauthenticated \
+  -d '{"conversation":{"title":"anonymous"}}' "$ADDR" switchboard.v1.ChatService/CreateConversation
+AS='' expect_grpc_error "ListConversations without credentials" Unauthenticated -d '{}' "$ADDR" switchboard.v1.ChatService/ListConversations
+AS="authorization: Bearer not-a-token" expect_grpc_error "ListConversations with a malformed token" Unauthenticated \
+  -d '{}' "$ADDR" switchboard.v1.ChatService/ListConversations
+AS="authorization: Bearer $FORGED" expect_grpc_error "ListConversations, token with a bad signature" Unauthenticated \
+  -d '{}' "$ADDR" switchboard.v1.ChatService/ListConversations
+me=$(grpc -d '{}' "$ADDR" switchboard.v1.AuthService/GetCurrentUser) || fail "AuthService/GetCurrentUser failed: $me"
+[[ $(jq -r .id <<<"$me") == "$USER1_ID" ]] || fail "AuthService/GetCurrentUser answered $me, expected $USER1_ID"
+ok "AuthService/GetCurrentUser with '-H authorization: Bearer <token>' -> $(jq -r .email <<<"$me")"
 g=$(grpc -d '{"conversation":{"title":"e2e grpc"}}' "$ADDR" switchboard.v1.ChatService/CreateConversation) \
   || fail "CreateConversation failed: $g"
 GCID=$(jq -r .id <<<"$g")
@@ -264,7 +397,12 @@ g=$(grpc -d "{\"id\":\"$CID\"}" "$ADDR" switchboard.v1.ChatService/GetConversati
 [[ $(fields "$g") == "$want" ]] || fail "native gRPC reads $(fields "$g"), REST $want"
 ok "REST     $want"
 ok "gRPC     $(fields "$g")"
-web() { node "$WEB_CLIENT/client.mjs" --url "$BASE" --descriptors "$TMP/descriptors.binpb" "$@"; }
+# web ARGS: the gRPC-Web client, sending the credential AS as a request header
+web() {
+  local cred=()
+  if [[ -n $AS ]]; then cred=(--header "$AS"); fi
+  node "$WEB_CLIENT/client.mjs" --url "$BASE" --descriptors "$TMP/descriptors.binpb" "${cred[@]}" "$@"
+}
 w=$(web get "$CID") || fail "gRPC-Web GetConversation failed"
 [[ $(fields "$w") == "$want" ]] || fail "gRPC-Web reads $(fields "$w"), REST $want"
 ok "gRPC-Web $(fields "$w")   (HTTP/1.1, application/grpc-web+proto)"
@@ -276,6 +414,15 @@ w=$(web error-get not-a-uuid) || fail "gRPC-Web error-get failed"
 w=$(web error-get "$(random_uuid)") || fail "gRPC-Web error-get failed"
 [[ $(jq -r .codeName <<<"$w") == NotFound ]] || fail "gRPC-Web GetConversation(unknown) -> $w, expected NotFound"
 ok "gRPC-Web errors: not-a-uuid -> InvalidArgument, unknown id -> NotFound"
+w=$(AS='' web error-get "$CID") || fail "gRPC-Web error-get failed"
+[[ $(jq -r .codeName <<<"$w") == Unauthenticated ]] || fail "gRPC-Web GetConversation without credentials -> $w, expected Unauthenticated"
+ok "gRPC-Web GetConversation without credentials -> Unauthenticated: $(jq -r .message <<<"$w" | short 70)"
+w=$(AS="authorization: Bearer $FORGED" web error-get "$CID") || fail "gRPC-Web error-get failed"
+[[ $(jq -r .codeName <<<"$w") == Unauthenticated ]] || fail "gRPC-Web GetConversation with a forged token -> $w, expected Unauthenticated"
+ok "gRPC-Web GetConversation with a forged token -> Unauthenticated"
+w=$(AS='' web --token "$TOKEN" --http2 me) || fail "gRPC-Web AuthService/GetCurrentUser failed"
+[[ $(jq -r .id <<<"$w") == "$USER1_ID" ]] || fail "gRPC-Web GetCurrentUser answered $w, expected $USER1_ID"
+ok "gRPC-Web AuthService/GetCurrentUser (h2, client.mjs --token: 'authorization: Bearer') -> $(jq -r .email <<<"$w")"
 
 # --- streaming replies ---------------------------------------------------------------------
 # check_events WHAT FILE: FILE holds a JSON array of ReplyEvent objects
@@ -303,15 +450,22 @@ send_rest() { # CID TEXT -> prints reply id
   [[ $(jqb .reply.status) == MESSAGE_STATUS_PENDING ]] || fail "SendMessage: reply status $(jqb .reply.status), expected MESSAGE_STATUS_PENDING"
   jqb .reply.id
 }
+# curl_as ARGS: curl with the credential AS (an EventSource polyfill or fetch() sends it so)
+curl_as() { if [[ -n $AS ]]; then curl -H "$AS" "$@"; else curl "$@"; fi; }
 step "streaming replies (SendMessage, then StreamReply on every transport)"
 MID=$(send_rest "$CID" "hello over SSE")
 ok "POST /v1/conversations/{id}/messages -> 200 message ROLE_USER + reply MESSAGE_STATUS_PENDING $MID"
-curl -sS -N --max-time 60 -H 'accept: text/event-stream' -D "$TMP/sse.headers" -o "$TMP/sse.txt" \
+curl_as -sS -N --max-time 60 -H 'accept: text/event-stream' -D "$TMP/sse.headers" -o "$TMP/sse.txt" \
   "$BASE/v1/conversations/$CID/messages/$MID:stream" || fail "SSE request failed"
 grep -qi '^content-type: text/event-stream' "$TMP/sse.headers" || fail "SSE content-type: $(grep -i '^content-type' "$TMP/sse.headers")"
 sed -n 's/^data: \{0,1\}//p' "$TMP/sse.txt" | jq -s . >"$TMP/sse.json" || fail "SSE data lines are not JSON: $(head -c 500 "$TMP/sse.txt")"
 note "SSE first lines: $(grep -m2 '^data:' "$TMP/sse.txt" | tr '\n' ' ' | cut -c1-120)"
 check_events "SSE (curl -N, text/event-stream)" "$TMP/sse.json"
+code=$(curl -sS -o "$TMP/body" -D "$TMP/headers" -w '%{http_code}' --max-time 20 -H 'accept: text/event-stream' \
+  "$BASE/v1/conversations/$CID/messages/$MID:stream") || fail "SSE request without credentials failed"
+[[ $code == 401 && $(hdr www-authenticate) == Bearer* && $(jq -r .code "$TMP/body") == 16 ]] \
+  || fail "SSE without credentials: HTTP $code, WWW-Authenticate '$(hdr www-authenticate)', expected 401 Bearer code 16"
+ok "SSE without credentials -> 401, WWW-Authenticate: $(hdr www-authenticate), code 16 (no stream opened)"
 streamed=$(jq -r '.[-1].done.content' "$TMP/sse.json")
 req GET "/v1/conversations/$CID/messages"
 expect_status 200 "ListMessages"
@@ -321,20 +475,20 @@ expect_status 200 "ListMessages"
 ok "GET /v1/conversations/{id}/messages -> user message + COMPLETE reply with the streamed text"
 n=$(jq length "$TMP/sse.json")
 after=$((n - 3))
-curl -sS -N --max-time 60 -o "$TMP/resume.txt" "$BASE/v1/conversations/$CID/messages/$MID:stream?after_seq=$after" || fail "SSE resume request failed"
+curl_as -sS -N --max-time 60 -o "$TMP/resume.txt" "$BASE/v1/conversations/$CID/messages/$MID:stream?after_seq=$after" || fail "SSE resume request failed"
 sed -n 's/^data: \{0,1\}//p' "$TMP/resume.txt" | jq -s . >"$TMP/resume.json" || fail "SSE resume data lines are not JSON"
 [[ $(jq -cS . "$TMP/resume.json") == "$(jq -cS ".[$after:]" "$TMP/sse.json")" ]] \
   || fail "resume with after_seq=$after gave seqs $(jq -c 'map(.seq)' "$TMP/resume.json"), expected the last 3 events of the first stream"
 ok "resume: ?after_seq=$after replays exactly events $((after + 1))..$n of the finished reply"
-curl -sS -N --max-time 60 -o "$TMP/last-id.txt" -H "Last-Event-ID: $after" "$BASE/v1/conversations/$CID/messages/$MID:stream" \
+curl_as -sS -N --max-time 60 -o "$TMP/last-id.txt" -H "Last-Event-ID: $after" "$BASE/v1/conversations/$CID/messages/$MID:stream" \
   || fail "SSE request with Last-Event-ID failed"
 ids=$(sed -n 's/^id: \{0,1\}//p' "$TMP/last-id.txt" | tr '\n' ' ')
 [[ $ids == "$(seq -s ' ' $((after + 1)) "$n") " ]] || fail "Last-Event-ID: $after gave event ids '$ids', expected $((after + 1))..$n"
-code=$(curl -sS -o /dev/null -w '%{http_code}' --max-time 20 -H "Last-Event-ID: $n" "$BASE/v1/conversations/$CID/messages/$MID:stream")
+code=$(curl_as -sS -o /dev/null -w '%{http_code}' --max-time 20 -H "Last-Event-ID: $n" "$BASE/v1/conversations/$CID/messages/$MID:stream")
 [[ $code == 204 ]] || fail "Last-Event-ID of the last event: HTTP $code, expected 204 (EventSource stops reconnecting)"
 ok "EventSource resume: each event's id is its seq; Last-Event-ID: $after gives $((after + 1))..$n; Last-Event-ID: $n gives 204"
 FMID=$(send_rest "$CID" "please fail [dev:fail]")
-curl -sS -N --max-time 60 -o "$TMP/fail.txt" "$BASE/v1/conversations/$CID/messages/$FMID:stream" || fail "SSE request for a failing reply failed"
+curl_as -sS -N --max-time 60 -o "$TMP/fail.txt" "$BASE/v1/conversations/$CID/messages/$FMID:stream" || fail "SSE request for a failing reply failed"
 sed -n 's/^data: \{0,1\}//p' "$TMP/fail.txt" | jq -s . >"$TMP/fail.json" || fail "SSE data lines are not JSON"
 jq -e '(.[-1] | has("error")) and (.[-1].error.code | length > 0) and (map(select(has("done"))) | length == 0)
   and (map(.seq) == [range(1; length + 1)])' "$TMP/fail.json" >/dev/null \
@@ -345,7 +499,7 @@ req GET "/v1/conversations/$CID/messages"
 ok "failing reply ([dev:fail]): $(jq '[.[] | select(has("delta"))] | length' "$TMP/fail.json") deltas then error $(jq -r '.[-1].error.code' "$TMP/fail.json"); stored as MESSAGE_STATUS_FAILED"
 
 MID=$(send_rest "$CID" "hello over NDJSON")
-curl -sS -N --max-time 60 -H 'accept: application/x-ndjson' -D "$TMP/nd.headers" -o "$TMP/nd.txt" \
+curl_as -sS -N --max-time 60 -H 'accept: application/x-ndjson' -D "$TMP/nd.headers" -o "$TMP/nd.txt" \
   "$BASE/v1/conversations/$CID/messages/$MID:stream" || fail "NDJSON request failed"
 grep -qi '^content-type: application/x-ndjson' "$TMP/nd.headers" || fail "NDJSON content-type: $(grep -i '^content-type' "$TMP/nd.headers")"
 jq -s 'map(.result)' "$TMP/nd.txt" >"$TMP/nd.json" || fail "NDJSON lines are not JSON: $(head -c 500 "$TMP/nd.txt")"
@@ -365,18 +519,209 @@ web stream "$CID" "$MID" 3 >"$TMP/web-stream.txt" 2>"$TMP/web-stream.err" || fai
 jq -s . "$TMP/web-stream.txt" >"$TMP/web-stream.json"
 check_events "gRPC-Web StreamReply (connect-node, HTTP/1.1)" "$TMP/web-stream.json"
 
+# --- identity: ownership, API keys, sessions, administration -------------------------
+step "identity: a second user sees none of the first user's conversations"
+register "$USER2" "Bob E2E"
+TOKEN2=$(jqb .accessToken)
+USER2_ID=$(jqb .user.id)
+[[ $USER2_ID != "$USER1_ID" ]] || fail "the second user got the first user's id"
+AS2="authorization: Bearer $TOKEN2"
+ok "POST /v1/auth:register $USER2 -> 200, user $USER2_ID"
+AS=$AS2 expect_error "another user's conversation" 404 5 GET "/v1/conversations/$CID"
+m_other=$(jqb .message | sed "s/$CID/ID/g")
+x=$(random_uuid)
+AS=$AS2 req GET "/v1/conversations/$x"
+[[ $m_other == "$(jqb .message | sed "s/$x/ID/g")" ]] \
+  || fail "another user's conversation answers '$m_other', an unknown id '$(jqb .message)': the difference tells that it exists"
+ok "  ... the same answer as for an id that does not exist (nothing tells that it exists)"
+AS=$AS2 expect_error "PATCH another user's conversation" 404 5 PATCH "/v1/conversations/$CID" '{"title":"taken over"}'
+AS=$AS2 expect_error "DELETE another user's conversation" 404 5 DELETE "/v1/conversations/$CID"
+AS=$AS2 expect_error "another user's messages" 404 5 GET "/v1/conversations/$CID/messages"
+AS=$AS2 expect_error "message to another user's conversation" 404 5 POST "/v1/conversations/$CID/messages" '{"content":"hi"}'
+AS=$AS2 expect_error "stream of another user's reply" 404 5 GET "/v1/conversations/$CID/messages/$MID:stream"
+AS=$AS2 req GET /v1/conversations
+expect_status 200 "GET /v1/conversations as $USER2"
+[[ $(jqb '.conversations // [] | length') == 0 ]] || fail "$USER2 lists conversations of someone else: $(short 300 <<<"$BODY")"
+ok "GET /v1/conversations as $USER2 -> 200, an empty list"
+AS=$AS2 expect_grpc_error "grpcurl GetConversation, another user's" NotFound -d "{\"id\":\"$CID\"}" "$ADDR" switchboard.v1.ChatService/GetConversation
+AS=$AS2 expect_grpc_error "grpcurl StreamReply, another user's reply" NotFound \
+  -d "{\"conversationId\":\"$CID\",\"messageId\":\"$MID\"}" "$ADDR" switchboard.v1.ChatService/StreamReply
+w=$(AS=$AS2 web error-get "$CID") || fail "gRPC-Web error-get failed"
+[[ $(jq -r .codeName <<<"$w") == NotFound ]] || fail "gRPC-Web GetConversation of another user's conversation -> $w, expected NotFound"
+ok "$(printf '%-42s -> %s' "gRPC-Web GetConversation, another user's" NotFound)"
+g=$(AS=$AS2 grpc -d '{"conversation":{"title":"bob private"}}' "$ADDR" switchboard.v1.ChatService/CreateConversation) \
+  || fail "CreateConversation as $USER2 failed: $g"
+BOB_CID=$(jq -r .id <<<"$g")
+l=$(AS=$AS2 grpc -d '{}' "$ADDR" switchboard.v1.ChatService/ListConversations) || fail "ListConversations as $USER2 failed: $l"
+[[ $(jq -c '[.conversations[].id]' <<<"$l") == "[\"$BOB_CID\"]" ]] || fail "grpcurl ListConversations as $USER2: $l, expected only $BOB_CID"
+l=$(AS=$AS2 web list) || fail "gRPC-Web ListConversations as $USER2 failed"
+[[ $(jq -c '[.conversations[].id]' <<<"$l") == "[\"$BOB_CID\"]" ]] || fail "gRPC-Web ListConversations as $USER2: $l, expected only $BOB_CID"
+req GET '/v1/conversations?page_size=100'
+jqb -e --arg b "$BOB_CID" --arg a "$CID" '[.conversations[].id] | index($a) != null and index($b) == null' >/dev/null \
+  || fail "$USER1's list: $(short 300 <<<"$BODY"), expected $CID and not $BOB_CID"
+ok "ListConversations as $USER2 (grpcurl, gRPC-Web) shows only their own; $USER1's list does not show it"
+req GET "/v1/conversations/$CID"
+[[ $ST == 200 && $(jqb .title) == "e2e renamed" ]] || fail "$USER1's conversation after $USER2's attempts: HTTP $ST $(short 200 <<<"$BODY")"
+ok "$USER1's conversation is untouched by $USER2's PATCH and DELETE"
+
+step "identity: API keys (created over REST, used as x-api-key, revoked)"
+req POST /v1/me/api-keys '{"name":"ci","permissions":["conversations.read"]}'
+expect_status 200 "POST /v1/me/api-keys"
+KEY=$(jqb .secret)
+KEY_ID=$(jqb .apiKey.id)
+[[ $KEY == sbk_* && -n $KEY_ID && -n $(jqb .apiKey.prefix) && $KEY == "$(jqb .apiKey.prefix)"* ]] \
+  || fail "POST /v1/me/api-keys answered $(short 300 <<<"$BODY")"
+[[ $(jqb -c .apiKey.permissions) == '["conversations.read"]' ]] || fail "the key's permissions are $(jqb -c .apiKey.permissions)"
+ok "POST /v1/me/api-keys {name: ci, permissions: [conversations.read]} -> 200 secret $(jqb .apiKey.prefix)..., id $KEY_ID"
+req GET /v1/me/api-keys
+expect_status 200 "GET /v1/me/api-keys"
+jqb -e --arg id "$KEY_ID" 'any(.apiKeys[]; .id == $id)' >/dev/null || fail "GET /v1/me/api-keys does not list $KEY_ID: $(short 300 <<<"$BODY")"
+! grep -qF -- "$KEY" "$TMP/body" || fail "GET /v1/me/api-keys shows the key's secret"
+ok "GET /v1/me/api-keys lists it, without the secret"
+AS="x-api-key: $KEY" req GET "/v1/conversations/$CID"
+expect_status 200 "GET conversation with x-api-key"
+[[ $(jqb .id) == "$CID" && $(jqb .title) == "e2e renamed" ]] || fail "GET with x-api-key answered $(short 300 <<<"$BODY")"
+ok "GET /v1/conversations/{id} with 'x-api-key: <secret>' -> 200, the conversation"
+g=$(AS="x-api-key: $KEY" grpc -d "{\"id\":\"$CID\"}" "$ADDR" switchboard.v1.ChatService/GetConversation) || fail "grpcurl GetConversation with x-api-key failed: $g"
+[[ $(jq -r .id <<<"$g") == "$CID" ]] || fail "grpcurl GetConversation with x-api-key answered $g"
+ok "grpcurl GetConversation with '-H x-api-key: <secret>' -> the conversation"
+AS="authorization: Bearer $KEY" req GET "/v1/conversations/$CID"
+expect_status 200 "GET conversation with the API key as a bearer token"
+ok "GET /v1/conversations/{id} with 'Authorization: Bearer <API key>' -> 200"
+AS="x-api-key: $KEY" expect_error "read-only key creating a conversation" 403 7 POST /v1/conversations '{"title":"by key"}'
+AS="x-api-key: $KEY" expect_grpc_error "grpcurl CreateConversation, read-only key" PermissionDenied \
+  -d '{"conversation":{"title":"by key"}}' "$ADDR" switchboard.v1.ChatService/CreateConversation
+AS=$AS2 expect_error "DELETE another user's API key" 404 5 DELETE "/v1/me/api-keys/$KEY_ID"
+req DELETE "/v1/me/api-keys/$KEY_ID"
+expect_status 200 "DELETE /v1/me/api-keys/{id}"
+[[ $(jq -c . <<<"$BODY") == '{}' ]] || fail "DELETE /v1/me/api-keys/{id} answered '$BODY', expected {}"
+ok "DELETE /v1/me/api-keys/{id} -> 200 {}"
+AS="x-api-key: $KEY" expect_error "revoked API key" 401 16 GET "/v1/conversations/$CID"
+AS="x-api-key: $KEY" expect_grpc_error "grpcurl GetConversation, revoked key" Unauthenticated \
+  -d "{\"id\":\"$CID\"}" "$ADDR" switchboard.v1.ChatService/GetConversation
+req GET /v1/me/api-keys
+jqb -e --arg id "$KEY_ID" '.apiKeys // [] | all(.id != $id)' >/dev/null || fail "GET /v1/me/api-keys still lists the revoked key"
+ok "GET /v1/me/api-keys no longer lists it"
+
+step "identity: sessions (Login, RefreshToken once, Logout) and the login throttle"
+login "$USER1" "$PASSWORD"
+expect_status 200 "POST /v1/auth:login $USER1"
+[[ $(jqb .user.id) == "$USER1_ID" && $(jqb .tokenType) == Bearer && -n $(jqb '.user.lastLoginAt // empty') ]] \
+  || fail "login answered $(short 300 <<<"$BODY")"
+A1=$(jqb .accessToken)
+R1=$(jqb .refreshToken)
+ok "POST /v1/auth:login $USER1 -> 200 new session, user.lastLoginAt $(jqb .user.lastLoginAt)"
+AS='' req POST /v1/auth:refresh "{\"refreshToken\":\"$R1\"}"
+expect_status 200 "POST /v1/auth:refresh"
+A2=$(jqb .accessToken)
+R2=$(jqb .refreshToken)
+[[ -n $A2 && -n $R2 && $A2 != "$A1" && $R2 != "$R1" && $(jqb .user.id) == "$USER1_ID" ]] \
+  || fail "refresh answered $(short 300 <<<"$BODY")"
+AS="authorization: Bearer $A2" req GET /v1/me
+expect_status 200 "GET /v1/me with the refreshed access token"
+ok "POST /v1/auth:refresh -> 200, a new access token (works on /v1/me) and a new refresh token"
+AS='' expect_error "the same refresh token again" 401 16 POST /v1/auth:refresh "{\"refreshToken\":\"$R1\"}"
+AS="authorization: Bearer $A2" expect_error "access token of the replayed session" 401 16 GET /v1/me
+AS='' expect_error "newer refresh token of that session" 401 16 POST /v1/auth:refresh "{\"refreshToken\":\"$R2\"}"
+login "$USER1" "$PASSWORD"
+expect_status 200 "second POST /v1/auth:login $USER1"
+A3=$(jqb .accessToken)
+R3=$(jqb .refreshToken)
+AS='' req POST /v1/auth:logout "{\"refreshToken\":\"$R3\"}"
+expect_status 200 "POST /v1/auth:logout"
+[[ $(jq -c . <<<"$BODY") == '{}' ]] || fail "logout answered '$BODY', expected {}"
+ok "POST /v1/auth:login again, then POST /v1/auth:logout {refreshToken} -> 200 {}"
+AS="authorization: Bearer $A3" expect_error "access token after Logout" 401 16 GET /v1/me
+AS='' expect_error "refresh token after Logout" 401 16 POST /v1/auth:refresh "{\"refreshToken\":\"$R3\"}"
+req GET /v1/me
+expect_status 200 "GET /v1/me with the registration's token"
+ok "the registration's session is unaffected by the others: GET /v1/me -> 200"
+
+login nobody@e2e.example "$PASSWORD"
+expect_status 401 "login with an unknown email"
+unknown_msg=$(jqb .message)
+for i in 1 2 3 4 5; do
+  login "$USER2" "wrong passphrase number $i"
+  expect_status 401 "login $i of $USER2 with a wrong password"
+  [[ $(jqb .message) == "$unknown_msg" && $(jqb .code) == 16 ]] \
+    || fail "a wrong password answers '$(jqb .message)', an unknown email '$unknown_msg': the difference tells which emails have accounts"
+done
+ok "POST /v1/auth:login: unknown email and 5 wrong passwords -> 401 code 16, one message: '$unknown_msg'"
+login "$USER2" "$PASSWORD"
+expect_status 429 "6th login attempt on $USER2 within a minute (even with the right password)"
+[[ $(jqb .code) == 8 && $(hdr retry-after) =~ ^[1-9][0-9]*$ ]] \
+  || fail "throttled login: code $(jqb .code), Retry-After '$(hdr retry-after)', expected code 8 and a number of seconds"
+ok "6th attempt on $USER2 (right password) -> 429 code 8, Retry-After: $(hdr retry-after) s: $(jqb .message)"
+
+step "identity: administration (CLI-created admin, users over gRPC, audit trail over REST)"
+ADMIN_PASSWORD='e2e admin passphrase, just as long'
+out=$(SWITCHBOARD_USER_PASSWORD=$ADMIN_PASSWORD sb user create --email "$ADMIN" --role admin 2>&1) \
+  || fail "switchboard user create --role admin (server running on the same data dir) failed: $out"
+ADMIN_ID=$(grep -oE '[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}' <<<"$out" | head -n 1)
+[[ -n $ADMIN_ID ]] || fail "switchboard user create printed no user id: $out"
+ok "SWITCHBOARD_USER_PASSWORD=... $(basename "$BIN") user create --email $ADMIN --role admin (live data dir): $out"
+login "$ADMIN" "$ADMIN_PASSWORD"
+expect_status 200 "POST /v1/auth:login $ADMIN"
+[[ $(jqb .user.id) == "$ADMIN_ID" && $(jqb .user.role) == USER_ROLE_ADMIN ]] || fail "admin login answered $(short 300 <<<"$BODY")"
+ADMIN_AS="authorization: Bearer $(jqb .accessToken)"
+ok "POST /v1/auth:login $ADMIN -> 200, USER_ROLE_ADMIN"
+expect_error "GET /v1/users as a plain user" 403 7 GET /v1/users
+expect_error "GET /v1/audit-events as a plain user" 403 7 GET /v1/audit-events
+expect_grpc_error "grpcurl UserService/ListUsers as a plain user" PermissionDenied -d '{}' "$ADDR" switchboard.v1.UserService/ListUsers
+u=$(AS=$ADMIN_AS grpc -d '{"pageSize":100}' "$ADDR" switchboard.v1.UserService/ListUsers) || fail "grpcurl UserService/ListUsers as admin failed: $u"
+jq -e --arg a "$USER1" --arg b "$USER2" --arg c "$ADMIN" '[.users[] | "\(.email) \(.role)"] as $u
+  | ($u | index("\($a) USER_ROLE_USER")) != null and ($u | index("\($b) USER_ROLE_USER")) != null
+    and ($u | index("\($c) USER_ROLE_ADMIN")) != null' <<<"$u" >/dev/null \
+  || fail "UserService/ListUsers does not show $USER1, $USER2 (user) and $ADMIN (admin): $(jq -c '[.users[] | {email, role}]' <<<"$u")"
+ok "grpcurl UserService/ListUsers as admin -> $(jq '.users | length' <<<"$u") users: $(jq -r '[.users[] | "\(.email) \(.role | ltrimstr("USER_ROLE_"))"] | join(", ")' <<<"$u")"
+AS=$ADMIN_AS req GET '/v1/audit-events?action=auth.login&page_size=1000'
+expect_status 200 "GET /v1/audit-events?action=auth.login"
+verdict=$(jqb --arg u1 "$USER1_ID" --arg e1 "$USER1" --arg e2 "$USER2" --arg ad "$ADMIN_ID" '.events as $ev
+  | if ($ev | length) == 0 then "no events"
+    elif ($ev | all(.action == "auth.login") | not) then "the action filter let through \([$ev[].action] | unique)"
+    elif ($ev | map(.seq | tonumber)) != ($ev | map(.seq | tonumber) | sort | reverse) then "not newest first"
+    elif ($ev | map(select(.actor == $u1 and .target == "email:\($e1)" and .outcome == "AUDIT_OUTCOME_SUCCESS")) | length) != 2 then "not 2 successful logins of \($e1)"
+    elif ($ev | map(select(.target == "email:\($e2)" and .outcome == "AUDIT_OUTCOME_FAILURE")) | length) < 5 then "fewer than 5 failed logins of \($e2)"
+    elif ($ev | map(select(.actor == $ad and .outcome == "AUDIT_OUTCOME_SUCCESS")) | length) != 1 then "no successful login of the admin"
+    elif ($ev | all(.clientAddress == "127.0.0.1" and (.userAgent | startswith("curl/")))) | not then "events without the client address or user agent"
+    else "ok \($ev | length) auth.login events: \($ev | map(select(.outcome == "AUDIT_OUTCOME_SUCCESS")) | length) successes, \($ev | map(select(.outcome == "AUDIT_OUTCOME_FAILURE")) | length) failures" end')
+[[ $verdict == ok* ]] || fail "GET /v1/audit-events?action=auth.login: $verdict; events: $(jqb -c '[.events[] | {seq, actor, target, outcome}]' | cut -c1-600)"
+ok "GET /v1/audit-events?action=auth.login as admin -> ${verdict#ok }, with client address and User-Agent"
+AS=$ADMIN_AS req GET '/v1/audit-events?page_size=1000'
+expect_status 200 "GET /v1/audit-events"
+for action in user.create auth.login auth.refresh_token_reuse auth.logout api_key.create api_key.revoke; do
+  jqb -e --arg a "$action" 'any(.events[]; .action == $a)' >/dev/null || fail "the audit trail has no $action event: $(jqb -c '[.events[].action] | unique')"
+done
+EVENTS=$(jqb '.events | length')
+ok "GET /v1/audit-events -> $EVENTS events, among them user.create, auth.refresh_token_reuse, auth.logout, api_key.create, api_key.revoke"
+out=$(sb audit verify 2>&1) || fail "switchboard audit verify: $out"
+n=$(sed -n 's/^audit trail intact: \([0-9]*\) events$/\1/p' <<<"$out")
+[[ -n $n && $n -ge $EVENTS ]] || fail "switchboard audit verify said '$out', expected 'audit trail intact: N events' with N >= $EVENTS"
+ok "$(basename "$BIN") audit verify (live data dir): $out"
+out=$(sb keys rotate 2>&1) || fail "switchboard keys rotate failed: $out"
+kid=$(sed -n 's/^new signing key \([A-Za-z0-9_-]*\).*/\1/p' <<<"$out")
+[[ -n $kid && $kid != "$(jq -r .kid <<<"$jose")" ]] || fail "switchboard keys rotate printed '$out', expected a new kid"
+req GET /v1/me
+expect_status 200 "GET /v1/me with a token of the retired key"
+ok "$(basename "$BIN") keys rotate (live data dir) -> new kid $kid; a token signed with the retired key still works"
+
 # --- OpenAPI and Swagger UI --------------------------------------------------------------
 step "metrics"
 curl -sS --max-time 10 -o "$TMP/metrics.txt" "$BASE/metrics" || fail "GET /metrics failed"
 for series in 'transport="rest",rpc="/switchboard.v1.ChatService/CreateConversation",status="200"' \
               'transport="grpc",rpc="/switchboard.v1.ChatService/GetConversation",status="200",grpc_status="0"' \
               'transport="grpc-web",rpc="/switchboard.v1.ChatService/GetConversation"' \
-              'transport="rest",rpc="/switchboard.v1.ChatService/GetConversation",status="404"'; do
+              'transport="rest",rpc="/switchboard.v1.ChatService/GetConversation",status="404"' \
+              'transport="rest",rpc="/switchboard.v1.ChatService/ListConversations",status="401"' \
+              'transport="rest",rpc="/switchboard.v1.UserService/ListUsers",status="403"' \
+              'transport="grpc",rpc="/switchboard.v1.ChatService/ListConversations",status="200",grpc_status="16"' \
+              'transport="grpc",rpc="/switchboard.v1.UserService/ListUsers",status="200",grpc_status="0"' \
+              'transport="rest",rpc="/switchboard.v1.AuthService/Login",status="429"'; do
   grep -q "^switchboard_requests_total{$series" "$TMP/metrics.txt" \
     || fail "/metrics has no switchboard_requests_total{$series...}"
 done
 grep -q '^switchboard_request_duration_seconds_bucket{' "$TMP/metrics.txt" || fail "/metrics has no request duration histogram"
-ok "/metrics counts requests by transport, RPC and status (REST, gRPC, gRPC-Web), with a duration histogram"
+ok "/metrics counts requests by transport, RPC and status (REST, gRPC, gRPC-Web; 401, 403, 429 and UNAUTHENTICATED too), with a duration histogram"
 
 step "OpenAPI and Swagger UI"
 code=$(curl -sS -o "$TMP/openapi.served.json" -w '%{http_code}' --max-time 10 "$BASE/openapi.json") || fail "GET /openapi.json failed"
@@ -416,6 +761,14 @@ step "schemathesis against $BASE/openapi.json"
 if [[ ${E2E_SKIP_SCHEMATHESIS:-0} == 1 ]]; then
   note "skipped (E2E_SKIP_SCHEMATHESIS=1)"
 else
+  # schemathesis signs in as the second user with an API key sent as
+  # `Authorization: Bearer`, not with an access token: it fuzzes Logout too,
+  # and Logout {} with an access token ends that token's session, which would
+  # leave every later operation answering 401. An API key has no session.
+  AS=$AS2 req POST /v1/me/api-keys '{"name":"schemathesis"}'
+  expect_status 200 "POST /v1/me/api-keys for schemathesis"
+  ST_KEY=$(jqb .secret)
+  ok "API key for schemathesis, owned by $USER2 (all of a user's permissions): $(jqb .apiKey.prefix)..."
   seed=()
   [[ ${E2E_ST_SEED:-1} == random ]] || seed=(--seed "${E2E_ST_SEED:-1}")
   # shellcheck disable=SC2054 # the commas belong to --checks
@@ -424,9 +777,11 @@ else
   # (a CPython bug in concurrent AST validation, fixed in later 3.11 releases).
   st_cmd=("$VENV/bin/schemathesis" run "$BASE/openapi.json"
     --checks not_a_server_error,response_schema_conformance,status_code_conformance,content_type_conformance
+    --header "Authorization: Bearer $ST_KEY"
     --max-examples "${E2E_ST_MAX_EXAMPLES:-30}" "${seed[@]}" --request-timeout 20 --workers 1
     --generation-database none --no-color --report junit --report-dir "$TMP/schemathesis-report")
-  note "${st_cmd[*]#"$VENV/bin/"}"
+  shown=("${st_cmd[@]#"$VENV/bin/"}")
+  note "${shown[*]//$ST_KEY/sbk_...}"
   t_st=$SECONDS
   if (cd "$TMP" && timeout "${E2E_ST_TIMEOUT:-600}" "${st_cmd[@]}") >"$TMP/schemathesis.log" 2>&1; then
     # the SUMMARY block, one line per heading: "Test cases: 619 generated, 619 passed"
@@ -435,6 +790,16 @@ else
       | sed 's/^/       /'
     kill -0 "$SERVER_PID" 2>/dev/null || fail "the server died during schemathesis"
     ok "schemathesis: no failures in $((SECONDS - t_st)) s"
+    AS="authorization: Bearer $ST_KEY" req GET /v1/me
+    [[ $ST == 200 && $(jqb .id) == "$USER2_ID" ]] || fail "schemathesis' API key no longer works after the run: HTTP $ST $(short 200 <<<"$BODY")"
+    ok "schemathesis' credential still works after the run (every operation was fuzzed signed in as $USER2)"
+    # Operations that answered only 401/403 (schemathesis' "Authentication
+    # failed" warning) must be the admin-only ones: a plain user may not read
+    # accounts or the audit trail, and may do everything else.
+    refused=$(sed -n '/^Authentication failed/,/Ensure valid authentication/p' "$TMP/schemathesis.log" | sed -n 's/^ *- //p')
+    grep -vE '^[A-Z]+ /v1/(users|audit-events)' <<<"$refused" | grep -q . \
+      && fail "schemathesis got only 401/403 from operations a user may call: $(grep -vE '^[A-Z]+ /v1/(users|audit-events)' <<<"$refused" | tr '\n' ';')"
+    ok "only admin operations answered schemathesis' user with 401/403 only: $(tr '\n' ',' <<<"$refused" | sed 's/,$//; s/,/, /g')"
   else
     rc=$?
     printf -- '--- schemathesis output (last 150 lines) ---\n'
@@ -457,6 +822,16 @@ wait "$SERVER_PID" || rc=$?
 SERVER_PID=
 [[ $rc == 0 ]] || fail "the server exited with code $rc after SIGTERM, expected 0"
 ok "SIGTERM -> exited 0 after $((SECONDS - t_stop)) s"
+out=$(sb audit verify 2>&1) || fail "switchboard audit verify after the run: $out"
+n=$(sed -n 's/^audit trail intact: \([0-9]*\) events$/\1/p' <<<"$out")
+[[ -n $n && $n -ge $EVENTS ]] || fail "switchboard audit verify after the run said '$out', expected at least $EVENTS events"
+ok "$(basename "$BIN") audit verify after the run$([[ -n ${ST_KEY-} ]] && echo " (schemathesis' sign-ins included)"): $out"
+secrets=("$PASSWORD" "$ADMIN_PASSWORD" "$TOKEN" "$TOKEN2" "$A1" "$R1" "$R2" "$R3" "$KEY" "${ST_KEY-}")
+for secret in "${secrets[@]}"; do
+  [[ -z $secret ]] || ! grep -qF -- "$secret" "$TMP/server.log" \
+    || fail "the server log shows a secret ($(cut -c1-12 <<<"$secret")...)"
+done
+ok "the server log ($(wc -l <"$TMP/server.log") lines) shows none of the passwords, tokens and API key secrets"
 
 printf '\ne2e: all checks passed in %d s\n' "$((SECONDS - T0))"
 printf 'e2e: %d passed, 0 failed\n' "$CHECKS"

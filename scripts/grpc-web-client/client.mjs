@@ -7,7 +7,14 @@
 // @connectrpc/connect-node's gRPC-Web transport (HTTP/1.1 by default, h2 with
 // --http2) and results are printed as proto3 JSON, one document per line.
 //
-// usage: node client.mjs --url http://127.0.0.1:PORT --descriptors FILE [--http2] COMMAND ARGS
+// usage: node client.mjs --url http://127.0.0.1:PORT --descriptors FILE [--http2]
+//                        [--token TOKEN] [--header 'NAME: VALUE']... COMMAND ARGS
+//   --token TOKEN                send `authorization: Bearer TOKEN` (an access
+//                                token or an API key secret) with every call
+//   --header 'NAME: VALUE'       send this request header with every call
+//                                (repeatable), e.g. 'x-api-key: sbk_...'
+//
+//   me                           AuthService/GetCurrentUser; prints the User
 //   get ID                       GetConversation; prints the Conversation
 //   create TITLE                 CreateConversation; prints the Conversation
 //   send CID TEXT                SendMessage; prints the SendMessageResponse
@@ -15,7 +22,9 @@
 //                                unless at least MIN_DELTAS (default 3) deltas
 //                                come, seq runs 1..n without gaps, and the last
 //                                event is `done` with the deltas' text
-//   error-get ID                 GetConversation expected to fail; prints {code,message}
+//   list                         ListConversations; prints the response
+//   error-get ID                 GetConversation expected to fail; prints
+//                                {code,codeName,message}
 import { readFileSync } from "node:fs";
 import { parseArgs } from "node:util";
 import { createFileRegistry, fromBinary, toJson } from "@bufbuild/protobuf";
@@ -34,11 +43,23 @@ const { values: opts, positionals } = parseArgs({
     descriptors: { type: "string" },
     http2: { type: "boolean", default: false },
     timeout: { type: "string", default: "20000" },
+    token: { type: "string" },
+    header: { type: "string", multiple: true, default: [] },
   },
   allowPositionals: true,
 });
 if (!opts.url || !opts.descriptors || positionals.length === 0) {
-  die("usage: client.mjs --url URL --descriptors FILE [--http2] COMMAND ARGS");
+  die("usage: client.mjs --url URL --descriptors FILE [--http2] [--token T] [--header 'N: V']... COMMAND ARGS");
+}
+
+// Credentials travel as request headers on every call, as a browser's
+// gRPC-Web client would send them.
+const headers = new Headers();
+if (opts.token !== undefined) headers.set("authorization", `Bearer ${opts.token}`);
+for (const h of opts.header) {
+  const colon = h.indexOf(":");
+  if (colon <= 0) die(`--header ${JSON.stringify(h)}: expected 'NAME: VALUE'`);
+  headers.append(h.slice(0, colon).trim(), h.slice(colon + 1).trim());
 }
 
 const registry = createFileRegistry(
@@ -46,6 +67,8 @@ const registry = createFileRegistry(
 );
 const service = registry.getService("switchboard.v1.ChatService");
 if (!service) die("switchboard.v1.ChatService is not in the descriptor set");
+const authService = registry.getService("switchboard.v1.AuthService");
+if (!authService) die("switchboard.v1.AuthService is not in the descriptor set");
 
 const transport = createGrpcWebTransport({
   baseUrl: opts.url,
@@ -53,7 +76,8 @@ const transport = createGrpcWebTransport({
   useBinaryFormat: true,
 });
 const client = createClient(service, transport);
-const callOpts = { timeoutMs: Number(opts.timeout) };
+const authClient = createClient(authService, transport);
+const callOpts = { timeoutMs: Number(opts.timeout), headers };
 const json = (schema, msg) => JSON.stringify(toJson(schema, msg, { registry }));
 const print = (line) => process.stdout.write(line + "\n");
 
@@ -61,6 +85,16 @@ const [cmd, ...args] = positionals;
 const m = (name) => service.method[name];
 try {
   switch (cmd) {
+    case "me": {
+      const res = await authClient.getCurrentUser({}, callOpts);
+      print(json(authService.method.getCurrentUser.output, res));
+      break;
+    }
+    case "list": {
+      const res = await client.listConversations({}, callOpts);
+      print(json(m("listConversations").output, res));
+      break;
+    }
     case "get": {
       const res = await client.getConversation({ id: args[0] }, callOpts);
       print(json(m("getConversation").output, res));

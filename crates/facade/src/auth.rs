@@ -121,6 +121,7 @@ pub(crate) async fn authenticate(
 /// `GET /.well-known/jwks.json`: the public keys of the access tokens this
 /// server signs, for services that verify them offline.
 pub(crate) async fn jwks(State(identity): State<Arc<Identity>>) -> Response {
+    identity.keys().reload_if_stale().await;
     (
         [(header::CACHE_CONTROL, "public, max-age=300")],
         axum::Json(identity.keys().jwks()),

@@ -4,9 +4,10 @@
 //! The newest unretired key signs. Rotating adds a key and retires the
 //! others; a retired key stays published in the JWKS (and accepted) for as
 //! long as a token it signed can live, so nobody is logged out by a
-//! rotation. An instance that meets a `kid` it does not know reloads the
-//! keys from the database (at most once every few seconds), so a rotation
-//! made by another instance is picked up without a restart.
+//! rotation. An instance re-reads the keys before signing or publishing
+//! them when its copy is a minute old, and at once (at most every few
+//! seconds) when it meets a `kid` it does not know, so a rotation made by
+//! another process reaches every instance within a minute, without restarts.
 //!
 //! Private keys are stored unencrypted in the database: whoever can read the
 //! database can sign tokens. Protect it accordingly.
@@ -28,6 +29,11 @@ pub(crate) const LEEWAY_SECS: u64 = 30;
 
 /// Least time between two reloads caused by unknown key ids.
 const RELOAD_INTERVAL: Duration = Duration::from_secs(5);
+
+/// How old the loaded keys may get before signing or publishing them
+/// re-reads the database, so a rotation made elsewhere (`switchboard keys
+/// rotate`, another instance) reaches this one within this time.
+const STALE_AFTER: Duration = Duration::from_secs(60);
 
 /// The keys in use, swapped whole on reload.
 #[derive(Debug)]
@@ -138,6 +144,19 @@ impl KeyRing {
             *last = Instant::now();
         }
         Ok(())
+    }
+
+    /// Re-reads the keys when the loaded ones are older than a minute; a
+    /// failure is logged and the loaded keys stay in use.
+    pub async fn reload_if_stale(&self) {
+        let stale = self
+            .last_reload
+            .read()
+            .map(|last| last.elapsed() >= STALE_AFTER)
+            .unwrap_or(true);
+        if stale && let Err(error) = self.reload().await {
+            tracing::warn!(%error, "could not reload signing keys");
+        }
     }
 
     /// Adds a new signing key (of the configured algorithm), retires the

@@ -316,6 +316,7 @@ impl Identity {
         user_id: &str,
         now: DateTime<Utc>,
     ) -> Result<(String, String, String)> {
+        self.keys.reload_if_stale().await;
         let session_id = uuid::Uuid::now_v7().to_string();
         let expires_at = now + self.refresh_ttl();
         store::insert_session(tx, &session_id, user_id, now, expires_at).await?;
@@ -381,7 +382,11 @@ impl Identity {
             ));
         }
         let email = normalise_email(email);
-        self.throttle.attempt("register", &context.client_address)?;
+        // Per client address (both buckets), never one bucket for everyone.
+        self.throttle.attempt(
+            &format!("register:{}", context.client_address),
+            &context.client_address,
+        )?;
         self.check_password_policy(password, &email)?;
         let hash = Self::hash(password).await?;
         let user = self
