@@ -764,6 +764,25 @@ mod tests {
     }
 
     #[test]
+    fn each_operation_states_the_credentials_its_access_rule_needs() {
+        let document = shelves();
+        let get = &document["paths"]["/v1/shelves/{shelf}/books/{book}"]["get"];
+        assert_eq!(get["security"], json!([]), "a public method needs nothing");
+        assert!(get.get("x-permission").is_none());
+        let list = &document["paths"]["/v1/shelves/{shelf}/books"]["get"];
+        assert_eq!(
+            list["security"],
+            json!([{ "bearerAuth": [] }, { "apiKey": [] }])
+        );
+        assert_eq!(list["x-permission"], "books.read");
+        let create = &document["paths"]["/v1/shelves/{shelf}/books"]["post"];
+        assert_eq!(create["x-permission"], "(administrators only)");
+        let schemes = &document["components"]["securitySchemes"];
+        assert_eq!(schemes["bearerAuth"]["bearerFormat"], "JWT");
+        assert_eq!(schemes["apiKey"]["name"], "x-api-key");
+    }
+
+    #[test]
     fn path_parameters_are_not_repeated_in_the_body_schema() {
         let document = shelves();
         let create = &document["paths"]["/v1/shelves/{shelf}/books"]["post"];

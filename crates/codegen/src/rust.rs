@@ -543,7 +543,12 @@ fn service_code(pool: &DescriptorPool, package: &str, service: &ServiceModel) ->
                 binding.http_method,
                 binding.template_text,
                 binding_static_name(&shouty, method.descriptor.name(), index),
-                binding_literal(pool, binding, &grpc_method)
+                binding_literal(
+                    pool,
+                    binding,
+                    &grpc_method,
+                    &policy_const_name(&shouty, method.descriptor.name())
+                )
             );
         }
     }
@@ -577,7 +582,12 @@ fn kind_literal(kind: ScalarKind) -> String {
     format!("{RT}::binding::ScalarKind::{kind:?}")
 }
 
-fn binding_literal(pool: &DescriptorPool, binding: &BindingModel, grpc_method: &str) -> String {
+fn binding_literal(
+    pool: &DescriptorPool,
+    binding: &BindingModel,
+    grpc_method: &str,
+    policy: &str,
+) -> String {
     let segments: Vec<String> = binding
         .template
         .segments
@@ -649,7 +659,7 @@ fn binding_literal(pool: &DescriptorPool, binding: &BindingModel, grpc_method: &
     format!(
         "{RT}::binding::HttpBinding {{\n    grpc_method: {grpc_method:?},\n    http_method: {:?},\n    template: {:?},\n    \
          segments: &[{}],\n    variables: &[{}],\n    verb: {},\n    body: {body},\n    response_body: {response_body},\n    \
-         query: &[{}],\n    mask: {mask},\n    event_id: {event_id},\n    resume: {resume},\n}}",
+         query: &[{}],\n    mask: {mask},\n    event_id: {event_id},\n    resume: {resume},\n    policy: Some(&{policy}),\n}}",
         binding.http_method,
         binding.template_text,
         segments.join(", "),

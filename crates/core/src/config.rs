@@ -50,6 +50,14 @@ pub struct Config {
     /// `SWITCHBOARD_CORS_ALLOWED_ORIGINS` (e.g. `http://a,http://b`).
     #[serde(deserialize_with = "list_or_comma_separated")]
     pub cors_allowed_origins: Vec<String>,
+    /// Key `trusted_proxies`: addresses of reverse proxies and load
+    /// balancers whose `X-Forwarded-For` header is believed. A request from
+    /// one of them is attributed (in sign-in throttling and audit events) to
+    /// the nearest address in the header that is not itself a trusted proxy;
+    /// from anyone else the header is ignored. In the environment, a
+    /// comma-separated list. Default `[]`; variable `SWITCHBOARD_TRUSTED_PROXIES`.
+    #[serde(deserialize_with = "list_or_comma_separated")]
+    pub trusted_proxies: Vec<String>,
     /// Key `shutdown_grace_secs`: how long shutdown waits for open requests
     /// and replies being generated before it stops them.
     /// Default `30`; variable `SWITCHBOARD_SHUTDOWN_GRACE_SECS`.
@@ -245,6 +253,7 @@ impl Default for Config {
             database_url: None,
             database_max_connections: 10,
             cors_allowed_origins: Vec::new(),
+            trusted_proxies: Vec::new(),
             shutdown_grace_secs: 30,
             log_format: LogFormat::Text,
             log_level: "info".to_owned(),
@@ -353,6 +362,14 @@ impl Config {
         }
         if self.engine.max_concurrent_replies == 0 {
             return invalid("engine.max_concurrent_replies", "must be at least 1");
+        }
+        for proxy in &self.trusted_proxies {
+            if proxy.parse::<std::net::IpAddr>().is_err() {
+                return invalid(
+                    "trusted_proxies",
+                    &format!("`{proxy}` is not an IP address"),
+                );
+            }
         }
         if !matches!(self.auth.signing_algorithm.as_str(), "EdDSA" | "RS256") {
             return invalid("auth.signing_algorithm", "must be EdDSA or RS256");

@@ -9,7 +9,7 @@
 //! [`RequestContext`] audit events carry. It decides nothing about access
 //! itself: a refused credential still reaches public methods, as anonymous.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use axum::extract::{ConnectInfo, Request, State};
@@ -21,6 +21,14 @@ use switchboard_rest::policy::{Caller, Grants};
 
 /// The longest `User-Agent` kept for audit events.
 const MAX_USER_AGENT: usize = 256;
+
+/// What the authentication middleware needs.
+#[derive(Debug, Clone)]
+pub(crate) struct AuthState {
+    pub(crate) identity: Arc<Identity>,
+    /// Proxies whose `X-Forwarded-For` is believed.
+    pub(crate) trusted_proxies: Arc<[IpAddr]>,
+}
 
 /// A principal's permissions, as the generated guards ask for them.
 #[derive(Debug)]
@@ -60,7 +68,38 @@ fn credential(request: &Request) -> Option<String> {
         .map(|value| value.to_str().unwrap_or_default().trim().to_owned())
 }
 
-fn request_context(request: &Request) -> RequestContext {
+/// The caller's address: the TCP peer, or, when the peer is a trusted
+/// proxy, the nearest `X-Forwarded-For` entry that is not (entries further
+/// left could have been written by the client itself).
+fn client_address(request: &Request, trusted: &[IpAddr]) -> String {
+    let Some(peer) = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|info| info.0.ip())
+    else {
+        return String::new();
+    };
+    if !trusted.contains(&peer) {
+        return peer.to_string();
+    }
+    let forwarded: Vec<IpAddr> = request
+        .headers()
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .filter_map(|entry| entry.trim().parse().ok())
+        .collect();
+    forwarded
+        .iter()
+        .rev()
+        .find(|address| !trusted.contains(address))
+        .or(forwarded.first())
+        .unwrap_or(&peer)
+        .to_string()
+}
+
+fn request_context(request: &Request, trusted: &[IpAddr]) -> RequestContext {
     let headers = request.headers();
     let text = |name: &str| {
         headers
@@ -75,11 +114,7 @@ fn request_context(request: &Request) -> RequestContext {
         user_agent = text("x-user-agent");
     }
     RequestContext {
-        client_address: request
-            .extensions()
-            .get::<ConnectInfo<SocketAddr>>()
-            .map(|info| info.0.ip().to_string())
-            .unwrap_or_default(),
+        client_address: client_address(request, trusted),
         user_agent: user_agent.chars().take(MAX_USER_AGENT).collect(),
         request_id: text("x-request-id"),
     }
@@ -87,11 +122,12 @@ fn request_context(request: &Request) -> RequestContext {
 
 /// The authentication middleware (see the module comment).
 pub(crate) async fn authenticate(
-    State(identity): State<Arc<Identity>>,
+    State(state): State<AuthState>,
     mut request: Request,
     next: Next,
 ) -> Response {
-    let context = request_context(&request);
+    let identity = &state.identity;
+    let context = request_context(&request, &state.trusted_proxies);
     let caller = match credential(&request) {
         None => Caller::Anonymous,
         Some(credential) if credential.is_empty() => Caller::Refused,
@@ -127,4 +163,38 @@ pub(crate) async fn jwks(State(identity): State<Arc<Identity>>) -> Response {
         axum::Json(identity.keys().jwks()),
     )
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request_from(peer: &str, forwarded: &[&str]) -> Request {
+        let mut request = http::Request::builder().uri("/");
+        for value in forwarded {
+            request = request.header("x-forwarded-for", *value);
+        }
+        let mut request = request.body(axum::body::Body::empty()).unwrap();
+        let peer: SocketAddr = format!("{peer}:4000").parse().unwrap();
+        request.extensions_mut().insert(ConnectInfo(peer));
+        request
+    }
+
+    #[test]
+    fn forwarded_for_is_believed_only_from_a_trusted_proxy() {
+        let proxy: IpAddr = "10.0.0.1".parse().unwrap();
+        let trusted = [proxy];
+        // A client that is not a proxy cannot choose its address.
+        let direct = request_from("203.0.113.9", &["198.51.100.1"]);
+        assert_eq!(client_address(&direct, &trusted), "203.0.113.9");
+        // Through the proxy: the address the proxy saw, not what the client
+        // wrote further left.
+        let proxied = request_from("10.0.0.1", &["198.51.100.1, 203.0.113.9"]);
+        assert_eq!(client_address(&proxied, &trusted), "203.0.113.9");
+        // Without the header, the proxy itself.
+        assert_eq!(
+            client_address(&request_from("10.0.0.1", &[]), &trusted),
+            "10.0.0.1"
+        );
+    }
 }

@@ -52,6 +52,8 @@ pub struct Edge {
     pub database: Database,
     /// Browser origins allowed by CORS (empty: CORS off; `*`: any).
     pub cors_allowed_origins: Vec<String>,
+    /// Proxies whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<std::net::IpAddr>,
     /// Set when shutdown begins: readiness fails and health watchers are
     /// told NOT_SERVING, while open requests finish.
     pub drain: Drain,
@@ -65,6 +67,12 @@ impl Edge {
             identity: services.identity(),
             database: services.database().clone(),
             cors_allowed_origins: config.cors_allowed_origins.clone(),
+            // Validated when the configuration was loaded.
+            trusted_proxies: config
+                .trusted_proxies
+                .iter()
+                .filter_map(|proxy| proxy.parse().ok())
+                .collect(),
             drain: Drain::default(),
         }
     }
@@ -144,7 +152,10 @@ pub fn app(edge: Edge) -> Router {
             }
         })
         .layer(axum::middleware::from_fn_with_state(
-            edge.identity.clone(),
+            auth::AuthState {
+                identity: edge.identity.clone(),
+                trusted_proxies: edge.trusted_proxies.clone().into(),
+            },
             auth::authenticate,
         ))
         .layer(axum::middleware::from_fn(move |request, next| {

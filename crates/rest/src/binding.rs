@@ -143,4 +143,7 @@ pub struct HttpBinding {
     pub event_id: Option<&'static str>,
     /// For a server stream: the request field `Last-Event-ID` sets.
     pub resume: Option<ResumeField>,
+    /// The method's access rule, checked before the request is read, so a
+    /// caller without access learns nothing from how its input is judged.
+    pub policy: Option<&'static crate::policy::MethodPolicy>,
 }

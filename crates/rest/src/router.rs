@@ -26,6 +26,7 @@ use tonic::metadata::MetadataMap;
 
 use crate::binding::HttpBinding;
 use crate::error::{status_json, status_response};
+use crate::policy::{Caller, authorize};
 use crate::transcode::{decode_request, match_path, parse_grpc_timeout};
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
@@ -399,6 +400,18 @@ impl RestRouter {
         let Some((route, captured)) = matched else {
             return no_route(&parts.method, path, &allowed);
         };
+        // Access first, as the generated guard does, but before the body is
+        // read or decoded: a caller refused access gets 401/403 whatever it
+        // sent. (The guard checks again; both read the same rule.)
+        if let Some(policy) = route.binding.policy
+            && let Err(status) = authorize(parts.extensions.get::<Caller>(), policy)
+        {
+            let mut response = status_response(&status);
+            response
+                .extensions_mut()
+                .insert(MatchedRpc(route.binding.grpc_method));
+            return response;
+        }
         let body = match http_body_util::Limited::new(body, self.body_limit)
             .collect()
             .await

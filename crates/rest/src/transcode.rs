@@ -456,6 +456,7 @@ mod tests {
         mask: None,
         event_id: None,
         resume: None,
+        policy: None,
     };
 
     #[test]

@@ -934,3 +934,27 @@ async fn an_admin_without_a_required_second_factor_may_only_manage_their_account
     assert_eq!(status, 200);
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_a_trusted_proxy_the_forwarded_address_is_the_callers() {
+    let app = crate::support::spawn_app_with(crate::support::Backend::Sqlite, |config| {
+        config.trusted_proxies = vec!["127.0.0.1".into()];
+    })
+    .await;
+    let login = |forwarded: &'static str| {
+        app.anonymous
+            .post(app.url("/v1/auth:login"))
+            .header("x-forwarded-for", forwarded)
+            .json(&json!({"email": "nobody@example.test", "password": "wrong password here"}))
+            .send()
+    };
+    assert_eq!(login("198.51.100.7").await.unwrap().status(), 401);
+    let admin = app.account("proxy-admin@example.test", Role::Admin).await;
+    let events = audit_actions(&app, &admin, "auth.login").await;
+    let failure = events
+        .iter()
+        .find(|e| e["outcome"] == "AUDIT_OUTCOME_FAILURE")
+        .expect("the failed sign-in is audited");
+    assert_eq!(failure["clientAddress"], "198.51.100.7");
+    app.stop().await;
+}
