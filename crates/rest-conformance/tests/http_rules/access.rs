@@ -49,19 +49,32 @@ async fn anonymous_caller_is_a_401_with_a_bearer_challenge() {
 
 #[tokio::test]
 async fn refused_credentials_are_a_401_even_with_bad_input() {
-    // Authentication is decided before validation: a caller without valid
-    // credentials learns nothing about the input rules.
+    // Access is decided before the body is read or validated: a caller
+    // without valid credentials learns nothing about the input rules.
     let app = TestApp::new();
+    for body in ["{}", "{not json", r#"{"book": 5}"#] {
+        let reply = app
+            .call_as(
+                Some(Caller::Refused),
+                "POST",
+                "/v1/shelves/s1/books",
+                body,
+                &[],
+            )
+            .await;
+        assert!(reply.error(401).contains("invalid"), "{body}");
+    }
+    // A body of the wrong media type: still 401, not 415.
     let reply = app
         .call_as(
-            Some(Caller::Refused),
+            Some(Caller::Anonymous),
             "POST",
             "/v1/shelves/s1/books",
-            "{}",
-            &[],
+            "title=x",
+            &[("content-type", "application/x-www-form-urlencoded")],
         )
         .await;
-    assert!(reply.error(401).contains("invalid"));
+    reply.error(401);
 }
 
 #[tokio::test]
