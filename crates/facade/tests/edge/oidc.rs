@@ -81,6 +81,21 @@ async fn sign_in_with_the_provider_gives_a_working_session(backend: Backend) {
     let app = app_with_provider(backend, &provider).await;
     let (_, providers) = app.rest("GET", "/v1/auth/providers", None, None).await;
     assert_eq!(providers["providers"][0]["id"], "test");
+    // The served OpenAPI document offers the provider as a security scheme.
+    let (_, openapi) = app.rest("GET", "/openapi.json", None, None).await;
+    let scheme = &openapi["components"]["securitySchemes"]["oidc_test"];
+    assert_eq!(scheme["type"], "openIdConnect");
+    assert_eq!(
+        scheme["openIdConnectUrl"],
+        format!("{}/.well-known/openid-configuration", provider.issuer)
+    );
+    let list = &openapi["paths"]["/v1/conversations"]["get"]["security"];
+    assert!(
+        list.as_array().unwrap().contains(&json!({"oidc_test": []})),
+        "{list}"
+    );
+    let login = &openapi["paths"]["/v1/auth:login"]["post"]["security"];
+    assert_eq!(login, &json!([]), "public operations stay open");
 
     // alice is a Keycloak-style realm admin: provisioned as an admin.
     let alice = oidc_sign_in(&app, &provider, "alice").await;
