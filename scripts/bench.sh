@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Load test of one read RPC (ChatService.GetConversation) over native gRPC,
-# gRPC-Web and REST, with h2load against a release build on 127.0.0.1.
+# gRPC-Web and REST, signed in (bearer JWT, and an API key for one REST row),
+# then of sign-in itself (Login: argon2id, a session and an audit row), with
+# h2load against a release build on 127.0.0.1.
 #
 # usage: scripts/bench.sh [BINARY]        (default: target/release/switchboard)
 #
@@ -16,7 +18,8 @@
 #
 # Environment: BENCH_N (requests per round, default 30000), BENCH_C (clients,
 # default 32), BENCH_M (streams per client, default 10), BENCH_ROUNDS (default 5),
-# BENCH_WARMUP (requests per warm-up, default 5000), BENCH_STRICT, BENCH_WRITE.
+# BENCH_WARMUP (requests per warm-up, default 5000), BENCH_LOGIN_N (sign-ins,
+# default 400), BENCH_STRICT, BENCH_WRITE.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -24,6 +27,7 @@ BIN=${1:-${CARGO_TARGET_DIR:-$ROOT/target}/release/switchboard}
 [[ -x $BIN ]] || { echo "bench: FAIL: $BIN not found; build it with: cargo build --release -p switchboard" >&2; exit 1; }
 BIN=$(realpath "$BIN")
 N=${BENCH_N:-30000} C=${BENCH_C:-32} M=${BENCH_M:-10} ROUNDS=${BENCH_ROUNDS:-5} WARMUP=${BENCH_WARMUP:-5000}
+LOGIN_N=${BENCH_LOGIN_N:-400}
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/switchboard-bench.XXXXXX")
 SERVER_PID=
 
@@ -46,7 +50,10 @@ PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); pr
 ADDR=127.0.0.1:$PORT
 BASE=http://$ADDR
 mkdir -p "$TMP/data"
+# The sign-in throttle is opened wide: the Login row measures the work of a
+# sign-in, not the throttle.
 env -u DATABASE_URL -u SWITCHBOARD_LISTEN -u SWITCHBOARD_DATA_DIR NO_COLOR=1 SWITCHBOARD_ENGINE__TOKEN_DELAY_MS=0 \
+  SWITCHBOARD_AUTH__LOGIN_ATTEMPTS_PER_ACCOUNT=1000000 SWITCHBOARD_AUTH__LOGIN_ATTEMPTS_PER_ADDRESS=1000000 \
   RUST_LOG="${RUST_LOG:-warn}" "$BIN" serve --listen "$ADDR" --data-dir "$TMP/data" >"$TMP/server.log" 2>&1 </dev/null &
 SERVER_PID=$!
 for _ in $(seq 300); do
@@ -56,7 +63,14 @@ for _ in $(seq 300); do
 done
 [[ $(curl -s -o /dev/null -w '%{http_code}' "$BASE/readyz") == 200 ]] || die "/readyz not 200 within 60 s"
 
-ID=$(curl -sS --fail-with-body -H 'content-type: application/json' -d '{"title":"bench"}' "$BASE/v1/conversations" | jq -r .id) \
+# A signed-in user (every ChatService call needs credentials), and an API key of theirs.
+printf '{"email":"bench@example.test","password":"bench pass phrase 1"}' >"$TMP/login.json"
+TOKEN=$(curl -sS --fail-with-body -H 'content-type: application/json' -d @"$TMP/login.json" "$BASE/v1/auth:register" | jq -r .accessToken) \
+  || die "could not register the bench user"
+AUTH="authorization: Bearer $TOKEN"
+KEY=$(curl -sS --fail-with-body -H "$AUTH" -H 'content-type: application/json' -d '{"name":"bench"}' "$BASE/v1/me/api-keys" | jq -r .secret) \
+  || die "could not create an API key"
+ID=$(curl -sS --fail-with-body -H "$AUTH" -H 'content-type: application/json' -d '{"title":"bench"}' "$BASE/v1/conversations" | jq -r .id) \
   || die "could not create a conversation"
 # GetConversationRequest{id} as one length-prefixed gRPC message: flag 0, u32 big-endian length, protobuf.
 python3 - "$ID" "$TMP/get.bin" <<'EOF'
@@ -68,23 +82,27 @@ EOF
 
 # One request per transport first, to be sure each answers the conversation (h2load counts a
 # gRPC error as a 200).
-curl -sS --http2-prior-knowledge -o "$TMP/grpc.out" -D "$TMP/grpc.hdr" -H 'content-type: application/grpc' -H 'te: trailers' \
+curl -sS --http2-prior-knowledge -o "$TMP/grpc.out" -D "$TMP/grpc.hdr" -H "$AUTH" -H 'content-type: application/grpc' -H 'te: trailers' \
   --data-binary @"$TMP/get.bin" "$BASE/switchboard.v1.ChatService/GetConversation" || die "gRPC probe failed"
 grep -qi '^grpc-status: 0' "$TMP/grpc.hdr" && grep -q "$ID" "$TMP/grpc.out" || die "gRPC probe: no grpc-status 0 or no conversation in the answer"
-curl -sS --http2-prior-knowledge -o "$TMP/web.out" -H 'content-type: application/grpc-web+proto' -H 'x-grpc-web: 1' \
+curl -sS --http2-prior-knowledge -o "$TMP/web.out" -H "$AUTH" -H 'content-type: application/grpc-web+proto' -H 'x-grpc-web: 1' \
   --data-binary @"$TMP/get.bin" "$BASE/switchboard.v1.ChatService/GetConversation" || die "gRPC-Web probe failed"
 grep -qa 'grpc-status: \{0,1\}0' "$TMP/web.out" && grep -qa "$ID" "$TMP/web.out" || die "gRPC-Web probe: no grpc-status 0 trailer or no conversation in the answer"
-curl -sS --fail --http2-prior-knowledge "$BASE/v1/conversations/$ID" | jq -e --arg id "$ID" '.id == $id' >/dev/null || die "REST h2c probe failed"
-curl -sS --fail --http1.1 "$BASE/v1/conversations/$ID" | jq -e --arg id "$ID" '.id == $id' >/dev/null || die "REST HTTP/1.1 probe failed"
+curl -sS --fail --http2-prior-knowledge -H "$AUTH" "$BASE/v1/conversations/$ID" | jq -e --arg id "$ID" '.id == $id' >/dev/null || die "REST h2c probe failed"
+curl -sS --fail --http1.1 -H "$AUTH" "$BASE/v1/conversations/$ID" | jq -e --arg id "$ID" '.id == $id' >/dev/null || die "REST HTTP/1.1 probe failed"
+curl -sS --fail --http2-prior-knowledge -H "x-api-key: $KEY" "$BASE/v1/conversations/$ID" | jq -e --arg id "$ID" '.id == $id' >/dev/null || die "REST API-key probe failed"
+[[ $(curl -s -o /dev/null -w '%{http_code}' --http2-prior-knowledge "$BASE/v1/conversations/$ID") == 401 ]] || die "an anonymous GET must be refused"
 
-MODES=(grpc grpcweb rest-h2c rest-h1)
-declare -A LABEL=([grpc]="native gRPC (h2c)" [grpcweb]="gRPC-Web (h2c, grpc-web+proto)" [rest-h2c]="REST GET (h2c)" [rest-h1]="REST GET (HTTP/1.1, --h1)")
+MODES=(grpc grpcweb rest-h2c rest-h1 rest-key)
+declare -A LABEL=([grpc]="native gRPC (h2c)" [grpcweb]="gRPC-Web (h2c, grpc-web+proto)" [rest-h2c]="REST GET (h2c)" [rest-h1]="REST GET (HTTP/1.1, --h1)" [rest-key]="REST GET (h2c), API key" [login]="Login (REST, h2c)")
 args_for() { # MODE -> h2load arguments after the common ones
   case $1 in
-    grpc) echo "-H 'content-type: application/grpc' -H 'te: trailers' -d get.bin $BASE/switchboard.v1.ChatService/GetConversation" ;;
-    grpcweb) echo "-H 'content-type: application/grpc-web+proto' -H 'x-grpc-web: 1' -d get.bin $BASE/switchboard.v1.ChatService/GetConversation" ;;
-    rest-h2c) echo "$BASE/v1/conversations/$ID" ;;
-    rest-h1) echo "--h1 $BASE/v1/conversations/$ID" ;;
+    grpc) echo "-H '$AUTH' -H 'content-type: application/grpc' -H 'te: trailers' -d get.bin $BASE/switchboard.v1.ChatService/GetConversation" ;;
+    grpcweb) echo "-H '$AUTH' -H 'content-type: application/grpc-web+proto' -H 'x-grpc-web: 1' -d get.bin $BASE/switchboard.v1.ChatService/GetConversation" ;;
+    rest-h2c) echo "-H '$AUTH' $BASE/v1/conversations/$ID" ;;
+    rest-h1) echo "-H '$AUTH' --h1 $BASE/v1/conversations/$ID" ;;
+    rest-key) echo "-H 'x-api-key: $KEY' $BASE/v1/conversations/$ID" ;;
+    login) echo "-H 'content-type: application/json' -d login.json $BASE/v1/auth:login" ;;
   esac
 }
 COMMON="h2load -t 1 -c $C -m $M"
@@ -92,8 +110,11 @@ cpu_ticks() { awk '{print $14 + $15}' "/proc/$SERVER_PID/stat"; } # server user+
 TICK=$(getconf CLK_TCK)
 run() { # MODE N LOGFILE -> "req/s server-CPU-µs-per-request"
   local before after
+  local common=$COMMON
+  # Sign-ins are slow and memory-hungry by design (19 MiB each): a few clients.
+  [[ $1 == login ]] && common="h2load -t 1 -c ${BENCH_LOGIN_C:-4} -m 1"
   before=$(cpu_ticks)
-  (cd "$TMP" && eval "$COMMON -n $2 ${3:+--log-file=$3} $(args_for "$1")") >"$TMP/h2load.out" 2>&1 \
+  (cd "$TMP" && eval "$common -n $2 ${3:+--log-file=$3} $(args_for "$1")") >"$TMP/h2load.out" 2>&1 \
     || { cat "$TMP/h2load.out" >&2; die "h2load failed for $1"; }
   after=$(cpu_ticks)
   grep -q "requests: $2 total, $2 started, $2 done, $2 succeeded" "$TMP/h2load.out" \
@@ -119,6 +140,13 @@ for r in $(seq "$ROUNDS"); do
   done
 done
 
+# Sign-in: argon2id by design, so far fewer requests, once.
+run login 20 "" >/dev/null
+read -r rps cpu < <(run login "$LOGIN_N" "$TMP/login.1.log")
+RPS[login]=" $rps"
+CPU[login]=" $cpu"
+printf 'bench: %-40s %8.0f req/s  %6.1f µs server CPU/request\n' "${LABEL[login]}, $LOGIN_N" "$rps" "$cpu"
+
 median() { tr ' ' '\n' <<<"$1" | grep . | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 # median req/s and server CPU per request over the rounds; p50/p99 over all logged requests
 # (h2load --log-file column 3: µs until the end of the response)
@@ -139,6 +167,8 @@ for mode in "${MODES[@]}"; do
   ratio=$(awk -v a="$rps" -v b="$g_rps" 'BEGIN {printf "%.0f %%", 100*a/b}')
   TABLE+=$'\n'"| ${LABEL[$mode]} | $(printf '%.0f' "$rps") | $ratio | $p50 ms | $p99 ms | $cpu µs |"
 done
+read -r rps cpu p50 p99 < <(stats login)
+TABLE+=$'\n'"| ${LABEL[login]}, $LOGIN_N sign-ins once | $(printf '%.0f' "$rps") | — | $p50 ms | $p99 ms | $cpu µs |"
 read -r r_rps _ < <(stats rest-h2c)
 verdict=$(awk -v a="$r_rps" -v b="$g_rps" 'BEGIN {print (a >= 0.85*b) ? "PASS" : "FAIL"}')
 pct=$(awk -v a="$r_rps" -v b="$g_rps" 'BEGIN {printf "%.0f", 100*a/b}')

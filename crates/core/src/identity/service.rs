@@ -182,6 +182,8 @@ pub struct Identity {
     oidc: OidcProviders,
     policy: PasswordPolicy,
     config: AuthConfig,
+    /// Password hashes computed at once: twice the cores.
+    password_slots: tokio::sync::Semaphore,
 }
 
 fn sha256_hex(text: &str) -> String {
@@ -293,6 +295,9 @@ impl Identity {
                 ..PasswordPolicy::default()
             },
             config: config.clone(),
+            password_slots: tokio::sync::Semaphore::new(
+                std::thread::available_parallelism().map_or(2, |n| n.get() * 2),
+            ),
             db,
         })
     }
@@ -343,13 +348,28 @@ impl Identity {
         }
     }
 
-    /// Hashes a password on a blocking thread (it takes tens of milliseconds
-    /// by design).
-    async fn hash(password: &str) -> Result<String> {
-        let password = password.to_owned();
-        tokio::task::spawn_blocking(move || password::hash_password(&password))
+    /// Runs password work (argon2id: tens of milliseconds and 19 MiB each,
+    /// by design) on a blocking thread, at most a few at a time, so a burst
+    /// of sign-ins queues instead of exhausting memory and every core.
+    async fn password_work<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T> {
+        let _permit = self
+            .password_slots
+            .acquire()
             .await
-            .map_err(Error::internal)?
+            .map_err(Error::internal)?;
+        tokio::task::spawn_blocking(work)
+            .await
+            .map_err(Error::internal)
+    }
+
+    /// Hashes a password with argon2id.
+    async fn hash(&self, password: &str) -> Result<String> {
+        let password = password.to_owned();
+        self.password_work(move || password::hash_password(&password))
+            .await?
             .map_err(Error::internal)
     }
 
@@ -388,7 +408,7 @@ impl Identity {
             &context.client_address,
         )?;
         self.check_password_policy(password, &email)?;
-        let hash = Self::hash(password).await?;
+        let hash = self.hash(password).await?;
         let user = self
             .create_account(
                 context,
@@ -475,7 +495,7 @@ impl Identity {
             return Err(Error::invalid_argument("email", "not an email address"));
         }
         self.check_password_policy(password, &email)?;
-        let hash = Self::hash(password).await?;
+        let hash = self.hash(password).await?;
         let context = RequestContext {
             client_address: "local".to_owned(),
             user_agent: "switchboard user create".to_owned(),
@@ -534,15 +554,14 @@ impl Identity {
         let verdict = {
             let password = password.to_owned();
             let stored = row.as_ref().and_then(|row| row.password_hash.clone());
-            tokio::task::spawn_blocking(move || match stored {
+            self.password_work(move || match stored {
                 Some(stored) => password::verify_password(&password, &stored).ok(),
                 None => {
                     password::burn_verification_time(&password);
                     None
                 }
             })
-            .await
-            .map_err(Error::internal)?
+            .await?
         };
         let (row, needs_rehash) = match (row, verdict) {
             (Some(row), Some(Verified::Match { needs_rehash })) if !row.disabled => {
@@ -597,7 +616,7 @@ impl Identity {
             }
         }
         if needs_rehash {
-            let hash = Self::hash(password).await?;
+            let hash = self.hash(password).await?;
             store::set_password_hash(&mut tx, &row.id, &hash).await?;
         }
         let (session_id, access, refresh) = self.open_session(&mut tx, &row.id, now).await?;
