@@ -12,7 +12,8 @@
 //! Private keys are stored unencrypted in the database: whoever can read the
 //! database can sign tokens. Protect it accordingly.
 
-use std::sync::{Arc, RwLock};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
@@ -35,6 +36,9 @@ const RELOAD_INTERVAL: Duration = Duration::from_secs(5);
 /// rotate`, another instance) reaches this one within this time.
 const STALE_AFTER: Duration = Duration::from_secs(60);
 
+/// Verified tokens remembered at most; past this the memory is cleared.
+const VERIFIED_CAPACITY: usize = 10_000;
+
 /// The keys in use, swapped whole on reload.
 #[derive(Debug)]
 struct Keys {
@@ -52,6 +56,12 @@ pub struct KeyRing {
     access_ttl: Duration,
     keys: RwLock<Arc<Keys>>,
     last_reload: RwLock<Instant>,
+    /// Tokens whose signature and claims verified, by SHA-256 of the token:
+    /// a client sends the same token on every call for its whole life, and
+    /// checking its signature again each time costs more than the rest of a
+    /// small request. Only the signature check is skipped; expiry is checked
+    /// on every use, and revocation is the caller's (per request) business.
+    verified: Mutex<HashMap<[u8; 32], AccessClaims>>,
 }
 
 fn key_error(error: JwtError) -> Error {
@@ -82,6 +92,7 @@ impl KeyRing {
             access_ttl,
             keys: RwLock::new(Arc::new(keys)),
             last_reload: RwLock::new(Instant::now()),
+            verified: Mutex::new(HashMap::new()),
         })
     }
 
@@ -219,6 +230,31 @@ impl KeyRing {
     ///
     /// The [`JwtError`] that refuses the token.
     pub async fn verify(&self, token: &str) -> std::result::Result<AccessClaims, JwtError> {
+        use sha2::{Digest, Sha256};
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        let remembered = self
+            .verified
+            .lock()
+            .ok()
+            .and_then(|verified| verified.get(&digest).cloned());
+        if let Some(claims) = remembered {
+            return if expired(&claims, Utc::now().timestamp()) {
+                Err(JwtError::Expired)
+            } else {
+                Ok(claims)
+            };
+        }
+        let claims = self.verify_signed(token).await?;
+        if let Ok(mut verified) = self.verified.lock() {
+            if verified.len() >= VERIFIED_CAPACITY {
+                verified.clear();
+            }
+            verified.insert(digest, claims.clone());
+        }
+        Ok(claims)
+    }
+
+    async fn verify_signed(&self, token: &str) -> std::result::Result<AccessClaims, JwtError> {
         let first =
             self.current()
                 .published
@@ -244,6 +280,12 @@ impl KeyRing {
     }
 }
 
+/// Whether remembered `claims` have expired at `now` (Unix seconds), with
+/// the same leeway as a full verification.
+fn expired(claims: &AccessClaims, now: i64) -> bool {
+    claims.exp + i64::try_from(LEEWAY_SECS).unwrap_or_default() < now
+}
+
 async fn generate(algorithm: KeyAlgorithm) -> Result<SigningKey> {
     // RSA key generation takes a while: keep it off the async workers.
     tokio::task::spawn_blocking(move || SigningKey::generate(algorithm))
@@ -261,5 +303,27 @@ fn row_of(key: &SigningKey) -> SigningKeyRow {
         public_jwk: stored.public_jwk,
         created_at: micros(Utc::now()),
         retired_at: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn remembered_tokens_still_expire() {
+        let claims = AccessClaims {
+            iss: "i".into(),
+            aud: "a".into(),
+            sub: "s".into(),
+            exp: 1_000,
+            nbf: 0,
+            iat: 0,
+            jti: "j".into(),
+            sid: String::new(),
+        };
+        assert!(!expired(&claims, 1_000));
+        assert!(!expired(&claims, 1_000 + 30), "within the leeway");
+        assert!(expired(&claims, 1_000 + 31));
     }
 }
