@@ -109,6 +109,25 @@ impl AuthService for AuthApi {
         Ok(Response::new(user.into_proto()))
     }
 
+    async fn change_password(
+        &self,
+        request: Request<pb::ChangePasswordRequest>,
+    ) -> Result<Response<pbjson_types::Empty>, Status> {
+        let caller = principal(&request)?;
+        let context = context(&request);
+        let request = request.into_inner();
+        self.identity
+            .change_password(
+                &context,
+                &caller,
+                &request.current_password,
+                &request.new_password,
+            )
+            .await
+            .map_err(status_from)?;
+        Ok(Response::new(pbjson_types::Empty {}))
+    }
+
     async fn create_api_key(
         &self,
         request: Request<pb::CreateApiKeyRequest>,

@@ -966,6 +966,80 @@ impl Identity {
         self.user_with_links(row).await
     }
 
+    /// Changes the caller's password and ends their other sessions.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidArgument`] naming `current_password` when it is wrong
+    /// or `new_password` when the policy refuses it;
+    /// [`Error::FailedPrecondition`] for an account that signs in only
+    /// through an identity provider; [`Error::ResourceExhausted`] after too
+    /// many attempts.
+    pub async fn change_password(
+        &self,
+        context: &RequestContext,
+        caller: &Principal,
+        current: &str,
+        new: &str,
+    ) -> Result<()> {
+        self.throttle
+            .attempt(&caller.user_id, &context.client_address)?;
+        let row = self.fetch_user(&caller.user_id).await?;
+        let Some(stored) = row.password_hash.clone() else {
+            return Err(Error::FailedPrecondition(
+                "this account signs in through an identity provider and has no password".to_owned(),
+            ));
+        };
+        let current_owned = current.to_owned();
+        let verdict = self
+            .password_work(move || password::verify_password(&current_owned, &stored))
+            .await?
+            .map_err(Error::internal)?;
+        if !matches!(verdict, Verified::Match { .. }) {
+            self.audit_failure(
+                context,
+                &row.id,
+                "auth.password_change",
+                &format!("user:{}", row.id),
+                "wrong current password",
+            )
+            .await?;
+            return Err(Error::invalid_argument(
+                "current_password",
+                "is not the account's password",
+            ));
+        }
+        self.policy
+            .check(new, &row.email)
+            .map_err(|violation| Error::invalid_argument("new_password", violation.to_string()))?;
+        let hash = self.hash(new).await?;
+        let now = store::now();
+        let mut tx = self.db.begin().await?;
+        store::set_password_hash(&mut tx, &row.id, &hash).await?;
+        let ended = store::revoke_other_sessions(
+            &mut tx,
+            &row.id,
+            caller.session_id(),
+            "password changed",
+            now,
+        )
+        .await?;
+        audit::append(
+            &mut tx,
+            context,
+            AuditRecord {
+                actor: &row.id,
+                action: "auth.password_change",
+                target: &format!("user:{}", row.id),
+                outcome: AuditOutcome::Success,
+                detail: &format!("{ended} other sessions ended"),
+            },
+            now,
+        )
+        .await?;
+        tx.commit().await
+    }
+
     /// Creates an API key for the caller.
     ///
     /// # Errors

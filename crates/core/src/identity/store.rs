@@ -283,6 +283,29 @@ pub(crate) async fn revoke_session(
     Ok(affected == 1)
 }
 
+/// Revokes every live session of `user_id` but `keep` (if any); returns how
+/// many ended.
+pub(crate) async fn revoke_other_sessions(
+    tx: &mut Tx,
+    user_id: &str,
+    keep: Option<&str>,
+    reason: &str,
+    now: DateTime<Utc>,
+) -> Result<u64> {
+    let sql = "UPDATE sessions SET revoked_at = $1, revoked_reason = $2 \
+               WHERE user_id = $3 AND id <> $4 AND revoked_at IS NULL";
+    Ok(on_tx!(tx, conn => {
+        sqlx::query(sql)
+            .bind(micros(now))
+            .bind(reason)
+            .bind(user_id)
+            .bind(keep.unwrap_or_default())
+            .execute(conn)
+            .await?
+            .rows_affected()
+    }))
+}
+
 /// What authenticating an access token needs to know, in one query.
 #[derive(Debug, FromRow)]
 pub(crate) struct TokenHolder {

@@ -895,7 +895,49 @@ async fn rotating_the_signing_key_logs_nobody_out(app: &TestApp) {
     assert_eq!(header["kid"], new_kid.as_str());
 }
 
+async fn changing_the_password_ends_every_other_session(app: &TestApp) {
+    let first = &app.owner;
+    let login = |password: &'static str| {
+        app.rest(
+            "POST",
+            "/v1/auth:login",
+            None,
+            Some(json!({"email": "owner@example.test", "password": password})),
+        )
+    };
+    let (status, second) = login(PASSWORD).await;
+    assert_eq!(status, 200);
+    let second = second["accessToken"].as_str().unwrap().to_owned();
+    let change = |current: &str| {
+        app.rest(
+            "POST",
+            "/v1/me/password:change",
+            Some(&second),
+            Some(json!({"currentPassword": current, "newPassword": "a brand new pass phrase"})),
+        )
+    };
+    let (status, body) = change("not my password at all").await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("current_password:")
+    );
+    let (status, body) = change(PASSWORD).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, _) = app
+        .rest("GET", "/v1/me", Some(&first.access_token), None)
+        .await;
+    assert_eq!(status, 401, "the other session ended");
+    let (status, _) = app.rest("GET", "/v1/me", Some(&second), None).await;
+    assert_eq!(status, 200, "the calling session stays");
+    assert_eq!(login(PASSWORD).await.0, 401);
+    assert_eq!(login("a brand new pass phrase").await.0, 200);
+}
+
 on_both_databases!(
+    changing_the_password_ends_every_other_session,
     a_new_user_registers_signs_in_and_chats_over_every_transport,
     another_user_never_sees_the_first_users_conversations,
     every_forged_or_stale_credential_is_a_401_on_every_transport,
