@@ -33,11 +33,13 @@ impl UserService for UserApi {
         &self,
         request: Request<pb::ListUsersRequest>,
     ) -> Result<Response<pb::ListUsersResponse>, Status> {
+        let caller = principal(&request)?;
+        let context = context(&request);
         let request = request.into_inner();
         let page_size = convert::page_size(request.page_size).map_err(status_from)?;
         let page = self
             .identity
-            .list_users(page_size, &request.page_token)
+            .list_users(&context, &caller, page_size, &request.page_token)
             .await
             .map_err(status_from)?;
         Ok(Response::new(pb::ListUsersResponse {

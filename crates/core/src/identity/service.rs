@@ -1564,12 +1564,19 @@ impl Identity {
 
     // --- administration -----------------------------------------------------
 
-    /// Every account, oldest first, a page at a time.
+    /// Every account, oldest first, a page at a time. Audited as
+    /// `user.list`: it is an administrator reading other people's accounts.
     ///
     /// # Errors
     ///
     /// [`Error::InvalidArgument`] for a bad page token.
-    pub async fn list_users(&self, page_size: u32, page_token: &str) -> Result<UserPage> {
+    pub async fn list_users(
+        &self,
+        context: &RequestContext,
+        caller: &Principal,
+        page_size: u32,
+        page_token: &str,
+    ) -> Result<UserPage> {
         let limit = paging::page_size(page_size, DEFAULT_USER_PAGE_SIZE);
         let after = paging::decode(Listing::Users, page_token)?;
         let mut rows = store::list_users(&self.db, after.as_ref(), limit + 1).await?;
@@ -1585,6 +1592,19 @@ impl Identity {
             ),
             _ => String::new(),
         };
+        audit::append_alone(
+            &self.db,
+            context,
+            AuditRecord {
+                actor: &caller.user_id,
+                action: "user.list",
+                target: "users",
+                outcome: AuditOutcome::Success,
+                detail: &format!("{} accounts listed", rows.len()),
+            },
+            store::now(),
+        )
+        .await?;
         let mut users = Vec::with_capacity(rows.len());
         for row in rows {
             users.push(self.user_with_links(row).await?);

@@ -706,6 +706,7 @@ async fn admins_manage_users_and_read_an_audit_trail_that_detects_edits(app: &Te
     assert_eq!(role_changes[0]["actor"], admin.user_id);
     assert!(!role_changes[0]["requestId"].as_str().unwrap().is_empty());
     assert_eq!(audit_actions(app, &admin, "user.read").await.len(), 1);
+    assert_eq!(audit_actions(app, &admin, "user.list").await.len(), 1);
     assert_eq!(audit_actions(app, &admin, "user.delete").await.len(), 1);
     // Paging and the actor filter.
     let (_, page) = app
