@@ -209,10 +209,11 @@ impl AuthService for AuthApi {
         &self,
         request: Request<pb::StartOidcLoginRequest>,
     ) -> Result<Response<pb::StartOidcLoginResponse>, Status> {
+        let context = context(&request);
         let request = request.into_inner();
         let start = self
             .identity
-            .start_oidc_login(&request.provider, &request.redirect_uri)
+            .start_oidc_login(&context, &request.provider, &request.redirect_uri)
             .await
             .map_err(status_from)?;
         Ok(Response::new(pb::StartOidcLoginResponse {

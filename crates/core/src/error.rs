@@ -162,6 +162,13 @@ impl Error {
 /// [`Error::NotFound`] here: the code that looked for it says what it was.
 impl From<sqlx::Error> for Error {
     fn from(err: sqlx::Error) -> Self {
+        if let sqlx::Error::Database(db) = &err
+            && db.code().as_deref() == Some("22021")
+        {
+            // PostgreSQL cannot store a NUL character in text; SQLite can.
+            // Either way it is the input's fault, not the server's.
+            return Self::invalid_argument("", "text must not contain NUL characters");
+        }
         if is_transient(&err) {
             // Worth retrying; the client learns that much and no more.
             tracing::warn!(error = %err, "database unavailable");

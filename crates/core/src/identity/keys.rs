@@ -151,6 +151,11 @@ impl KeyRing {
         if let Ok(mut slot) = self.keys.write() {
             *slot = Arc::new(keys);
         }
+        // A key may have gone (deleted in an emergency): tokens it signed
+        // must be checked again.
+        if let Ok(mut verified) = self.verified.lock() {
+            verified.clear();
+        }
         if let Ok(mut last) = self.last_reload.write() {
             *last = Instant::now();
         }

@@ -564,6 +564,14 @@ impl OidcProviders {
         token: &str,
     ) -> Result<ExternalIdentity, OidcError> {
         let config = &self.inner.configs[index];
+        // Without an audience of its own, the provider's ID tokens for our
+        // client (audience = client id) would pass as access tokens.
+        let Some(audience) = config.audience.as_deref() else {
+            return Err(OidcError::InvalidToken(format!(
+                "provider {:?} has no `audience` configured, so its tokens are not accepted as bearer tokens",
+                config.id
+            )));
+        };
         let header = jsonwebtoken::decode_header(token)
             .map_err(|e| OidcError::InvalidToken(format!("header: {e}")))?;
         let mut discovered = self.discovered(index).await?;
@@ -586,12 +594,21 @@ impl OidcProviders {
 
         let mut validation = Validation::new(header.alg);
         validation.set_issuer(&[&config.issuer]);
-        validation.set_audience(&[config.audience()]);
+        validation.set_audience(&[audience]);
         validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
         validation.leeway = BEARER_LEEWAY.as_secs();
         validation.validate_nbf = true;
         let data = jsonwebtoken::decode::<Map<String, Value>>(token, &key, &validation)
             .map_err(|e| OidcError::InvalidToken(e.to_string()))?;
+        // An ID token (it carries the sign-in's nonce, or says so in
+        // Keycloak's `typ` claim) proves a sign-in to a client, not access.
+        if data.claims.contains_key("nonce")
+            || data.claims.get("typ").and_then(Value::as_str) == Some("ID")
+        {
+            return Err(OidcError::InvalidToken(
+                "an ID token is not an access token".to_owned(),
+            ));
+        }
         identity_from_claims(config, &data.claims)
     }
 

@@ -70,8 +70,9 @@ pub struct User {
     pub last_login_at: Option<DateTime<Utc>>,
 }
 
-/// The tokens of a new or refreshed session.
-#[derive(Debug, Clone)]
+/// The tokens of a new or refreshed session. Its `Debug` leaves out the
+/// tokens.
+#[derive(Clone)]
 pub struct AuthTokens {
     /// A signed JWT.
     pub access_token: String,
@@ -135,8 +136,9 @@ pub struct NewApiKey {
     pub expires_at: Option<DateTime<Utc>>,
 }
 
-/// A key just created, with its secret (shown once).
-#[derive(Debug, Clone)]
+/// A key just created, with its secret (shown once). Its `Debug` leaves out
+/// the secret.
+#[derive(Clone)]
 pub struct ApiKeyCreated {
     /// The key as it will be listed.
     pub key: ApiKey,
@@ -164,13 +166,37 @@ pub struct OidcStart {
     pub state: String,
 }
 
-/// A second factor being enrolled.
-#[derive(Debug, Clone)]
+/// A second factor being enrolled. Its `Debug` leaves out the secret.
+#[derive(Clone)]
 pub struct TotpEnrollment {
     /// The shared secret, base32.
     pub secret: String,
     /// The `otpauth://` URI.
     pub otpauth_uri: String,
+}
+
+impl std::fmt::Debug for AuthTokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthTokens")
+            .field("expires_in", &self.expires_in)
+            .field("refresh_expires_in", &self.refresh_expires_in)
+            .field("user", &self.user)
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for ApiKeyCreated {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiKeyCreated")
+            .field("key", &self.key)
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for TotpEnrollment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TotpEnrollment").finish_non_exhaustive()
+    }
 }
 
 /// The identity domain.
@@ -195,6 +221,18 @@ fn random_token(bytes: usize) -> String {
     let mut buffer = vec![0u8; bytes];
     rand::fill(&mut buffer[..]);
     data_encoding::BASE64URL_NOPAD.encode(&buffer)
+}
+
+/// Refuses text PostgreSQL cannot store (a NUL character), the same way on
+/// both databases.
+fn refuse_nul(field: &str, value: &str) -> Result<()> {
+    if value.contains('\0') {
+        return Err(Error::invalid_argument(
+            field,
+            "must not contain NUL characters",
+        ));
+    }
+    Ok(())
 }
 
 fn normalise_email(email: &str) -> String {
@@ -321,7 +359,6 @@ impl Identity {
         user_id: &str,
         now: DateTime<Utc>,
     ) -> Result<(String, String, String)> {
-        self.keys.reload_if_stale().await;
         let session_id = uuid::Uuid::now_v7().to_string();
         let expires_at = now + self.refresh_ttl();
         store::insert_session(tx, &session_id, user_id, now, expires_at).await?;
@@ -402,6 +439,8 @@ impl Identity {
             ));
         }
         let email = normalise_email(email);
+        refuse_nul("email", &email)?;
+        refuse_nul("display_name", display_name)?;
         // Per client address (both buckets), never one bucket for everyone.
         self.throttle.attempt(
             &format!("register:{}", context.client_address),
@@ -421,6 +460,7 @@ impl Identity {
             )
             .await?;
         let now = store::now();
+        self.keys.reload_if_stale().await;
         let mut tx = self.db.begin().await?;
         let (_, access, refresh) = self.open_session(&mut tx, &user.id, now).await?;
         store::record_login(&mut tx, &user.id, now).await?;
@@ -546,7 +586,9 @@ impl Identity {
         second_factor: &str,
     ) -> Result<AuthTokens> {
         let email = normalise_email(email);
-        self.throttle.attempt(&email, &context.client_address)?;
+        refuse_nul("email", &email)?;
+        self.throttle
+            .attempt(&format!("email:{email}"), &context.client_address)?;
         let row = store::user_by_email(&self.db, &email).await?;
         let target = format!("email:{email}");
         // Verify first, whatever the account's state, so every refusal takes
@@ -580,6 +622,14 @@ impl Identity {
                 return Err(refused());
             }
         };
+        // Slow work before the transaction: SQLite's write lock is held from
+        // its first statement.
+        let new_hash = if needs_rehash {
+            Some(self.hash(password).await?)
+        } else {
+            None
+        };
+        self.keys.reload_if_stale().await;
         let now = store::now();
         let mut tx = self.db.begin().await?;
         if row.totp_enabled {
@@ -615,9 +665,8 @@ impl Identity {
                 ));
             }
         }
-        if needs_rehash {
-            let hash = self.hash(password).await?;
-            store::set_password_hash(&mut tx, &row.id, &hash).await?;
+        if let Some(hash) = &new_hash {
+            store::set_password_hash(&mut tx, &row.id, hash).await?;
         }
         let (session_id, access, refresh) = self.open_session(&mut tx, &row.id, now).await?;
         store::record_login(&mut tx, &row.id, now).await?;
@@ -676,6 +725,7 @@ impl Identity {
     }
 
     async fn fetch_user(&self, id: &str) -> Result<UserRow> {
+        refuse_nul("id", id)?;
         store::user_by_id(&self.db, id)
             .await?
             .ok_or(Error::NotFound { what: "user" })
@@ -698,6 +748,7 @@ impl Identity {
         };
         let hash = sha256_hex(refresh_token.trim());
         let now = store::now();
+        self.keys.reload_if_stale().await;
         let mut tx = self.db.begin().await?;
         let Some(found) = store::refresh_token(&mut tx, &hash).await? else {
             return Err(invalid());
@@ -944,7 +995,16 @@ impl Identity {
             && !totp_enabled
             && !matches!(credential, Credential::ProviderToken { .. })
         {
-            restricted_to = Some(vec![ACCOUNT_READ.to_owned(), ACCOUNT_WRITE.to_owned()]);
+            // Narrow, never widen: what the credential allowed, of the
+            // account permissions.
+            let account = [ACCOUNT_READ, ACCOUNT_WRITE];
+            restricted_to = Some(match restricted_to {
+                Some(allowed) => allowed
+                    .into_iter()
+                    .filter(|p| account.contains(&p.as_str()))
+                    .collect(),
+                None => account.map(str::to_owned).to_vec(),
+            });
         }
         Principal {
             user_id,
@@ -983,7 +1043,7 @@ impl Identity {
         new: &str,
     ) -> Result<()> {
         self.throttle
-            .attempt(&caller.user_id, &context.client_address)?;
+            .attempt(&format!("user:{}", caller.user_id), &context.client_address)?;
         let row = self.fetch_user(&caller.user_id).await?;
         let Some(stored) = row.password_hash.clone() else {
             return Err(Error::FailedPrecondition(
@@ -1052,9 +1112,23 @@ impl Identity {
         caller: &Principal,
         key: NewApiKey,
     ) -> Result<ApiKeyCreated> {
-        let name = key.name.trim();
+        if matches!(caller.credential, Credential::ApiKey { .. }) {
+            return Err(Error::PermissionDenied(
+                "API keys cannot create API keys; sign in to create one".to_owned(),
+            ));
+        }
+        let mut key = key;
+        let name = key.name.trim().to_owned();
+        let name = name.as_str();
         if name.is_empty() {
             return Err(Error::invalid_argument("api_key.name", "must not be empty"));
+        }
+        refuse_nul("api_key.name", name)?;
+        // A restricted caller's "all my permissions" is its restriction.
+        if key.permissions.is_empty()
+            && let Some(restricted) = &caller.restricted_to
+        {
+            key.permissions = restricted.clone();
         }
         for permission in &key.permissions {
             if !caller.allows(permission) {
@@ -1131,6 +1205,7 @@ impl Identity {
         caller: &Principal,
         id: &str,
     ) -> Result<()> {
+        refuse_nul("id", id)?;
         let now = store::now();
         let mut tx = self.db.begin().await?;
         if !store::revoke_api_key(&mut tx, &caller.user_id, id, now).await? {
@@ -1201,7 +1276,7 @@ impl Identity {
         code: &str,
     ) -> Result<Vec<String>> {
         self.throttle
-            .attempt(&caller.user_id, &context.client_address)?;
+            .attempt(&format!("user:{}", caller.user_id), &context.client_address)?;
         let row = self.fetch_user(&caller.user_id).await?;
         let Some(secret) = row.totp_secret.as_deref().filter(|_| !row.totp_enabled) else {
             return Err(Error::FailedPrecondition(
@@ -1263,7 +1338,7 @@ impl Identity {
         code: &str,
     ) -> Result<()> {
         self.throttle
-            .attempt(&caller.user_id, &context.client_address)?;
+            .attempt(&format!("user:{}", caller.user_id), &context.client_address)?;
         let row = self.fetch_user(&caller.user_id).await?;
         if !row.totp_enabled {
             return Err(Error::FailedPrecondition(
@@ -1322,7 +1397,17 @@ impl Identity {
     ///
     /// [`Error::NotFound`] for an unknown provider; [`Error::Unavailable`]
     /// when it cannot be reached.
-    pub async fn start_oidc_login(&self, provider: &str, redirect_uri: &str) -> Result<OidcStart> {
+    pub async fn start_oidc_login(
+        &self,
+        context: &RequestContext,
+        provider: &str,
+        redirect_uri: &str,
+    ) -> Result<OidcStart> {
+        // Each start stores a row for ten minutes: not without limit.
+        self.throttle.attempt(
+            &format!("oidc-start:{}", context.client_address),
+            &context.client_address,
+        )?;
         let (pending, url) = self
             .oidc
             .start_login(provider, redirect_uri)
@@ -1366,6 +1451,8 @@ impl Identity {
         state: &str,
         code: &str,
     ) -> Result<AuthTokens> {
+        refuse_nul("state", state)?;
+        refuse_nul("provider", provider)?;
         let expired_before =
             micros(store::now() - chrono::Duration::from_std(OIDC_LOGIN_TTL).unwrap_or_default());
         let pending = match store::take_oidc_login(&self.db, state).await? {
@@ -1412,6 +1499,7 @@ impl Identity {
             ));
         }
         let now = store::now();
+        self.keys.reload_if_stale().await;
         let mut tx = self.db.begin().await?;
         let (session_id, access, refresh) = self.open_session(&mut tx, &row.id, now).await?;
         store::record_login(&mut tx, &row.id, now).await?;
@@ -1436,19 +1524,27 @@ impl Identity {
     }
 
     /// The account linked to a provider identity: found by (issuer,
-    /// subject), else linked to the account with the same verified email,
-    /// else created. The provider's mapped roles set the account's role
-    /// whenever they name one.
+    /// subject), else linked to a password-less account with the same
+    /// email the provider verified, else created. When the provider maps
+    /// roles (`role_claim`), its claims decide the account's role on every
+    /// sign-in: the highest mapped role, or `user` when none maps, so a
+    /// person removed from a group at the provider loses the role here too.
     async fn provision(
         &self,
         context: &RequestContext,
         identity: &ExternalIdentity,
     ) -> Result<UserRow> {
+        let maps_roles = self
+            .config
+            .oidc_providers
+            .iter()
+            .any(|p| p.id == identity.provider && p.role_claim.is_some());
         let mapped_role = identity
             .roles
             .iter()
             .filter_map(|role| role.parse::<Role>().ok())
-            .max();
+            .max()
+            .or(maps_roles.then_some(Role::User));
         if let Some(row) =
             store::user_by_identity(&self.db, &identity.issuer, &identity.subject).await?
         {
@@ -1484,9 +1580,12 @@ impl Identity {
             .unwrap_or_else(|| format!("{}@{}.invalid", identity.subject, identity.provider));
         let now = store::now();
         if let Some(existing) = store::user_by_email(&self.db, &email).await? {
-            if !identity.email_verified {
+            // Linking by email is only safe when neither side could have
+            // claimed the address: the provider verified it, and the account
+            // has no password (anyone may register any email with one).
+            if !identity.email_verified || existing.password_hash.is_some() {
                 return Err(Error::FailedPrecondition(
-                    "an account with this email exists and the provider has not verified the email; sign in with the password".to_owned(),
+                    "an account with this email exists already; sign in with its password (linking it to this provider needs an administrator)".to_owned(),
                 ));
             }
             let mut tx = self.db.begin().await?;
@@ -1726,9 +1825,25 @@ impl Identity {
                 now,
             )
             .await?;
+            // After the audit append, which serialises these transactions
+            // on the audit head: two admins demoting each other at once
+            // cannot both see the other one still in office.
+            if old_role == Role::Admin && !before.disabled {
+                self.keep_an_admin(&mut tx).await?;
+            }
         }
         tx.commit().await?;
         self.user_with_links(self.fetch_user(id).await?).await
+    }
+
+    /// Refuses a change that leaves no enabled administrator.
+    async fn keep_an_admin(&self, tx: &mut Tx) -> Result<()> {
+        if store::enabled_admins(tx).await? == 0 {
+            return Err(Error::FailedPrecondition(
+                "this would leave no enabled administrator".to_owned(),
+            ));
+        }
+        Ok(())
     }
 
     /// Deletes an account with its conversations, sessions and keys.
@@ -1767,6 +1882,9 @@ impl Identity {
             now,
         )
         .await?;
+        if row.role == Role::Admin.as_str() && !row.disabled {
+            self.keep_an_admin(&mut tx).await?;
+        }
         tx.commit().await
     }
 

@@ -21,8 +21,9 @@ macro_rules! user_columns {
     };
 }
 
-/// An account as stored.
-#[derive(Debug, Clone, FromRow)]
+/// An account as stored. Its `Debug` leaves out the password hash and the
+/// TOTP secret.
+#[derive(Clone, FromRow)]
 pub(crate) struct UserRow {
     pub(crate) id: String,
     pub(crate) email: String,
@@ -36,6 +37,18 @@ pub(crate) struct UserRow {
     pub(crate) created_at: i64,
     pub(crate) updated_at: i64,
     pub(crate) last_login_at: Option<i64>,
+}
+
+impl std::fmt::Debug for UserRow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UserRow")
+            .field("id", &self.id)
+            .field("email", &self.email)
+            .field("role", &self.role)
+            .field("disabled", &self.disabled)
+            .field("totp_enabled", &self.totp_enabled)
+            .finish_non_exhaustive()
+    }
 }
 
 impl UserRow {
@@ -156,6 +169,12 @@ pub(crate) async fn update_user(
             .rows_affected()
     });
     Ok(affected == 1)
+}
+
+/// How many enabled administrators there are, as `tx` sees it.
+pub(crate) async fn enabled_admins(tx: &mut Tx) -> Result<i64> {
+    let sql = "SELECT COUNT(*) FROM users WHERE role = 'admin' AND disabled = FALSE";
+    Ok(on_tx!(tx, conn => sqlx::query_scalar(sql).fetch_one(conn).await?))
 }
 
 pub(crate) async fn set_password_hash(tx: &mut Tx, id: &str, hash: &str) -> Result<()> {
@@ -566,8 +585,9 @@ pub(crate) async fn link_identity(
     result.map_err(|e| Error::from_unique_violation(e, "this identity is linked already"))
 }
 
-/// A pending OpenID Connect sign-in, as stored.
-#[derive(Debug, FromRow)]
+/// A pending OpenID Connect sign-in, as stored. Its `Debug` leaves out the
+/// nonce and the PKCE verifier.
+#[derive(FromRow)]
 pub(crate) struct OidcLoginRow {
     pub(crate) state: String,
     pub(crate) provider: String,
@@ -612,8 +632,8 @@ pub(crate) async fn purge_oidc_logins(db: &Database, before: DateTime<Utc>) -> R
 
 // --- signing keys ----------------------------------------------------------
 
-/// A signing key as stored.
-#[derive(Debug, Clone, FromRow)]
+/// A signing key as stored. Its `Debug` leaves out the private key.
+#[derive(Clone, FromRow)]
 pub(crate) struct SigningKeyRow {
     pub(crate) kid: String,
     pub(crate) algorithm: String,
@@ -661,4 +681,25 @@ pub(crate) async fn insert_signing_key(
         }
     });
     tx.commit().await
+}
+
+impl std::fmt::Debug for OidcLoginRow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OidcLoginRow")
+            .field("provider", &self.provider)
+            .field("redirect_uri", &self.redirect_uri)
+            .field("created_at", &self.created_at)
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for SigningKeyRow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SigningKeyRow")
+            .field("kid", &self.kid)
+            .field("algorithm", &self.algorithm)
+            .field("created_at", &self.created_at)
+            .field("retired_at", &self.retired_at)
+            .finish_non_exhaustive()
+    }
 }

@@ -44,8 +44,9 @@ impl LoginThrottle {
         }
     }
 
-    /// Counts one attempt for `account` (an email, lower-cased by the caller,
-    /// or a user id) from `address`.
+    /// Counts one attempt for `account` from `address`. Callers prefix the
+    /// account key with what it is (`email:`, `user:`, `register:`, …), so
+    /// one kind of key can never spend another's bucket.
     ///
     /// # Errors
     ///
@@ -53,7 +54,9 @@ impl LoginThrottle {
     /// limit is spent.
     pub fn attempt(&self, account: &str, address: &str) -> Result<()> {
         let clock = DefaultClock::default();
-        for (limiter, key) in [(&self.per_account, account), (&self.per_address, address)] {
+        // The address first: a flood from one address then spends only its
+        // own bucket, not the buckets of the accounts it names.
+        for (limiter, key) in [(&self.per_address, address), (&self.per_account, account)] {
             if limiter.len() > RETAIN_ABOVE {
                 limiter.retain_recent();
             }

@@ -558,6 +558,16 @@ async fn api_keys_are_shown_once_restricted_and_revocable(app: &TestApp) {
         )
         .await;
     assert_eq!(status, 403);
+    // A key never mints another key, restricted or not.
+    let (status, body) = app
+        .rest(
+            "POST",
+            "/v1/me/api-keys",
+            Some(&secret),
+            Some(json!({"name": "child"})),
+        )
+        .await;
+    assert_eq!(status, 403, "{body}");
 
     let (_, listed) = app
         .rest("GET", "/v1/me/api-keys", Some(&owner.access_token), None)
@@ -937,7 +947,25 @@ async fn changing_the_password_ends_every_other_session(app: &TestApp) {
     assert_eq!(login("a brand new pass phrase").await.0, 200);
 }
 
+async fn nul_characters_are_refused_alike_on_both_databases(app: &TestApp) {
+    let (status, body) = app
+        .rest(
+            "POST",
+            "/v1/auth:login",
+            None,
+            Some(json!({"email": "a\u{0}b@example.test", "password": PASSWORD})),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    let admin = app.account("nul-admin@example.test", Role::Admin).await;
+    let (status, body) = app
+        .rest("GET", "/v1/users/a%00b", Some(&admin.access_token), None)
+        .await;
+    assert_eq!(status, 400, "{body}");
+}
+
 on_both_databases!(
+    nul_characters_are_refused_alike_on_both_databases,
     changing_the_password_ends_every_other_session,
     a_new_user_registers_signs_in_and_chats_over_every_transport,
     another_user_never_sees_the_first_users_conversations,

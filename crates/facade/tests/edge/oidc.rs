@@ -179,6 +179,59 @@ async fn provider_tokens_are_accepted_as_bearer_tokens_when_they_verify(backend:
     app.stop().await;
 }
 
+async fn a_provider_sign_in_never_takes_over_a_registered_account(backend: Backend) {
+    let provider = OidcTestProvider::start(&[REDIRECT_URI]).await;
+    let app = app_with_provider(backend, &provider).await;
+    // Someone registers alice's address before alice ever signs in.
+    let (status, squatter) = app
+        .rest(
+            "POST",
+            "/v1/auth:register",
+            None,
+            Some(json!({"email": "alice@example.test", "password": crate::support::PASSWORD})),
+        )
+        .await;
+    assert_eq!(status, 200, "{squatter}");
+    let (status, start) = app
+        .rest(
+            "GET",
+            &format!("/v1/auth/providers/test:start?redirectUri={REDIRECT_URI}"),
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(status, 200);
+    let back = provider
+        .sign_in(start["authorizationUrl"].as_str().unwrap(), "alice")
+        .await;
+    let back = reqwest::Url::parse(&back).unwrap();
+    let query: BTreeMap<String, String> = back.query_pairs().into_owned().collect();
+    let (status, refused) = app
+        .rest(
+            "POST",
+            "/v1/auth/providers/test:complete",
+            None,
+            Some(json!({"state": query["state"], "code": query["code"]})),
+        )
+        .await;
+    assert_eq!(status, 400, "not linked to the password account: {refused}");
+    let token = squatter["accessToken"].as_str().unwrap();
+    let (_, me) = app.rest("GET", "/v1/me", Some(token), None).await;
+    assert_eq!(me["role"], "USER_ROLE_USER", "the squatter gained nothing");
+    assert_eq!(me["identityProviders"], json!([]));
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_a_provider_sign_in_never_takes_over_a_registered_account() {
+    a_provider_sign_in_never_takes_over_a_registered_account(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_provider_sign_in_never_takes_over_a_registered_account() {
+    a_provider_sign_in_never_takes_over_a_registered_account(Backend::Postgres).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_sign_in_with_the_provider_gives_a_working_session() {
     sign_in_with_the_provider_gives_a_working_session(Backend::Sqlite).await;
