@@ -122,9 +122,10 @@ pub struct AuthConfig {
     pub login_attempt_refill_secs: u64,
     /// Key `auth.oidc_providers`: OpenID Connect providers, an array of
     /// tables with `id`, `issuer`, `client_id`, `client_secret`, and
-    /// optionally `display_name`, `scopes`, `audience`, `role_claim` (such
-    /// as `realm_access.roles` or `groups`) and `role_map` (claim value →
-    /// `user` | `operator` | `admin`). Default none.
+    /// optionally `display_name`, `scopes`, `audience` (the `aud` of its
+    /// access tokens; without it they are not accepted as bearer tokens),
+    /// `role_claim` (such as `realm_access.roles` or `groups`) and `role_map`
+    /// (claim value → `user` | `operator` | `admin`). Default none.
     pub oidc_providers: Vec<crate::identity::oidc::OidcProviderConfig>,
 }
 
