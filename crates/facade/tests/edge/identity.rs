@@ -965,6 +965,7 @@ async fn nul_characters_are_refused_alike_on_both_databases(app: &TestApp) {
 }
 
 on_both_databases!(
+    signing_keys_survive_a_restart,
     nul_characters_are_refused_alike_on_both_databases,
     changing_the_password_ends_every_other_session,
     a_new_user_registers_signs_in_and_chats_over_every_transport,
@@ -1027,5 +1028,53 @@ async fn behind_a_trusted_proxy_the_forwarded_address_is_the_callers() {
         .find(|e| e["outcome"] == "AUDIT_OUTCOME_FAILURE")
         .expect("the failed sign-in is audited");
     assert_eq!(failure["clientAddress"], "198.51.100.7");
+    app.stop().await;
+}
+
+async fn signing_keys_survive_a_restart(app: &TestApp) {
+    // A second identity service over the same database, as after a restart
+    // or on another instance: the same key signs, and today's tokens verify.
+    let config = switchboard_core::config::AuthConfig::default();
+    let restarted =
+        switchboard_core::identity::Identity::start(app.services().database().clone(), &config)
+            .await
+            .unwrap();
+    assert_eq!(
+        restarted.keys().signing_kid(),
+        app.services().identity().keys().signing_kid()
+    );
+    let principal = restarted
+        .authenticate(&app.owner.access_token)
+        .await
+        .unwrap()
+        .expect("a token of the first start verifies after the restart");
+    assert_eq!(principal.user_id, app.owner.user_id);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rs256_signs_when_configured() {
+    let app = crate::support::spawn_app_with(crate::support::Backend::Sqlite, |config| {
+        config.auth.signing_algorithm = "RS256".into();
+    })
+    .await;
+    let header: Value = serde_json::from_slice(
+        &base64::Engine::decode(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+            app.owner.access_token.split('.').next().unwrap(),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(header["alg"], "RS256");
+    let (status, _) = app
+        .rest("GET", "/v1/me", Some(&app.owner.access_token), None)
+        .await;
+    assert_eq!(status, 200);
+    let (_, jwks) = app.rest("GET", "/.well-known/jwks.json", None, None).await;
+    assert_eq!(jwks["keys"][0]["kty"], "RSA");
+    assert!(
+        jwks["keys"][0].get("d").is_none(),
+        "no private part is published"
+    );
     app.stop().await;
 }
