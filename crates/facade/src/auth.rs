@@ -49,7 +49,8 @@ pub(crate) fn caller_of(principal: Principal) -> Caller {
     Caller::Authenticated(Arc::new(PrincipalGrants(principal)))
 }
 
-/// The credential a request presents, if any: a bearer token or an API key.
+/// The credential a request presents, if any: a bearer token or an API key
+/// (`Authorization`, `x-api-key`, or a WebSocket's `bearer.` subprotocol).
 /// An `Authorization` header of another scheme (Basic, …) is returned as
 /// is, and refused.
 fn credential(request: &Request) -> Option<String> {
@@ -63,9 +64,12 @@ fn credential(request: &Request) -> Option<String> {
             _ => String::new(),
         });
     }
-    headers
-        .get("x-api-key")
-        .map(|value| value.to_str().unwrap_or_default().trim().to_owned())
+    if let Some(value) = headers.get("x-api-key") {
+        return Some(value.to_str().unwrap_or_default().trim().to_owned());
+    }
+    // A browser's WebSocket cannot send headers: its token comes as a
+    // subprotocol.
+    crate::ws::subprotocol_token(headers)
 }
 
 /// The caller's address: the TCP peer, or, when the peer is a trusted

@@ -8,12 +8,14 @@
 //! caller is authenticated here ([`auth`]) and recorded in the request
 //! extensions, and the generated service guards apply each method's access
 //! rule from the proto, then check input, before any method runs. The public
-//! keys of issued tokens are served at `/.well-known/jwks.json`.
+//! keys of issued tokens are served at `/.well-known/jwks.json`, and replies
+//! stream over a WebSocket at `/v1/ws` ([`ws`]) under StreamReply's rule.
 
 mod auth;
 mod grpc;
 mod health;
 mod metrics;
+mod ws;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -135,6 +137,12 @@ pub fn app(edge: Edge) -> Router {
         .merge(docs)
         .merge(health::routes(health))
         .merge(metrics::routes())
+        .route("/v1/ws", {
+            let chat = edge.chat.clone();
+            axum::routing::get(move |request: axum::extract::Request| {
+                ws::upgrade(chat.clone(), request)
+            })
+        })
         .route(
             "/.well-known/jwks.json",
             axum::routing::get(auth::jwks).with_state(edge.identity.clone()),

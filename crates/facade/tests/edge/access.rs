@@ -1,6 +1,7 @@
 //! Access control, checked from the generated policy table: every RPC of
-//! every service, over native gRPC, gRPC-Web and every REST binding, as an
-//! anonymous caller, a user, an operator and an administrator. The matrix is
+//! every service, over native gRPC, gRPC-Web and every REST binding (and
+//! the WebSocket, which stands for StreamReply), as an anonymous caller, a
+//! user, an operator and an administrator. The matrix is
 //! built from `ACCESS_POLICY` and `HTTP_BINDINGS`, so an RPC added to a
 //! proto is covered the day it is added.
 //!
@@ -217,6 +218,29 @@ async fn every_rpc_on_every_transport_admits_exactly_the_callers_its_rule_names(
                     rest_call(&h1, binding.http_method, &url, token).await,
                 ));
             }
+            if policy.method == v1::CHAT_SERVICE_STREAM_REPLY_POLICY.method {
+                // The WebSocket stands for StreamReply.
+                let headers: Vec<(&str, String)> = token
+                    .map(|token| ("authorization", format!("Bearer {token}")))
+                    .into_iter()
+                    .collect();
+                let answer = match crate::websocket::connect(app, &headers).await {
+                    Ok(_) => Answer {
+                        code: 0,
+                        message: String::new(),
+                    },
+                    Err(401) => Answer {
+                        code: UNAUTHENTICATED,
+                        message: "sign in:".into(),
+                    },
+                    Err(403) => Answer {
+                        code: PERMISSION_DENIED,
+                        message: "this method needs the permission".into(),
+                    },
+                    Err(other) => panic!("WebSocket upgrade answered {other}"),
+                };
+                answers.push(("WebSocket", answer));
+            }
             for (transport, answer) in answers {
                 calls += 1;
                 let context = format!("{} over {transport} as {who}: {answer:?}", policy.method);
@@ -233,7 +257,7 @@ async fn every_rpc_on_every_transport_admits_exactly_the_callers_its_rule_names(
     // 28 RPCs today; the count only grows.
     assert!(methods >= 28, "{methods} RPCs in the policy table");
     eprintln!(
-        "access matrix: {methods} RPCs x 4 principals = {calls} calls over gRPC, gRPC-Web and REST"
+        "access matrix: {methods} RPCs x 4 principals = {calls} calls over gRPC, gRPC-Web, REST and the WebSocket"
     );
 }
 

@@ -10,3 +10,4 @@ mod oidc;
 mod oidc_provider;
 mod support;
 mod transports;
+mod websocket;

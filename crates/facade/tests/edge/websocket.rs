@@ -1,0 +1,173 @@
+//! `/v1/ws`: replies over a WebSocket, under the same authentication and
+//! the same access rule as StreamReply on every other transport; a
+//! reconnecting client resumes after the last seq it saw.
+
+use std::time::Duration;
+
+use futures::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use switchboard_core::identity::Role;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+use crate::support::{TestApp, on_both_databases};
+
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Opens `/v1/ws` with `headers`; the HTTP status of a refused upgrade.
+pub(crate) async fn connect(app: &TestApp, headers: &[(&str, String)]) -> Result<Socket, u16> {
+    let mut request = format!("ws://{}/v1/ws", app.address)
+        .into_client_request()
+        .expect("a WebSocket request");
+    for (name, value) in headers {
+        request.headers_mut().insert(
+            http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+            value.parse().unwrap(),
+        );
+    }
+    match tokio_tungstenite::connect_async(request).await {
+        Ok((socket, _)) => Ok(socket),
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            Err(response.status().as_u16())
+        }
+        Err(other) => panic!("WebSocket connect failed: {other}"),
+    }
+}
+
+async fn next_frame(socket: &mut Socket) -> Value {
+    loop {
+        let frame = tokio::time::timeout(Duration::from_secs(10), socket.next())
+            .await
+            .expect("a frame within 10 s")
+            .expect("the socket stays open")
+            .expect("a readable frame");
+        if let Message::Text(text) = frame {
+            return serde_json::from_str(&text).expect("a JSON frame");
+        }
+    }
+}
+
+/// The events of one reply until its last (done or error).
+async fn events_until_the_end(socket: &mut Socket) -> Vec<Value> {
+    let mut events = Vec::new();
+    loop {
+        let frame = next_frame(socket).await;
+        let event = frame["event"].clone();
+        assert!(!event.is_null(), "an event frame: {frame}");
+        let last = event.get("done").is_some() || event.get("error").is_some();
+        events.push(event);
+        if last {
+            return events;
+        }
+    }
+}
+
+fn seq(event: &Value) -> u64 {
+    event["seq"].as_u64().expect("a seq")
+}
+
+async fn send_message(app: &TestApp) -> (String, String) {
+    let (status, conversation) = app
+        .rest(
+            "POST",
+            "/v1/conversations",
+            Some(&app.owner.access_token),
+            Some(json!({"title": "ws"})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let cid = conversation["id"].as_str().unwrap().to_owned();
+    let (status, sent) = app
+        .rest(
+            "POST",
+            &format!("/v1/conversations/{cid}/messages"),
+            Some(&app.owner.access_token),
+            Some(json!({"content": "tell me about websockets please"})),
+        )
+        .await;
+    assert_eq!(status, 200, "{sent}");
+    (cid, sent["reply"]["id"].as_str().unwrap().to_owned())
+}
+
+async fn a_reply_streams_over_the_websocket_and_resumes_without_a_gap(app: &TestApp) {
+    let (cid, reply) = send_message(app).await;
+    let bearer = (
+        "authorization",
+        format!("Bearer {}", app.owner.access_token),
+    );
+    let mut socket = connect(app, &[bearer])
+        .await
+        .expect("the owner may connect");
+    let subscribe = |after: u64| {
+        json!({"subscribe": {"conversationId": cid, "messageId": reply, "afterSeq": after}})
+            .to_string()
+    };
+    socket
+        .send(Message::Text(subscribe(0).into()))
+        .await
+        .unwrap();
+    let all = events_until_the_end(&mut socket).await;
+    let seqs: Vec<u64> = all.iter().map(seq).collect();
+    assert_eq!(
+        seqs,
+        (1..=seqs.len() as u64).collect::<Vec<_>>(),
+        "every event once, in order"
+    );
+    assert_eq!(
+        all.last().unwrap()["done"]["status"],
+        "MESSAGE_STATUS_COMPLETE"
+    );
+
+    // A browser reconnects with its token as a subprotocol and resumes
+    // after the fourth event: the rest, no gap, no duplicate.
+    let protocols = (
+        "sec-websocket-protocol",
+        format!("switchboard.v1, bearer.{}", app.owner.access_token),
+    );
+    let mut again = connect(app, &[protocols])
+        .await
+        .expect("the subprotocol token works");
+    again
+        .send(Message::Text(subscribe(4).into()))
+        .await
+        .unwrap();
+    let rest = events_until_the_end(&mut again).await;
+    assert_eq!(rest, all[4..].to_vec());
+}
+
+async fn the_websocket_admits_only_callers_who_may_stream_and_only_their_replies(app: &TestApp) {
+    assert_eq!(connect(app, &[]).await.err(), Some(401), "anonymous");
+    let forged = ("authorization", "Bearer not.a.token".to_owned());
+    assert_eq!(
+        connect(app, &[forged]).await.err(),
+        Some(401),
+        "refused credentials"
+    );
+
+    let (cid, reply) = send_message(app).await;
+    let other = app.account("ws-other@example.test", Role::User).await;
+    let bearer = ("authorization", format!("Bearer {}", other.access_token));
+    let mut socket = connect(app, &[bearer])
+        .await
+        .expect("another user may connect");
+    let frame = json!({"subscribe": {"conversationId": cid, "messageId": reply}}).to_string();
+    socket.send(Message::Text(frame.into())).await.unwrap();
+    let refused = next_frame(&mut socket).await;
+    assert_eq!(refused["messageId"], reply.as_str());
+    assert_eq!(
+        refused["error"]["code"], 5,
+        "NOT_FOUND, as on every transport: {refused}"
+    );
+    socket
+        .send(Message::Text("{\"listen\": 1}".into()))
+        .await
+        .unwrap();
+    let malformed = next_frame(&mut socket).await;
+    assert_eq!(malformed["error"]["code"], 3, "{malformed}");
+}
+
+on_both_databases!(
+    a_reply_streams_over_the_websocket_and_resumes_without_a_gap,
+    the_websocket_admits_only_callers_who_may_stream_and_only_their_replies,
+);
