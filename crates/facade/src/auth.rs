@@ -53,7 +53,7 @@ pub(crate) fn caller_of(principal: Principal) -> Caller {
 /// (`Authorization`, `x-api-key`, or a WebSocket's `bearer.` subprotocol).
 /// An `Authorization` header of another scheme (Basic, …) is returned as
 /// is, and refused.
-fn credential(request: &Request) -> Option<String> {
+pub(crate) fn credential(request: &Request) -> Option<String> {
     let headers = request.headers();
     if let Some(value) = headers.get(header::AUTHORIZATION) {
         let value = value.to_str().unwrap_or_default().trim();

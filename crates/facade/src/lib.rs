@@ -139,8 +139,9 @@ pub fn app(edge: Edge) -> Router {
         .merge(metrics::routes())
         .route("/v1/ws", {
             let chat = edge.chat.clone();
+            let identity = edge.identity.clone();
             axum::routing::get(move |request: axum::extract::Request| {
-                ws::upgrade(chat.clone(), request)
+                ws::upgrade(chat.clone(), identity.clone(), request)
             })
         })
         .route(

@@ -8,6 +8,10 @@
 //! on a WebSocket, sends its token as a subprotocol (`bearer.<token>`, next
 //! to `switchboard.v1`).
 //!
+//! The credential is checked again before each new subscription, so a
+//! socket of a session that logged out, or of an account that was disabled,
+//! gets an UNAUTHENTICATED error frame and is closed.
+//!
 //! Frames are JSON text. The client sends
 //! `{"subscribe": {"conversationId", "messageId", "afterSeq"}}` (and
 //! `{"unsubscribe": {"messageId"}}`); the server answers each event of the
@@ -32,7 +36,7 @@ use futures::{SinkExt, StreamExt};
 use serde::Deserialize;
 use switchboard_api::convert::IntoProto;
 use switchboard_core::chat::Chat;
-use switchboard_core::identity::Principal;
+use switchboard_core::identity::{Identity, Principal};
 use switchboard_proto::v1;
 use switchboard_rest::policy::{Caller, authorize};
 use tokio::sync::mpsc;
@@ -85,7 +89,11 @@ pub(crate) fn subprotocol_token(headers: &http::HeaderMap) -> Option<String> {
 }
 
 /// `GET /v1/ws`: checks the caller against StreamReply's rule, then upgrades.
-pub(crate) async fn upgrade(chat: Arc<Chat>, request: Request) -> Response {
+pub(crate) async fn upgrade(
+    chat: Arc<Chat>,
+    identity: Arc<Identity>,
+    request: Request,
+) -> Response {
     let caller = request.extensions().get::<Caller>().cloned();
     if let Err(status) = authorize(caller.as_ref(), &v1::CHAT_SERVICE_STREAM_REPLY_POLICY) {
         return switchboard_rest::error::status_response(&status);
@@ -95,6 +103,7 @@ pub(crate) async fn upgrade(chat: Arc<Chat>, request: Request) -> Response {
             "sign in: this method needs a bearer token or an API key",
         ));
     };
+    let credential = crate::auth::credential(&request).unwrap_or_default();
     let (mut parts, _body) = request.into_parts();
     let upgrade = match WebSocketUpgrade::from_request_parts(&mut parts, &()).await {
         Ok(upgrade) => upgrade,
@@ -102,11 +111,27 @@ pub(crate) async fn upgrade(chat: Arc<Chat>, request: Request) -> Response {
     };
     upgrade
         .protocols([SUBPROTOCOL])
-        .on_upgrade(move |socket| serve(socket, chat, principal))
+        .on_upgrade(move |socket| serve(socket, chat, identity, principal, credential))
 }
 
-/// Serves one socket until the client closes it.
-async fn serve(socket: WebSocket, chat: Arc<Chat>, principal: Principal) {
+/// Whether the credential the socket was opened with still authenticates
+/// the same account (not logged out, revoked, disabled or expired since).
+async fn still_signed_in(identity: &Identity, credential: &str, principal: &Principal) -> bool {
+    matches!(
+        identity.authenticate(credential).await,
+        Ok(Some(current)) if current.user_id == principal.user_id
+    )
+}
+
+/// Serves one socket until the client closes it, or until its credential
+/// stops working: it is checked again before each new subscription.
+async fn serve(
+    socket: WebSocket,
+    chat: Arc<Chat>,
+    identity: Arc<Identity>,
+    principal: Principal,
+    credential: String,
+) {
     let (mut sink, mut incoming) = socket.split();
     let (outgoing, mut queued) = mpsc::channel::<String>(OUTGOING_FRAMES);
     let writer = tokio::spawn(async move {
@@ -144,6 +169,18 @@ async fn serve(socket: WebSocket, chat: Arc<Chat>, principal: Principal) {
                         "at most {MAX_SUBSCRIPTIONS} subscriptions per socket"
                     )),
                 ))
+            }
+            Ok(ClientFrame::Subscribe(subscribe))
+                if !still_signed_in(&identity, &credential, &principal).await =>
+            {
+                let refused = error_frame(
+                    &subscribe.message_id,
+                    &tonic::Status::unauthenticated(
+                        "the credentials are invalid, expired or revoked",
+                    ),
+                );
+                let _ = outgoing.send(refused).await;
+                break;
             }
             Ok(ClientFrame::Subscribe(subscribe)) => {
                 match chat

@@ -167,7 +167,43 @@ async fn the_websocket_admits_only_callers_who_may_stream_and_only_their_replies
     assert_eq!(malformed["error"]["code"], 3, "{malformed}");
 }
 
+async fn a_socket_of_a_session_that_logged_out_gets_no_new_subscriptions(app: &TestApp) {
+    let (cid, reply) = send_message(app).await;
+    let bearer = (
+        "authorization",
+        format!("Bearer {}", app.owner.access_token),
+    );
+    let mut socket = connect(app, &[bearer])
+        .await
+        .expect("the owner may connect");
+    let (status, _) = app
+        .rest(
+            "POST",
+            "/v1/auth:logout",
+            Some(&app.owner.access_token),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let frame = json!({"subscribe": {"conversationId": cid, "messageId": reply}}).to_string();
+    socket.send(Message::Text(frame.into())).await.unwrap();
+    let refused = next_frame(&mut socket).await;
+    assert_eq!(refused["error"]["code"], 16, "{refused}");
+    // And the server closes the socket.
+    let end = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match socket.next().await {
+                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return,
+                Some(Ok(_)) => {}
+            }
+        }
+    })
+    .await;
+    assert!(end.is_ok(), "the socket is closed");
+}
+
 on_both_databases!(
+    a_socket_of_a_session_that_logged_out_gets_no_new_subscriptions,
     a_reply_streams_over_the_websocket_and_resumes_without_a_gap,
     the_websocket_admits_only_callers_who_may_stream_and_only_their_replies,
 );
