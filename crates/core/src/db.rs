@@ -15,6 +15,8 @@
 
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
+
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
@@ -68,6 +70,27 @@ macro_rules! on_database {
             $crate::db::Database::Postgres($pool) => $body,
         }
     };
+}
+
+/// The current time, truncated to what the database keeps (microseconds),
+/// so a value returned by a write equals the value read back later.
+pub(crate) fn now() -> DateTime<Utc> {
+    DateTime::from_timestamp_micros(Utc::now().timestamp_micros()).unwrap_or_default()
+}
+
+/// A time as stored: Unix microseconds.
+pub(crate) fn micros(at: DateTime<Utc>) -> i64 {
+    at.timestamp_micros()
+}
+
+/// A stored time (Unix microseconds) as a time.
+///
+/// # Errors
+///
+/// [`Error::Internal`] for a value out of range (a corrupt row).
+pub(crate) fn from_micros(micros: i64) -> Result<DateTime<Utc>> {
+    DateTime::from_timestamp_micros(micros)
+        .ok_or_else(|| Error::internal(format!("stored timestamp {micros} is out of range")))
 }
 
 /// An open transaction on either engine. Statements run in it through

@@ -27,17 +27,8 @@ macro_rules! message_columns {
     };
 }
 
-/// The current time, truncated to what the database keeps (microseconds),
-/// so a value returned by a write equals the value read back later.
-pub(crate) fn now() -> DateTime<Utc> {
-    let micros = Utc::now().timestamp_micros();
-    DateTime::from_timestamp_micros(micros).unwrap_or_default()
-}
-
-fn from_micros(micros: i64) -> Result<DateTime<Utc>> {
-    DateTime::from_timestamp_micros(micros)
-        .ok_or_else(|| Error::internal(format!("stored timestamp {micros} is out of range")))
-}
+use crate::db::from_micros;
+pub(crate) use crate::db::now;
 
 #[derive(FromRow)]
 struct ConversationRow {

@@ -59,19 +59,7 @@ impl UserRow {
     }
 }
 
-/// The current time, truncated to what the database keeps (microseconds).
-pub(crate) fn now() -> DateTime<Utc> {
-    DateTime::from_timestamp_micros(Utc::now().timestamp_micros()).unwrap_or_default()
-}
-
-pub(crate) fn micros(at: DateTime<Utc>) -> i64 {
-    at.timestamp_micros()
-}
-
-pub(crate) fn from_micros(micros: i64) -> Result<DateTime<Utc>> {
-    DateTime::from_timestamp_micros(micros)
-        .ok_or_else(|| Error::internal(format!("stored timestamp {micros} is out of range")))
-}
+pub(crate) use crate::db::{from_micros, micros, now};
 
 /// A new account to insert.
 pub(crate) struct NewUser<'a> {
