@@ -1704,10 +1704,15 @@ impl Identity {
             store::now(),
         )
         .await?;
-        let mut users = Vec::with_capacity(rows.len());
-        for row in rows {
-            users.push(self.user_with_links(row).await?);
-        }
+        let ids: Vec<String> = rows.iter().map(|row| row.id.clone()).collect();
+        let mut links = store::providers_of_users(&self.db, &ids).await?;
+        let users = rows
+            .into_iter()
+            .map(|row| {
+                let providers = links.remove(&row.id).unwrap_or_default();
+                user_from(row, providers)
+            })
+            .collect::<Result<Vec<_>>>()?;
         Ok(UserPage {
             users,
             next_page_token,

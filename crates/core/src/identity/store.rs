@@ -133,6 +133,35 @@ pub(crate) async fn providers_of(db: &Database, user_id: &str) -> Result<Vec<Str
     Ok(on_database!(db, pool => sqlx::query_scalar(sql).bind(user_id).fetch_all(pool).await?))
 }
 
+/// The provider ids each of `user_ids` is linked to, in one query (a page
+/// of users must not cost a query per user).
+pub(crate) async fn providers_of_users(
+    db: &Database,
+    user_ids: &[String],
+) -> Result<std::collections::HashMap<String, Vec<String>>> {
+    let mut links: std::collections::HashMap<String, Vec<String>> = Default::default();
+    if user_ids.is_empty() {
+        return Ok(links);
+    }
+    let placeholders: Vec<String> = (1..=user_ids.len()).map(|n| format!("${n}")).collect();
+    let sql = format!(
+        "SELECT user_id, provider FROM user_identities WHERE user_id IN ({}) \
+         ORDER BY user_id, provider",
+        placeholders.join(", ")
+    );
+    let rows: Vec<(String, String)> = on_database!(db, pool => {
+        let mut query = sqlx::query_as(sqlx::AssertSqlSafe(sql.clone()));
+        for id in user_ids {
+            query = query.bind(id);
+        }
+        query.fetch_all(pool).await?
+    });
+    for (user_id, provider) in rows {
+        links.entry(user_id).or_default().push(provider);
+    }
+    Ok(links)
+}
+
 /// Changes the fields that are `Some`; false if there is no such user.
 pub(crate) async fn update_user(
     tx: &mut Tx,

@@ -104,6 +104,21 @@ async fn sign_in_with_the_provider_gives_a_working_session(backend: Backend) {
     let token = alice["accessToken"].as_str().unwrap();
     let (status, users) = app.rest("GET", "/v1/users", Some(token), None).await;
     assert_eq!(status, 200, "{users}");
+    let listed = users["users"].as_array().unwrap();
+    let alice_listed = listed
+        .iter()
+        .find(|u| u["id"] == alice["user"]["id"])
+        .unwrap();
+    assert_eq!(
+        alice_listed["identityProviders"],
+        json!(["test"]),
+        "{users}"
+    );
+    let owner_listed = listed
+        .iter()
+        .find(|u| u["email"] == "owner@example.test")
+        .unwrap();
+    assert_eq!(owner_listed["identityProviders"], json!([]), "{users}");
     // bob has no roles: a plain user, who can chat over gRPC with the session.
     let bob = oidc_sign_in(&app, &provider, "bob").await;
     assert_eq!(bob["user"]["role"], "USER_ROLE_USER");
