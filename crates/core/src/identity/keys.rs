@@ -165,12 +165,9 @@ impl KeyRing {
     /// Re-reads the keys when the loaded ones are older than a minute; a
     /// failure is logged and the loaded keys stay in use.
     pub async fn reload_if_stale(&self) {
-        let stale = self
-            .last_reload
-            .read()
-            .map(|last| last.elapsed() >= STALE_AFTER)
-            .unwrap_or(true);
-        if stale && let Err(error) = self.reload().await {
+        if self.loaded_before(STALE_AFTER)
+            && let Err(error) = self.reload().await
+        {
             tracing::warn!(%error, "could not reload signing keys");
         }
     }
@@ -265,7 +262,7 @@ impl KeyRing {
                 .published
                 .verify(token, &self.issuer, &self.audience, LEEWAY_SECS);
         match first {
-            Err(JwtError::UnknownKey) if self.may_reload() => {
+            Err(JwtError::UnknownKey) if self.loaded_before(RELOAD_INTERVAL) => {
                 if let Err(error) = self.reload().await {
                     tracing::warn!(%error, "could not reload signing keys");
                 }
@@ -277,10 +274,11 @@ impl KeyRing {
         }
     }
 
-    fn may_reload(&self) -> bool {
+    /// Whether the keys were last read at least `age` ago.
+    fn loaded_before(&self, age: Duration) -> bool {
         self.last_reload
             .read()
-            .map(|last| last.elapsed() >= RELOAD_INTERVAL)
+            .map(|last| last.elapsed() >= age)
             .unwrap_or(true)
     }
 }

@@ -276,17 +276,22 @@ fn b64(bytes: &[u8]) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
 }
 
+fn unb64(text: &str) -> Vec<u8> {
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(text)
+        .expect("base64url")
+}
+
+/// Part `index` of a JWT (0: header, 1: claims) as JSON, unverified.
+fn jwt_part(token: &str, index: usize) -> Value {
+    let part = token.split('.').nth(index).expect("a JWT part");
+    serde_json::from_slice(&unb64(part)).expect("JSON")
+}
+
 async fn every_forged_or_stale_credential_is_a_401_on_every_transport(app: &TestApp) {
     let owner = &app.owner;
-    let good = {
-        let parts: Vec<&str> = owner.access_token.split('.').collect();
-        let payload: Value = serde_json::from_slice(
-            &base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, parts[1])
-                .unwrap(),
-        )
-        .unwrap();
-        payload
-    };
+    let good = jwt_part(&owner.access_token, 1);
     let claims = |edit: &dyn Fn(&mut AccessClaims)| {
         let mut claims = AccessClaims {
             iss: good["iss"].as_str().unwrap().into(),
@@ -317,11 +322,7 @@ async fn every_forged_or_stale_credential_is_a_401_on_every_transport(app: &Test
     let body = b64(serde_json::to_string(&claims(&|_| {})).unwrap().as_bytes());
     let alg_none = format!("{}.{body}.", header("none"));
     let public_jwk = key.public_jwk();
-    let public_bytes = base64::Engine::decode(
-        &base64::engine::general_purpose::URL_SAFE_NO_PAD,
-        public_jwk["x"].as_str().unwrap_or_default(),
-    )
-    .unwrap_or_default();
+    let public_bytes = unb64(public_jwk["x"].as_str().unwrap_or_default());
     let hs256 = {
         let mut h = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
         h.kid = Some(key.kid.clone());
@@ -895,15 +896,7 @@ async fn rotating_the_signing_key_logs_nobody_out(app: &TestApp) {
         "{kids:?}"
     );
     let fresh = app.account("after-rotation@example.test", Role::User).await;
-    let header: Value = serde_json::from_slice(
-        &base64::Engine::decode(
-            &base64::engine::general_purpose::URL_SAFE_NO_PAD,
-            fresh.access_token.split('.').next().unwrap(),
-        )
-        .unwrap(),
-    )
-    .unwrap();
-    assert_eq!(header["kid"], new_kid.as_str());
+    assert_eq!(jwt_part(&fresh.access_token, 0)["kid"], new_kid.as_str());
 }
 
 async fn changing_the_password_ends_every_other_session(app: &TestApp) {
@@ -1057,15 +1050,7 @@ async fn rs256_signs_when_configured() {
         config.auth.signing_algorithm = "RS256".into();
     })
     .await;
-    let header: Value = serde_json::from_slice(
-        &base64::Engine::decode(
-            &base64::engine::general_purpose::URL_SAFE_NO_PAD,
-            app.owner.access_token.split('.').next().unwrap(),
-        )
-        .unwrap(),
-    )
-    .unwrap();
-    assert_eq!(header["alg"], "RS256");
+    assert_eq!(jwt_part(&app.owner.access_token, 0)["alg"], "RS256");
     let (status, _) = app
         .rest("GET", "/v1/me", Some(&app.owner.access_token), None)
         .await;

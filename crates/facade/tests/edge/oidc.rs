@@ -30,8 +30,9 @@ async fn app_with_provider(backend: Backend, provider: &OidcTestProvider) -> Tes
     spawn_app_with(backend, move |c| c.auth.oidc_providers = vec![config]).await
 }
 
-/// Signs `login` in through the provider and returns the server's tokens.
-async fn oidc_sign_in(
+/// Starts a sign-in with the provider, signs `login` in on its pages, and
+/// returns the completion request the browser would send back.
+async fn provider_completion(
     app: &TestApp,
     provider: &OidcTestProvider,
     login: &str,
@@ -54,12 +55,22 @@ async fn oidc_sign_in(
     let back = reqwest::Url::parse(&back).expect("the redirect URL");
     let query: BTreeMap<String, String> = back.query_pairs().into_owned().collect();
     assert_eq!(query["state"], start["state"].as_str().unwrap());
+    json!({"state": query["state"], "code": query["code"]})
+}
+
+/// Signs `login` in through the provider and returns the server's tokens.
+async fn oidc_sign_in(
+    app: &TestApp,
+    provider: &OidcTestProvider,
+    login: &str,
+) -> serde_json::Value {
+    let completion = provider_completion(app, provider, login).await;
     let (status, tokens) = app
         .rest(
             "POST",
             "/v1/auth/providers/test:complete",
             None,
-            Some(json!({"state": query["state"], "code": query["code"]})),
+            Some(completion.clone()),
         )
         .await;
     assert_eq!(status, 200, "{tokens}");
@@ -69,7 +80,7 @@ async fn oidc_sign_in(
             "POST",
             "/v1/auth/providers/test:complete",
             None,
-            Some(json!({"state": query["state"], "code": query["code"]})),
+            Some(completion),
         )
         .await;
     assert_eq!(status, 401);
@@ -207,26 +218,13 @@ async fn a_provider_sign_in_never_takes_over_a_registered_account(backend: Backe
         )
         .await;
     assert_eq!(status, 200, "{squatter}");
-    let (status, start) = app
-        .rest(
-            "GET",
-            &format!("/v1/auth/providers/test:start?redirectUri={REDIRECT_URI}"),
-            None,
-            None,
-        )
-        .await;
-    assert_eq!(status, 200);
-    let back = provider
-        .sign_in(start["authorizationUrl"].as_str().unwrap(), "alice")
-        .await;
-    let back = reqwest::Url::parse(&back).unwrap();
-    let query: BTreeMap<String, String> = back.query_pairs().into_owned().collect();
+    let completion = provider_completion(&app, &provider, "alice").await;
     let (status, refused) = app
         .rest(
             "POST",
             "/v1/auth/providers/test:complete",
             None,
-            Some(json!({"state": query["state"], "code": query["code"]})),
+            Some(completion),
         )
         .await;
     assert_eq!(status, 400, "not linked to the password account: {refused}");
