@@ -957,7 +957,41 @@ async fn nul_characters_are_refused_alike_on_both_databases(app: &TestApp) {
     assert_eq!(status, 400, "{body}");
 }
 
+async fn expired_sessions_are_purged_and_live_ones_kept(app: &TestApp) {
+    let leaving = app.account("expired@example.test", Role::User).await;
+    let db = app.services().database();
+    let expire = "UPDATE sessions SET expires_at = 0 WHERE user_id = $1";
+    on_database!(db, pool => sqlx::query(expire).bind(&leaving.user_id).execute(pool).await.map(drop).unwrap());
+    let purged = app.services().identity().purge_expired().await.unwrap();
+    assert_eq!(purged, 1, "only the expired session goes");
+    let left: i64 = on_database!(db, pool => {
+        sqlx::query_scalar("SELECT COUNT(*) FROM refresh_tokens").fetch_one(pool).await.unwrap()
+    });
+    assert_eq!(
+        left, 1,
+        "the expired session's refresh token is deleted, the owner's kept"
+    );
+    let (status, _) = app
+        .rest("GET", "/v1/me", Some(&leaving.access_token), None)
+        .await;
+    assert_eq!(status, 401);
+    let (status, _) = app
+        .rest(
+            "POST",
+            "/v1/auth:refresh",
+            None,
+            Some(json!({"refreshToken": leaving.refresh_token})),
+        )
+        .await;
+    assert_eq!(status, 401, "its refresh tokens went with it");
+    let (status, _) = app
+        .rest("GET", "/v1/me", Some(&app.owner.access_token), None)
+        .await;
+    assert_eq!(status, 200, "a live session stays");
+}
+
 on_both_databases!(
+    expired_sessions_are_purged_and_live_ones_kept,
     signing_keys_survive_a_restart,
     nul_characters_are_refused_alike_on_both_databases,
     changing_the_password_ends_every_other_session,
