@@ -9,7 +9,8 @@
 #                            openapi-spec-validator, just
 #              scripts/grpc-web-client/node_modules  via `npm ci` (connect-node,
 #                            @bufbuild/protobuf, buf, playwright-core)
-#   --bench    h2load (Debian nghttp2-client), only if missing
+#   --bench    h2load (Debian nghttp2-client), only if missing; dramatiq with its
+#              redis and pika extras (pinned, in .venv-tools) for scripts/bench/dramatiq_bench.py
 #   --browser  chromium (Debian), only if missing, for the Swagger UI render check
 #
 # Environment: PYTHON (default python3), TOOLS_VENV (default ROOT/.venv-tools).
@@ -26,7 +27,7 @@ for arg in "$@"; do
     --bench) want_bench=1 ;;
     --browser) want_browser=1 ;;
     --all) want_bench=1; want_browser=1 ;;
-    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
     *) echo "install-test-tools: unknown argument $arg" >&2; exit 2 ;;
   esac
 done
@@ -79,6 +80,22 @@ apt_install() {
 }
 if [[ $want_bench == 1 ]] && ! command -v h2load >/dev/null; then
   apt_install nghttp2-client
+fi
+# The Dramatiq reference of the queue benchmark (scripts/bench/dramatiq_bench.py). Every
+# package is pinned: dramatiq itself depends on nothing, redis and pika are its extras.
+# The stamp lives in the venv, so a rebuilt venv gets them again.
+bench_pip=("dramatiq[redis,rabbitmq]==2.2.1" "redis==8.1.0" "pika==1.4.4")
+if [[ $want_bench == 1 ]]; then
+  want_stamp="${bench_pip[*]} python$py_version"
+  if [[ -f $VENV/.bench-stamp && $(cat "$VENV/.bench-stamp") == "$want_stamp" && -x $VENV/bin/dramatiq ]]; then
+    say "dramatiq up to date ($VENV)"
+  else
+    say "installing ${bench_pip[*]} into $VENV"
+    "$VENV/bin/pip" install --quiet --disable-pip-version-check --no-input "${bench_pip[@]}" \
+      || die "pip install of dramatiq failed"
+    echo "$want_stamp" > "$VENV/.bench-stamp"
+  fi
+  "$VENV/bin/python" -c 'import dramatiq, redis, pika' || die "dramatiq, redis or pika does not import"
 fi
 if [[ $want_browser == 1 ]] && [[ ! -x /usr/bin/chromium ]]; then
   apt_install chromium
