@@ -6,6 +6,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "switchboard/v1/chat.proto",
             "switchboard/v1/identity.proto",
             "switchboard/v1/audit.proto",
+            "switchboard/v1/jobs.proto",
         ])
         .openapi_info(switchboard_codegen::OpenApiInfo {
             title: "Switchboard API".into(),

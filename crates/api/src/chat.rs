@@ -164,4 +164,37 @@ impl ChatService for ChatApi {
         let events = events.map(|event| Ok(event.into_proto()));
         Ok(Response::new(Box::pin(events)))
     }
+
+    async fn cancel_reply(
+        &self,
+        request: Request<pb::CancelReplyRequest>,
+    ) -> Result<Response<pb::Message>, Status> {
+        let who = principal(&request)?;
+        let request = request.into_inner();
+        let reply = self
+            .chat
+            .cancel_reply(&who, &request.conversation_id, &request.message_id)
+            .await
+            .map_err(status_from)?;
+        Ok(Response::new(reply.into_proto()))
+    }
+
+    async fn rate_message(
+        &self,
+        request: Request<pb::RateMessageRequest>,
+    ) -> Result<Response<pbjson_types::Empty>, Status> {
+        let who = principal(&request)?;
+        let request = request.into_inner();
+        self.chat
+            .rate_reply(
+                &who,
+                &request.conversation_id,
+                &request.message_id,
+                request.rating,
+                &request.comment,
+            )
+            .await
+            .map_err(status_from)?;
+        Ok(Response::new(pbjson_types::Empty {}))
+    }
 }

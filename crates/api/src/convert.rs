@@ -87,6 +87,11 @@ impl IntoProto for ReplyEvent {
             ReplyEventKind::Error { code, message } => {
                 Kind::Error(pb::ReplyError { code, message })
             }
+            ReplyEventKind::Reset { attempt } => Kind::Reset(pb::ReplyReset { attempt }),
+            ReplyEventKind::Usage(usage) => Kind::Usage(pb::ReplyUsage {
+                prompt_tokens: usage.prompt_tokens,
+                completion_tokens: usage.completion_tokens,
+            }),
         };
         pb::ReplyEvent {
             seq: self.seq,
@@ -102,6 +107,7 @@ impl IntoProto for SentMessage {
         pb::SendMessageResponse {
             message: Some(self.message.into_proto()),
             reply: Some(self.reply.into_proto()),
+            job_id: self.job_id,
         }
     }
 }

@@ -16,6 +16,8 @@ use figment::Figment;
 use figment::providers::{Env, Format, Toml};
 use serde::{Deserialize, Deserializer};
 
+use crate::jobs::RetryPolicy;
+
 /// The file read when [`Config::load`] is given no path, if it exists in the
 /// current directory.
 pub const DEFAULT_CONFIG_FILE: &str = "switchboard.toml";
@@ -69,6 +71,19 @@ pub struct Config {
     /// `switchboard_core=debug,info`. Default `info`; variable
     /// `SWITCHBOARD_LOG_LEVEL`.
     pub log_level: String,
+    /// Key `redis_url`: a Redis server (`redis://…`). When set, live reply
+    /// events travel between instances through it, and it carries the job
+    /// queue unless `amqp_url` is set too. Never printed.
+    /// Default none; variables `REDIS_URL` or `SWITCHBOARD_REDIS_URL`.
+    pub redis_url: Option<Secret<String>>,
+    /// Key `amqp_url`: a RabbitMQ server (`amqp://…`) to carry the job
+    /// queue. Never printed. Default none; variables `AMQP_URL` or
+    /// `SWITCHBOARD_AMQP_URL`.
+    pub amqp_url: Option<Secret<String>>,
+    /// Table `queue`: jobs, workers and retries.
+    pub queue: QueueConfig,
+    /// Table `schedules`: the scheduled maintenance jobs.
+    pub schedules: SchedulesConfig,
     /// Table `engine`: the reply engine.
     pub engine: EngineConfig,
     /// Table `auth`: accounts, tokens, sign-in limits and identity providers.
@@ -160,6 +175,95 @@ pub struct EngineConfig {
     /// by this process, at least 1; more wait their turn.
     /// Default `64`; variable `SWITCHBOARD_ENGINE__MAX_CONCURRENT_REPLIES`.
     pub max_concurrent_replies: usize,
+}
+
+/// Which transport carries job ids to workers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum QueueBackend {
+    /// RabbitMQ if `amqp_url` is set, else Redis if `redis_url` is set,
+    /// else the database.
+    #[default]
+    Auto,
+    /// The `jobs` table of the application database (SQLite or PostgreSQL).
+    Database,
+    /// Redis streams (needs `redis_url`).
+    Redis,
+    /// RabbitMQ (needs `amqp_url`).
+    Amqp,
+}
+
+/// Configuration of the job queue (table `queue`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default)]
+pub struct QueueConfig {
+    /// Key `queue.backend`: `auto`, `database`, `redis` or `amqp`.
+    /// Default `auto`; variable `SWITCHBOARD_QUEUE__BACKEND`.
+    pub backend: QueueBackend,
+    /// Key `queue.lease_secs`: how long a worker holds a job (and its reply)
+    /// without renewing; a killed worker's job is taken again after it.
+    /// Default `10`; variable `SWITCHBOARD_QUEUE__LEASE_SECS`.
+    pub lease_secs: u64,
+    /// Key `queue.poll_interval_ms`: how often an idle worker of the
+    /// database backend looks for jobs enqueued by another process.
+    /// Default `250`; variable `SWITCHBOARD_QUEUE__POLL_INTERVAL_MS`.
+    pub poll_interval_ms: u64,
+    /// Key `queue.prefix`: the prefix of Redis keys and RabbitMQ queues.
+    /// Default `switchboard`; variable `SWITCHBOARD_QUEUE__PREFIX`.
+    pub prefix: String,
+    /// Table `queue.generate_reply`: retries of reply jobs (keys
+    /// `max_attempts`, `backoff_base_ms`, `backoff_max_ms`; defaults 5,
+    /// 1000, 60000).
+    pub generate_reply: RetryPolicy,
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        Self {
+            backend: QueueBackend::Auto,
+            lease_secs: 10,
+            poll_interval_ms: 250,
+            prefix: "switchboard".to_owned(),
+            generate_reply: RetryPolicy::default(),
+        }
+    }
+}
+
+/// Configuration of the scheduled jobs (table `schedules`). Expressions are
+/// cron with seconds: `sec min hour day-of-month month day-of-week`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default)]
+pub struct SchedulesConfig {
+    /// Key `schedules.purge_expired_sessions`: when expired sessions,
+    /// refresh tokens and sign-in states are deleted.
+    /// Default `0 */10 * * * *` (every ten minutes).
+    pub purge_expired_sessions: String,
+    /// Key `schedules.apply_retention`: when conversations idle longer than
+    /// `retention_days` are deleted. Default `0 30 3 * * *` (03:30 UTC daily).
+    pub apply_retention: String,
+    /// Key `schedules.retention_days`: conversations not updated for this
+    /// many days are deleted; 0 keeps them for ever.
+    /// Default `0`; variable `SWITCHBOARD_SCHEDULES__RETENTION_DAYS`.
+    pub retention_days: u32,
+    /// Key `schedules.purge_jobs`: when finished jobs older than
+    /// `keep_jobs_days` are deleted (dead letters are kept).
+    /// Default `0 0 4 * * *` (04:00 UTC daily).
+    pub purge_jobs: String,
+    /// Key `schedules.keep_jobs_days`: how long succeeded jobs stay for
+    /// GetJob. Default `7`.
+    pub keep_jobs_days: u32,
+}
+
+impl Default for SchedulesConfig {
+    fn default() -> Self {
+        Self {
+            purge_expired_sessions: "0 */10 * * * *".to_owned(),
+            apply_retention: "0 30 3 * * *".to_owned(),
+            retention_days: 0,
+            purge_jobs: "0 0 4 * * *".to_owned(),
+            keep_jobs_days: 7,
+        }
+    }
 }
 
 /// How log lines are written.
@@ -258,6 +362,10 @@ impl Default for Config {
             shutdown_grace_secs: 30,
             log_format: LogFormat::Text,
             log_level: "info".to_owned(),
+            redis_url: None,
+            amqp_url: None,
+            queue: QueueConfig::default(),
+            schedules: SchedulesConfig::default(),
             engine: EngineConfig::default(),
             auth: AuthConfig::default(),
         }
@@ -303,7 +411,7 @@ impl Config {
             }
         }
         figment
-            .merge(Env::raw().only(&["DATABASE_URL"]))
+            .merge(Env::raw().only(&["DATABASE_URL", "REDIS_URL", "AMQP_URL"]))
             .merge(Env::prefixed(ENV_PREFIX).split("__"))
     }
 

@@ -12,7 +12,8 @@ pub mod config;
 pub mod db;
 pub mod error;
 pub mod identity;
-mod services;
+pub mod jobs;
+pub mod services;
 
 pub use config::Config;
 pub use error::{Error, Result};

@@ -34,6 +34,7 @@ pub(crate) fn router(apis: &Apis, health: &HealthState) -> Router {
         .add_service(gzip!(v1::auth_service_grpc(apis.auth.clone())))
         .add_service(gzip!(v1::user_service_grpc(apis.users.clone())))
         .add_service(gzip!(v1::audit_service_grpc(apis.audit.clone())))
+        .add_service(gzip!(v1::job_service_grpc(apis.jobs.clone())))
         .add_service(health.grpc_service())
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

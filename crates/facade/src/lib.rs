@@ -24,12 +24,13 @@ use std::time::Duration;
 
 use axum::Router;
 use http::{HeaderName, HeaderValue, Method, header};
-use switchboard_api::{AuditApi, AuthApi, ChatApi, UserApi};
+use switchboard_api::{AuditApi, AuthApi, ChatApi, JobApi, UserApi};
 use switchboard_core::Services;
 use switchboard_core::chat::Chat;
 use switchboard_core::config::Config;
 use switchboard_core::db::Database;
 use switchboard_core::identity::Identity;
+use switchboard_core::jobs::Jobs;
 use switchboard_proto::v1;
 use switchboard_rest::RestRouter;
 use tokio::net::TcpListener;
@@ -50,6 +51,8 @@ pub struct Edge {
     pub chat: Arc<Chat>,
     /// Accounts, sign-in and the audit trail; authenticates every request.
     pub identity: Arc<Identity>,
+    /// Jobs and dead letters, for operators.
+    pub jobs: Arc<Jobs>,
     /// The database, pinged by readiness checks.
     pub database: Database,
     /// Browser origins allowed by CORS (empty: CORS off; `*`: any).
@@ -67,6 +70,7 @@ impl Edge {
         Self {
             chat: services.chat(),
             identity: services.identity(),
+            jobs: services.jobs(),
             database: services.database().clone(),
             cors_allowed_origins: config.cors_allowed_origins.clone(),
             // Validated when the configuration was loaded.
@@ -87,6 +91,7 @@ pub(crate) struct Apis {
     pub(crate) auth: Arc<AuthApi>,
     pub(crate) users: Arc<UserApi>,
     pub(crate) audit: Arc<AuditApi>,
+    pub(crate) jobs: Arc<JobApi>,
 }
 
 /// The whole application router: gRPC and gRPC-Web, REST, docs and health.
@@ -96,6 +101,7 @@ pub fn app(edge: Edge) -> Router {
         auth: Arc::new(AuthApi::new(edge.identity.clone())),
         users: Arc::new(UserApi::new(edge.identity.clone())),
         audit: Arc::new(AuditApi::new(edge.identity.clone())),
+        jobs: Arc::new(JobApi::new(edge.jobs.clone())),
     };
     let health = HealthState::new(edge.database.clone(), edge.drain.clone());
 
@@ -106,6 +112,7 @@ pub fn app(edge: Edge) -> Router {
             v1::auth_service_rest_routes(apis.auth.clone()),
             v1::user_service_rest_routes(apis.users.clone()),
             v1::audit_service_rest_routes(apis.audit.clone()),
+            v1::job_service_rest_routes(apis.jobs.clone()),
         ]
         .concat(),
     );

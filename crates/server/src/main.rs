@@ -1,6 +1,6 @@
 //! The `switchboard` binary: parses the command line, loads the
-//! configuration, sets up logging, and runs one of `serve`, `migrate`,
-//! `user create`, `audit verify`, `keys rotate` or `openapi`. Everything else
+//! configuration, sets up logging, and runs one of `serve`, `worker`,
+//! `migrate`, `user create`, `audit verify`, `keys rotate` or `openapi`. Everything else
 //! lives in the library crates.
 
 use std::net::SocketAddr;
@@ -13,6 +13,7 @@ use switchboard_core::Services;
 use switchboard_core::config::{Config, LogFormat};
 use switchboard_core::db::Database;
 use switchboard_core::identity::{Identity, Role};
+use switchboard_core::services::Startup;
 use tracing_subscriber::EnvFilter;
 
 /// Switchboard: a backend for chatbot products. One port serves native gRPC,
@@ -42,6 +43,18 @@ enum Command {
         #[arg(long, value_name = "ADDR")]
         listen: Option<SocketAddr>,
         /// The directory of local state, such as the SQLite database [config `data_dir`, env SWITCHBOARD_DATA_DIR; default ./data].
+        #[arg(long, value_name = "DIR")]
+        data_dir: Option<PathBuf>,
+        /// Serve the API only: run no job workers or scheduled jobs in this
+        /// process (run `switchboard worker` processes for them).
+        #[arg(long)]
+        no_workers: bool,
+    },
+    /// Run job workers and the scheduled jobs, without the API: generate
+    /// replies from the queue until SIGTERM or SIGINT, then finish the jobs
+    /// in progress (up to `shutdown_grace_secs`) and exit.
+    Worker {
+        /// The directory of local state [config `data_dir`, env SWITCHBOARD_DATA_DIR; default ./data].
         #[arg(long, value_name = "DIR")]
         data_dir: Option<PathBuf>,
     },
@@ -103,7 +116,12 @@ async fn main() -> anyhow::Result<()> {
     }
     let config = Config::load(cli.config.as_deref())?;
     match cli.command {
-        Command::Serve { listen, data_dir } => serve(config.with_overrides(listen, data_dir)).await,
+        Command::Serve {
+            listen,
+            data_dir,
+            no_workers,
+        } => serve(config.with_overrides(listen, data_dir), !no_workers).await,
+        Command::Worker { data_dir } => worker(config.with_overrides(None, data_dir)).await,
         Command::Migrate { data_dir } => migrate(config.with_overrides(None, data_dir)).await,
         Command::User(UserCommand::Create { email, role }) => {
             create_user(config, &email, &role).await
@@ -199,13 +217,17 @@ fn init_logging(config: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn serve(config: Config) -> anyhow::Result<()> {
+async fn serve(config: Config, workers: bool) -> anyhow::Result<()> {
     init_logging(&config)?;
     // Bind first: a port already taken fails before anything else starts.
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
-    let services = Services::start(&config)
+    let startup = Startup {
+        workers,
+        engine: None,
+    };
+    let services = Services::start_with(&config, startup)
         .await
         .context("cannot start the services")?;
     let edge = switchboard_facade::Edge::new(&services, &config);
@@ -222,6 +244,23 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         .await
         .context("serving failed")?;
     tracing::info!("stopped taking requests; finishing replies in progress");
+    services.shutdown().await;
+    tracing::info!("shut down");
+    Ok(())
+}
+
+async fn worker(config: Config) -> anyhow::Result<()> {
+    init_logging(&config)?;
+    let startup = Startup {
+        workers: true,
+        engine: None,
+    };
+    let services = Services::start_with(&config, startup)
+        .await
+        .context("cannot start the workers")?;
+    tracing::info!("worker running; stop with SIGTERM or SIGINT");
+    shutdown_signal().await;
+    tracing::info!("finishing the jobs in progress");
     services.shutdown().await;
     tracing::info!("shut down");
     Ok(())

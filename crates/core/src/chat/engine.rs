@@ -11,16 +11,51 @@ use futures::stream::{self, BoxStream, StreamExt};
 use crate::chat::model::{Message, Role};
 use crate::error::{Error, Result};
 
-/// The tokens of a reply, in order. An `Err` item ends the reply as failed;
-/// the stream ending ends it as complete.
-pub type TokenStream = BoxStream<'static, Result<String>>;
+/// Token usage the engine reports for one reply.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// Tokens of the prompt (the history sent).
+    pub prompt_tokens: u32,
+    /// Tokens of the reply.
+    pub completion_tokens: u32,
+}
+
+/// What an engine sends while it generates.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EngineEvent {
+    /// The next piece of text.
+    Delta(String),
+    /// Token counts, usually at the end.
+    Usage(Usage),
+}
+
+/// The events of one reply. An `Err` item ends the reply as failed; the
+/// stream ending ends it as complete.
+pub type EngineStream = BoxStream<'static, Result<EngineEvent>>;
+
+/// What an engine is asked.
+#[derive(Debug, Clone)]
+pub struct EngineRequest {
+    /// The conversation.
+    pub conversation_id: String,
+    /// The reply being generated.
+    pub reply_id: String,
+    /// Which attempt at the reply this is, from 1.
+    pub attempt: u32,
+    /// The finished messages of the conversation, oldest first; the last
+    /// one is usually the user's.
+    pub history: Vec<Message>,
+}
 
 /// Generates replies.
 pub trait ReplyEngine: Send + Sync {
-    /// Starts generating the reply that follows `history` (the finished
-    /// messages of the conversation, oldest first; the last one is usually
-    /// the user's). The stream is dropped early if the reply is cancelled.
-    fn generate(&self, history: Vec<Message>) -> TokenStream;
+    /// Starts generating the reply `request` asks for. The stream is
+    /// dropped early if the reply is cancelled; dropping it must abort the
+    /// underlying call.
+    fn generate(&self, request: EngineRequest) -> EngineStream;
+
+    /// A short name for logs and metrics: `dev`, `grpc`, `openai`.
+    fn name(&self) -> &'static str;
 }
 
 /// The development engine: deterministic, offline, and steerable by tests.
@@ -30,8 +65,13 @@ pub trait ReplyEngine: Send + Sync {
 /// at a time (each token is a word with the whitespace before it), pausing
 /// `token_delay` before each token.
 ///
+/// After the text it reports usage: the words of the history and of the
+/// reply.
+///
 /// Markers in the user's last message change its behaviour:
 /// * `[dev:fail]` — fails after two tokens with an `UNAVAILABLE` engine error;
+/// * `[dev:fail-attempts=N]` — fails like `[dev:fail]` in attempts 1 to N of
+///   the reply, and answers normally from attempt N+1 (for retries);
 /// * `[dev:stall]` — stops after two tokens and waits until the reply is
 ///   cancelled (or the process stops).
 #[derive(Debug, Clone, Default)]
@@ -98,48 +138,89 @@ impl DevEngine {
     }
 }
 
+/// Whether `prompt` asks attempt `attempt` to fail with
+/// `[dev:fail-attempts=N]`.
+fn fails_in_attempt(prompt: &str, attempt: u32) -> bool {
+    const MARKER: &str = "[dev:fail-attempts=";
+    let Some(start) = prompt.find(MARKER) else {
+        return false;
+    };
+    let rest = &prompt[start + MARKER.len()..];
+    rest.split(']')
+        .next()
+        .and_then(|n| n.parse::<u32>().ok())
+        .is_some_and(|n| attempt <= n)
+}
+
 impl ReplyEngine for DevEngine {
-    fn generate(&self, history: Vec<Message>) -> TokenStream {
+    fn generate(&self, request: EngineRequest) -> EngineStream {
+        let history = &request.history;
         let prompt = history
             .iter()
             .rev()
             .find(|m| m.role == Role::User)
             .map_or("", |m| m.content.as_str());
-        let mut tokens: VecDeque<String> = Self::tokens(&Self::reply_text(prompt)).into();
-        let ending = if prompt.contains(Self::FAIL_MARKER) {
-            Ending::Fail
-        } else if prompt.contains(Self::STALL_MARKER) {
-            Ending::Stall
-        } else {
-            Ending::Complete
+        let text = Self::reply_text(prompt);
+        let usage = Usage {
+            prompt_tokens: count_words(history.iter().map(|m| m.content.as_str())),
+            completion_tokens: count_words([text.as_str()]),
         };
+        let mut tokens: VecDeque<String> = Self::tokens(&text).into();
+        let ending =
+            if prompt.contains(Self::FAIL_MARKER) || fails_in_attempt(prompt, request.attempt) {
+                Ending::Fail
+            } else if prompt.contains(Self::STALL_MARKER) {
+                Ending::Stall
+            } else {
+                Ending::Complete
+            };
         if !matches!(ending, Ending::Complete) {
             tokens.truncate(TOKENS_BEFORE_MARKER);
         }
         let delay = self.token_delay;
-        stream::unfold(Some((tokens, ending)), move |state| async move {
-            let (mut tokens, ending) = state?;
-            if !delay.is_zero() {
-                tokio::time::sleep(delay).await;
-            }
-            match (tokens.pop_front(), ending) {
-                (Some(token), ending) => Some((Ok(token), Some((tokens, ending)))),
-                (None, Ending::Complete) => None,
-                (None, Ending::Fail) => Some((
-                    Err(Error::Unavailable(format!(
-                        "the development engine failed on purpose ({})",
-                        DevEngine::FAIL_MARKER
-                    ))),
-                    None,
-                )),
-                (None, Ending::Stall) => {
-                    std::future::pending::<()>().await;
-                    None
+        stream::unfold(
+            Some((tokens, ending, Some(usage))),
+            move |state| async move {
+                let (mut tokens, ending, usage) = state?;
+                if !delay.is_zero() && !tokens.is_empty() {
+                    tokio::time::sleep(delay).await;
                 }
-            }
-        })
+                match (tokens.pop_front(), ending) {
+                    (Some(token), ending) => {
+                        Some((Ok(EngineEvent::Delta(token)), Some((tokens, ending, usage))))
+                    }
+                    (None, Ending::Complete) => {
+                        usage.map(|usage| (Ok(EngineEvent::Usage(usage)), None))
+                    }
+                    (None, Ending::Fail) => Some((
+                        Err(Error::Unavailable(format!(
+                            "the development engine failed on purpose ({})",
+                            DevEngine::FAIL_MARKER
+                        ))),
+                        None,
+                    )),
+                    (None, Ending::Stall) => {
+                        std::future::pending::<()>().await;
+                        None
+                    }
+                }
+            },
+        )
         .boxed()
     }
+
+    fn name(&self) -> &'static str {
+        "dev"
+    }
+}
+
+/// Words in `texts`, the development engine's stand-in for tokens.
+fn count_words<'a>(texts: impl IntoIterator<Item = &'a str>) -> u32 {
+    let words: usize = texts
+        .into_iter()
+        .map(|t| t.split_whitespace().count())
+        .sum();
+    u32::try_from(words).unwrap_or(u32::MAX)
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 //! restart) sees exactly the events, and sequence numbers, it would have
 //! seen live.
 
+use crate::chat::engine::Usage;
 use crate::chat::model::{Message, MessageStatus};
 use crate::chat::store::StoredMessage;
 use crate::error::{Error, Result};
@@ -13,8 +14,16 @@ pub(crate) const CANCELLED_CODE: &str = "CANCELLED";
 /// The message of the final error event of a cancelled reply.
 pub(crate) const CANCELLED_MESSAGE: &str = "the reply was cancelled";
 
-/// One event of a reply. `seq` starts at 1 and has no gaps: the pieces of
-/// text are 1..=N and the final event (done or error) is N+1.
+/// How far apart the seqs of two attempts at a reply start: attempt `a`
+/// numbers its events from `(a - 1) × ATTEMPT_SEQ_SPAN`.
+pub const ATTEMPT_SEQ_SPAN: u32 = 1_000_000;
+
+/// One event of a reply. Seqs only grow. The first attempt numbers its
+/// events 1, 2, 3…: the pieces of text, then the usage if the engine
+/// reported it, then the final event (done or error). A later attempt (the
+/// first one's worker died, or its engine call failed and is retried)
+/// starts with a `Reset` at `(attempt - 1) × ATTEMPT_SEQ_SPAN`, telling the
+/// client to drop the text so far, and numbers its events on from there.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReplyEvent {
     /// Position of the event in the reply, from 1.
@@ -26,8 +35,16 @@ pub struct ReplyEvent {
 /// What a [`ReplyEvent`] says.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ReplyEventKind {
+    /// The text so far is dropped: attempt `attempt` generates the reply
+    /// again from the start.
+    Reset {
+        /// The attempt that starts, from 2.
+        attempt: u32,
+    },
     /// The next piece of the reply's text.
     Delta(String),
+    /// Tokens the engine counted for this reply; just before `Done`.
+    Usage(Usage),
     /// The reply is complete; this is the stored message. Last event.
     Done(Message),
     /// The reply failed or was cancelled. Last event.
@@ -42,8 +59,17 @@ pub enum ReplyEventKind {
 impl ReplyEvent {
     /// Whether no event follows this one.
     pub fn is_terminal(&self) -> bool {
-        !matches!(self.kind, ReplyEventKind::Delta(_))
+        matches!(
+            self.kind,
+            ReplyEventKind::Done(_) | ReplyEventKind::Error { .. }
+        )
     }
+}
+
+/// The seq just before the first event of attempt `attempt` (1 and up):
+/// the seq of its `Reset`, if it has one.
+pub(crate) fn attempt_base(attempt: u32) -> u32 {
+    attempt.saturating_sub(1).saturating_mul(ATTEMPT_SEQ_SPAN)
 }
 
 /// Rebuilds every event of a finished reply from its stored form.
@@ -60,7 +86,21 @@ pub(crate) fn replay(stored: &StoredMessage) -> Result<Vec<ReplyEvent>> {
         None if content.is_empty() => Vec::new(),
         None => vec![content.len()],
     };
-    let mut events = Vec::with_capacity(lengths.len() + 1);
+    let base = attempt_base(stored.attempt);
+    let mut events = Vec::with_capacity(lengths.len() + 3);
+    if stored.attempt > 1 {
+        events.push(ReplyEvent {
+            seq: base,
+            kind: ReplyEventKind::Reset {
+                attempt: stored.attempt,
+            },
+        });
+    }
+    let mut seq = base;
+    let mut next_seq = move || {
+        seq = seq.saturating_add(1);
+        seq
+    };
     let mut start = 0usize;
     for len in lengths {
         let piece = start
@@ -74,7 +114,7 @@ pub(crate) fn replay(stored: &StoredMessage) -> Result<Vec<ReplyEvent>> {
             })?;
         start += len;
         events.push(ReplyEvent {
-            seq: seq_after(events.len()),
+            seq: next_seq(),
             kind: ReplyEventKind::Delta(piece.to_owned()),
         });
     }
@@ -108,14 +148,15 @@ pub(crate) fn replay(stored: &StoredMessage) -> Result<Vec<ReplyEvent>> {
             )));
         }
     };
+    if let Some(usage) = stored.usage {
+        events.push(ReplyEvent {
+            seq: next_seq(),
+            kind: ReplyEventKind::Usage(usage),
+        });
+    }
     events.push(ReplyEvent {
-        seq: seq_after(events.len()),
+        seq: next_seq(),
         kind,
     });
     Ok(events)
-}
-
-/// The seq of the event that follows `count` events.
-pub(crate) fn seq_after(count: usize) -> u32 {
-    u32::try_from(count).map_or(u32::MAX, |n| n.saturating_add(1))
 }

@@ -4,11 +4,12 @@
 //! including the boundaries of the pieces so the events can be replayed.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
+use tokio::sync::oneshot;
 
-use crate::chat::engine::ReplyEngine;
+use crate::chat::engine::{EngineEvent, EngineRequest, ReplyEngine, Usage};
 use crate::chat::events::{self, CANCELLED_CODE, CANCELLED_MESSAGE, ReplyEventKind};
 use crate::chat::hub::{ReplyHub, ReplyPublisher};
 use crate::chat::model::{Message, MessageStatus};
@@ -27,75 +28,162 @@ const STORE_RETRY_DELAYS: &[Duration] = &[
     Duration::from_secs(3),
 ];
 
+/// How often an attempt renews its lease on the reply and looks for a
+/// cancel request made on another instance.
+const RENEW_INTERVAL: Duration = Duration::from_secs(1);
+
 /// Generates replies: claims, streams, stores.
 pub struct ReplyGenerator {
     db: Database,
     hub: Arc<ReplyHub>,
     engine: Arc<dyn ReplyEngine>,
+    lease: Duration,
 }
 
 /// What [`ReplyGenerator::generate`] did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum GenerateOutcome {
     /// The reply was generated and stored complete.
     Completed,
-    /// The engine failed; the reply is stored failed.
-    Failed,
-    /// The reply was cancelled while streaming; stored cancelled.
+    /// The reply was cancelled; stored cancelled.
     Cancelled,
     /// Nothing to do: the reply is not pending (another worker has it, it
-    /// has finished, or it was deleted).
+    /// has finished, or it was deleted), or another attempt took it over.
     Skipped,
+    /// The engine failed and this was the last attempt, or the failure was
+    /// permanent: the reply is stored failed.
+    Failed {
+        /// What went wrong.
+        reason: String,
+        /// Whether a later attempt might have worked.
+        retryable: bool,
+    },
+    /// The engine failed in a way worth retrying: the reply is pending
+    /// again, for the job's next attempt.
+    Released {
+        /// What went wrong.
+        reason: String,
+    },
 }
 
-/// Where the token loop stopped.
+/// Where the event loop stopped.
 enum Stop {
     End,
     Failed(Error),
     Cancelled,
+    /// The lease was lost: another attempt holds the reply now.
+    Lost,
 }
 
 impl std::fmt::Debug for ReplyGenerator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ReplyGenerator").finish_non_exhaustive()
+        f.debug_struct("ReplyGenerator")
+            .field("engine", &self.engine.name())
+            .finish_non_exhaustive()
     }
 }
 
+/// Whether a failure may pass if tried again.
+pub(crate) fn is_retryable(err: &Error) -> bool {
+    matches!(err, Error::Unavailable(_) | Error::ResourceExhausted { .. })
+}
+
 impl ReplyGenerator {
-    /// A generator writing to `db`, publishing to `hub`, asking `engine`.
-    pub fn new(db: Database, hub: Arc<ReplyHub>, engine: Arc<dyn ReplyEngine>) -> Self {
-        Self { db, hub, engine }
+    /// The default time an attempt holds a reply without renewing.
+    pub const DEFAULT_LEASE: Duration = Duration::from_secs(10);
+
+    /// A generator writing to `db`, publishing to `hub`, asking `engine`;
+    /// an attempt whose worker dies releases the reply after `lease`.
+    pub fn new(
+        db: Database,
+        hub: Arc<ReplyHub>,
+        engine: Arc<dyn ReplyEngine>,
+        lease: Duration,
+    ) -> Self {
+        Self {
+            db,
+            hub,
+            engine,
+            lease,
+        }
     }
 
-    /// Generates the reply of `job`, if it is still pending. Safe to call
-    /// more than once and from several workers at the same time: the claim
-    /// (pending → streaming, conditional in SQL) lets exactly one run.
+    /// The engine.
+    pub fn engine(&self) -> &Arc<dyn ReplyEngine> {
+        &self.engine
+    }
+
+    /// Generates the reply of `job`, if it is pending or its last attempt
+    /// was abandoned. Safe to call more than once and from several workers
+    /// at the same time: the claim (conditional in SQL) lets exactly one
+    /// attempt run, and every write of an attempt is conditional on still
+    /// holding the reply, so the stored reply is written once.
+    ///
+    /// `last_attempt` says whether a retryable engine failure ends the
+    /// reply (stored failed) or releases it for the job's next attempt.
     ///
     /// # Errors
     ///
     /// A database error while claiming or storing. An engine failure is not
-    /// an error here: it is stored with the reply ([`GenerateOutcome::Failed`]).
-    pub async fn generate(&self, job: &ReplyJob) -> Result<GenerateOutcome> {
-        let Some(reply) = store::claim_reply(&self.db, &job.reply_id, store::now()).await? else {
+    /// an error here: it is an outcome.
+    pub async fn generate(&self, job: &ReplyJob, last_attempt: bool) -> Result<GenerateOutcome> {
+        let now = store::now();
+        let Some(claimed) =
+            store::claim_reply(&self.db, &job.reply_id, now, now + self.lease).await?
+        else {
             self.settle_waiting(job).await?;
             return Ok(GenerateOutcome::Skipped);
         };
-        let publisher = self.hub.begin(&reply.id);
-        let mut content = String::new();
-        let mut lengths = Vec::new();
-        let stop = match store::history(&self.db, &reply, HISTORY_LIMIT).await {
+        let reply = &claimed.message;
+        let attempt = claimed.attempt;
+        let publisher = self.hub.begin(&reply.id, attempt);
+        let (lost_tx, lost_rx) = oneshot::channel();
+        let renewal = tokio::spawn(renew(
+            self.db.clone(),
+            self.hub.clone(),
+            reply.id.clone(),
+            attempt,
+            self.lease,
+            lost_tx,
+        ));
+        let mut streamed = Streamed::default();
+        let stop = match store::history(&self.db, reply, HISTORY_LIMIT).await {
             Ok(history) => {
-                self.stream_tokens(history, &publisher, &mut content, &mut lengths)
+                let request = EngineRequest {
+                    conversation_id: reply.conversation_id.clone(),
+                    reply_id: reply.id.clone(),
+                    attempt,
+                    history,
+                };
+                self.stream(request, &publisher, lost_rx, &mut streamed)
                     .await
             }
             Err(err) => Stop::Failed(err),
         };
-        let (status, error, outcome) = match &stop {
+        renewal.abort();
+        let (status, error, outcome) = match stop {
+            Stop::Lost => {
+                tracing::warn!(reply_id = %reply.id, attempt, "another attempt took the reply over");
+                return Ok(GenerateOutcome::Skipped);
+            }
             Stop::End => (MessageStatus::Complete, None, GenerateOutcome::Completed),
+            Stop::Failed(err) if is_retryable(&err) && !last_attempt => {
+                tracing::info!(reply_id = %reply.id, attempt, error = %err, "reply attempt failed; it is retried");
+                if !store::release_reply(&self.db, &reply.id, attempt, store::now()).await? {
+                    return Ok(GenerateOutcome::Skipped);
+                }
+                return Ok(GenerateOutcome::Released {
+                    reason: err.to_string(),
+                });
+            }
             Stop::Failed(err) => {
-                tracing::warn!(reply_id = %reply.id, error = %err, "reply generation failed");
+                tracing::warn!(reply_id = %reply.id, attempt, error = %err, "reply generation failed");
                 let error = (err.grpc_code_name().to_owned(), err.public_message());
-                (MessageStatus::Failed, Some(error), GenerateOutcome::Failed)
+                let outcome = GenerateOutcome::Failed {
+                    reason: err.to_string(),
+                    retryable: is_retryable(&err),
+                };
+                (MessageStatus::Failed, Some(error), outcome)
             }
             Stop::Cancelled => {
                 let error = (CANCELLED_CODE.to_owned(), CANCELLED_MESSAGE.to_owned());
@@ -107,16 +195,17 @@ impl ReplyGenerator {
             }
         };
         let ending = ReplyEnding {
-            content: &content,
-            delta_lengths: &lengths,
+            content: &streamed.content,
+            delta_lengths: &streamed.lengths,
             status,
             error: error.as_ref().map(|(c, m)| (c.as_str(), m.as_str())),
+            usage: streamed.usage,
         };
-        let stored = match self.store_ending(&reply.id, &ending).await {
+        let stored = match self.store_ending(&reply.id, attempt, &ending).await {
             Ok(stored) => stored,
             Err(err) => {
                 // Subscribers must not wait forever; the reply stays
-                // streaming in the database and is redone after a restart.
+                // streaming, and its job is taken again when the lease runs out.
                 publisher.finish(ReplyEventKind::Error {
                     code: "UNAVAILABLE".to_owned(),
                     message: "the reply could not be stored".to_owned(),
@@ -124,18 +213,20 @@ impl ReplyGenerator {
                 return Err(err);
             }
         };
-        let terminal = match (stored, error) {
-            (Some(message), None) => ReplyEventKind::Done(message),
-            (Some(_), Some((code, message))) => ReplyEventKind::Error { code, message },
-            (None, _) => {
-                tracing::warn!(reply_id = %reply.id, "reply vanished while it was generated");
-                ReplyEventKind::Error {
-                    code: "ABORTED".to_owned(),
-                    message: "the reply was deleted while it was generated".to_owned(),
-                }
-            }
+        let Some(message) = stored else {
+            tracing::warn!(reply_id = %reply.id, attempt, "the reply was deleted or taken over while it was generated");
+            return Ok(GenerateOutcome::Skipped);
+        };
+        if let Some(usage) = streamed.usage {
+            publisher.publish(ReplyEventKind::Usage(usage));
+        }
+        let terminal = match error {
+            None => ReplyEventKind::Done(message),
+            Some((code, message)) => ReplyEventKind::Error { code, message },
         };
         publisher.finish(terminal);
+        metrics::counter!("switchboard_replies_total", "engine" => self.engine.name(), "outcome" => outcome_label(&outcome))
+            .increment(1);
         Ok(outcome)
     }
 
@@ -159,11 +250,12 @@ impl ReplyGenerator {
     async fn store_ending(
         &self,
         reply_id: &str,
+        attempt: u32,
         ending: &ReplyEnding<'_>,
     ) -> Result<Option<Message>> {
         let mut delays = STORE_RETRY_DELAYS.iter();
         loop {
-            match store::finish_reply(&self.db, reply_id, ending, store::now()).await {
+            match store::finish_reply(&self.db, reply_id, attempt, ending, store::now()).await {
                 Err(Error::Unavailable(reason)) => match delays.next() {
                     Some(delay) => {
                         tracing::warn!(%reply_id, %reason, "storing the reply failed; retrying");
@@ -200,33 +292,90 @@ impl ReplyGenerator {
         Ok(())
     }
 
-    /// Publishes the engine's tokens until the stream ends, fails or the
-    /// reply is cancelled, collecting the text and the piece lengths.
-    async fn stream_tokens(
+    /// Publishes the engine's text until the stream ends, fails, the
+    /// reply is cancelled or the lease is lost, collecting the text, the
+    /// piece lengths and the usage.
+    async fn stream(
         &self,
-        history: Vec<crate::chat::model::Message>,
+        request: EngineRequest,
         publisher: &ReplyPublisher,
-        content: &mut String,
-        lengths: &mut Vec<usize>,
+        mut lost: oneshot::Receiver<()>,
+        streamed: &mut Streamed,
     ) -> Stop {
-        let mut tokens = self.engine.generate(history);
+        let started = Instant::now();
+        let mut events = self.engine.generate(request);
         loop {
             tokio::select! {
                 // A cancel request wins over a token that is ready.
                 biased;
                 () = publisher.cancelled() => return Stop::Cancelled,
-                token = tokens.next() => match token {
+                _ = &mut lost => return Stop::Lost,
+                event = events.next() => match event {
                     // An empty piece would be an event with nothing in it.
-                    Some(Ok(token)) if token.is_empty() => {}
-                    Some(Ok(token)) => {
-                        content.push_str(&token);
-                        lengths.push(token.len());
-                        publisher.delta(token);
+                    Some(Ok(EngineEvent::Delta(text))) if text.is_empty() => {}
+                    Some(Ok(EngineEvent::Delta(text))) => {
+                        if streamed.lengths.is_empty() {
+                            metrics::histogram!("switchboard_reply_first_token_seconds", "engine" => self.engine.name())
+                                .record(started.elapsed().as_secs_f64());
+                        }
+                        streamed.content.push_str(&text);
+                        streamed.lengths.push(text.len());
+                        publisher.delta(text);
                     }
+                    Some(Ok(EngineEvent::Usage(usage))) => streamed.usage = Some(usage),
                     Some(Err(err)) => return Stop::Failed(err),
                     None => return Stop::End,
                 },
             }
+        }
+    }
+}
+
+/// What an attempt has streamed so far.
+#[derive(Debug, Default)]
+struct Streamed {
+    content: String,
+    lengths: Vec<usize>,
+    usage: Option<Usage>,
+}
+
+/// The metric label of an outcome.
+fn outcome_label(outcome: &GenerateOutcome) -> &'static str {
+    match outcome {
+        GenerateOutcome::Completed => "completed",
+        GenerateOutcome::Cancelled => "cancelled",
+        GenerateOutcome::Skipped => "skipped",
+        GenerateOutcome::Failed { .. } => "failed",
+        GenerateOutcome::Released { .. } => "retried",
+    }
+}
+
+/// Renews the lease of attempt `attempt` on a reply every second until
+/// aborted. A cancel request stored by any instance cancels the attempt
+/// through the hub; losing the reply to another attempt is told through
+/// `lost`.
+async fn renew(
+    db: Database,
+    hub: Arc<ReplyHub>,
+    reply_id: String,
+    attempt: u32,
+    lease: Duration,
+    lost: oneshot::Sender<()>,
+) {
+    let mut ticks = tokio::time::interval(RENEW_INTERVAL.min(lease / 3));
+    ticks.tick().await;
+    loop {
+        ticks.tick().await;
+        match store::renew_reply(&db, &reply_id, attempt, store::now() + lease).await {
+            Ok(Some(true)) => {
+                hub.cancel(&reply_id);
+            }
+            Ok(Some(false)) => {}
+            Ok(None) => {
+                let _ = lost.send(());
+                return;
+            }
+            Err(err) => tracing::warn!(%reply_id, error = %err, "cannot renew the reply's lease"),
         }
     }
 }

@@ -19,7 +19,7 @@ use futures::Stream;
 use futures::stream::{self, BoxStream, StreamExt};
 use tokio::sync::watch;
 
-use crate::chat::events::{ReplyEvent, ReplyEventKind, seq_after};
+use crate::chat::events::{ReplyEvent, ReplyEventKind, attempt_base};
 
 /// The live event logs of replies, keyed by reply id.
 #[derive(Debug)]
@@ -48,10 +48,14 @@ struct LogState {
     finished_at: Option<Instant>,
 }
 
-/// Appends the events of one reply; held by the generator that claimed it.
+/// Appends the events of one attempt at a reply; held by the generator
+/// that claimed it.
 #[derive(Debug)]
 pub(crate) struct ReplyPublisher {
     log: Arc<ReplyLog>,
+    /// The seq of the last event this publisher appended (or of the event
+    /// before its first).
+    last_seq: std::sync::atomic::AtomicU32,
 }
 
 /// The events of one reply, as a stream that ends after the final event
@@ -88,21 +92,33 @@ impl ReplyHub {
             .clone()
     }
 
-    /// Starts publishing `reply_id`. An untouched log (subscribers waiting,
-    /// perhaps a cancel request) is kept; a log left by an earlier attempt
-    /// is replaced, which ends its subscribers' streams.
-    pub(crate) fn begin(&self, reply_id: &str) -> ReplyPublisher {
+    /// Starts publishing attempt `attempt` (from 1) of `reply_id`. The log
+    /// is kept while it has not finished, so subscribers follow an attempt
+    /// that takes over from one that stopped: a later attempt first appends
+    /// a `Reset`. A finished log (a reply an operator retried) is replaced.
+    pub(crate) fn begin(&self, reply_id: &str, attempt: u32) -> ReplyPublisher {
         let mut logs = self.lock_and_sweep();
         let log = logs
             .entry(reply_id.to_owned())
             .and_modify(|log| {
-                if !log.state.borrow().events.is_empty() {
+                if log.is_finished() {
                     *log = Arc::new(ReplyLog::new());
                 }
             })
             .or_insert_with(|| Arc::new(ReplyLog::new()))
             .clone();
-        ReplyPublisher { log }
+        let base = attempt_base(attempt);
+        let publisher = ReplyPublisher {
+            log,
+            last_seq: std::sync::atomic::AtomicU32::new(base),
+        };
+        if attempt > 1 {
+            publisher.push(ReplyEvent {
+                seq: base,
+                kind: ReplyEventKind::Reset { attempt },
+            });
+        }
+        publisher
     }
 
     /// Asks the generator of `reply_id` in this process to stop; it ends the
@@ -125,7 +141,7 @@ impl ReplyHub {
         let log = logs.get(reply_id)?;
         let state = log.state.borrow();
         (state.events.is_empty() && state.finished_at.is_none())
-            .then(|| ReplyPublisher { log: log.clone() })
+            .then(|| ReplyPublisher::continuing(log.clone()))
     }
 
     /// Ends every unfinished log with `kind`, so no subscriber waits on a
@@ -138,7 +154,7 @@ impl ReplyHub {
             .cloned()
             .collect();
         for log in &unfinished {
-            ReplyPublisher { log: log.clone() }.finish(kind.clone());
+            ReplyPublisher::continuing(log.clone()).finish(kind.clone());
         }
         unfinished.len()
     }
@@ -204,36 +220,51 @@ impl ReplyLog {
     /// ending after the terminal event.
     pub(crate) fn stream(&self, after_seq: u32) -> ReplyStream {
         let rx = self.state.subscribe();
-        let next = usize::try_from(after_seq).unwrap_or(usize::MAX);
-        ReplyStream::new(stream::unfold(Some((rx, next)), |cursor| async move {
-            let (mut rx, mut next) = cursor?;
-            loop {
-                // Clone one event under the lock; never hold it across await.
-                let step = {
-                    let log = rx.borrow_and_update();
-                    match log.events.get(next) {
-                        Some(event) => Some(Some(event.clone())),
-                        None if log.finished_at.is_some() => Some(None),
-                        None => None,
+        ReplyStream::new(stream::unfold(
+            Some((rx, 0usize)),
+            move |cursor| async move {
+                let (mut rx, mut next) = cursor?;
+                loop {
+                    // Clone one event under the lock; never hold it across await.
+                    let step = {
+                        let log = rx.borrow_and_update();
+                        while log.events.get(next).is_some_and(|e| e.seq <= after_seq) {
+                            next += 1;
+                        }
+                        match log.events.get(next) {
+                            Some(event) => Some(Some(event.clone())),
+                            None if log.finished_at.is_some() => Some(None),
+                            None => None,
+                        }
+                    };
+                    match step {
+                        Some(Some(event)) => {
+                            next += 1;
+                            let rest = (!event.is_terminal()).then_some((rx, next));
+                            return Some((event, rest));
+                        }
+                        Some(None) => return None,
+                        // The hub dropped the unfinished log (a newer attempt
+                        // replaced it): this stream cannot continue.
+                        None => rx.changed().await.ok()?,
                     }
-                };
-                match step {
-                    Some(Some(event)) => {
-                        next += 1;
-                        let rest = (!event.is_terminal()).then_some((rx, next));
-                        return Some((event, rest));
-                    }
-                    Some(None) => return None,
-                    // The hub dropped the unfinished log (a newer attempt
-                    // replaced it): this stream cannot continue.
-                    None => rx.changed().await.ok()?,
                 }
-            }
-        }))
+            },
+        ))
     }
 }
 
 impl ReplyPublisher {
+    /// A publisher appending after the last event of `log` (settling a
+    /// reply no generator here produces, or ending it at shutdown).
+    fn continuing(log: Arc<ReplyLog>) -> Self {
+        let last = log.state.borrow().events.last().map_or(0, |e| e.seq);
+        Self {
+            log,
+            last_seq: std::sync::atomic::AtomicU32::new(last),
+        }
+    }
+
     /// Appends the next piece of text; returns its seq.
     pub(crate) fn delta(&self, text: String) -> u32 {
         self.append(ReplyEventKind::Delta(text))
@@ -250,20 +281,27 @@ impl ReplyPublisher {
     }
 
     fn append(&self, kind: ReplyEventKind) -> u32 {
-        let mut seq = 0;
+        let seq = self
+            .last_seq
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            .saturating_add(1);
+        self.push(ReplyEvent { seq, kind });
+        seq
+    }
+
+    /// Appends `event` unless the log has finished or already holds an
+    /// event at or after its seq.
+    fn push(&self, event: ReplyEvent) {
         self.log.state.send_if_modified(|log| {
-            if log.finished_at.is_some() {
+            if log.finished_at.is_some() || log.events.last().is_some_and(|e| e.seq >= event.seq) {
                 return false;
             }
-            seq = seq_after(log.events.len());
-            let event = ReplyEvent { seq, kind };
             if event.is_terminal() {
                 log.finished_at = Some(Instant::now());
             }
             log.events.push(event);
             true
         });
-        seq
     }
 
     /// Resolves once someone asks for the reply to be cancelled.
@@ -329,7 +367,7 @@ mod tests {
     async fn subscribers_follow_live_events_from_their_own_cursor() {
         let hub = ReplyHub::default();
         let early = hub.open("r").stream(0);
-        let publisher = hub.begin("r");
+        let publisher = hub.begin("r", 1);
         publisher.delta("a".into());
         publisher.delta("b".into());
         let late = hub.open("r").stream(1);
@@ -343,9 +381,31 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_later_attempt_resets_the_log_its_subscribers_follow() {
+        let hub = ReplyHub::default();
+        let first = hub.begin("r", 1);
+        first.delta("a".into());
+        let follower = hub.open("r").stream(0);
+        let resumed = hub.open("r").stream(1);
+        drop(first);
+        let second = hub.begin("r", 2);
+        second.delta("b".into());
+        second.finish(failed());
+        let seqs = |events: Vec<ReplyEvent>| events.iter().map(|e| e.seq).collect::<Vec<_>>();
+        let base = crate::chat::ATTEMPT_SEQ_SPAN;
+        assert_eq!(
+            seqs(follower.collect().await),
+            [1, base, base + 1, base + 2]
+        );
+        let resumed: Vec<_> = resumed.collect().await;
+        assert_eq!(resumed[0].kind, ReplyEventKind::Reset { attempt: 2 });
+        assert_eq!(resumed[1], delta(base + 1, "b"));
+    }
+
+    #[tokio::test]
     async fn finished_logs_are_evicted_after_retention() {
         let hub = ReplyHub::new(Duration::ZERO);
-        hub.begin("r").finish(failed());
+        hub.begin("r", 1).finish(failed());
         assert_eq!(hub.live_logs(), 1);
         hub.open("other");
         assert_eq!(hub.live_logs(), 1, "the finished log is swept");
@@ -357,7 +417,7 @@ mod tests {
     async fn cancel_reaches_the_publisher_even_before_it_begins() {
         let hub = ReplyHub::default();
         assert!(hub.cancel("r"));
-        let publisher = hub.begin("r");
+        let publisher = hub.begin("r", 1);
         tokio::time::timeout(Duration::from_secs(1), publisher.cancelled())
             .await
             .unwrap();

@@ -1,12 +1,14 @@
 //! Conversations, messages and the bot's replies.
 //!
 //! [`Chat`] is the service the transports call. A turn goes like this:
-//! [`Chat::send_message`] stores the user's message and a pending reply in
-//! one transaction and hands a [`ReplyJob`] to a [`ReplyQueue`]; whoever runs
-//! the job calls [`ReplyGenerator::generate`], which streams the engine's
-//! tokens into the [`ReplyHub`] and stores the finished reply; clients follow
-//! it with [`Chat::subscribe_reply`], live from the hub or, once it has
-//! finished, rebuilt from the stored message with the same sequence numbers.
+//! [`Chat::send_message`] stores the user's message, a pending reply and a
+//! `generate_reply` job ([`ReplyJob`]) in one transaction and hands the job
+//! to the queue ([`crate::jobs`]); a worker runs it through
+//! [`ReplyJobHandler`], which calls [`ReplyGenerator::generate`]: it claims
+//! the reply under a lease, streams the engine's text into the
+//! [`ReplyHub`] and stores the finished reply; clients follow it with
+//! [`Chat::subscribe_reply`], live from the hub or, once it has finished,
+//! rebuilt from the stored message with the same sequence numbers.
 
 mod engine;
 mod events;
@@ -18,8 +20,8 @@ mod queue;
 mod service;
 mod store;
 
-pub use engine::{DevEngine, ReplyEngine, TokenStream};
-pub use events::{ReplyEvent, ReplyEventKind};
+pub use engine::{DevEngine, EngineEvent, EngineRequest, EngineStream, ReplyEngine, Usage};
+pub use events::{ATTEMPT_SEQ_SPAN, ReplyEvent, ReplyEventKind};
 pub use generator::{GenerateOutcome, ReplyGenerator};
 pub use hub::{ReplyHub, ReplyStream};
 pub use model::{
@@ -27,5 +29,5 @@ pub use model::{
     MessageStatus, Page, Role, SentMessage,
 };
 pub use paging::{DEFAULT_CONVERSATION_PAGE_SIZE, DEFAULT_MESSAGE_PAGE_SIZE, MAX_PAGE_SIZE};
-pub use queue::{InProcessReplyQueue, ReplyJob, ReplyQueue, recover_replies};
-pub use service::Chat;
+pub use queue::{GENERATE_REPLY, ReplyJob, ReplyJobHandler};
+pub use service::{AdmissionCheck, Chat, MAX_FEEDBACK_CHARS};

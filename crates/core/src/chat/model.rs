@@ -100,6 +100,8 @@ pub struct SentMessage {
     pub message: Message,
     /// The bot's reply, pending: pass its id to `subscribe_reply`.
     pub reply: Message,
+    /// The id of the job that generates the reply.
+    pub job_id: String,
 }
 
 impl Role {

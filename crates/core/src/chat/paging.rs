@@ -24,6 +24,7 @@ pub(crate) enum Listing {
     Conversations,
     Messages,
     Users,
+    DeadLetters,
 }
 
 /// The position after which the next page starts.
@@ -39,6 +40,7 @@ impl Listing {
             Self::Conversations => "c1",
             Self::Messages => "m1",
             Self::Users => "u1",
+            Self::DeadLetters => "d1",
         }
     }
 }

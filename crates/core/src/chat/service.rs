@@ -6,7 +6,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
 use uuid::Uuid;
 
 use crate::chat::events::{self, CANCELLED_CODE, CANCELLED_MESSAGE, ReplyEventKind};
@@ -17,21 +16,31 @@ use crate::chat::model::{
 use crate::chat::paging::{
     self, Cursor, DEFAULT_CONVERSATION_PAGE_SIZE, DEFAULT_MESSAGE_PAGE_SIZE, Listing,
 };
-use crate::chat::queue::{ReplyJob, ReplyQueue};
+use crate::chat::queue::{GENERATE_REPLY, ReplyJob};
 use crate::chat::store::{self, StoredMessage};
 use crate::db::Database;
 use crate::error::{Error, Result};
 use crate::identity::Principal;
+use crate::jobs::{Jobs, NewJob, RetryPolicy};
 
 /// How long [`Chat::cancel_reply`] waits for the generator to store the
 /// cancelled reply.
 const CANCEL_WAIT: Duration = Duration::from_secs(5);
 
+/// How often [`Chat::cancel_reply`] looks whether the cancel took effect.
+const CANCEL_POLL: Duration = Duration::from_millis(100);
+
+/// A check run before a message is accepted: SendMessage fails fast with
+/// its error (the engine's circuit breaker is open).
+pub type AdmissionCheck = Arc<dyn Fn() -> Result<()> + Send + Sync>;
+
 /// The chat service.
 pub struct Chat {
     db: Database,
     hub: Arc<ReplyHub>,
-    queue: Arc<dyn ReplyQueue>,
+    jobs: Arc<Jobs>,
+    reply_policy: RetryPolicy,
+    admission: Option<AdmissionCheck>,
 }
 
 impl std::fmt::Debug for Chat {
@@ -44,9 +53,27 @@ impl std::fmt::Debug for Chat {
 
 impl Chat {
     /// A chat service storing in `db`, following replies through `hub`, and
-    /// handing new replies to `queue`.
-    pub fn new(db: Database, hub: Arc<ReplyHub>, queue: Arc<dyn ReplyQueue>) -> Self {
-        Self { db, hub, queue }
+    /// queueing new replies as jobs on `jobs`, tried as `reply_policy` says.
+    pub fn new(
+        db: Database,
+        hub: Arc<ReplyHub>,
+        jobs: Arc<Jobs>,
+        reply_policy: RetryPolicy,
+    ) -> Self {
+        Self {
+            db,
+            hub,
+            jobs,
+            reply_policy,
+            admission: None,
+        }
+    }
+
+    /// Runs `check` before every message is accepted.
+    #[must_use]
+    pub fn with_admission(mut self, check: AdmissionCheck) -> Self {
+        self.admission = Some(check);
+        self
     }
 
     /// The hub replies are published to.
@@ -177,18 +204,20 @@ impl Chat {
         }))
     }
 
-    /// Stores the user's message and a pending reply (and bumps the
-    /// conversation's `updated_at`) in one transaction, then queues the
-    /// reply. The reply's text arrives through [`Chat::subscribe_reply`].
+    /// Stores the user's message, a pending reply and the job that
+    /// generates it (and bumps the conversation's `updated_at`) in one
+    /// transaction, then hands the job to the queue. The reply's text
+    /// arrives through [`Chat::subscribe_reply`].
     ///
-    /// If the queue refuses the job (shutting down), the reply stays pending
-    /// and is generated after the next start; the call still succeeds, since
-    /// the message is stored.
+    /// If the queue's broker does not take the job id, the call still
+    /// succeeds: the job row is stored, and workers send untaken jobs again.
     ///
     /// # Errors
     ///
     /// [`Error::NotFound`] if `who` has no such conversation;
-    /// [`Error::InvalidArgument`] (`content`) for empty or over-long text.
+    /// [`Error::InvalidArgument`] (`content`) for empty or over-long text;
+    /// [`Error::Unavailable`] when the engine is known to be down (its
+    /// circuit breaker is open): nothing is stored then.
     pub async fn send_message(
         &self,
         who: &Principal,
@@ -197,6 +226,9 @@ impl Chat {
     ) -> Result<SentMessage> {
         known_id(conversation_id, "conversation")?;
         model::check_content(content)?;
+        if let Some(check) = &self.admission {
+            check()?;
+        }
         let now = store::now();
         // UUID v7 ids from one process are ordered, so with equal timestamps
         // the reply still sorts after the message it answers.
@@ -216,19 +248,27 @@ impl Chat {
             status: MessageStatus::Pending,
             ..message.clone()
         };
-        if !store::insert_turn(&self.db, &who.user_id, &message, &reply).await? {
+        let job = NewJob {
+            kind: GENERATE_REPLY,
+            payload: ReplyJob {
+                reply_id: reply.id.clone(),
+                conversation_id: conversation_id.to_owned(),
+            }
+            .to_payload(),
+            max_attempts: self.reply_policy.max_attempts,
+        }
+        .into_job(now);
+        if !store::insert_turn(&self.db, &who.user_id, &message, &reply, &job).await? {
             return Err(Error::NotFound {
                 what: "conversation",
             });
         }
-        let job = ReplyJob {
-            reply_id: reply.id.clone(),
-            conversation_id: conversation_id.to_owned(),
-        };
-        if let Err(err) = self.queue.enqueue(job).await {
-            tracing::warn!(reply_id = %reply.id, error = %err, "reply left pending: queue refused it");
-        }
-        Ok(SentMessage { message, reply })
+        self.jobs.dispatch(&job.id).await;
+        Ok(SentMessage {
+            message,
+            reply,
+            job_id: job.id,
+        })
     }
 
     /// The events of a reply with a seq greater than `after_seq` (0: all),
@@ -263,9 +303,10 @@ impl Chat {
     }
 
     /// Cancels a reply that has not finished: a pending one ends at once
-    /// with no text, a streaming one (generated by this process) keeps the
-    /// text so far. Its last event is an `Error` with code `CANCELLED`.
-    /// Returns the reply as stored afterwards.
+    /// with no text; a streaming one, on whichever worker, stops its engine
+    /// call and keeps the text so far. Its last event is an `Error` with
+    /// code `CANCELLED`. Returns the reply as stored afterwards (waiting up
+    /// to 5 s for the worker to store it).
     ///
     /// # Errors
     ///
@@ -286,20 +327,85 @@ impl Chat {
         }
         if store::cancel_pending(&self.db, message_id, CANCELLED_MESSAGE, store::now()).await? {
             // Subscribers already waiting see the same event a replay gives.
-            self.hub.begin(message_id).finish(ReplyEventKind::Error {
-                code: CANCELLED_CODE.to_owned(),
-                message: CANCELLED_MESSAGE.to_owned(),
-            });
-        } else if self.hub.cancel(message_id) {
-            // Wait for the generator to store the outcome; the stream of a
-            // log that finishes ends, skipping every event.
-            let done = self.hub.open(message_id).stream(u32::MAX).count();
-            let _ = tokio::time::timeout(CANCEL_WAIT, done).await;
+            self.hub
+                .begin(message_id, stored.attempt.max(1))
+                .finish(ReplyEventKind::Error {
+                    code: CANCELLED_CODE.to_owned(),
+                    message: CANCELLED_MESSAGE.to_owned(),
+                });
+            return Ok(self
+                .find_reply(who, conversation_id, message_id)
+                .await?
+                .message);
         }
-        Ok(self
-            .find_reply(who, conversation_id, message_id)
-            .await?
-            .message)
+        // Streaming: a generator in this process hears it at once, one on
+        // another instance at its next lease renewal (within a second).
+        store::request_cancel(&self.db, message_id).await?;
+        self.hub.cancel(message_id);
+        let deadline = tokio::time::Instant::now() + CANCEL_WAIT;
+        loop {
+            let current = self.find_reply(who, conversation_id, message_id).await?;
+            if current.message.status.is_finished() || tokio::time::Instant::now() >= deadline {
+                return Ok(current.message);
+            }
+            tokio::time::sleep(CANCEL_POLL).await;
+        }
+    }
+
+    /// Records `who`'s feedback on a reply: `rating` +1 (good) or -1 (bad)
+    /// and an optional comment. Rating again replaces the earlier feedback.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotFound`] as for [`Chat::subscribe_reply`];
+    /// [`Error::InvalidArgument`] (`rating`) for anything but 1 or -1, or
+    /// (`comment`) for a comment over 2000 characters.
+    pub async fn rate_reply(
+        &self,
+        who: &Principal,
+        conversation_id: &str,
+        message_id: &str,
+        rating: i32,
+        comment: &str,
+    ) -> Result<()> {
+        if rating != 1 && rating != -1 {
+            return Err(Error::invalid_argument(
+                "rating",
+                "must be 1 (good) or -1 (bad)",
+            ));
+        }
+        if comment.chars().count() > MAX_FEEDBACK_CHARS {
+            return Err(Error::invalid_argument(
+                "comment",
+                format!("must be at most {MAX_FEEDBACK_CHARS} characters"),
+            ));
+        }
+        self.find_reply(who, conversation_id, message_id).await?;
+        if store::rate_reply(
+            &self.db,
+            conversation_id,
+            message_id,
+            i64::from(rating),
+            comment,
+            store::now(),
+        )
+        .await?
+        {
+            Ok(())
+        } else {
+            Err(Error::NotFound { what: "reply" })
+        }
+    }
+
+    /// Deletes every conversation not updated for `max_age`; returns how
+    /// many. The scheduled retention task calls it.
+    ///
+    /// # Errors
+    ///
+    /// A database error.
+    pub async fn delete_idle_conversations(&self, max_age: Duration) -> Result<u64> {
+        let max_age = chrono::Duration::from_std(max_age).map_err(Error::internal)?;
+        store::delete_conversations_before(&self.db, store::now() - max_age).await
     }
 
     /// The assistant message `message_id` of `who`'s conversation.
@@ -317,6 +423,9 @@ impl Chat {
         }
     }
 }
+
+/// The longest feedback comment, in characters.
+pub const MAX_FEEDBACK_CHARS: usize = 2000;
 
 /// Ids are UUIDs; any other text names nothing, and never reaches SQL (where
 /// PostgreSQL would refuse a NUL with an error, not an empty result).

@@ -6,10 +6,13 @@
 use chrono::{DateTime, Utc};
 use sqlx::FromRow;
 
+use crate::chat::engine::Usage;
 use crate::chat::model::{Conversation, Message, MessageStatus, Role};
 use crate::chat::paging::Cursor;
 use crate::db::Database;
 use crate::error::{Error, Result};
+use crate::jobs::Job;
+use crate::jobs::store::{INSERT_JOB, bind_insert, payload_text};
 use crate::on_database;
 
 /// The columns of a `ConversationRow`, as a literal for `concat!`.
@@ -23,7 +26,8 @@ macro_rules! conversation_columns {
 macro_rules! message_columns {
     () => {
         "id, conversation_id, role, content, status, delta_lengths, \
-         error_code, error_message, created_at, updated_at"
+         error_code, error_message, created_at, updated_at, attempt, prompt_tokens, \
+         completion_tokens"
     };
 }
 
@@ -51,6 +55,9 @@ struct MessageRow {
     error_message: Option<String>,
     created_at: i64,
     updated_at: i64,
+    attempt: i64,
+    prompt_tokens: Option<i64>,
+    completion_tokens: Option<i64>,
 }
 
 /// A message with what the database keeps beside it for replaying a reply.
@@ -61,6 +68,10 @@ pub(crate) struct StoredMessage {
     pub(crate) delta_lengths: Option<Vec<usize>>,
     /// Code and message of a failed or cancelled reply's final event.
     pub(crate) error: Option<(String, String)>,
+    /// How many attempts have claimed the reply (0 while never claimed).
+    pub(crate) attempt: u32,
+    /// The token usage the engine reported.
+    pub(crate) usage: Option<Usage>,
 }
 
 /// How a reply ended, as [`finish_reply`] stores it.
@@ -69,6 +80,7 @@ pub(crate) struct ReplyEnding<'a> {
     pub(crate) delta_lengths: &'a [usize],
     pub(crate) status: MessageStatus,
     pub(crate) error: Option<(&'a str, &'a str)>,
+    pub(crate) usage: Option<Usage>,
 }
 
 impl TryFrom<ConversationRow> for Conversation {
@@ -98,6 +110,14 @@ impl TryFrom<MessageRow> for StoredMessage {
         let error = row
             .error_code
             .map(|code| (code, row.error_message.unwrap_or_default()));
+        let tokens = |n: i64| u32::try_from(n).unwrap_or(u32::MAX);
+        let usage = match (row.prompt_tokens, row.completion_tokens) {
+            (None, None) => None,
+            (prompt, completion) => Some(Usage {
+                prompt_tokens: prompt.map_or(0, tokens),
+                completion_tokens: completion.map_or(0, tokens),
+            }),
+        };
         Ok(Self {
             message: Message {
                 id: row.id,
@@ -110,6 +130,8 @@ impl TryFrom<MessageRow> for StoredMessage {
             },
             delta_lengths,
             error,
+            attempt: u32::try_from(row.attempt).unwrap_or(u32::MAX),
+            usage,
         })
     }
 }
@@ -292,7 +314,9 @@ pub(crate) async fn insert_turn(
     owner_id: &str,
     message: &Message,
     reply: &Message,
+    job: &Job,
 ) -> Result<bool> {
+    let payload = payload_text(job)?;
     let touch = "UPDATE conversations SET updated_at = $1 WHERE id = $2 AND owner_id = $3";
     let insert = "INSERT INTO messages (id, conversation_id, role, content, status, \
                   created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7)";
@@ -320,6 +344,7 @@ pub(crate) async fn insert_turn(
                     .execute(&mut *tx)
                     .await?;
             }
+            bind_insert!(sqlx::query(INSERT_JOB), job, &payload).execute(&mut *tx).await?;
             tx.commit().await?;
         } else {
             tx.rollback().await?;
@@ -346,38 +371,155 @@ pub(crate) async fn get_message(
     row.map(StoredMessage::try_from).transpose()
 }
 
-/// Moves a pending reply to streaming. The status condition makes the claim
-/// exclusive: of two workers racing for one reply, one gets `Some`.
+/// Starts a new attempt at a reply: a pending reply, or a streaming one
+/// whose lease ran out (its worker died), moves to streaming with its text
+/// cleared, its attempt count up by one and a lease until `lease_until`.
+/// The condition makes the claim exclusive: of two workers racing for one
+/// reply, one gets `Some`.
 pub(crate) async fn claim_reply(
     db: &Database,
     id: &str,
     now: DateTime<Utc>,
-) -> Result<Option<Message>> {
+    lease_until: DateTime<Utc>,
+) -> Result<Option<StoredMessage>> {
     let sql = concat!(
-        "UPDATE messages SET status = 'streaming', updated_at = $1 \
-         WHERE id = $2 AND role = 'assistant' AND status = 'pending' RETURNING ",
+        "UPDATE messages SET status = 'streaming', content = '', attempt = attempt + 1, \
+         lease_until = $1, updated_at = $2 \
+         WHERE id = $3 AND role = 'assistant' \
+           AND (status = 'pending' OR (status = 'streaming' AND lease_until < $2)) RETURNING ",
         message_columns!()
     );
     let row: Option<MessageRow> = on_database!(db, pool => {
-        sqlx::query_as(sql).bind(now.timestamp_micros()).bind(id).fetch_optional(pool).await?
+        sqlx::query_as(sql)
+            .bind(lease_until.timestamp_micros())
+            .bind(now.timestamp_micros())
+            .bind(id)
+            .fetch_optional(pool)
+            .await?
     });
-    row.map(|row| StoredMessage::try_from(row).map(|s| s.message))
-        .transpose()
+    row.map(StoredMessage::try_from).transpose()
 }
 
-/// Stores how a streaming reply ended, and touches its conversation, in one
-/// transaction. `None` if the reply is no longer streaming (deleted, or
-/// finished by someone else).
+/// Extends the lease of attempt `attempt` at a reply. `None` if the attempt
+/// no longer holds the reply (it finished, was deleted, or another attempt
+/// took over); otherwise whether a cancel was requested.
+pub(crate) async fn renew_reply(
+    db: &Database,
+    id: &str,
+    attempt: u32,
+    lease_until: DateTime<Utc>,
+) -> Result<Option<bool>> {
+    let sql = "UPDATE messages SET lease_until = $1 \
+               WHERE id = $2 AND attempt = $3 AND status = 'streaming' RETURNING cancel_requested";
+    let cancel = on_database!(db, pool => {
+        sqlx::query_scalar(sql)
+            .bind(lease_until.timestamp_micros())
+            .bind(id)
+            .bind(i64::from(attempt))
+            .fetch_optional(pool)
+            .await?
+    });
+    Ok(cancel)
+}
+
+/// Puts a reply attempt `attempt` was streaming back to pending, its text
+/// dropped, for the job's next attempt; false if the attempt no longer
+/// holds it.
+pub(crate) async fn release_reply(
+    db: &Database,
+    id: &str,
+    attempt: u32,
+    now: DateTime<Utc>,
+) -> Result<bool> {
+    let sql = "UPDATE messages SET status = 'pending', content = '', lease_until = NULL, \
+               updated_at = $1 WHERE id = $2 AND attempt = $3 AND status = 'streaming'";
+    let n = on_database!(db, pool => {
+        sqlx::query(sql)
+            .bind(now.timestamp_micros())
+            .bind(id)
+            .bind(i64::from(attempt))
+            .execute(pool)
+            .await?
+            .rows_affected()
+    });
+    Ok(n == 1)
+}
+
+/// Puts a failed reply back to pending for an operator's retry; false if
+/// it is not failed.
+pub(crate) async fn reopen_failed(db: &Database, id: &str, now: DateTime<Utc>) -> Result<bool> {
+    let sql = "UPDATE messages SET status = 'pending', content = '', delta_lengths = NULL, \
+               error_code = NULL, error_message = NULL, prompt_tokens = NULL, \
+               completion_tokens = NULL, updated_at = $1 \
+               WHERE id = $2 AND role = 'assistant' AND status = 'failed'";
+    let n = on_database!(db, pool => {
+        sqlx::query(sql).bind(now.timestamp_micros()).bind(id).execute(pool).await?.rows_affected()
+    });
+    Ok(n == 1)
+}
+
+/// Asks whoever streams a reply to stop; false if it is not streaming.
+pub(crate) async fn request_cancel(db: &Database, id: &str) -> Result<bool> {
+    let sql = "UPDATE messages SET cancel_requested = $1 WHERE id = $2 AND status = 'streaming'";
+    let n = on_database!(db, pool => {
+        sqlx::query(sql).bind(true).bind(id).execute(pool).await?.rows_affected()
+    });
+    Ok(n == 1)
+}
+
+/// Records feedback on a finished reply; false if there is no such reply.
+pub(crate) async fn rate_reply(
+    db: &Database,
+    conversation_id: &str,
+    id: &str,
+    rating: i64,
+    comment: &str,
+    now: DateTime<Utc>,
+) -> Result<bool> {
+    let sql = "UPDATE messages SET rating = $1, feedback = $2, rated_at = $3 \
+               WHERE id = $4 AND conversation_id = $5 AND role = 'assistant'";
+    let n = on_database!(db, pool => {
+        sqlx::query(sql)
+            .bind(rating)
+            .bind(comment)
+            .bind(now.timestamp_micros())
+            .bind(id)
+            .bind(conversation_id)
+            .execute(pool)
+            .await?
+            .rows_affected()
+    });
+    Ok(n == 1)
+}
+
+/// Deletes conversations (and their messages) not updated since `before`;
+/// returns how many.
+pub(crate) async fn delete_conversations_before(
+    db: &Database,
+    before: DateTime<Utc>,
+) -> Result<u64> {
+    let sql = "DELETE FROM conversations WHERE updated_at < $1";
+    let n = on_database!(db, pool => {
+        sqlx::query(sql).bind(before.timestamp_micros()).execute(pool).await?.rows_affected()
+    });
+    Ok(n)
+}
+
+/// Stores how attempt `attempt` at a streaming reply ended, and touches
+/// its conversation, in one transaction. `None` if the attempt no longer
+/// holds the reply (deleted, or taken over by a newer attempt).
 pub(crate) async fn finish_reply(
     db: &Database,
     id: &str,
+    attempt: u32,
     ending: &ReplyEnding<'_>,
     now: DateTime<Utc>,
 ) -> Result<Option<Message>> {
     let sql = concat!(
         "UPDATE messages SET content = $1, delta_lengths = $2, status = $3, error_code = $4, \
-         error_message = $5, updated_at = $6 \
-         WHERE id = $7 AND status = 'streaming' RETURNING ",
+         error_message = $5, updated_at = $6, prompt_tokens = $8, completion_tokens = $9, \
+         lease_until = NULL \
+         WHERE id = $7 AND status = 'streaming' AND attempt = $10 RETURNING ",
         message_columns!()
     );
     let touch = "UPDATE conversations SET updated_at = $1 WHERE id = $2";
@@ -393,6 +535,9 @@ pub(crate) async fn finish_reply(
             .bind(message)
             .bind(now.timestamp_micros())
             .bind(id)
+            .bind(ending.usage.map(|u| i64::from(u.prompt_tokens)))
+            .bind(ending.usage.map(|u| i64::from(u.completion_tokens)))
+            .bind(i64::from(attempt))
             .fetch_optional(&mut *tx)
             .await?;
         if let Some(row) = &row {
@@ -429,23 +574,6 @@ pub(crate) async fn cancel_pending(
             .rows_affected()
     });
     Ok(n == 1)
-}
-
-/// Puts replies left streaming by a stopped process back to pending, and
-/// returns every pending reply as (reply id, conversation id), oldest first.
-pub(crate) async fn unfinished_replies(
-    db: &Database,
-    now: DateTime<Utc>,
-) -> Result<Vec<(String, String)>> {
-    let reset = "UPDATE messages SET status = 'pending', updated_at = $1 \
-                 WHERE role = 'assistant' AND status = 'streaming'";
-    let select = "SELECT id, conversation_id FROM messages \
-                  WHERE role = 'assistant' AND status = 'pending' ORDER BY created_at, id";
-    let rows = on_database!(db, pool => {
-        sqlx::query(reset).bind(now.timestamp_micros()).execute(pool).await?;
-        sqlx::query_as(select).fetch_all(pool).await?
-    });
-    Ok(rows)
 }
 
 /// Whether `role` is the role of a reply.

@@ -3,12 +3,16 @@
 use std::collections::HashSet;
 
 use futures::StreamExt;
+use std::sync::Arc;
+use std::time::Duration;
 use switchboard_core::Error;
+
 use switchboard_core::chat::{
-    ConversationPatch, DEFAULT_TITLE, DevEngine, GenerateOutcome, InProcessReplyQueue,
-    MessageStatus, ReplyEventKind, recover_replies,
+    ATTEMPT_SEQ_SPAN, ConversationPatch, DEFAULT_TITLE, DevEngine, GENERATE_REPLY, GenerateOutcome,
+    MessageStatus, ReplyEventKind, ReplyJobHandler,
 };
 use switchboard_core::identity::Principal;
+use switchboard_core::jobs::{JobState, Jobs, RetryPolicy, SqlTransport, Worker, WorkerConfig};
 use switchboard_core::on_database;
 
 use crate::support::{ManualApp, TestApp, TestDb, on_both_databases, seqs, text_of};
@@ -28,7 +32,10 @@ on_both_databases!(
     cancelling_a_pending_reply_ends_it_with_no_text,
     a_waiting_subscriber_is_told_when_its_reply_is_deleted,
     shutdown_ends_the_streams_of_replies_it_stops,
-    recover_finishes_replies_left_pending_or_streaming,
+    a_reply_abandoned_by_a_killed_worker_is_finished_once_by_the_next,
+    failed_attempts_are_retried_then_dead_lettered_and_an_operator_retry_succeeds,
+    cancelling_a_streaming_reply_stops_the_engine_and_keeps_the_text,
+    ratings_are_validated_and_stored,
     two_generators_on_one_job_complete_it_once,
     services_start_is_ready_and_migrations_are_idempotent,
 );
@@ -241,11 +248,16 @@ async fn subscribing_from_zero_gets_every_delta_then_done(db: TestDb) {
     let sent = app.send("hi there").await;
     let events = app.events(&sent, 0).await;
     let expected = DevEngine::tokens(&DevEngine::reply_text("hi there"));
+    // The pieces, the usage, then done.
     assert_eq!(
         seqs(&events),
-        (1..=expected.len() as u32 + 1).collect::<Vec<_>>()
+        (1..=expected.len() as u32 + 2).collect::<Vec<_>>()
     );
     assert_eq!(text_of(&events), expected.concat());
+    let ReplyEventKind::Usage(usage) = &events[events.len() - 2].kind else {
+        panic!("usage comes before done: {events:?}");
+    };
+    assert_eq!(usage.completion_tokens, expected.len() as u32);
     let ReplyEventKind::Done(done) = &events.last().unwrap().kind else {
         panic!("{events:?}")
     };
@@ -337,7 +349,7 @@ async fn a_waiting_subscriber_is_told_when_its_reply_is_deleted(db: TestDb) {
         .unwrap();
     let outcome = app
         .generator()
-        .generate(&ManualApp::job(&sent))
+        .generate(&ManualApp::job(&sent), true)
         .await
         .unwrap();
     assert_eq!(outcome, GenerateOutcome::Skipped);
@@ -351,18 +363,14 @@ async fn a_waiting_subscriber_is_told_when_its_reply_is_deleted(db: TestDb) {
 }
 
 async fn shutdown_ends_the_streams_of_replies_it_stops(db: TestDb) {
-    let app = TestApp::start(db).await;
+    let mut app = TestApp::start(db).await;
     let sent = app.send("wait for me [dev:stall]").await;
     let stream = app
         .chat
         .subscribe_reply(&app.me, &sent.reply.conversation_id, &sent.reply.id, 0)
         .await
         .unwrap();
-    let drained = app
-        .queue
-        .shutdown(std::time::Duration::from_millis(200))
-        .await;
-    assert!(!drained, "the stalled reply outlives the grace period");
+    app.shutdown().await;
     let events: Vec<_> = tokio::time::timeout(std::time::Duration::from_secs(5), stream.collect())
         .await
         .expect("the stream ends at shutdown");
@@ -401,29 +409,241 @@ async fn cancelling_a_pending_reply_ends_it_with_no_text(db: TestDb) {
     ));
     assert_eq!(
         app.generator()
-            .generate(&ManualApp::job(&sent))
+            .generate(&ManualApp::job(&sent), true)
             .await
             .unwrap(),
         GenerateOutcome::Skipped
     );
 }
 
-async fn recover_finishes_replies_left_pending_or_streaming(db: TestDb) {
+async fn a_reply_abandoned_by_a_killed_worker_is_finished_once_by_the_next(db: TestDb) {
     let app = ManualApp::start(db).await;
-    let (pending, streaming) = (app.send("one").await, app.send("two").await);
-    let sql = "UPDATE messages SET status = 'streaming' WHERE id = $1";
-    on_database!(&app.db, pool => sqlx::query(sql).bind(&streaming.reply.id).execute(pool).await.map(drop).unwrap());
-    let queue = InProcessReplyQueue::new(std::sync::Arc::new(app.generator()), 4);
-    assert_eq!(recover_replies(&app.db, &queue).await.unwrap(), 2);
-    queue.wait_idle().await;
-    for sent in [pending, streaming] {
-        let page = app
-            .chat
-            .list_messages(&app.me, &sent.reply.conversation_id, 0, "")
-            .await
-            .unwrap();
-        assert_eq!(page.items[1].status, MessageStatus::Complete);
+    let sent = app.send("take over").await;
+    let (conversation, reply) = (&sent.reply.conversation_id, &sent.reply.id);
+    // A worker took the job, streamed a piece and died: its leases ran out.
+    let past = chrono::Utc::now().timestamp_micros() - 1_000_000;
+    on_database!(&app.db, pool => {
+        sqlx::query("UPDATE jobs SET state = 'running', attempts = 1, lease_until = $1 WHERE id = $2")
+            .bind(past).bind(&sent.job_id).execute(pool).await.unwrap();
+        sqlx::query("UPDATE messages SET status = 'streaming', attempt = 1, content = 'You', \
+                     lease_until = $1 WHERE id = $2")
+            .bind(past).bind(reply).execute(pool).await.unwrap();
+    });
+    // A client that saw the dead attempt's first piece resumes after it.
+    let resumed = app
+        .chat
+        .subscribe_reply(&app.me, conversation, reply, 1)
+        .await
+        .unwrap();
+    let transport = Arc::new(SqlTransport::new(app.db.clone(), Duration::from_millis(20)));
+    let handler = Arc::new(ReplyJobHandler::new(
+        Arc::new(app.generator()),
+        app.db.clone(),
+    ));
+    let policy = RetryPolicy::default();
+    let worker = Worker::new(
+        app.db.clone(),
+        transport.clone(),
+        WorkerConfig {
+            lease: Duration::from_secs(2),
+            ..WorkerConfig::default()
+        },
+    )
+    .handle(GENERATE_REPLY, policy, handler);
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let running = tokio::spawn(Arc::new(worker).run(stopped, Duration::from_secs(1)));
+    let events: Vec<_> = tokio::time::timeout(Duration::from_secs(10), resumed.collect())
+        .await
+        .expect("the next worker finishes the reply");
+    assert_eq!(
+        (events[0].seq, &events[0].kind),
+        (ATTEMPT_SEQ_SPAN, &ReplyEventKind::Reset { attempt: 2 })
+    );
+    assert_eq!(text_of(&events), DevEngine::reply_text("take over"));
+    let jobs = Jobs::new(app.db.clone(), transport);
+    let mut job = jobs.get(&sent.job_id).await.unwrap();
+    for _ in 0..100 {
+        if job.state.is_finished() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        job = jobs.get(&sent.job_id).await.unwrap();
     }
+    assert_eq!((job.state, job.attempts), (JobState::Succeeded, 2));
+    let page = app
+        .chat
+        .list_messages(&app.me, conversation, 0, "")
+        .await
+        .unwrap();
+    assert_eq!(page.items.len(), 2, "one reply, never two");
+    assert_eq!(
+        (page.items[1].status, page.items[1].content.clone()),
+        (MessageStatus::Complete, DevEngine::reply_text("take over"))
+    );
+    stop.send_replace(true);
+    running.await.unwrap();
+}
+
+async fn failed_attempts_are_retried_then_dead_lettered_and_an_operator_retry_succeeds(db: TestDb) {
+    let policy = RetryPolicy {
+        max_attempts: 2,
+        backoff_base_ms: 10,
+        backoff_max_ms: 20,
+    };
+    let app = TestApp::start_with(db, policy).await;
+    let sent = app.send("fail twice [dev:fail-attempts=2]").await;
+    let (conversation, reply) = (&sent.reply.conversation_id, &sent.reply.id);
+    let live = app.events(&sent, 0).await;
+    app.settle().await;
+    // Attempt 1 streamed two pieces and failed; attempt 2 reset, did the
+    // same, and was the last: the reply is failed, the job is dead.
+    assert_eq!(
+        seqs(&live),
+        [
+            1,
+            2,
+            ATTEMPT_SEQ_SPAN,
+            ATTEMPT_SEQ_SPAN + 1,
+            ATTEMPT_SEQ_SPAN + 2,
+            ATTEMPT_SEQ_SPAN + 3
+        ]
+    );
+    assert!(matches!(&live[5].kind, ReplyEventKind::Error { code, .. } if code == "UNAVAILABLE"));
+    let dead = app.jobs.list_dead_letters(0, "").await.unwrap();
+    assert_eq!(dead.items.len(), 1);
+    let letter = &dead.items[0];
+    assert_eq!(
+        (
+            letter.id.as_str(),
+            letter.state,
+            letter.attempts,
+            letter.kind.as_str()
+        ),
+        (sent.job_id.as_str(), JobState::Dead, 2, GENERATE_REPLY)
+    );
+    assert!(
+        letter
+            .last_error
+            .as_deref()
+            .unwrap()
+            .contains("failed on purpose")
+    );
+    assert_eq!(letter.payload["reply_id"], reply.as_str());
+    assert!(letter.finished_at.is_some());
+    // The operator retries it: the reply goes back to pending and attempt 3
+    // (the engine's third call for this reply) answers.
+    let retried = app.jobs.retry_dead_letter(&sent.job_id).await.unwrap();
+    assert_eq!((retried.state, retried.attempts), (JobState::Queued, 0));
+    app.settle().await;
+    let job = app.jobs.get(&sent.job_id).await.unwrap();
+    assert_eq!((job.state, job.attempts), (JobState::Succeeded, 1));
+    let replay = app.events(&sent, 0).await;
+    assert_eq!(replay[0].kind, ReplyEventKind::Reset { attempt: 3 });
+    assert_eq!(
+        text_of(&replay),
+        DevEngine::reply_text("fail twice [dev:fail-attempts=2]")
+    );
+    assert!(matches!(
+        replay.last().unwrap().kind,
+        ReplyEventKind::Done(_)
+    ));
+    assert!(
+        app.jobs
+            .list_dead_letters(0, "")
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
+    let page = app
+        .chat
+        .list_messages(&app.me, conversation, 0, "")
+        .await
+        .unwrap();
+    assert_eq!(page.items.len(), 2);
+    // Retrying or deleting something that is not a dead letter is NOT_FOUND.
+    assert!(matches!(
+        app.jobs.retry_dead_letter(&sent.job_id).await,
+        Err(Error::NotFound { .. })
+    ));
+    assert!(matches!(
+        app.jobs.delete_dead_letter(&sent.job_id).await,
+        Err(Error::NotFound { .. })
+    ));
+}
+
+async fn cancelling_a_streaming_reply_stops_the_engine_and_keeps_the_text(db: TestDb) {
+    let app = TestApp::start(db).await;
+    let sent = app.send("hold on [dev:stall]").await;
+    let (conversation, reply) = (&sent.reply.conversation_id, &sent.reply.id);
+    let mut stream = app
+        .chat
+        .subscribe_reply(&app.me, conversation, reply, 0)
+        .await
+        .unwrap();
+    let first_two = vec![stream.next().await.unwrap(), stream.next().await.unwrap()];
+    let cancelled = app
+        .chat
+        .cancel_reply(&app.me, conversation, reply)
+        .await
+        .unwrap();
+    assert_eq!(
+        (cancelled.status, cancelled.content.clone()),
+        (MessageStatus::Cancelled, text_of(&first_two))
+    );
+    let rest: Vec<_> = tokio::time::timeout(Duration::from_secs(5), stream.collect())
+        .await
+        .unwrap();
+    assert!(
+        matches!(&rest[..], [e] if matches!(&e.kind, ReplyEventKind::Error { code, .. } if code == "CANCELLED")),
+        "{rest:?}"
+    );
+    app.settle().await;
+    let job = app.jobs.get(&sent.job_id).await.unwrap();
+    assert_eq!(
+        job.state,
+        JobState::Succeeded,
+        "a cancelled reply is a finished job"
+    );
+}
+
+async fn ratings_are_validated_and_stored(db: TestDb) {
+    let app = TestApp::start(db).await;
+    let sent = app.send("rate me").await;
+    app.settle().await;
+    let (conversation, reply) = (&sent.reply.conversation_id, &sent.reply.id);
+    for bad in [0, 2, -2] {
+        assert!(matches!(
+            app.chat.rate_reply(&app.me, conversation, reply, bad, "").await,
+            Err(Error::InvalidArgument { field, .. }) if field == "rating"
+        ));
+    }
+    assert!(matches!(
+        app.chat.rate_reply(&app.me, conversation, reply, 1, &"x".repeat(2001)).await,
+        Err(Error::InvalidArgument { field, .. }) if field == "comment"
+    ));
+    assert!(matches!(
+        app.chat
+            .rate_reply(&app.me, conversation, &sent.message.id, 1, "")
+            .await,
+        Err(Error::NotFound { .. })
+    ));
+    let stranger = Principal::user("mallory");
+    assert!(matches!(
+        app.chat
+            .rate_reply(&stranger, conversation, reply, 1, "")
+            .await,
+        Err(Error::NotFound { .. })
+    ));
+    app.chat
+        .rate_reply(&app.me, conversation, reply, -1, "too formal")
+        .await
+        .unwrap();
+    let stored: (i64, String) = on_database!(&app.db, pool => {
+        sqlx::query_as("SELECT rating, feedback FROM messages WHERE id = $1")
+            .bind(reply).fetch_one(pool).await.unwrap()
+    });
+    assert_eq!(stored, (-1, "too formal".to_owned()));
 }
 
 async fn two_generators_on_one_job_complete_it_once(db: TestDb) {
@@ -431,7 +651,7 @@ async fn two_generators_on_one_job_complete_it_once(db: TestDb) {
     let sent = app.send("race").await;
     let job = ManualApp::job(&sent);
     let (a, b) = (app.generator(), app.generator());
-    let (a, b) = tokio::join!(a.generate(&job), b.generate(&job));
+    let (a, b) = tokio::join!(a.generate(&job, true), b.generate(&job, true));
     let outcomes: HashSet<_> = [a.unwrap(), b.unwrap()].into();
     assert_eq!(
         outcomes,
@@ -445,7 +665,7 @@ async fn two_generators_on_one_job_complete_it_once(db: TestDb) {
         .collect()
         .await;
     assert_eq!(text_of(&events), DevEngine::reply_text("race"));
-    assert_eq!(app.queue.jobs.lock().unwrap().len(), 1);
+    assert_eq!(app.transport.sent.lock().unwrap().len(), 1);
 }
 
 async fn services_start_is_ready_and_migrations_are_idempotent(db: TestDb) {

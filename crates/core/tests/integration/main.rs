@@ -3,4 +3,5 @@
 //! PostgreSQL database (see `support.rs` for how to reach PostgreSQL).
 
 mod chat;
+mod jobs;
 mod support;

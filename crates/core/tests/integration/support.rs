@@ -13,12 +13,12 @@ use async_trait::async_trait;
 use futures::StreamExt;
 use sqlx::Connection;
 use switchboard_core::chat::{
-    Chat, DevEngine, InProcessReplyQueue, ReplyEvent, ReplyGenerator, ReplyHub, ReplyJob,
-    ReplyQueue, SentMessage,
+    Chat, DevEngine, ReplyEvent, ReplyGenerator, ReplyHub, ReplyJob, SentMessage,
 };
-use switchboard_core::config::{Config, EngineConfig, Secret};
+use switchboard_core::config::{Config, EngineConfig, QueueConfig, Secret};
 use switchboard_core::db::Database;
 use switchboard_core::identity::Principal;
+use switchboard_core::jobs::{Delivery, JobTransport, Jobs, RetryPolicy};
 use switchboard_core::{Result, Services};
 use tempfile::TempDir;
 
@@ -154,12 +154,26 @@ fn database_url(admin_url: &str, name: &str) -> String {
     format!("{server}/{name}{query}")
 }
 
+/// Retries of reply jobs in tests: one attempt, unless a test asks for more.
+pub(crate) const ONE_ATTEMPT: RetryPolicy = RetryPolicy {
+    max_attempts: 1,
+    backoff_base_ms: 10,
+    backoff_max_ms: 50,
+};
+
 fn test_config(config: Config) -> Config {
     Config {
         database_max_connections: 5,
+        shutdown_grace_secs: 0,
         engine: EngineConfig {
             token_delay_ms: 0,
             max_concurrent_replies: 8,
+        },
+        queue: QueueConfig {
+            lease_secs: 2,
+            poll_interval_ms: 20,
+            generate_reply: ONE_ATTEMPT,
+            ..QueueConfig::default()
         },
         ..config
     }
@@ -170,9 +184,10 @@ fn test_config(config: Config) -> Config {
 pub(crate) struct TestApp {
     pub(crate) chat: Arc<Chat>,
     pub(crate) hub: Arc<ReplyHub>,
-    pub(crate) queue: Arc<InProcessReplyQueue>,
+    pub(crate) jobs: Arc<Jobs>,
     pub(crate) db: Database,
     pub(crate) me: Principal,
+    pub(crate) services: Option<Services>,
     // Last: the database is dropped after everything that uses it.
     _test_db: TestDb,
 }
@@ -181,16 +196,30 @@ impl TestApp {
     /// [`Services::start`] on `test_db`, with the development engine
     /// answering at once.
     pub(crate) async fn start(test_db: TestDb) -> TestApp {
+        Self::start_with(test_db, ONE_ATTEMPT).await
+    }
+
+    /// As [`TestApp::start`], retrying reply jobs as `policy` says.
+    pub(crate) async fn start_with(mut test_db: TestDb, policy: RetryPolicy) -> TestApp {
+        test_db.config.queue.generate_reply = policy;
         let services = Services::start(&test_db.config)
             .await
             .expect("start services");
         TestApp {
             chat: services.chat(),
             hub: services.hub().clone(),
-            queue: services.queue().clone(),
+            jobs: services.jobs(),
             db: services.database().clone(),
             me: Principal::user("alice"),
+            services: Some(services),
             _test_db: test_db,
+        }
+    }
+
+    /// Stops the workers as the binary does at shutdown.
+    pub(crate) async fn shutdown(&mut self) {
+        if let Some(services) = self.services.take() {
+            services.shutdown().await;
         }
     }
 
@@ -224,23 +253,43 @@ impl TestApp {
             .expect("the reply stream ends")
     }
 
-    /// Waits until every queued reply has been generated.
+    /// Waits until no job is queued, running or waiting to retry.
     pub(crate) async fn settle(&self) {
-        self.queue.wait_idle().await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while self.jobs.unfinished().await.unwrap() > 0 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "jobs still unfinished after 20 s"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 }
 
-/// A queue that only records jobs, so tests decide when and how replies run.
+/// A transport that only records job ids, so tests decide when and how
+/// replies run.
 #[derive(Default)]
-pub(crate) struct ManualQueue {
-    pub(crate) jobs: std::sync::Mutex<Vec<ReplyJob>>,
+pub(crate) struct ManualTransport {
+    pub(crate) sent: std::sync::Mutex<Vec<String>>,
 }
 
 #[async_trait]
-impl ReplyQueue for ManualQueue {
-    async fn enqueue(&self, job: ReplyJob) -> Result<()> {
-        self.jobs.lock().unwrap().push(job);
+impl JobTransport for ManualTransport {
+    async fn send(
+        &self,
+        job_id: &str,
+        _not_before: Option<chrono::DateTime<chrono::Utc>>,
+    ) -> Result<()> {
+        self.sent.lock().unwrap().push(job_id.to_owned());
         Ok(())
+    }
+
+    async fn receive(&self) -> Result<Delivery> {
+        std::future::pending().await
+    }
+
+    fn name(&self) -> &'static str {
+        "manual"
     }
 }
 
@@ -249,7 +298,7 @@ impl ReplyQueue for ManualQueue {
 pub(crate) struct ManualApp {
     pub(crate) chat: Chat,
     pub(crate) hub: Arc<ReplyHub>,
-    pub(crate) queue: Arc<ManualQueue>,
+    pub(crate) transport: Arc<ManualTransport>,
     pub(crate) db: Database,
     pub(crate) me: Principal,
     _test_db: TestDb,
@@ -259,11 +308,12 @@ impl ManualApp {
     pub(crate) async fn start(test_db: TestDb) -> ManualApp {
         let db = test_db.connect().await;
         let hub = Arc::new(ReplyHub::default());
-        let queue = Arc::new(ManualQueue::default());
+        let transport = Arc::new(ManualTransport::default());
+        let jobs = Arc::new(Jobs::new(db.clone(), transport.clone()));
         ManualApp {
-            chat: Chat::new(db.clone(), hub.clone(), queue.clone()),
+            chat: Chat::new(db.clone(), hub.clone(), jobs, ONE_ATTEMPT),
             hub,
-            queue,
+            transport,
             db,
             me: Principal::local(),
             _test_db: test_db,
@@ -276,6 +326,7 @@ impl ManualApp {
             self.db.clone(),
             self.hub.clone(),
             Arc::new(DevEngine::default()),
+            Duration::from_secs(2),
         )
     }
 
@@ -296,15 +347,18 @@ impl ManualApp {
     }
 }
 
-/// The text of the delta events, joined.
+/// The text a client shows after `events`: the deltas joined, starting
+/// over at each reset.
 pub(crate) fn text_of(events: &[ReplyEvent]) -> String {
-    events
-        .iter()
-        .filter_map(|e| match &e.kind {
-            switchboard_core::chat::ReplyEventKind::Delta(text) => Some(text.as_str()),
-            _ => None,
-        })
-        .collect()
+    let mut text = String::new();
+    for event in events {
+        match &event.kind {
+            switchboard_core::chat::ReplyEventKind::Delta(piece) => text.push_str(piece),
+            switchboard_core::chat::ReplyEventKind::Reset { .. } => text.clear(),
+            _ => {}
+        }
+    }
+    text
 }
 
 /// The seqs of `events`.

@@ -170,6 +170,18 @@ async fn another_user_never_sees_the_first_users_conversations(app: &TestApp) {
             format!("/v1/conversations/{cid}/messages/{mid}:stream"),
             None,
         ),
+        (
+            "CancelReply",
+            "POST",
+            format!("/v1/conversations/{cid}/messages/{mid}:cancel"),
+            Some(json!({})),
+        ),
+        (
+            "RateMessage",
+            "POST",
+            format!("/v1/conversations/{cid}/messages/{mid}:rate"),
+            Some(json!({"rating": 1})),
+        ),
     ];
     for intruder in [&other, &admin] {
         for (rpc, method, path, body) in &rest_cases {
@@ -202,6 +214,8 @@ async fn another_user_never_sees_the_first_users_conversations(app: &TestApp) {
         "ListMessages",
         "SendMessage",
         "StreamReply",
+        "CancelReply",
+        "RateMessage",
         "ListConversations",
         "CreateConversation",
     ];

@@ -165,6 +165,7 @@ fn collect(events: &[ReplyEvent]) -> (String, bool) {
         match &event.kind {
             Some(reply_event::Kind::Delta(delta)) => text.push_str(delta),
             Some(reply_event::Kind::Done(_)) => done = true,
+            Some(reply_event::Kind::Usage(usage)) => assert!(usage.completion_tokens > 0),
             other => panic!("unexpected event {other:?}"),
         }
     }

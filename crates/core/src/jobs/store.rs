@@ -1,0 +1,326 @@
+//! The `jobs` table: every SQL statement about jobs, written once for
+//! SQLite and PostgreSQL. State changes of an attempt are conditional on the
+//! attempt's number and state, so a worker that lost its lease (and whose
+//! job another worker took) cannot overwrite the newer attempt.
+
+use chrono::{DateTime, Utc};
+use sqlx::FromRow;
+
+use crate::db::{Database, from_micros, micros};
+use crate::error::{Error, Result};
+use crate::jobs::model::{Job, JobState};
+use crate::on_database;
+
+/// The columns of a `JobRow`, as a literal for `concat!`.
+macro_rules! job_columns {
+    () => {
+        "id, kind, payload, state, attempts, max_attempts, last_error, run_at, lease_until, \
+         worker, created_at, updated_at, started_at, finished_at"
+    };
+}
+
+/// Inserts a job row; the binds are those of [`bind_insert`].
+pub(crate) const INSERT_JOB: &str = "INSERT INTO jobs (id, kind, payload, state, attempts, \
+     max_attempts, run_at, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)";
+
+/// Binds `job` to [`INSERT_JOB`], on either engine.
+macro_rules! bind_insert {
+    ($query:expr, $job:expr, $payload:expr) => {
+        $query
+            .bind(&$job.id)
+            .bind(&$job.kind)
+            .bind($payload)
+            .bind($job.state.as_str())
+            .bind(i64::from($job.attempts))
+            .bind(i64::from($job.max_attempts))
+            .bind($crate::db::micros($job.run_at))
+            .bind($crate::db::micros($job.created_at))
+            .bind($crate::db::micros($job.updated_at))
+    };
+}
+pub(crate) use bind_insert;
+
+#[derive(FromRow)]
+struct JobRow {
+    id: String,
+    kind: String,
+    payload: String,
+    state: String,
+    attempts: i64,
+    max_attempts: i64,
+    last_error: Option<String>,
+    run_at: i64,
+    lease_until: Option<i64>,
+    worker: Option<String>,
+    created_at: i64,
+    updated_at: i64,
+    started_at: Option<i64>,
+    finished_at: Option<i64>,
+}
+
+impl TryFrom<JobRow> for Job {
+    type Error = Error;
+
+    fn try_from(row: JobRow) -> Result<Self> {
+        let count = |n: i64| u32::try_from(n).map_err(Error::internal);
+        let at = |m: Option<i64>| m.map(from_micros).transpose();
+        Ok(Job {
+            payload: serde_json::from_str(&row.payload).map_err(Error::internal)?,
+            state: row.state.parse()?,
+            attempts: count(row.attempts)?,
+            max_attempts: count(row.max_attempts)?,
+            run_at: from_micros(row.run_at)?,
+            lease_until: at(row.lease_until)?,
+            created_at: from_micros(row.created_at)?,
+            updated_at: from_micros(row.updated_at)?,
+            started_at: at(row.started_at)?,
+            finished_at: at(row.finished_at)?,
+            id: row.id,
+            kind: row.kind,
+            last_error: row.last_error,
+            worker: row.worker,
+        })
+    }
+}
+
+/// The JSON text of a job's payload.
+pub(crate) fn payload_text(job: &Job) -> Result<String> {
+    serde_json::to_string(&job.payload).map_err(Error::internal)
+}
+
+/// Inserts `job` on its own (jobs not tied to another write).
+pub(crate) async fn insert(db: &Database, job: &Job) -> Result<()> {
+    let payload = payload_text(job)?;
+    on_database!(db, pool => {
+        bind_insert!(sqlx::query(INSERT_JOB), job, &payload).execute(pool).await?;
+    });
+    Ok(())
+}
+
+/// One job.
+pub(crate) async fn get(db: &Database, id: &str) -> Result<Option<Job>> {
+    let sql = concat!("SELECT ", job_columns!(), " FROM jobs WHERE id = $1");
+    let row: Option<JobRow> =
+        on_database!(db, pool => sqlx::query_as(sql).bind(id).fetch_optional(pool).await?);
+    row.map(Job::try_from).transpose()
+}
+
+/// The id of a job a worker may take now: a due queued or retrying job, or
+/// a running one whose lease ran out; oldest due first.
+pub(crate) async fn next_due(db: &Database, now: DateTime<Utc>) -> Result<Option<String>> {
+    let due = "SELECT id FROM jobs WHERE state IN ('queued', 'retrying') AND run_at <= $1 \
+               ORDER BY run_at, id LIMIT 1";
+    let abandoned = "SELECT id FROM jobs WHERE state = 'running' AND lease_until < $1 \
+                     ORDER BY lease_until LIMIT 1";
+    let id: Option<String> = on_database!(db, pool => {
+        match sqlx::query_scalar(due).bind(micros(now)).fetch_optional(pool).await? {
+            Some(id) => Some(id),
+            None => sqlx::query_scalar(abandoned).bind(micros(now)).fetch_optional(pool).await?,
+        }
+    });
+    Ok(id)
+}
+
+/// Starts an attempt of job `id` for `worker`, if the job may be taken
+/// now: due and waiting, or running with an expired lease. The attempt
+/// count goes up by one. `None` if another worker has it, it is not due, or
+/// it has finished.
+pub(crate) async fn start_attempt(
+    db: &Database,
+    id: &str,
+    worker: &str,
+    now: DateTime<Utc>,
+    lease_until: DateTime<Utc>,
+) -> Result<Option<Job>> {
+    let sql = concat!(
+        "UPDATE jobs SET state = 'running', attempts = attempts + 1, lease_until = $1, \
+         worker = $2, started_at = $3, updated_at = $3 \
+         WHERE id = $4 AND ((state IN ('queued', 'retrying') AND run_at <= $3) \
+                            OR (state = 'running' AND lease_until < $3)) \
+         RETURNING ",
+        job_columns!()
+    );
+    let row: Option<JobRow> = on_database!(db, pool => {
+        sqlx::query_as(sql)
+            .bind(micros(lease_until))
+            .bind(worker)
+            .bind(micros(now))
+            .bind(id)
+            .fetch_optional(pool)
+            .await?
+    });
+    row.map(Job::try_from).transpose()
+}
+
+/// Extends the lease of attempt `attempt` of job `id`; false if the
+/// attempt is no longer the job's running one.
+pub(crate) async fn renew(
+    db: &Database,
+    id: &str,
+    attempt: u32,
+    lease_until: DateTime<Utc>,
+) -> Result<bool> {
+    let sql = "UPDATE jobs SET lease_until = $1 \
+               WHERE id = $2 AND attempts = $3 AND state = 'running'";
+    let n = on_database!(db, pool => {
+        sqlx::query(sql)
+            .bind(micros(lease_until))
+            .bind(id)
+            .bind(i64::from(attempt))
+            .execute(pool)
+            .await?
+            .rows_affected()
+    });
+    Ok(n == 1)
+}
+
+/// How an attempt ended, as [`finish_attempt`] records it.
+#[derive(Debug, Clone)]
+pub(crate) enum AttemptEnd {
+    /// The job is done.
+    Succeeded,
+    /// It failed and is tried again at `run_at`.
+    Retry {
+        error: String,
+        run_at: DateTime<Utc>,
+    },
+    /// It failed for good.
+    Dead { error: String },
+}
+
+/// Records the end of attempt `attempt` of job `id`; false if the attempt
+/// is no longer the job's running one (its lease ran out and another
+/// worker took the job).
+pub(crate) async fn finish_attempt(
+    db: &Database,
+    id: &str,
+    attempt: u32,
+    end: &AttemptEnd,
+    now: DateTime<Utc>,
+) -> Result<bool> {
+    let (state, error, run_at, finished_at) = match end {
+        AttemptEnd::Succeeded => (JobState::Succeeded, None, None, Some(micros(now))),
+        AttemptEnd::Retry { error, run_at } => (
+            JobState::Retrying,
+            Some(error.as_str()),
+            Some(micros(*run_at)),
+            None,
+        ),
+        AttemptEnd::Dead { error } => (
+            JobState::Dead,
+            Some(error.as_str()),
+            None,
+            Some(micros(now)),
+        ),
+    };
+    let sql = "UPDATE jobs SET state = $1, last_error = COALESCE($2, last_error), \
+               run_at = COALESCE($3, run_at), finished_at = $4, lease_until = NULL, \
+               updated_at = $5 \
+               WHERE id = $6 AND attempts = $7 AND state = 'running'";
+    let n = on_database!(db, pool => {
+        sqlx::query(sql)
+            .bind(state.as_str())
+            .bind(error)
+            .bind(run_at)
+            .bind(finished_at)
+            .bind(micros(now))
+            .bind(id)
+            .bind(i64::from(attempt))
+            .execute(pool)
+            .await?
+            .rows_affected()
+    });
+    Ok(n == 1)
+}
+
+/// Dead jobs, newest first, after the keyset `(finished_at, id)` of the
+/// previous page.
+pub(crate) async fn list_dead(
+    db: &Database,
+    after: Option<&(i64, String)>,
+    limit: u32,
+) -> Result<Vec<Job>> {
+    let sql = concat!(
+        "SELECT ",
+        job_columns!(),
+        " FROM jobs WHERE state = 'dead' \
+           AND ($1 OR finished_at < $2 OR (finished_at = $2 AND id < $3)) \
+         ORDER BY finished_at DESC, id DESC LIMIT $4"
+    );
+    let (first, at, id) = match after {
+        Some((at, id)) => (false, *at, id.as_str()),
+        None => (true, 0, ""),
+    };
+    let rows: Vec<JobRow> = on_database!(db, pool => {
+        sqlx::query_as(sql)
+            .bind(first)
+            .bind(at)
+            .bind(id)
+            .bind(i64::from(limit))
+            .fetch_all(pool)
+            .await?
+    });
+    rows.into_iter().map(Job::try_from).collect()
+}
+
+/// Puts a dead job back in the queue with a fresh count of attempts; the
+/// last error stays for the record. `None` if there is no dead job `id`.
+pub(crate) async fn requeue_dead(
+    db: &Database,
+    id: &str,
+    now: DateTime<Utc>,
+) -> Result<Option<Job>> {
+    let sql = concat!(
+        "UPDATE jobs SET state = 'queued', attempts = 0, run_at = $1, finished_at = NULL, \
+         lease_until = NULL, updated_at = $1 WHERE id = $2 AND state = 'dead' RETURNING ",
+        job_columns!()
+    );
+    let row: Option<JobRow> = on_database!(db, pool => {
+        sqlx::query_as(sql).bind(micros(now)).bind(id).fetch_optional(pool).await?
+    });
+    row.map(Job::try_from).transpose()
+}
+
+/// Deletes a dead job; false if there is no dead job `id`.
+pub(crate) async fn delete_dead(db: &Database, id: &str) -> Result<bool> {
+    let sql = "DELETE FROM jobs WHERE id = $1 AND state = 'dead'";
+    let n = on_database!(db, pool => {
+        sqlx::query(sql).bind(id).execute(pool).await?.rows_affected()
+    });
+    Ok(n == 1)
+}
+
+/// Queued jobs not taken since `before`: ids a broker may have lost (the
+/// process died between committing the row and handing the id over).
+pub(crate) async fn stale_queued(
+    db: &Database,
+    before: DateTime<Utc>,
+    limit: u32,
+) -> Result<Vec<String>> {
+    let sql = "SELECT id FROM jobs WHERE state IN ('queued', 'retrying') AND run_at < $1 \
+               ORDER BY run_at LIMIT $2";
+    let ids = on_database!(db, pool => {
+        sqlx::query_scalar(sql)
+            .bind(micros(before))
+            .bind(i64::from(limit))
+            .fetch_all(pool)
+            .await?
+    });
+    Ok(ids)
+}
+
+/// Deletes succeeded jobs that finished before `before`; returns how many.
+pub(crate) async fn purge_succeeded(db: &Database, before: DateTime<Utc>) -> Result<u64> {
+    let sql = "DELETE FROM jobs WHERE state = 'succeeded' AND finished_at < $1";
+    let n = on_database!(db, pool => {
+        sqlx::query(sql).bind(micros(before)).execute(pool).await?.rows_affected()
+    });
+    Ok(n)
+}
+
+/// How many jobs are in each state, for metrics and tests.
+pub(crate) async fn count_by_state(db: &Database) -> Result<Vec<(String, i64)>> {
+    let sql = "SELECT state, COUNT(*) FROM jobs GROUP BY state";
+    let rows = on_database!(db, pool => sqlx::query_as(sql).fetch_all(pool).await?);
+    Ok(rows)
+}
