@@ -27,6 +27,7 @@ async fn spawn_api() -> TestApi {
         engine: EngineConfig {
             token_delay_ms: 0,
             max_concurrent_replies: 4,
+            ..EngineConfig::default()
         },
         ..Config::default()
     };

@@ -163,10 +163,79 @@ impl Default for AuthConfig {
     }
 }
 
+/// Which core chatbot engine answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EngineKind {
+    /// The built-in development engine (offline, deterministic).
+    #[default]
+    Dev,
+    /// An engine implementing `proto/switchboard/engine/v1/engine.proto`.
+    Grpc,
+    /// An OpenAI-compatible `/v1/chat/completions` endpoint.
+    Openai,
+}
+
+/// Configuration of a gRPC engine (table `engine.grpc`).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(default)]
+pub struct GrpcEngineSettings {
+    /// Key `engine.grpc.endpoint`: `http://host:port` of the engine.
+    pub endpoint: String,
+    /// Key `engine.grpc.bearer_token`: sent as `authorization: Bearer …`.
+    /// Never printed.
+    pub bearer_token: Option<Secret<String>>,
+}
+
+/// Configuration of an OpenAI-compatible engine (table `engine.openai`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default)]
+pub struct OpenAiEngineSettings {
+    /// Key `engine.openai.base_url`: the API root including `/v1`, such as
+    /// `http://127.0.0.1:11434/v1` (Ollama) or `https://api.openai.com/v1`.
+    pub base_url: String,
+    /// Key `engine.openai.model`: the model name sent with each request.
+    pub model: String,
+    /// Key `engine.openai.api_key`: sent as `Authorization: Bearer …`.
+    /// Never printed.
+    pub api_key: Option<Secret<String>>,
+    /// Key `engine.openai.system_prompt`: sent first, if set.
+    pub system_prompt: Option<String>,
+    /// Key `engine.openai.context_budget_chars`: the most characters of
+    /// history sent; the newest messages that fit are sent (about four
+    /// characters per token in English). Default 24000.
+    pub context_budget_chars: usize,
+}
+
+impl Default for OpenAiEngineSettings {
+    fn default() -> Self {
+        Self {
+            base_url: String::new(),
+            model: String::new(),
+            api_key: None,
+            system_prompt: None,
+            context_budget_chars: crate::chat::engines::DEFAULT_CONTEXT_BUDGET_CHARS,
+        }
+    }
+}
+
 /// Configuration of the reply engine (table `engine`).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(default)]
 pub struct EngineConfig {
+    /// Key `engine.kind`: `dev`, `grpc` or `openai`.
+    /// Default `dev`; variable `SWITCHBOARD_ENGINE__KIND`.
+    pub kind: EngineKind,
+    /// Table `engine.grpc`: the gRPC engine (when `kind = "grpc"`).
+    pub grpc: GrpcEngineSettings,
+    /// Table `engine.openai`: the OpenAI-compatible engine (when `kind = "openai"`).
+    pub openai: OpenAiEngineSettings,
+    /// Table `engine.resilience`: concurrency limit, timeouts, retries and
+    /// circuit breaker around every engine call (keys
+    /// `max_concurrent_calls`, `queue_timeout_ms`, `call_timeout_ms`,
+    /// `reply_deadline_ms`, `max_retries`, `backoff_base_ms`,
+    /// `backoff_max_ms`, `failure_threshold`, `open_for_ms`).
+    pub resilience: crate::chat::ResilienceConfig,
     /// Key `engine.token_delay_ms`: pause of the development engine before
     /// each token, in milliseconds; 0 answers at once.
     /// Default `25`; variable `SWITCHBOARD_ENGINE__TOKEN_DELAY_MS`.
@@ -375,6 +444,10 @@ impl Default for Config {
 impl Default for EngineConfig {
     fn default() -> Self {
         Self {
+            kind: EngineKind::Dev,
+            grpc: GrpcEngineSettings::default(),
+            openai: OpenAiEngineSettings::default(),
+            resilience: crate::chat::ResilienceConfig::default(),
             token_delay_ms: 25,
             max_concurrent_replies: 64,
         }
@@ -471,6 +544,39 @@ impl Config {
         }
         if self.engine.max_concurrent_replies == 0 {
             return invalid("engine.max_concurrent_replies", "must be at least 1");
+        }
+        match self.engine.kind {
+            EngineKind::Grpc if self.engine.grpc.endpoint.is_empty() => {
+                return invalid(
+                    "engine.grpc.endpoint",
+                    "is required when engine.kind = \"grpc\"",
+                );
+            }
+            EngineKind::Openai if self.engine.openai.base_url.is_empty() => {
+                return invalid(
+                    "engine.openai.base_url",
+                    "is required when engine.kind = \"openai\"",
+                );
+            }
+            EngineKind::Openai if self.engine.openai.model.is_empty() => {
+                return invalid(
+                    "engine.openai.model",
+                    "is required when engine.kind = \"openai\"",
+                );
+            }
+            _ => {}
+        }
+        if let Err(err) = self.engine.resilience.validate() {
+            return invalid("engine.resilience", &err.to_string());
+        }
+        match self.queue.backend {
+            QueueBackend::Redis if self.redis_url.is_none() => {
+                return invalid("queue.backend", "`redis` needs redis_url (REDIS_URL)");
+            }
+            QueueBackend::Amqp if self.amqp_url.is_none() => {
+                return invalid("queue.backend", "`amqp` needs amqp_url (AMQP_URL)");
+            }
+            _ => {}
         }
         for proxy in &self.trusted_proxies {
             if proxy.parse::<std::net::IpAddr>().is_err() {

@@ -12,14 +12,15 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::chat::{
-    Chat, DevEngine, GENERATE_REPLY, ReplyEngine, ReplyGenerator, ReplyHub, ReplyJobHandler,
+    Chat, DevEngine, EngineStatus, GENERATE_REPLY, GrpcEngine, GrpcEngineConfig, OpenAiEngine,
+    OpenAiEngineConfig, ReplyEngine, ReplyGenerator, ReplyHub, ReplyJobHandler, ResilientEngine,
 };
-use crate::config::{Config, QueueBackend};
+use crate::config::{Config, EngineConfig, EngineKind, QueueBackend};
 use crate::db::Database;
 use crate::error::{Error, Result};
 use crate::identity::Identity;
 use crate::jobs::{
-    JobTransport, Jobs, ScheduledTask, Scheduler, SqlTransport, Worker, WorkerConfig,
+    JobState, JobTransport, Jobs, ScheduledTask, Scheduler, SqlTransport, Worker, WorkerConfig,
 };
 
 /// What a process runs besides the API.
@@ -50,6 +51,8 @@ pub struct Services {
     identity: Arc<Identity>,
     jobs: Arc<Jobs>,
     generator: Arc<ReplyGenerator>,
+    engine_status: EngineStatus,
+    workers: bool,
     stop: watch::Sender<bool>,
     background: Vec<JoinHandle<()>>,
     shutdown_grace: Duration,
@@ -105,9 +108,26 @@ impl Services {
         db.migrate().await?;
         let engine = match startup.engine {
             Some(engine) => engine,
-            None => Arc::new(DevEngine::new(Duration::from_millis(
-                config.engine.token_delay_ms,
-            ))),
+            None => build_engine(&config.engine)?,
+        };
+        let engine = Arc::new(ResilientEngine::new(
+            engine,
+            config.engine.resilience.clone(),
+        ));
+        let breaker = engine.breaker().clone();
+        let engine: Arc<dyn ReplyEngine> = engine;
+        let (stop, stopped) = watch::channel(false);
+        let worker_name = WorkerConfig::default().name;
+        let engine_status = if startup.workers {
+            EngineStatus::local(
+                engine.name(),
+                breaker,
+                db.clone(),
+                worker_name.clone(),
+                stopped.clone(),
+            )
+        } else {
+            EngineStatus::mirrored(engine.name(), db.clone(), stopped.clone())
         };
         let hub = Arc::new(ReplyHub::default());
         let lease = Duration::from_secs(config.queue.lease_secs.max(1));
@@ -118,14 +138,18 @@ impl Services {
             Jobs::new(db.clone(), transport.clone())
                 .reopening(GENERATE_REPLY, reply_handler.clone()),
         );
-        let chat = Arc::new(Chat::new(
-            db.clone(),
-            hub.clone(),
-            jobs.clone(),
-            config.queue.generate_reply,
-        ));
+        let admission = engine_status.clone();
+        let chat = Arc::new(
+            Chat::new(
+                db.clone(),
+                hub.clone(),
+                jobs.clone(),
+                config.queue.generate_reply,
+            )
+            .with_admission(Arc::new(move || admission.check())),
+        );
         let identity = Arc::new(Identity::start(db.clone(), &config.auth).await?);
-        let (stop, stopped) = watch::channel(false);
+        tokio::spawn(gauge_job_states(jobs.clone(), stopped.clone()));
         let shutdown_grace = Duration::from_secs(config.shutdown_grace_secs);
         let mut background = Vec::new();
         if startup.workers {
@@ -133,6 +157,7 @@ impl Services {
                 db.clone(),
                 transport,
                 WorkerConfig {
+                    name: worker_name,
                     concurrency: config.engine.max_concurrent_replies.max(1),
                     lease,
                     ..WorkerConfig::default()
@@ -159,6 +184,8 @@ impl Services {
             identity,
             jobs,
             generator,
+            engine_status,
+            workers: startup.workers,
             stop,
             background,
             shutdown_grace,
@@ -197,7 +224,12 @@ impl Services {
 
     /// Whether this process runs job workers.
     pub fn runs_workers(&self) -> bool {
-        !self.background.is_empty()
+        self.workers
+    }
+
+    /// Whether the engine takes calls (its circuit breaker), for readiness.
+    pub fn engine_status(&self) -> &EngineStatus {
+        &self.engine_status
     }
 
     /// Whether the services can take requests (the database answers).
@@ -223,6 +255,63 @@ impl Services {
         }
         self.generator.close_unfinished();
         self.db.close().await;
+    }
+}
+
+/// The engine the configuration selects.
+fn build_engine(config: &EngineConfig) -> Result<Arc<dyn ReplyEngine>> {
+    Ok(match config.kind {
+        EngineKind::Dev => Arc::new(DevEngine::new(Duration::from_millis(config.token_delay_ms))),
+        EngineKind::Grpc => Arc::new(
+            GrpcEngine::new(GrpcEngineConfig {
+                endpoint: config.grpc.endpoint.clone(),
+                bearer_token: config
+                    .grpc
+                    .bearer_token
+                    .as_ref()
+                    .map(|t| t.expose().clone()),
+                ..GrpcEngineConfig::default()
+            })
+            .map_err(|e| e.nested_under("engine.grpc"))?,
+        ),
+        EngineKind::Openai => {
+            let settings = &config.openai;
+            Arc::new(
+                OpenAiEngine::new(OpenAiEngineConfig {
+                    api_key: settings.api_key.as_ref().map(|k| k.expose().clone()),
+                    system_prompt: settings.system_prompt.clone(),
+                    context_budget_chars: settings.context_budget_chars,
+                    ..OpenAiEngineConfig::new(settings.base_url.clone(), settings.model.clone())
+                })
+                .map_err(|e| e.nested_under("engine.openai"))?,
+            )
+        }
+    })
+}
+
+/// Keeps the `switchboard_jobs{state}` gauge current (every 5 s) until `stop`.
+async fn gauge_job_states(jobs: Arc<Jobs>, mut stop: watch::Receiver<bool>) {
+    let states = [
+        JobState::Queued,
+        JobState::Running,
+        JobState::Retrying,
+        JobState::Succeeded,
+        JobState::Dead,
+    ];
+    loop {
+        if let Ok(counts) = jobs.counts().await {
+            for state in states {
+                let n = counts
+                    .iter()
+                    .find(|(s, _)| *s == state)
+                    .map_or(0, |(_, n)| *n);
+                metrics::gauge!("switchboard_jobs", "state" => state.as_str()).set(n as f64);
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_secs(5)) => {}
+            () = crate::jobs::stop_requested(&mut stop) => return,
+        }
     }
 }
 

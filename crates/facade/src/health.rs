@@ -1,5 +1,8 @@
 //! Health: `/healthz` answers while the process runs; `/readyz` answers 200
-//! only while the database answers and the server is not shutting down.
+//! only while the database answers and the server is not shutting down, and
+//! reports the engine's circuit breaker (`closed`, `open`, `half_open`)
+//! without failing on it: an open circuit stops new messages (SendMessage
+//! answers UNAVAILABLE), not reads, so the instance stays in rotation.
 //! grpc.health.v1 gives the same answer for the whole server (`""`) and for
 //! `switchboard.v1.ChatService`. One background task checks every few
 //! seconds and `Watch` streams read its result, so watchers cost the
@@ -17,6 +20,7 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use futures::Stream;
 use serde_json::json;
+use switchboard_core::chat::{EngineStatus, ReportedState};
 use switchboard_core::db::Database;
 use tokio::sync::watch;
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -61,6 +65,7 @@ pub struct HealthState {
 #[derive(Debug)]
 struct Inner {
     database: Database,
+    engine: EngineStatus,
     drain: Drain,
     status: watch::Sender<ServingStatus>,
 }
@@ -70,9 +75,10 @@ impl HealthState {
     /// being ready once `drain` begins. Starts the background check, which
     /// ends when the last clone of the state is dropped; call it inside a
     /// tokio runtime.
-    pub fn new(database: Database, drain: Drain) -> Self {
+    pub fn new(database: Database, engine: EngineStatus, drain: Drain) -> Self {
         let inner = Arc::new(Inner {
             database,
+            engine,
             drain,
             status: watch::Sender::new(ServingStatus::Unknown),
         });
@@ -218,13 +224,24 @@ async fn ready(State(health): State<HealthState>) -> (StatusCode, axum::Json<ser
             axum::Json(json!({ "status": "unavailable", "reason": "shutting down" })),
         );
     }
+    let engine = &health.inner.engine;
+    let state = engine.state();
+    let mut report = json!({ "name": engine.engine(), "breaker": state.as_str() });
+    if let ReportedState::Open { until } = state {
+        report["retryAt"] = json!(until.to_rfc3339());
+    }
     match health.refresh().await {
-        ServingStatus::Serving => (StatusCode::OK, axum::Json(json!({ "status": "ready" }))),
+        ServingStatus::Serving => (
+            StatusCode::OK,
+            axum::Json(json!({ "status": "ready", "engine": report })),
+        ),
         _ => (
             StatusCode::SERVICE_UNAVAILABLE,
-            axum::Json(
-                json!({ "status": "unavailable", "reason": "the database does not answer" }),
-            ),
+            axum::Json(json!({
+                "status": "unavailable",
+                "reason": "the database does not answer",
+                "engine": report,
+            })),
         ),
     }
 }

@@ -26,7 +26,7 @@ use axum::Router;
 use http::{HeaderName, HeaderValue, Method, header};
 use switchboard_api::{AuditApi, AuthApi, ChatApi, JobApi, UserApi};
 use switchboard_core::Services;
-use switchboard_core::chat::Chat;
+use switchboard_core::chat::{Chat, EngineStatus};
 use switchboard_core::config::Config;
 use switchboard_core::db::Database;
 use switchboard_core::identity::Identity;
@@ -55,6 +55,8 @@ pub struct Edge {
     pub jobs: Arc<Jobs>,
     /// The database, pinged by readiness checks.
     pub database: Database,
+    /// Whether the engine takes calls; shown by readiness.
+    pub engine: EngineStatus,
     /// Browser origins allowed by CORS (empty: CORS off; `*`: any).
     pub cors_allowed_origins: Vec<String>,
     /// Proxies whose `X-Forwarded-For` is believed.
@@ -72,6 +74,7 @@ impl Edge {
             identity: services.identity(),
             jobs: services.jobs(),
             database: services.database().clone(),
+            engine: services.engine_status().clone(),
             cors_allowed_origins: config.cors_allowed_origins.clone(),
             // Validated when the configuration was loaded.
             trusted_proxies: config
@@ -103,7 +106,11 @@ pub fn app(edge: Edge) -> Router {
         audit: Arc::new(AuditApi::new(edge.identity.clone())),
         jobs: Arc::new(JobApi::new(edge.jobs.clone())),
     };
-    let health = HealthState::new(edge.database.clone(), edge.drain.clone());
+    let health = HealthState::new(
+        edge.database.clone(),
+        edge.engine.clone(),
+        edge.drain.clone(),
+    );
 
     let grpc = grpc::router(&apis, &health);
     let rest = RestRouter::new(

@@ -71,3 +71,12 @@ SELECT 'migrated-' || id, 'generate_reply',
        '{"reply_id":"' || id || '","conversation_id":"' || conversation_id || '"}',
        'queued', 0, 5, created_at, created_at, created_at
 FROM messages WHERE role = 'assistant' AND status = 'pending';
+
+-- The engine's circuit breaker as each worker process sees it, so API
+-- instances without workers fail SendMessage fast while it is open.
+CREATE TABLE engine_breakers (
+    worker     TEXT PRIMARY KEY NOT NULL,
+    state      TEXT NOT NULL CHECK (state IN ('closed', 'open', 'half_open')),
+    open_until BIGINT,
+    updated_at BIGINT NOT NULL
+);

@@ -11,6 +11,8 @@
 //! rebuilt from the stored message with the same sequence numbers.
 
 mod engine;
+mod engine_status;
+pub mod engines;
 mod events;
 mod generator;
 mod hub;
@@ -21,6 +23,11 @@ mod service;
 mod store;
 
 pub use engine::{DevEngine, EngineEvent, EngineRequest, EngineStream, ReplyEngine, Usage};
+pub use engine_status::{EngineStatus, ReportedState};
+pub use engines::{
+    BreakerState, CircuitBreaker, DEFAULT_CONTEXT_BUDGET_CHARS, GrpcEngine, GrpcEngineConfig,
+    OpenAiEngine, OpenAiEngineConfig, ResilienceConfig, ResilientEngine,
+};
 pub use events::{ATTEMPT_SEQ_SPAN, ReplyEvent, ReplyEventKind};
 pub use generator::{GenerateOutcome, ReplyGenerator};
 pub use hub::{ReplyHub, ReplyStream};

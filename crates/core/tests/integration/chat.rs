@@ -36,6 +36,7 @@ on_both_databases!(
     failed_attempts_are_retried_then_dead_lettered_and_an_operator_retry_succeeds,
     cancelling_a_streaming_reply_stops_the_engine_and_keeps_the_text,
     ratings_are_validated_and_stored,
+    an_open_circuit_refuses_messages_fast_and_a_probe_closes_it,
     two_generators_on_one_job_complete_it_once,
     services_start_is_ready_and_migrations_are_idempotent,
 );
@@ -605,6 +606,54 @@ async fn cancelling_a_streaming_reply_stops_the_engine_and_keeps_the_text(db: Te
         JobState::Succeeded,
         "a cancelled reply is a finished job"
     );
+}
+
+async fn an_open_circuit_refuses_messages_fast_and_a_probe_closes_it(db: TestDb) {
+    let app = TestApp::start_configured(db, |config| {
+        config.engine.resilience.failure_threshold = 2;
+        config.engine.resilience.open_for_ms = 1000;
+    })
+    .await;
+    let status = app.services.as_ref().unwrap().engine_status().clone();
+    assert_eq!(status.state().as_str(), "closed");
+    for _ in 0..2 {
+        let sent = app.send("break it [dev:fail]").await;
+        app.events(&sent, 0).await;
+    }
+    app.settle().await;
+    assert_eq!(status.state().as_str(), "open");
+    let conversation = app.chat.create_conversation(&app.me, "").await.unwrap();
+    let started = std::time::Instant::now();
+    let refused = app
+        .chat
+        .send_message(&app.me, &conversation.id, "hello")
+        .await;
+    assert!(
+        started.elapsed() < Duration::from_millis(100),
+        "refused fast"
+    );
+    assert!(
+        matches!(&refused, Err(Error::Unavailable(m)) if m.contains("circuit open")),
+        "{refused:?}"
+    );
+    let page = app
+        .chat
+        .list_messages(&app.me, &conversation.id, 0, "")
+        .await
+        .unwrap();
+    assert!(
+        page.items.is_empty(),
+        "nothing is stored for a refused message"
+    );
+    // After open_for the circuit lets a probe through; its success closes it.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let sent = app.send("are you back?").await;
+    let events = app.events(&sent, 0).await;
+    assert!(matches!(
+        events.last().unwrap().kind,
+        ReplyEventKind::Done(_)
+    ));
+    assert_eq!(status.state().as_str(), "closed");
 }
 
 async fn ratings_are_validated_and_stored(db: TestDb) {

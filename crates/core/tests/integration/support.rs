@@ -168,6 +168,7 @@ fn test_config(config: Config) -> Config {
         engine: EngineConfig {
             token_delay_ms: 0,
             max_concurrent_replies: 8,
+            ..EngineConfig::default()
         },
         queue: QueueConfig {
             lease_secs: 2,
@@ -200,8 +201,16 @@ impl TestApp {
     }
 
     /// As [`TestApp::start`], retrying reply jobs as `policy` says.
-    pub(crate) async fn start_with(mut test_db: TestDb, policy: RetryPolicy) -> TestApp {
-        test_db.config.queue.generate_reply = policy;
+    pub(crate) async fn start_with(test_db: TestDb, policy: RetryPolicy) -> TestApp {
+        Self::start_configured(test_db, |config| config.queue.generate_reply = policy).await
+    }
+
+    /// As [`TestApp::start`], with the test configuration changed by `change`.
+    pub(crate) async fn start_configured(
+        mut test_db: TestDb,
+        change: impl FnOnce(&mut Config),
+    ) -> TestApp {
+        change(&mut test_db.config);
         let services = Services::start(&test_db.config)
             .await
             .expect("start services");
