@@ -11,6 +11,7 @@ use async_trait::async_trait;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::chat::bus_redis::RedisReplyBus;
 use crate::chat::{
     Chat, DevEngine, EngineStatus, GENERATE_REPLY, GrpcEngine, GrpcEngineConfig, OpenAiEngine,
     OpenAiEngineConfig, ReplyEngine, ReplyGenerator, ReplyHub, ReplyJobHandler, ResilientEngine,
@@ -19,6 +20,8 @@ use crate::config::{Config, EngineConfig, EngineKind, QueueBackend};
 use crate::db::Database;
 use crate::error::{Error, Result};
 use crate::identity::Identity;
+use crate::jobs::amqp::{AmqpTransport, AmqpTransportConfig};
+use crate::jobs::redis::{RedisTransport, RedisTransportConfig};
 use crate::jobs::{
     JobState, JobTransport, Jobs, ScheduledTask, Scheduler, SqlTransport, Worker, WorkerConfig,
 };
@@ -129,7 +132,12 @@ impl Services {
         } else {
             EngineStatus::mirrored(engine.name(), db.clone(), stopped.clone())
         };
-        let hub = Arc::new(ReplyHub::default());
+        let hub = Arc::new(match &config.redis_url {
+            Some(url) => ReplyHub::with_bus(
+                RedisReplyBus::connect(url.expose(), &config.queue.prefix).await?,
+            ),
+            None => ReplyHub::default(),
+        });
         let lease = Duration::from_secs(config.queue.lease_secs.max(1));
         let generator = Arc::new(ReplyGenerator::new(db.clone(), hub.clone(), engine, lease));
         let reply_handler = Arc::new(ReplyJobHandler::new(generator.clone(), db.clone()));
@@ -328,9 +336,36 @@ async fn transport(config: &Config, db: &Database) -> Result<Arc<dyn JobTranspor
         QueueBackend::Auto | QueueBackend::Database => {
             Ok(Arc::new(SqlTransport::new(db.clone(), poll)))
         }
-        QueueBackend::Redis | QueueBackend::Amqp => Err(Error::Unavailable(
-            "this build has no Redis or RabbitMQ queue yet".to_owned(),
-        )),
+        QueueBackend::Redis => {
+            let url = config.redis_url.as_ref().ok_or_else(|| {
+                Error::invalid_argument("queue.backend", "`redis` needs redis_url")
+            })?;
+            Ok(Arc::new(
+                RedisTransport::connect(RedisTransportConfig {
+                    url: url.expose().clone(),
+                    prefix: config.queue.prefix.clone(),
+                    lease: Duration::from_secs(config.queue.lease_secs.max(1)),
+                    poll_interval: Duration::from_secs(1),
+                })
+                .await?,
+            ))
+        }
+        QueueBackend::Amqp => {
+            let url = config
+                .amqp_url
+                .as_ref()
+                .ok_or_else(|| Error::invalid_argument("queue.backend", "`amqp` needs amqp_url"))?;
+            let concurrency =
+                u16::try_from(config.engine.max_concurrent_replies).unwrap_or(u16::MAX);
+            Ok(Arc::new(
+                AmqpTransport::connect(AmqpTransportConfig {
+                    url: url.expose().clone(),
+                    prefix: config.queue.prefix.clone(),
+                    concurrency,
+                })
+                .await?,
+            ))
+        }
     }
 }
 

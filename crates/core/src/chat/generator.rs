@@ -136,7 +136,7 @@ impl ReplyGenerator {
         };
         let reply = &claimed.message;
         let attempt = claimed.attempt;
-        let publisher = self.hub.begin(&reply.id, attempt);
+        let publisher = self.hub.begin(&reply.id, attempt).await;
         let (lost_tx, lost_rx) = oneshot::channel();
         let renewal = tokio::spawn(renew(
             self.db.clone(),
@@ -206,10 +206,12 @@ impl ReplyGenerator {
             Err(err) => {
                 // Subscribers must not wait forever; the reply stays
                 // streaming, and its job is taken again when the lease runs out.
-                publisher.finish(ReplyEventKind::Error {
-                    code: "UNAVAILABLE".to_owned(),
-                    message: "the reply could not be stored".to_owned(),
-                });
+                publisher
+                    .finish(ReplyEventKind::Error {
+                        code: "UNAVAILABLE".to_owned(),
+                        message: "the reply could not be stored".to_owned(),
+                    })
+                    .await;
                 return Err(err);
             }
         };
@@ -218,13 +220,13 @@ impl ReplyGenerator {
             return Ok(GenerateOutcome::Skipped);
         };
         if let Some(usage) = streamed.usage {
-            publisher.publish(ReplyEventKind::Usage(usage));
+            publisher.publish(ReplyEventKind::Usage(usage)).await;
         }
         let terminal = match error {
             None => ReplyEventKind::Done(message),
             Some((code, message)) => ReplyEventKind::Error { code, message },
         };
-        publisher.finish(terminal);
+        publisher.finish(terminal).await;
         metrics::counter!("switchboard_replies_total", "engine" => self.engine.name(), "outcome" => outcome_label(&outcome))
             .increment(1);
         Ok(outcome)
@@ -277,14 +279,16 @@ impl ReplyGenerator {
         };
         match store::get_message(&self.db, &job.conversation_id, &job.reply_id).await? {
             None => {
-                publisher.finish(ReplyEventKind::Error {
-                    code: "NOT_FOUND".to_owned(),
-                    message: "the reply no longer exists".to_owned(),
-                });
+                publisher
+                    .finish(ReplyEventKind::Error {
+                        code: "NOT_FOUND".to_owned(),
+                        message: "the reply no longer exists".to_owned(),
+                    })
+                    .await;
             }
             Some(stored) if stored.message.status.is_finished() => {
                 for event in events::replay(&stored)? {
-                    publisher.publish(event.kind);
+                    publisher.publish(event.kind).await;
                 }
             }
             Some(_) => {}
@@ -320,7 +324,7 @@ impl ReplyGenerator {
                         }
                         streamed.content.push_str(&text);
                         streamed.lengths.push(text.len());
-                        publisher.delta(text);
+                        publisher.delta(text).await;
                     }
                     Some(Ok(EngineEvent::Usage(usage))) => streamed.usage = Some(usage),
                     Some(Err(err)) => return Stop::Failed(err),

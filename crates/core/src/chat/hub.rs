@@ -8,6 +8,11 @@
 //! per subscriber, and never drops an event. A finished log stays for a
 //! short retention (so late subscribers need no database read) and is then
 //! dropped; replies that finished longer ago are replayed from the database.
+//!
+//! With a Redis bus ([`ReplyHub::with_bus`]), every event a generator
+//! appends is also published to Redis, and subscribers follow replies from
+//! the bus (see [`Chat::subscribe_reply`](crate::chat::Chat::subscribe_reply)),
+//! so a client on one instance gets the reply a worker elsewhere generates.
 
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -19,7 +24,10 @@ use futures::Stream;
 use futures::stream::{self, BoxStream, StreamExt};
 use tokio::sync::watch;
 
+use crate::chat::bus_redis::RedisReplyBus;
 use crate::chat::events::{ReplyEvent, ReplyEventKind, attempt_base};
+use crate::chat::wire;
+use crate::error::Error;
 
 /// The live event logs of replies, keyed by reply id.
 #[derive(Debug)]
@@ -30,7 +38,12 @@ pub struct ReplyHub {
     /// it runs at most once per [`SWEEP_INTERVAL`] (or per retention, if
     /// shorter), not on every call.
     swept_at: Mutex<Instant>,
+    /// Where events also go, for subscribers on other instances.
+    bus: Option<RedisReplyBus>,
 }
+
+/// How often publishing an event to the bus is tried.
+const BUS_ATTEMPTS: u32 = 3;
 
 /// How often expired logs are looked for.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
@@ -53,6 +66,8 @@ struct LogState {
 #[derive(Debug)]
 pub(crate) struct ReplyPublisher {
     log: Arc<ReplyLog>,
+    /// The bus and the reply id, when events go to other instances too.
+    forward: Option<(RedisReplyBus, String)>,
     /// The seq of the last event this publisher appended (or of the event
     /// before its first).
     last_seq: std::sync::atomic::AtomicU32,
@@ -80,7 +95,21 @@ impl ReplyHub {
             logs: Mutex::new(HashMap::new()),
             retention,
             swept_at: Mutex::new(Instant::now()),
+            bus: None,
         }
+    }
+
+    /// A hub that also publishes every event to `bus`.
+    pub fn with_bus(bus: RedisReplyBus) -> Self {
+        Self {
+            bus: Some(bus),
+            ..Self::default()
+        }
+    }
+
+    /// The Redis bus, if events travel between instances.
+    pub fn bus(&self) -> Option<&RedisReplyBus> {
+        self.bus.as_ref()
     }
 
     /// The log of `reply_id`, created empty if there is none yet, so a
@@ -96,29 +125,35 @@ impl ReplyHub {
     /// is kept while it has not finished, so subscribers follow an attempt
     /// that takes over from one that stopped: a later attempt first appends
     /// a `Reset`. A finished log (a reply an operator retried) is replaced.
-    pub(crate) fn begin(&self, reply_id: &str, attempt: u32) -> ReplyPublisher {
+    pub(crate) async fn begin(&self, reply_id: &str, attempt: u32) -> ReplyPublisher {
+        let log = self.begin_log(reply_id);
+        let base = attempt_base(attempt);
+        let publisher = ReplyPublisher {
+            log,
+            forward: self.bus.clone().map(|bus| (bus, reply_id.to_owned())),
+            last_seq: std::sync::atomic::AtomicU32::new(base),
+        };
+        if attempt > 1 {
+            let reset = ReplyEventKind::Reset { attempt };
+            publisher.push(ReplyEvent {
+                seq: base,
+                kind: reset.clone(),
+            });
+            publisher.forward(base, &reset).await;
+        }
+        publisher
+    }
+
+    fn begin_log(&self, reply_id: &str) -> Arc<ReplyLog> {
         let mut logs = self.lock_and_sweep();
-        let log = logs
-            .entry(reply_id.to_owned())
+        logs.entry(reply_id.to_owned())
             .and_modify(|log| {
                 if log.is_finished() {
                     *log = Arc::new(ReplyLog::new());
                 }
             })
             .or_insert_with(|| Arc::new(ReplyLog::new()))
-            .clone();
-        let base = attempt_base(attempt);
-        let publisher = ReplyPublisher {
-            log,
-            last_seq: std::sync::atomic::AtomicU32::new(base),
-        };
-        if attempt > 1 {
-            publisher.push(ReplyEvent {
-                seq: base,
-                kind: ReplyEventKind::Reset { attempt },
-            });
-        }
-        publisher
+            .clone()
     }
 
     /// Asks the generator of `reply_id` in this process to stop; it ends the
@@ -154,7 +189,8 @@ impl ReplyHub {
             .cloned()
             .collect();
         for log in &unfinished {
-            ReplyPublisher::continuing(log.clone()).finish(kind.clone());
+            let publisher = ReplyPublisher::continuing(log.clone());
+            publisher.push_next(kind.clone());
         }
         unfinished.len()
     }
@@ -257,36 +293,68 @@ impl ReplyLog {
 impl ReplyPublisher {
     /// A publisher appending after the last event of `log` (settling a
     /// reply no generator here produces, or ending it at shutdown).
+    /// This process's subscribers only: the bus is not told.
     fn continuing(log: Arc<ReplyLog>) -> Self {
         let last = log.state.borrow().events.last().map_or(0, |e| e.seq);
         Self {
             log,
+            forward: None,
             last_seq: std::sync::atomic::AtomicU32::new(last),
         }
     }
 
     /// Appends the next piece of text; returns its seq.
-    pub(crate) fn delta(&self, text: String) -> u32 {
-        self.append(ReplyEventKind::Delta(text))
+    pub(crate) async fn delta(&self, text: String) -> u32 {
+        self.append(ReplyEventKind::Delta(text)).await
     }
 
     /// Appends any event (a replay of a stored reply); returns its seq.
-    pub(crate) fn publish(&self, kind: ReplyEventKind) -> u32 {
-        self.append(kind)
+    pub(crate) async fn publish(&self, kind: ReplyEventKind) -> u32 {
+        self.append(kind).await
     }
 
     /// Appends the final event; the log accepts nothing after it.
-    pub(crate) fn finish(&self, kind: ReplyEventKind) -> u32 {
-        self.append(kind)
+    pub(crate) async fn finish(&self, kind: ReplyEventKind) -> u32 {
+        self.append(kind).await
     }
 
-    fn append(&self, kind: ReplyEventKind) -> u32 {
+    async fn append(&self, kind: ReplyEventKind) -> u32 {
+        let seq = self.push_next(kind.clone());
+        self.forward(seq, &kind).await;
+        seq
+    }
+
+    /// Appends to this process's log only; returns the seq.
+    fn push_next(&self, kind: ReplyEventKind) -> u32 {
         let seq = self
             .last_seq
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
             .saturating_add(1);
         self.push(ReplyEvent { seq, kind });
         seq
+    }
+
+    /// Publishes the event to the bus, if there is one, trying a few times
+    /// over a blip. A failure is logged: subscribers elsewhere then get the
+    /// reply from the database once it has finished.
+    async fn forward(&self, seq: u32, kind: &ReplyEventKind) {
+        let Some((bus, reply_id)) = &self.forward else {
+            return;
+        };
+        let json = wire::encode(kind);
+        for attempt in 1..=BUS_ATTEMPTS {
+            match bus.publish(reply_id, seq, &json).await {
+                Ok(()) => return,
+                Err(Error::Unavailable(reason)) if attempt < BUS_ATTEMPTS => {
+                    tracing::warn!(%reply_id, seq, %reason, "cannot publish the reply event; retrying");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(err) => {
+                    tracing::warn!(%reply_id, seq, error = %err, "cannot publish the reply event");
+                    return;
+                }
+            }
+        }
     }
 
     /// Appends `event` unless the log has finished or already holds an
@@ -319,6 +387,39 @@ impl ReplyStream {
         Self {
             inner: stream.boxed(),
         }
+    }
+
+    /// Reply events as the Redis bus delivers them (seq and JSON), ending
+    /// after the final one. If the bus fails for good, the stream ends with
+    /// a retryable `UNAVAILABLE` error: the client resumes from its last seq.
+    pub(crate) fn from_bus(
+        events: BoxStream<'static, crate::error::Result<(u32, String)>>,
+    ) -> Self {
+        Self::new(stream::unfold(Some(events), |events| async move {
+            let mut events = events?;
+            let event = match events.next().await? {
+                Ok((seq, json)) => wire::decode(seq, &json).unwrap_or_else(|err| ReplyEvent {
+                    seq,
+                    kind: ReplyEventKind::Error {
+                        code: "INTERNAL".to_owned(),
+                        message: err.public_message(),
+                    },
+                }),
+                Err(err) => {
+                    tracing::warn!(error = %err, "the reply bus failed a subscriber");
+                    ReplyEvent {
+                        seq: 0,
+                        kind: ReplyEventKind::Error {
+                            code: "UNAVAILABLE".to_owned(),
+                            message: "the live stream was interrupted; resume from the last seq"
+                                .to_owned(),
+                        },
+                    }
+                }
+            };
+            let rest = (!event.is_terminal()).then_some(events);
+            Some((event, rest))
+        }))
     }
 
     /// The events of `events` with a seq greater than `after_seq`.
@@ -367,11 +468,11 @@ mod tests {
     async fn subscribers_follow_live_events_from_their_own_cursor() {
         let hub = ReplyHub::default();
         let early = hub.open("r").stream(0);
-        let publisher = hub.begin("r", 1);
-        publisher.delta("a".into());
-        publisher.delta("b".into());
+        let publisher = hub.begin("r", 1).await;
+        publisher.delta("a".into()).await;
+        publisher.delta("b".into()).await;
         let late = hub.open("r").stream(1);
-        publisher.finish(failed());
+        publisher.finish(failed()).await;
         let early: Vec<_> = early.collect().await;
         let late: Vec<_> = late.collect().await;
         assert_eq!(early[..2], [delta(1, "a"), delta(2, "b")]);
@@ -383,14 +484,14 @@ mod tests {
     #[tokio::test]
     async fn a_later_attempt_resets_the_log_its_subscribers_follow() {
         let hub = ReplyHub::default();
-        let first = hub.begin("r", 1);
-        first.delta("a".into());
+        let first = hub.begin("r", 1).await;
+        first.delta("a".into()).await;
         let follower = hub.open("r").stream(0);
         let resumed = hub.open("r").stream(1);
         drop(first);
-        let second = hub.begin("r", 2);
-        second.delta("b".into());
-        second.finish(failed());
+        let second = hub.begin("r", 2).await;
+        second.delta("b".into()).await;
+        second.finish(failed()).await;
         let seqs = |events: Vec<ReplyEvent>| events.iter().map(|e| e.seq).collect::<Vec<_>>();
         let base = crate::chat::ATTEMPT_SEQ_SPAN;
         assert_eq!(
@@ -405,7 +506,7 @@ mod tests {
     #[tokio::test]
     async fn finished_logs_are_evicted_after_retention() {
         let hub = ReplyHub::new(Duration::ZERO);
-        hub.begin("r", 1).finish(failed());
+        hub.begin("r", 1).await.finish(failed()).await;
         assert_eq!(hub.live_logs(), 1);
         hub.open("other");
         assert_eq!(hub.live_logs(), 1, "the finished log is swept");
@@ -417,7 +518,7 @@ mod tests {
     async fn cancel_reaches_the_publisher_even_before_it_begins() {
         let hub = ReplyHub::default();
         assert!(hub.cancel("r"));
-        let publisher = hub.begin("r", 1);
+        let publisher = hub.begin("r", 1).await;
         tokio::time::timeout(Duration::from_secs(1), publisher.cancelled())
             .await
             .unwrap();

@@ -10,6 +10,7 @@
 //! [`Chat::subscribe_reply`], live from the hub or, once it has finished,
 //! rebuilt from the stored message with the same sequence numbers.
 
+pub mod bus_redis;
 mod engine;
 mod engine_status;
 pub mod engines;
@@ -21,6 +22,7 @@ pub(crate) mod paging;
 mod queue;
 mod service;
 mod store;
+mod wire;
 
 pub use engine::{DevEngine, EngineEvent, EngineRequest, EngineStream, ReplyEngine, Usage};
 pub use engine_status::{EngineStatus, ReportedState};

@@ -291,6 +291,16 @@ impl Chat {
         if stored.message.status.is_finished() {
             return replayed(&stored, after_seq);
         }
+        if let Some(bus) = self.hub.bus() {
+            // Follow the bus (registered first), then look again: a reply
+            // that finished in between is replayed from the database.
+            let live = bus.subscribe(message_id, after_seq);
+            let stored = self.find_reply(who, conversation_id, message_id).await?;
+            if stored.message.status.is_finished() {
+                return replayed(&stored, after_seq);
+            }
+            return Ok(ReplyStream::from_bus(live));
+        }
         // Open the live log before looking again: if the reply finishes in
         // between, the second read sees it finished (the generator stores
         // before it publishes), and otherwise the log will get every event.
@@ -329,10 +339,12 @@ impl Chat {
             // Subscribers already waiting see the same event a replay gives.
             self.hub
                 .begin(message_id, stored.attempt.max(1))
+                .await
                 .finish(ReplyEventKind::Error {
                     code: CANCELLED_CODE.to_owned(),
                     message: CANCELLED_MESSAGE.to_owned(),
-                });
+                })
+                .await;
             return Ok(self
                 .find_reply(who, conversation_id, message_id)
                 .await?

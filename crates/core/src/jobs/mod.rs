@@ -16,7 +16,9 @@
 //! maximum; then the job is dead: it stays in the table, with payload, last
 //! error, attempt count and times, until an operator retries or deletes it.
 
+pub mod amqp;
 mod model;
+pub mod redis;
 mod schedule;
 mod service;
 mod sql;
