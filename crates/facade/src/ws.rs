@@ -8,18 +8,25 @@
 //! on a WebSocket, sends its token as a subprotocol (`bearer.<token>`, next
 //! to `switchboard.v1`).
 //!
-//! The credential is checked again before each new subscription, so a
-//! socket of a session that logged out, or of an account that was disabled,
-//! gets an UNAUTHENTICATED error frame and is closed.
+//! The credential is checked again before each new subscription and every
+//! 30 seconds, so a socket of a session that logged out, or of an account
+//! that was disabled, gets an UNAUTHENTICATED error frame and is closed,
+//! even while it only listens.
 //!
-//! Frames are JSON text. The client sends
-//! `{"subscribe": {"conversationId", "messageId", "afterSeq"}}` (and
-//! `{"unsubscribe": {"messageId"}}`); the server answers each event of the
-//! reply as `{"messageId", "event": ReplyEvent}` — the same proto3 JSON as
-//! the SSE stream — or `{"messageId", "error": google.rpc.Status}` when the
-//! subscription is refused (a reply of another user is NOT_FOUND, as
-//! everywhere). A client that resumes with the last `seq` it saw as
-//! `afterSeq` gets the rest, with no gap and no duplicate.
+//! Frames are JSON text. The client subscribes to one reply,
+//! `{"subscribe": {"conversationId", "messageId", "afterSeq"}}`, or to a
+//! whole conversation, `{"subscribe": {"conversationId"}}`, and ends either
+//! with `{"unsubscribe": {"messageId"}}` or `{"unsubscribe":
+//! {"conversationId"}}`. The server sends each event of a reply as
+//! `{"conversationId", "messageId", "event": ReplyEvent}` — the same proto3
+//! JSON as the SSE stream — and, for a followed conversation, announces each
+//! reply before its events as `{"conversationId", "messageId", "reply":
+//! Message}`: first the replies not finished yet, then every new one
+//! (whichever instance it was sent through). A refused subscription gets
+//! `{"conversationId", "messageId", "error": google.rpc.Status}` (a
+//! conversation or reply of another user is NOT_FOUND, as everywhere). A
+//! client that resumes a reply with the last `seq` it saw as `afterSeq`
+//! gets the rest, with no gap and no duplicate.
 //!
 //! Events of all subscriptions of a socket go through one bounded queue to
 //! the writer: a slow client slows its own subscriptions down (the reply log
@@ -35,7 +42,7 @@ use axum::response::{IntoResponse, Response};
 use futures::{SinkExt, StreamExt};
 use serde::Deserialize;
 use switchboard_api::convert::IntoProto;
-use switchboard_core::chat::Chat;
+use switchboard_core::chat::{Chat, ReplyStream};
 use switchboard_core::identity::{Identity, Principal};
 use switchboard_proto::v1;
 use switchboard_rest::policy::{Caller, authorize};
@@ -54,6 +61,9 @@ const OUTGOING_FRAMES: usize = 64;
 /// Subscriptions one socket may hold at once.
 const MAX_SUBSCRIPTIONS: usize = 32;
 
+/// How often the socket's credential is checked while it is open.
+const RECHECK_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// A frame from the client.
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -66,7 +76,9 @@ enum ClientFrame {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct Subscribe {
     conversation_id: String,
-    message_id: String,
+    /// A reply; without it, the whole conversation.
+    #[serde(default)]
+    message_id: Option<String>,
     #[serde(default)]
     after_seq: u32,
 }
@@ -74,7 +86,18 @@ struct Subscribe {
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct Unsubscribe {
-    message_id: String,
+    #[serde(default)]
+    conversation_id: Option<String>,
+    #[serde(default)]
+    message_id: Option<String>,
+}
+
+/// The key of a subscription in a socket's table.
+fn subscription_key(conversation_id: &str, message_id: Option<&str>) -> String {
+    match message_id {
+        Some(message_id) => format!("reply:{message_id}"),
+        None => format!("conversation:{conversation_id}"),
+    }
 }
 
 /// The token a browser sends as a `bearer.<token>` subprotocol, if any.
@@ -143,7 +166,25 @@ async fn serve(
         let _ = sink.close().await;
     });
     let mut subscriptions: HashMap<String, JoinHandle<()>> = HashMap::new();
-    while let Some(Ok(frame)) = incoming.next().await {
+    let mut recheck = tokio::time::interval(RECHECK_INTERVAL);
+    recheck.tick().await;
+    loop {
+        let frame = tokio::select! {
+            frame = incoming.next() => frame,
+            _ = recheck.tick() => {
+                if still_signed_in(&identity, &credential, &principal).await {
+                    continue;
+                }
+                let refused = error_frame(
+                    "",
+                    None,
+                    &tonic::Status::unauthenticated("the credentials are invalid, expired or revoked"),
+                );
+                let _ = outgoing.send(refused).await;
+                break;
+            }
+        };
+        let Some(Ok(frame)) = frame else { break };
         let text = match frame {
             Message::Text(text) => text,
             Message::Close(_) => break,
@@ -154,17 +195,26 @@ async fn serve(
         let reply = match serde_json::from_str::<ClientFrame>(&text) {
             Err(error) => Some(error_frame(
                 "",
+                None,
                 &tonic::Status::invalid_argument(format!("not a client frame: {error}")),
             )),
-            Ok(ClientFrame::Unsubscribe(Unsubscribe { message_id })) => {
-                if let Some(task) = subscriptions.remove(&message_id) {
+            Ok(ClientFrame::Unsubscribe(Unsubscribe {
+                conversation_id,
+                message_id,
+            })) => {
+                let key = subscription_key(
+                    conversation_id.as_deref().unwrap_or(""),
+                    message_id.as_deref(),
+                );
+                if let Some(task) = subscriptions.remove(&key) {
                     task.abort();
                 }
                 None
             }
             Ok(ClientFrame::Subscribe(subscribe)) if subscriptions.len() >= MAX_SUBSCRIPTIONS => {
                 Some(error_frame(
-                    &subscribe.message_id,
+                    &subscribe.conversation_id,
+                    subscribe.message_id.as_deref(),
                     &tonic::Status::resource_exhausted(format!(
                         "at most {MAX_SUBSCRIPTIONS} subscriptions per socket"
                     )),
@@ -174,7 +224,8 @@ async fn serve(
                 if !still_signed_in(&identity, &credential, &principal).await =>
             {
                 let refused = error_frame(
-                    &subscribe.message_id,
+                    &subscribe.conversation_id,
+                    subscribe.message_id.as_deref(),
                     &tonic::Status::unauthenticated(
                         "the credentials are invalid, expired or revoked",
                     ),
@@ -183,34 +234,46 @@ async fn serve(
                 break;
             }
             Ok(ClientFrame::Subscribe(subscribe)) => {
-                match chat
-                    .subscribe_reply(
-                        &principal,
-                        &subscribe.conversation_id,
-                        &subscribe.message_id,
-                        subscribe.after_seq,
-                    )
-                    .await
-                {
+                let key =
+                    subscription_key(&subscribe.conversation_id, subscribe.message_id.as_deref());
+                let started = match &subscribe.message_id {
+                    Some(message_id) => chat
+                        .subscribe_reply(
+                            &principal,
+                            &subscribe.conversation_id,
+                            message_id,
+                            subscribe.after_seq,
+                        )
+                        .await
+                        .map(|events| {
+                            tokio::spawn(forward_reply(
+                                events,
+                                subscribe.conversation_id.clone(),
+                                message_id.clone(),
+                                outgoing.clone(),
+                            ))
+                        }),
+                    None => chat
+                        .follow_conversation(&principal, &subscribe.conversation_id)
+                        .await
+                        .map(|replies| {
+                            tokio::spawn(forward_conversation(
+                                replies,
+                                chat.clone(),
+                                principal.clone(),
+                                subscribe.conversation_id.clone(),
+                                outgoing.clone(),
+                            ))
+                        }),
+                };
+                match started {
                     Err(error) => Some(error_frame(
-                        &subscribe.message_id,
+                        &subscribe.conversation_id,
+                        subscribe.message_id.as_deref(),
                         &switchboard_api::status_from(error),
                     )),
-                    Ok(mut events) => {
-                        let outgoing = outgoing.clone();
-                        let message_id = subscribe.message_id.clone();
-                        let task = tokio::spawn(async move {
-                            while let Some(event) = events.next().await {
-                                let frame = serde_json::json!({
-                                    "messageId": message_id,
-                                    "event": event.into_proto(),
-                                });
-                                if outgoing.send(frame.to_string()).await.is_err() {
-                                    break;
-                                }
-                            }
-                        });
-                        if let Some(previous) = subscriptions.insert(subscribe.message_id, task) {
+                    Ok(task) => {
+                        if let Some(previous) = subscriptions.insert(key, task) {
                             previous.abort();
                         }
                         None
@@ -231,10 +294,88 @@ async fn serve(
     let _ = writer.await;
 }
 
-fn error_frame(message_id: &str, status: &tonic::Status) -> String {
-    serde_json::json!({
-        "messageId": message_id,
+/// Sends each event of one reply as a frame, until its final event.
+async fn forward_reply(
+    mut events: ReplyStream,
+    conversation_id: String,
+    message_id: String,
+    outgoing: mpsc::Sender<String>,
+) {
+    while let Some(event) = events.next().await {
+        let frame = serde_json::json!({
+            "conversationId": conversation_id,
+            "messageId": message_id,
+            "event": event.into_proto(),
+        });
+        if outgoing.send(frame.to_string()).await.is_err() {
+            break;
+        }
+    }
+}
+
+/// Announces each reply of a followed conversation and forwards its
+/// events, until the conversation is deleted (then a NOT_FOUND frame) or the
+/// subscription ends (the replies it started stop with it).
+async fn forward_conversation(
+    mut replies: futures::stream::BoxStream<'static, switchboard_core::chat::Message>,
+    chat: Arc<Chat>,
+    principal: Principal,
+    conversation_id: String,
+    outgoing: mpsc::Sender<String>,
+) {
+    let mut following = tokio::task::JoinSet::new();
+    while let Some(reply) = replies.next().await {
+        while following.try_join_next().is_some() {}
+        let message_id = reply.id.clone();
+        let announced = serde_json::json!({
+            "conversationId": conversation_id,
+            "messageId": message_id,
+            "reply": reply.into_proto(),
+        });
+        if outgoing.send(announced.to_string()).await.is_err() {
+            return;
+        }
+        match chat
+            .subscribe_reply(&principal, &conversation_id, &message_id, 0)
+            .await
+        {
+            Ok(events) => {
+                following.spawn(forward_reply(
+                    events,
+                    conversation_id.clone(),
+                    message_id,
+                    outgoing.clone(),
+                ));
+            }
+            Err(error) => {
+                let refused = error_frame(
+                    &conversation_id,
+                    Some(&message_id),
+                    &switchboard_api::status_from(error),
+                );
+                if outgoing.send(refused).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+    // Let the replies under way finish, then say the conversation is gone.
+    while following.join_next().await.is_some() {}
+    let gone = error_frame(
+        &conversation_id,
+        None,
+        &tonic::Status::not_found("conversation not found"),
+    );
+    let _ = outgoing.send(gone).await;
+}
+
+fn error_frame(conversation_id: &str, message_id: Option<&str>, status: &tonic::Status) -> String {
+    let mut frame = serde_json::json!({
+        "conversationId": conversation_id,
         "error": switchboard_rest::error::status_json(status),
-    })
-    .to_string()
+    });
+    if let Some(message_id) = message_id {
+        frame["messageId"] = serde_json::json!(message_id);
+    }
+    frame.to_string()
 }

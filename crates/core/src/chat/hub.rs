@@ -40,7 +40,15 @@ pub struct ReplyHub {
     swept_at: Mutex<Instant>,
     /// Where events also go, for subscribers on other instances.
     bus: Option<RedisReplyBus>,
+    /// The ids of conversations that got a new reply in this process: a
+    /// hint for their followers, who then read the new replies from the
+    /// database.
+    new_replies: tokio::sync::broadcast::Sender<String>,
 }
+
+/// Announcements of new replies kept for followers that are behind; one
+/// that falls further behind reads the database instead.
+const NEW_REPLY_HINTS: usize = 256;
 
 /// How often publishing an event to the bus is tried.
 const BUS_ATTEMPTS: u32 = 3;
@@ -96,7 +104,20 @@ impl ReplyHub {
             retention,
             swept_at: Mutex::new(Instant::now()),
             bus: None,
+            new_replies: tokio::sync::broadcast::Sender::new(NEW_REPLY_HINTS),
         }
+    }
+
+    /// Tells this process's followers of `conversation_id` that it has a
+    /// new reply.
+    pub(crate) fn announce_reply(&self, conversation_id: &str) {
+        // No receivers is fine: nobody follows a conversation here.
+        let _ = self.new_replies.send(conversation_id.to_owned());
+    }
+
+    /// The conversation ids of new replies announced in this process.
+    pub(crate) fn new_replies(&self) -> tokio::sync::broadcast::Receiver<String> {
+        self.new_replies.subscribe()
     }
 
     /// A hub that also publishes every event to `bus`.

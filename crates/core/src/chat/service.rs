@@ -264,11 +264,62 @@ impl Chat {
             });
         }
         self.jobs.dispatch(&job.id).await;
+        self.hub.announce_reply(conversation_id);
         Ok(SentMessage {
             message,
             reply,
             job_id: job.id,
         })
+    }
+
+    /// The replies of one of `who`'s conversations as they come: first the
+    /// ones not finished yet, then each new one, pending, as it is created.
+    /// A reply sent through this instance is seen at once; one sent through
+    /// another instance within [`FOLLOW_POLL`] (the database is the source,
+    /// so none is missed). The stream ends when the conversation is
+    /// deleted. Follow each reply's events with [`Chat::subscribe_reply`].
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotFound`] if `who` has no such conversation.
+    pub async fn follow_conversation(
+        &self,
+        who: &Principal,
+        conversation_id: &str,
+    ) -> Result<futures::stream::BoxStream<'static, Message>> {
+        use futures::StreamExt as _;
+        self.get_conversation(who, conversation_id).await?;
+        // Subscribed before the database is read: no new reply slips between.
+        let hints = self.hub.new_replies();
+        let unfinished = store::unfinished_replies_of(&self.db, conversation_id).await?;
+        let newest = store::newest_message(&self.db, conversation_id).await?;
+        let follower = Follower {
+            db: self.db.clone(),
+            owner: who.user_id.clone(),
+            conversation_id: conversation_id.to_owned(),
+        };
+        let later = futures::stream::unfold(
+            (follower, hints, newest),
+            |(follower, mut hints, mut cursor)| async move {
+                loop {
+                    let hinted = wait_for_hint(&mut hints, &follower.conversation_id);
+                    let _ = tokio::time::timeout(FOLLOW_POLL, hinted).await;
+                    match follower.next_replies(&mut cursor).await {
+                        Ok(None) => return None,
+                        Ok(Some(replies)) if replies.is_empty() => {}
+                        Ok(Some(replies)) => {
+                            return Some((
+                                futures::stream::iter(replies),
+                                (follower, hints, cursor),
+                            ));
+                        }
+                        Err(err) => tracing::warn!(error = %err, "cannot follow the conversation"),
+                    }
+                }
+            },
+        )
+        .flatten();
+        Ok(futures::stream::iter(unfinished).chain(later).boxed())
     }
 
     /// The events of a reply with a seq greater than `after_seq` (0: all),
@@ -435,6 +486,56 @@ impl Chat {
         }
     }
 }
+
+/// What [`Chat::follow_conversation`] reads the database with.
+struct Follower {
+    db: Database,
+    owner: String,
+    conversation_id: String,
+}
+
+impl Follower {
+    /// The replies created after `cursor` (which moves past every new
+    /// message); `None` once the conversation is gone.
+    async fn next_replies(&self, cursor: &mut Option<Cursor>) -> Result<Option<Vec<Message>>> {
+        if store::get_conversation(&self.db, &self.owner, &self.conversation_id)
+            .await?
+            .is_none()
+        {
+            return Ok(None);
+        }
+        let new =
+            store::list_messages(&self.db, &self.conversation_id, cursor.as_ref(), 100).await?;
+        if let Some(last) = new.last() {
+            *cursor = Some(Cursor {
+                created_at: last.created_at.timestamp_micros(),
+                id: last.id.clone(),
+            });
+        }
+        Ok(Some(new.into_iter().filter(store::is_reply).collect()))
+    }
+}
+
+/// Resolves when `hints` announces a new reply of `conversation_id` (or
+/// falls behind, when a reply may have been missed); never if the hub is gone.
+async fn wait_for_hint(
+    hints: &mut tokio::sync::broadcast::Receiver<String>,
+    conversation_id: &str,
+) {
+    use tokio::sync::broadcast::error::RecvError;
+    loop {
+        match hints.recv().await {
+            Ok(id) if id == conversation_id => return,
+            Ok(_) => {}
+            Err(RecvError::Lagged(_)) => return,
+            Err(RecvError::Closed) => std::future::pending::<()>().await,
+        }
+    }
+}
+
+/// How often a conversation's follower looks for replies sent through
+/// other instances.
+pub const FOLLOW_POLL: Duration = Duration::from_secs(1);
 
 /// The longest feedback comment, in characters.
 pub const MAX_FEEDBACK_CHARS: usize = 2000;

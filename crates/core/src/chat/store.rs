@@ -281,6 +281,33 @@ pub(crate) async fn list_messages(
     messages(rows)
 }
 
+/// The replies of a conversation that have not finished, oldest first.
+pub(crate) async fn unfinished_replies_of(
+    db: &Database,
+    conversation_id: &str,
+) -> Result<Vec<Message>> {
+    let sql = concat!(
+        "SELECT ",
+        message_columns!(),
+        " FROM messages WHERE conversation_id = $1 AND role = 'assistant' \
+           AND status IN ('pending', 'streaming') ORDER BY created_at, id"
+    );
+    let rows: Vec<MessageRow> = on_database!(db, pool => {
+        sqlx::query_as(sql).bind(conversation_id).fetch_all(pool).await?
+    });
+    messages(rows)
+}
+
+/// The position of the newest message of a conversation, if it has one.
+pub(crate) async fn newest_message(db: &Database, conversation_id: &str) -> Result<Option<Cursor>> {
+    let sql = "SELECT created_at, id FROM messages WHERE conversation_id = $1 \
+               ORDER BY created_at DESC, id DESC LIMIT 1";
+    let row: Option<(i64, String)> = on_database!(db, pool => {
+        sqlx::query_as(sql).bind(conversation_id).fetch_optional(pool).await?
+    });
+    Ok(row.map(|(created_at, id)| Cursor { created_at, id }))
+}
+
 /// The finished messages before `before` (the reply being generated), the
 /// most recent `limit` of them, oldest first: the engine's context.
 pub(crate) async fn history(db: &Database, before: &Message, limit: u32) -> Result<Vec<Message>> {

@@ -203,7 +203,96 @@ async fn a_socket_of_a_session_that_logged_out_gets_no_new_subscriptions(app: &T
 }
 
 on_both_databases!(
+    a_followed_conversation_announces_each_new_reply_and_streams_it,
     a_socket_of_a_session_that_logged_out_gets_no_new_subscriptions,
     a_reply_streams_over_the_websocket_and_resumes_without_a_gap,
     the_websocket_admits_only_callers_who_may_stream_and_only_their_replies,
 );
+
+async fn a_followed_conversation_announces_each_new_reply_and_streams_it(app: &TestApp) {
+    let bearer = (
+        "authorization",
+        format!("Bearer {}", app.owner.access_token),
+    );
+    let (status, conversation) = app
+        .rest(
+            "POST",
+            "/v1/conversations",
+            Some(&app.owner.access_token),
+            Some(json!({"title": "followed"})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let cid = conversation["id"].as_str().unwrap().to_owned();
+    let mut socket = connect(app, &[bearer]).await.expect("the owner connects");
+    let follow = json!({"subscribe": {"conversationId": cid}}).to_string();
+    socket.send(Message::Text(follow.into())).await.unwrap();
+    // Another user may not follow it: NOT_FOUND, as for a missing one.
+    let other = app.account("peeker@example.test", Role::User).await;
+    let mut peeker = connect(
+        app,
+        &[("authorization", format!("Bearer {}", other.access_token))],
+    )
+    .await
+    .unwrap();
+    let peek = json!({"subscribe": {"conversationId": cid}}).to_string();
+    peeker.send(Message::Text(peek.into())).await.unwrap();
+    let refused = next_frame(&mut peeker).await;
+    assert_eq!(refused["conversationId"], cid.as_str());
+    assert_eq!(refused["error"]["code"], 5, "{refused}");
+
+    let mut sent = Vec::new();
+    for text in ["first question", "second question"] {
+        let (status, answer) = app
+            .rest(
+                "POST",
+                &format!("/v1/conversations/{cid}/messages"),
+                Some(&app.owner.access_token),
+                Some(json!({ "content": text })),
+            )
+            .await;
+        assert_eq!(status, 200, "{answer}");
+        sent.push(answer["reply"]["id"].as_str().unwrap().to_owned());
+    }
+    // Each reply is announced (pending), then its events follow to `done`.
+    let mut announced = Vec::new();
+    let mut finished = Vec::new();
+    while finished.len() < 2 {
+        let frame = next_frame(&mut socket).await;
+        assert_eq!(frame["conversationId"], cid.as_str(), "{frame}");
+        let message_id = frame["messageId"].as_str().unwrap().to_owned();
+        if frame.get("reply").is_some() {
+            assert_eq!(frame["reply"]["role"], "ROLE_ASSISTANT");
+            announced.push(message_id);
+        } else {
+            assert!(
+                announced.contains(&message_id),
+                "announced before its events: {frame}"
+            );
+            if let Some(done) = frame["event"].get("done") {
+                assert_eq!(done["status"], "MESSAGE_STATUS_COMPLETE");
+                finished.push(message_id);
+            }
+        }
+    }
+    assert_eq!(announced, sent, "both replies, in order");
+    // Deleting the conversation ends the subscription with NOT_FOUND.
+    let (status, _) = app
+        .rest(
+            "DELETE",
+            &format!("/v1/conversations/{cid}"),
+            Some(&app.owner.access_token),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200);
+    let ended = next_frame(&mut socket).await;
+    assert_eq!(
+        (
+            ended["conversationId"].as_str(),
+            ended["error"]["code"].as_i64()
+        ),
+        (Some(cid.as_str()), Some(5)),
+        "{ended}"
+    );
+}
