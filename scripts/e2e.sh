@@ -122,6 +122,8 @@ BASE=http://$ADDR
 mkdir -p "$TMP/data"
 env -u DATABASE_URL -u SWITCHBOARD_LISTEN -u SWITCHBOARD_DATA_DIR NO_COLOR=1 \
   SWITCHBOARD_ENGINE__TOKEN_DELAY_MS="${E2E_TOKEN_DELAY_MS:-10}" \
+  SWITCHBOARD_QUEUE__GENERATE_REPLY__MAX_ATTEMPTS=2 SWITCHBOARD_QUEUE__GENERATE_REPLY__BACKOFF_BASE_MS=200 \
+  SWITCHBOARD_QUEUE__GENERATE_REPLY__BACKOFF_MAX_MS=400 \
   "$BIN" serve --listen "$ADDR" --data-dir "$TMP/data" >"$TMP/server.log" 2>&1 </dev/null &
 SERVER_PID=$!
 t_start=$SECONDS
@@ -493,12 +495,39 @@ FMID=$(send_rest "$CID" "please fail [dev:fail]")
 curl_as -sS -N --max-time 60 -o "$TMP/fail.txt" "$BASE/v1/conversations/$CID/messages/$FMID:stream" || fail "SSE request for a failing reply failed"
 sed -n 's/^data: \{0,1\}//p' "$TMP/fail.txt" | jq -s . >"$TMP/fail.json" || fail "SSE data lines are not JSON"
 jq -e '(.[-1] | has("error")) and (.[-1].error.code | length > 0) and (map(select(has("done"))) | length == 0)
-  and (map(.seq) == [range(1; length + 1)])' "$TMP/fail.json" >/dev/null \
-  || fail "a [dev:fail] reply should end with an error event and no done: $(jq -c . "$TMP/fail.json" | cut -c1-300)"
+  and (map(.seq) as $s | $s == ($s | sort) and ($s | unique | length) == length)
+  and (map(select(has("reset"))) | map(.reset.attempt) == [2])' "$TMP/fail.json" >/dev/null \
+  || fail "a [dev:fail] reply should fail twice (reset between) and end with an error event and no done: $(jq -c . "$TMP/fail.json" | cut -c1-400)"
 req GET "/v1/conversations/$CID/messages"
 [[ $(jqb --arg id "$FMID" '.messages[] | select(.id == $id) | .status') == MESSAGE_STATUS_FAILED ]] \
   || fail "the [dev:fail] reply is stored as $(jqb --arg id "$FMID" '.messages[] | select(.id == $id) | .status'), expected MESSAGE_STATUS_FAILED"
-ok "failing reply ([dev:fail]): $(jq '[.[] | select(has("delta"))] | length' "$TMP/fail.json") deltas then error $(jq -r '.[-1].error.code' "$TMP/fail.json"); stored as MESSAGE_STATUS_FAILED"
+ok "failing reply ([dev:fail], 2 attempts): seqs $(jq -c 'map(.seq)' "$TMP/fail.json"), a reset before attempt 2, then error $(jq -r '.[-1].error.code' "$TMP/fail.json"); stored as MESSAGE_STATUS_FAILED"
+# A reply that fails twice, becomes a dead letter, and works when an operator
+# retries it (in the administration step).
+req POST "/v1/conversations/$CID/messages" '{"content":"fail twice, then work [dev:fail-attempts=2]"}'
+expect_status 200 "SendMessage [dev:fail-attempts=2]"
+RMID=$(jqb .reply.id) RJOB=$(jqb .jobId)
+curl_as -sS -N --max-time 60 -o "$TMP/retry1.txt" "$BASE/v1/conversations/$CID/messages/$RMID:stream" || fail "SSE request failed"
+sed -n 's/^data: \{0,1\}//p' "$TMP/retry1.txt" | jq -s . >"$TMP/retry1.json"
+jq -e '.[-1] | has("error")' "$TMP/retry1.json" >/dev/null || fail "[dev:fail-attempts=2] should fail both attempts: $(jq -c . "$TMP/retry1.json" | cut -c1-300)"
+ok "[dev:fail-attempts=2]: both attempts failed; its job $RJOB goes to the dead letters"
+USER_AS=$AS
+expect_error "JobService as a user" 403 7 GET /v1/dead-letters
+ok "GET /v1/dead-letters as a user -> 403, code 7 (operators only)"
+# CancelReply stops a stalled reply and keeps its text; RateMessage records feedback.
+SMID=$(send_rest "$CID" "wait for it [dev:stall]")
+sleep 0.5
+req POST "/v1/conversations/$CID/messages/$SMID:cancel" '{}'
+expect_status 200 "CancelReply"
+[[ $(jqb .status) == MESSAGE_STATUS_CANCELLED && -n $(jqb .content) ]] || fail "CancelReply answered $(short 300 <<<"$BODY")"
+curl_as -sS -N --max-time 20 -o "$TMP/cancel.txt" "$BASE/v1/conversations/$CID/messages/$SMID:stream" || fail "SSE of a cancelled reply failed"
+[[ $(sed -n 's/^data: \{0,1\}//p' "$TMP/cancel.txt" | jq -rs '.[-1].error.code') == CANCELLED ]] || fail "a cancelled reply's stream should end with CANCELLED: $(head -c 300 "$TMP/cancel.txt")"
+ok "POST .../messages/{id}:cancel on a stalled reply -> MESSAGE_STATUS_CANCELLED with its text so far ($(jqb .content | wc -c) bytes); its stream ends with error CANCELLED"
+expect_error "CancelReply of a finished reply" 400 9 POST "/v1/conversations/$CID/messages/$SMID:cancel" '{}'
+req POST "/v1/conversations/$CID/messages/$MID:rate" '{"rating":1,"comment":"clear and short"}'
+expect_status 200 "RateMessage"
+expect_error "RateMessage with rating 0" 400 3 POST "/v1/conversations/$CID/messages/$MID:rate" '{"rating":0}' rating
+ok "POST .../messages/{id}:rate {rating: 1} -> 200; rating 0 -> 400 naming the field"
 
 MID=$(send_rest "$CID" "hello over NDJSON")
 curl_as -sS -N --max-time 60 -H 'accept: application/x-ndjson' -D "$TMP/nd.headers" -o "$TMP/nd.txt" \
@@ -708,6 +737,34 @@ expect_status 200 "GET /v1/me with a token of the retired key"
 ok "$(basename "$BIN") keys rotate (live data dir) -> new kid $kid; a token signed with the retired key still works"
 
 # --- OpenAPI and Swagger UI --------------------------------------------------------------
+step "jobs: dead letters and an operator's retry (JobService over REST and grpcurl)"
+AS=$ADMIN_AS req GET /v1/dead-letters
+expect_status 200 "ListDeadLetters as admin"
+jqb -e --arg j "$RJOB" --arg r "$RMID" 'any(.deadLetters[]; .id == $j and .state == "JOB_STATE_DEAD" and .attempts == 2
+  and (.lastError | contains("failed on purpose")) and (.payload | fromjson | .reply_id) == $r)' >/dev/null \
+  || fail "the dead letters should hold job $RJOB with 2 attempts: $(short 600 <<<"$BODY")"
+ok "GET /v1/dead-letters as admin -> $(jqb '.deadLetters | length') dead letters, among them $RJOB (2 attempts, lastError: $(jqb --arg j "$RJOB" '.deadLetters[] | select(.id == $j) | .lastError' | cut -c1-60))"
+d=$(AS=$ADMIN_AS grpc -d "{\"id\":\"$RJOB\"}" "$ADDR" switchboard.v1.JobService/GetJob) || fail "grpcurl JobService/GetJob failed: $d"
+[[ $(jq -r .state <<<"$d") == JOB_STATE_DEAD ]] || fail "grpcurl GetJob answered $d"
+ok "grpcurl JobService/GetJob $RJOB as admin -> JOB_STATE_DEAD"
+AS=$ADMIN_AS req POST "/v1/dead-letters/$RJOB:retry" '{}'
+expect_status 200 "RetryDeadLetter"
+[[ $(jqb .state) == JOB_STATE_QUEUED ]] || fail "RetryDeadLetter answered $(short 300 <<<"$BODY")"
+ok "POST /v1/dead-letters/{id}:retry -> JOB_STATE_QUEUED"
+AS=$USER_AS curl_as -sS -N --max-time 60 -o "$TMP/retry2.txt" "$BASE/v1/conversations/$CID/messages/$RMID:stream" || fail "SSE after the retry failed"
+sed -n 's/^data: \{0,1\}//p' "$TMP/retry2.txt" | jq -s . >"$TMP/retry2.json"
+jq -e '(.[0].reset.attempt == 3) and (.[-1].done.status == "MESSAGE_STATUS_COMPLETE")' "$TMP/retry2.json" >/dev/null \
+  || fail "after the retry the reply should be attempt 3 and complete: $(jq -c . "$TMP/retry2.json" | cut -c1-300)"
+ok "the retried reply streams as attempt 3 (reset at seq $(jq '.[0].seq' "$TMP/retry2.json")) and completes: $(jq -r '.[-1].done.content[0:40]' "$TMP/retry2.json")..."
+AS=$ADMIN_AS req GET "/v1/jobs/$RJOB"
+[[ $(jqb .state) == JOB_STATE_SUCCEEDED ]] || fail "the retried job is $(jqb .state)"
+AS=$ADMIN_AS req GET /v1/schedules
+jqb -e '[.schedules[].name] | index("purge_expired_sessions") != null' >/dev/null || fail "GET /v1/schedules: $(short 300 <<<"$BODY")"
+ok "GET /v1/jobs/{id} -> JOB_STATE_SUCCEEDED; GET /v1/schedules lists $(jqb -c '[.schedules[] | "\(.name) next \(.nextRunAt)"]')"
+AS=$ADMIN_AS req GET /readyz
+[[ $(jqb .engine.breaker) == closed ]] || fail "/readyz should report the engine's breaker: $(short 300 <<<"$BODY")"
+ok "GET /readyz reports the engine: $(jqb -c .engine)"
+
 step "metrics"
 curl -sS --max-time 10 -o "$TMP/metrics.txt" "$BASE/metrics" || fail "GET /metrics failed"
 for series in 'transport="rest",rpc="/switchboard.v1.ChatService/CreateConversation",status="200"' \
@@ -800,9 +857,10 @@ else
     ok "schemathesis' credential still works after the run (every operation was fuzzed signed in as $USER2)"
     # Operations that answered only 401/403 (schemathesis' "Authentication
     # failed" warning) must be the ones the key may not call: the admin-only
-    # ones (accounts, the audit trail) and those that need account.write.
+    # ones (accounts, the audit trail), the operators' (jobs, dead letters,
+    # schedules) and those that need account.write.
     refused=$(sed -n '/^Authentication failed/,/Ensure valid authentication/p' "$TMP/schemathesis.log" | sed -n 's/^ *- //p')
-    not_for_key='^([A-Z]+ /v1/(users|audit-events)|POST /v1/me/api-keys|DELETE /v1/me/api-keys|POST /v1/me/password|POST /v1/me/totp)'
+    not_for_key='^([A-Z]+ /v1/(users|audit-events|jobs|dead-letters|schedules)|POST /v1/me/api-keys|DELETE /v1/me/api-keys|POST /v1/me/password|POST /v1/me/totp)'
     grep -vE "$not_for_key" <<<"$refused" | grep -q . \
       && fail "schemathesis got only 401/403 from operations its key may call: $(grep -vE "$not_for_key" <<<"$refused" | tr '\n' ';')"
     ok "only operations the key may not call answered it with 401/403 only: $(tr '\n' ',' <<<"$refused" | sed 's/,$//; s/,/, /g')"

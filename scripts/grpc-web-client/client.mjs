@@ -120,13 +120,24 @@ try {
       let done = null;
       for await (const ev of client.streamReply({ conversationId, messageId }, callOpts)) {
         print(json(schema, ev));
-        if (ev.seq !== lastSeq + 1) die(`event seq ${ev.seq} after ${lastSeq}: expected ${lastSeq + 1}`);
+        // Seqs of one attempt follow each other; a reset (a new attempt)
+        // jumps ahead and drops the text so far.
+        if (ev.kind.case === "reset" ? ev.seq <= lastSeq : ev.seq !== lastSeq + 1) {
+          die(`event seq ${ev.seq} (${ev.kind.case}) after ${lastSeq}`);
+        }
         lastSeq = ev.seq;
         if (done) die("an event came after `done`");
         switch (ev.kind.case) {
           case "delta":
             deltas += 1;
             text += ev.kind.value;
+            break;
+          case "reset":
+            deltas = 0;
+            text = "";
+            break;
+          case "usage":
+            if (ev.kind.value.completionTokens < 1) die("usage without completion tokens");
             break;
           case "done":
             done = ev.kind.value;
