@@ -736,6 +736,57 @@ mod tests {
     }
 
     #[test]
+    fn queues_and_engines_are_chosen_and_checked() {
+        Jail::expect_with(|jail| {
+            jail.clear_env();
+            jail.set_env("REDIS_URL", "redis://:hunter2@127.0.0.1:6379");
+            jail.set_env("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f");
+            jail.set_env("SWITCHBOARD_QUEUE__GENERATE_REPLY__MAX_ATTEMPTS", "7");
+            let config = Config::load(None).unwrap();
+            assert_eq!(
+                config.redis_url.unwrap().expose(),
+                "redis://:hunter2@127.0.0.1:6379"
+            );
+            assert!(config.amqp_url.is_some());
+            assert_eq!(config.queue.generate_reply.max_attempts, 7);
+            assert_eq!(
+                config.queue.generate_reply.backoff_base_ms, 1000,
+                "the rest keep their defaults"
+            );
+            jail.clear_env();
+            jail.set_env("SWITCHBOARD_QUEUE__BACKEND", "redis");
+            let err = Config::load(None).unwrap_err().to_string();
+            assert!(
+                err.contains("queue.backend") && err.contains("REDIS_URL"),
+                "{err}"
+            );
+            jail.clear_env();
+            jail.set_env("SWITCHBOARD_ENGINE__KIND", "grpc");
+            let err = Config::load(None).unwrap_err().to_string();
+            assert!(err.contains("engine.grpc.endpoint"), "{err}");
+            jail.set_env("SWITCHBOARD_ENGINE__KIND", "openai");
+            jail.set_env(
+                "SWITCHBOARD_ENGINE__OPENAI__BASE_URL",
+                "http://127.0.0.1:11434/v1",
+            );
+            let err = Config::load(None).unwrap_err().to_string();
+            assert!(err.contains("engine.openai.model"), "{err}");
+            jail.set_env("SWITCHBOARD_ENGINE__OPENAI__MODEL", "llama3");
+            jail.set_env("SWITCHBOARD_ENGINE__OPENAI__API_KEY", "sk-secret");
+            let config = Config::load(None).unwrap();
+            assert_eq!(config.engine.kind, EngineKind::Openai);
+            assert!(
+                !format!("{config:?}").contains("sk-secret"),
+                "secrets stay out of Debug"
+            );
+            jail.set_env("SWITCHBOARD_ENGINE__RESILIENCE__FAILURE_THRESHOLD", "0");
+            let err = Config::load(None).unwrap_err().to_string();
+            assert!(err.contains("engine.resilience"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
     fn a_named_file_must_exist() {
         Jail::expect_with(|_| {
             assert!(Config::load(Some(Path::new("missing.toml"))).is_err());

@@ -97,6 +97,19 @@ pub(crate) struct Apis {
     pub(crate) jobs: Arc<JobApi>,
 }
 
+/// What a `switchboard worker` process serves for operators when asked to
+/// listen: `/healthz`, `/readyz` (the database, and the engine's circuit
+/// breaker as this worker sees it) and `/metrics` (jobs run, their
+/// durations, replies, first-token latency, the breaker's state).
+pub fn worker_app(services: &Services) -> Router {
+    let health = HealthState::new(
+        services.database().clone(),
+        services.engine_status().clone(),
+        Drain::default(),
+    );
+    health::routes(health).merge(metrics::routes())
+}
+
 /// The whole application router: gRPC and gRPC-Web, REST, docs and health.
 pub fn app(edge: Edge) -> Router {
     let apis = Apis {

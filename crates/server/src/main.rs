@@ -57,6 +57,9 @@ enum Command {
         /// The directory of local state [config `data_dir`, env SWITCHBOARD_DATA_DIR; default ./data].
         #[arg(long, value_name = "DIR")]
         data_dir: Option<PathBuf>,
+        /// Serve /healthz, /readyz and /metrics on this address (none by default).
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<SocketAddr>,
     },
     /// Create the database if needed, apply pending migrations, and exit.
     Migrate {
@@ -121,7 +124,9 @@ async fn main() -> anyhow::Result<()> {
             data_dir,
             no_workers,
         } => serve(config.with_overrides(listen, data_dir), !no_workers).await,
-        Command::Worker { data_dir } => worker(config.with_overrides(None, data_dir)).await,
+        Command::Worker { data_dir, listen } => {
+            worker(config.with_overrides(None, data_dir), listen).await
+        }
         Command::Migrate { data_dir } => migrate(config.with_overrides(None, data_dir)).await,
         Command::User(UserCommand::Create { email, role }) => {
             create_user(config, &email, &role).await
@@ -249,8 +254,16 @@ async fn serve(config: Config, workers: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn worker(config: Config) -> anyhow::Result<()> {
+async fn worker(config: Config, listen: Option<SocketAddr>) -> anyhow::Result<()> {
     init_logging(&config)?;
+    let listener = match listen {
+        Some(address) => Some(
+            tokio::net::TcpListener::bind(address)
+                .await
+                .with_context(|| format!("cannot listen on {address}"))?,
+        ),
+        None => None,
+    };
     let startup = Startup {
         workers: true,
         engine: None,
@@ -258,6 +271,15 @@ async fn worker(config: Config) -> anyhow::Result<()> {
     let services = Services::start_with(&config, startup)
         .await
         .context("cannot start the workers")?;
+    if let Some(listener) = listener {
+        let app = switchboard_facade::worker_app(&services);
+        tracing::info!(address = %listener.local_addr()?, "serving /healthz, /readyz and /metrics");
+        tokio::spawn(async move {
+            if let Err(err) = axum::serve(listener, app).await {
+                tracing::error!(error = %err, "the worker's health listener stopped");
+            }
+        });
+    }
     tracing::info!("worker running; stop with SIGTERM or SIGINT");
     shutdown_signal().await;
     tracing::info!("finishing the jobs in progress");

@@ -236,9 +236,15 @@ async fn a_reply_survives_its_worker_and_crosses_instances(amqp: bool) {
         let listen = format!("127.0.0.1:{port}");
         cluster.spawn(name, &["serve", "--no-workers", "--listen", &listen]);
     }
+    // Each worker serves /healthz, /readyz and /metrics for operators.
+    let worker_ports = [free_port(), free_port()];
+    let listen: Vec<String> = worker_ports
+        .iter()
+        .map(|port| format!("127.0.0.1:{port}"))
+        .collect();
     let workers = [
-        cluster.spawn("worker-1", &["worker"]),
-        cluster.spawn("worker-2", &["worker"]),
+        cluster.spawn("worker-1", &["worker", "--listen", &listen[0]]),
+        cluster.spawn("worker-2", &["worker", "--listen", &listen[1]]),
     ];
     let a = sign_in(format!("http://127.0.0.1:{port_a}")).await;
     let b = sign_in(format!("http://127.0.0.1:{port_b}")).await;
@@ -378,6 +384,31 @@ async fn a_reply_survives_its_worker_and_crosses_instances(amqp: bool) {
         .parse()
         .unwrap();
     assert_ne!(finisher, killed);
+    // The survivor's own listener shows the job it finished and its breaker.
+    let survivor = listen[workers.iter().position(|pid| *pid == finisher).unwrap()].clone();
+    let metrics = a
+        .http
+        .get(format!("http://{survivor}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(r#"switchboard_jobs_total{kind="generate_reply",outcome="succeeded"} 1"#),
+        "{metrics}"
+    );
+    let ready: Value = a
+        .http
+        .get(format!("http://{survivor}/readyz"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ready["engine"]["breaker"], "closed", "{ready}");
     println!(
         "stored: 2 messages, the reply complete once; job {} succeeded after 2 attempts, finished by pid {finisher}",
         job_id
