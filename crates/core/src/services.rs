@@ -147,15 +147,17 @@ impl Services {
                 .reopening(GENERATE_REPLY, reply_handler.clone()),
         );
         let admission = engine_status.clone();
-        let chat = Arc::new(
-            Chat::new(
-                db.clone(),
-                hub.clone(),
-                jobs.clone(),
-                config.queue.generate_reply,
-            )
-            .with_admission(Arc::new(move || admission.check())),
-        );
+        let mut chat = Chat::new(
+            db.clone(),
+            hub.clone(),
+            jobs.clone(),
+            config.queue.generate_reply,
+        )
+        .with_admission(Arc::new(move || admission.check()));
+        if !startup.workers && hub.bus().is_none() {
+            chat = chat.with_remote_generation();
+        }
+        let chat = Arc::new(chat);
         let identity = Arc::new(Identity::start(db.clone(), &config.auth).await?);
         tokio::spawn(gauge_job_states(jobs.clone(), stopped.clone()));
         let shutdown_grace = Duration::from_secs(config.shutdown_grace_secs);

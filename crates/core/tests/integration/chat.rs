@@ -36,6 +36,7 @@ on_both_databases!(
     failed_attempts_are_retried_then_dead_lettered_and_an_operator_retry_succeeds,
     cancelling_a_streaming_reply_stops_the_engine_and_keeps_the_text,
     ratings_are_validated_and_stored,
+    an_api_instance_without_workers_or_bus_delivers_replies_once_stored,
     an_open_circuit_refuses_messages_fast_and_a_probe_closes_it,
     two_generators_on_one_job_complete_it_once,
     services_start_is_ready_and_migrations_are_idempotent,
@@ -654,6 +655,56 @@ async fn an_open_circuit_refuses_messages_fast_and_a_probe_closes_it(db: TestDb)
         ReplyEventKind::Done(_)
     ));
     assert_eq!(status.state().as_str(), "closed");
+}
+
+async fn an_api_instance_without_workers_or_bus_delivers_replies_once_stored(db: TestDb) {
+    use switchboard_core::services::Startup;
+    // Slow enough that the reply is still streaming when it is subscribed to.
+    let mut config = db.config.clone();
+    config.engine.token_delay_ms = 20;
+    let api = switchboard_core::Services::start_with(
+        &config,
+        Startup {
+            workers: false,
+            engine: None,
+        },
+    )
+    .await
+    .unwrap();
+    let worker = switchboard_core::Services::start(&config).await.unwrap();
+    let me = Principal::user("alice");
+    let chat = api.chat();
+    let conversation = chat.create_conversation(&me, "").await.unwrap();
+    let sent = chat
+        .send_message(&me, &conversation.id, "sent to the API instance")
+        .await
+        .unwrap();
+    let events: Vec<_> = tokio::time::timeout(
+        Duration::from_secs(10),
+        chat.subscribe_reply(&me, &conversation.id, &sent.reply.id, 0)
+            .await
+            .unwrap()
+            .collect(),
+    )
+    .await
+    .expect("the reply arrives once the other process stored it");
+    assert_eq!(
+        text_of(&events),
+        DevEngine::reply_text("sent to the API instance")
+    );
+    assert!(matches!(
+        events.last().unwrap().kind,
+        ReplyEventKind::Done(_)
+    ));
+    let resumed: Vec<_> = chat
+        .subscribe_reply(&me, &conversation.id, &sent.reply.id, 3)
+        .await
+        .unwrap()
+        .collect()
+        .await;
+    assert_eq!(resumed[..], events[3..]);
+    worker.shutdown().await;
+    api.shutdown().await;
 }
 
 async fn ratings_are_validated_and_stored(db: TestDb) {
