@@ -158,7 +158,13 @@ impl Services {
             chat = chat.with_remote_generation();
         }
         let chat = Arc::new(chat);
-        let identity = Arc::new(Identity::start(db.clone(), &config.auth).await?);
+        let mut identity = Identity::start(db.clone(), &config.auth).await?;
+        if let Some(url) = &config.redis_url {
+            identity
+                .share_login_throttle(url.expose(), &config.queue.prefix)
+                .await?;
+        }
+        let identity = Arc::new(identity);
         tokio::spawn(gauge_job_states(jobs.clone(), stopped.clone()));
         let shutdown_grace = Duration::from_secs(config.shutdown_grace_secs);
         let mut background = Vec::new();

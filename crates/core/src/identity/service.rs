@@ -296,6 +296,16 @@ fn api_key_from(row: ApiKeyRow) -> Result<ApiKey> {
 }
 
 impl Identity {
+    /// Counts sign-in attempts in Redis at `url` (keys under `prefix`),
+    /// shared with every instance, instead of in this process only.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Unavailable`] if Redis cannot be reached.
+    pub async fn share_login_throttle(&mut self, url: &str, prefix: &str) -> Result<()> {
+        self.throttle.share_through(url, prefix).await
+    }
+
     /// The identity domain over `db`, with the keys stored there (the first
     /// one is generated on first start).
     ///
@@ -442,10 +452,12 @@ impl Identity {
         refuse_nul("email", &email)?;
         refuse_nul("display_name", display_name)?;
         // Per client address (both buckets), never one bucket for everyone.
-        self.throttle.attempt(
-            &format!("register:{}", context.client_address),
-            &context.client_address,
-        )?;
+        self.throttle
+            .attempt(
+                &format!("register:{}", context.client_address),
+                &context.client_address,
+            )
+            .await?;
         self.check_password_policy(password, &email)?;
         let hash = self.hash(password).await?;
         let user = self
@@ -588,7 +600,8 @@ impl Identity {
         let email = normalise_email(email);
         refuse_nul("email", &email)?;
         self.throttle
-            .attempt(&format!("email:{email}"), &context.client_address)?;
+            .attempt(&format!("email:{email}"), &context.client_address)
+            .await?;
         let row = store::user_by_email(&self.db, &email).await?;
         let target = format!("email:{email}");
         // Verify first, whatever the account's state, so every refusal takes
@@ -1043,7 +1056,8 @@ impl Identity {
         new: &str,
     ) -> Result<()> {
         self.throttle
-            .attempt(&format!("user:{}", caller.user_id), &context.client_address)?;
+            .attempt(&format!("user:{}", caller.user_id), &context.client_address)
+            .await?;
         let row = self.fetch_user(&caller.user_id).await?;
         let Some(stored) = row.password_hash.clone() else {
             return Err(Error::FailedPrecondition(
@@ -1276,7 +1290,8 @@ impl Identity {
         code: &str,
     ) -> Result<Vec<String>> {
         self.throttle
-            .attempt(&format!("user:{}", caller.user_id), &context.client_address)?;
+            .attempt(&format!("user:{}", caller.user_id), &context.client_address)
+            .await?;
         let row = self.fetch_user(&caller.user_id).await?;
         let Some(secret) = row.totp_secret.as_deref().filter(|_| !row.totp_enabled) else {
             return Err(Error::FailedPrecondition(
@@ -1338,7 +1353,8 @@ impl Identity {
         code: &str,
     ) -> Result<()> {
         self.throttle
-            .attempt(&format!("user:{}", caller.user_id), &context.client_address)?;
+            .attempt(&format!("user:{}", caller.user_id), &context.client_address)
+            .await?;
         let row = self.fetch_user(&caller.user_id).await?;
         if !row.totp_enabled {
             return Err(Error::FailedPrecondition(
@@ -1404,10 +1420,12 @@ impl Identity {
         redirect_uri: &str,
     ) -> Result<OidcStart> {
         // Each start stores a row for ten minutes: not without limit.
-        self.throttle.attempt(
-            &format!("oidc-start:{}", context.client_address),
-            &context.client_address,
-        )?;
+        self.throttle
+            .attempt(
+                &format!("oidc-start:{}", context.client_address),
+                &context.client_address,
+            )
+            .await?;
         let (pending, url) = self
             .oidc
             .start_login(provider, redirect_uri)

@@ -4,15 +4,20 @@
 //! not and whether it succeeds or not, so the throttle itself reveals
 //! nothing about accounts.
 //!
-//! The counters live in this process (governor's GCRA, keyed). Behind a load
-//! balancer each instance counts on its own, so the effective limit is the
-//! per-instance limit times the number of instances.
+//! The counters live in this process (governor's GCRA, keyed) unless a
+//! Redis is configured ([`LoginThrottle::share_through`]): then every
+//! instance counts in the same Redis keys with the same algorithm (GCRA in
+//! a Lua script), so N instances behind a load balancer allow what one
+//! does. If Redis does not answer, the instance falls back to its own
+//! counters: sign-ins stay limited, per instance, rather than failing.
 
 use std::num::NonZeroU32;
 use std::time::Duration;
 
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use redis::Script;
+use redis::aio::ConnectionManager;
 
 use crate::error::{Error, Result};
 
@@ -24,7 +29,47 @@ const RETAIN_ABOVE: usize = 10_000;
 pub struct LoginThrottle {
     per_account: DefaultKeyedRateLimiter<String>,
     per_address: DefaultKeyedRateLimiter<String>,
+    limits: Limits,
+    shared: Option<Shared>,
 }
+
+/// The bursts and the refill, for the shared counters.
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    account_burst: u32,
+    address_burst: u32,
+    refill: Duration,
+}
+
+/// Counters in Redis, shared by every instance.
+struct Shared {
+    redis: ConnectionManager,
+    prefix: String,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+/// GCRA on one key: KEYS[1] holds the theoretical arrival time (ms);
+/// ARGV = now (ms), interval (ms), burst. Returns 0 when the attempt is
+/// allowed (and counted), else the milliseconds to wait.
+const GCRA: &str = r"
+local now = tonumber(ARGV[1])
+local interval = tonumber(ARGV[2])
+local burst = tonumber(ARGV[3])
+local tat = tonumber(redis.call('GET', KEYS[1]) or now)
+if tat < now then tat = now end
+local next_tat = tat + interval
+local allow_at = next_tat - interval * burst
+if allow_at > now then return allow_at - now end
+redis.call('SET', KEYS[1], next_tat, 'PX', next_tat - now)
+return 0
+";
 
 /// A burst of `burst` attempts, then one more every `every`.
 fn quota(burst: u32, every: Duration) -> Quota {
@@ -41,7 +86,29 @@ impl LoginThrottle {
         Self {
             per_account: RateLimiter::keyed(quota(account_burst, refill)),
             per_address: RateLimiter::keyed(quota(address_burst, refill)),
+            limits: Limits {
+                account_burst: account_burst.max(1),
+                address_burst: address_burst.max(1),
+                refill: refill.max(Duration::from_millis(1)),
+            },
+            shared: None,
         }
+    }
+
+    /// Counts in Redis at `url`, under keys starting with `prefix`, shared
+    /// with every instance that does the same.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Unavailable`] if Redis cannot be reached.
+    pub async fn share_through(&mut self, url: &str, prefix: &str) -> Result<()> {
+        let client = redis::Client::open(url)?;
+        let redis = ConnectionManager::new(client).await?;
+        self.shared = Some(Shared {
+            redis,
+            prefix: format!("{prefix}:login-throttle"),
+        });
+        Ok(())
     }
 
     /// Counts one attempt for `account` from `address`. Callers prefix the
@@ -52,7 +119,50 @@ impl LoginThrottle {
     ///
     /// [`Error::ResourceExhausted`] with the seconds to wait when either
     /// limit is spent.
-    pub fn attempt(&self, account: &str, address: &str) -> Result<()> {
+    pub async fn attempt(&self, account: &str, address: &str) -> Result<()> {
+        if let Some(shared) = &self.shared {
+            match self.attempt_shared(shared, account, address).await {
+                Err(Error::Unavailable(reason)) => {
+                    tracing::warn!(%reason, "the shared login throttle is unreachable; counting in this process");
+                }
+                decided => return decided,
+            }
+        }
+        self.attempt_here(account, address)
+    }
+
+    async fn attempt_shared(&self, shared: &Shared, account: &str, address: &str) -> Result<()> {
+        let interval = u64::try_from(self.limits.refill.as_millis()).unwrap_or(u64::MAX);
+        let now = u64::try_from(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_millis(),
+        )
+        .unwrap_or(u64::MAX);
+        let script = Script::new(GCRA);
+        for (kind, key, burst) in [
+            ("address", address, self.limits.address_burst),
+            ("account", account, self.limits.account_burst),
+        ] {
+            let mut redis = shared.redis.clone();
+            let wait_ms: u64 = script
+                .key(format!("{}:{kind}:{key}", shared.prefix))
+                .arg(now)
+                .arg(interval)
+                .arg(burst)
+                .invoke_async(&mut redis)
+                .await?;
+            if wait_ms > 0 {
+                return Err(Error::ResourceExhausted {
+                    retry_after_secs: wait_ms.div_ceil(1000).max(1),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn attempt_here(&self, account: &str, address: &str) -> Result<()> {
         let clock = DefaultClock::default();
         // The address first: a flood from one address then spends only its
         // own bucket, not the buckets of the accounts it names.
@@ -76,28 +186,90 @@ impl LoginThrottle {
 mod tests {
     use super::*;
 
-    #[test]
-    fn an_account_is_throttled_after_its_burst_from_any_address() {
-        let throttle = LoginThrottle::new(3, 100, Duration::from_secs(60));
+    /// A throttle counting here, or in the Redis on 127.0.0.1 under a
+    /// fresh prefix (which must be reachable: these tests never skip).
+    async fn throttle(shared: Option<&str>, account: u32, address: u32) -> LoginThrottle {
+        let mut throttle = LoginThrottle::new(account, address, Duration::from_secs(60));
+        if let Some(prefix) = shared {
+            throttle
+                .share_through("redis://127.0.0.1:6379", prefix)
+                .await
+                .expect("Redis must run on 127.0.0.1:6379 for these tests");
+        }
+        throttle
+    }
+
+    fn fresh_prefix() -> String {
+        format!("test-throttle-{}", uuid::Uuid::now_v7().simple())
+    }
+
+    async fn an_account_is_throttled_after_its_burst_from_any_address(shared: Option<&str>) {
+        let throttle = throttle(shared, 3, 100).await;
         for n in 0..3 {
             throttle
                 .attempt("a@example.com", &format!("10.0.0.{n}"))
+                .await
                 .unwrap();
         }
-        let err = throttle.attempt("a@example.com", "10.0.0.9").unwrap_err();
+        let err = throttle
+            .attempt("a@example.com", "10.0.0.9")
+            .await
+            .unwrap_err();
         assert!(
-            matches!(err, Error::ResourceExhausted { retry_after_secs } if (1..=60).contains(&retry_after_secs))
+            matches!(err, Error::ResourceExhausted { retry_after_secs } if (1..=60).contains(&retry_after_secs)),
+            "{err:?}"
         );
         // Another account is not affected.
-        throttle.attempt("b@example.com", "10.0.0.9").unwrap();
+        throttle.attempt("b@example.com", "10.0.0.9").await.unwrap();
     }
 
-    #[test]
-    fn an_address_is_throttled_across_accounts() {
-        let throttle = LoginThrottle::new(100, 2, Duration::from_secs(60));
-        throttle.attempt("a@example.com", "10.0.0.1").unwrap();
-        throttle.attempt("b@example.com", "10.0.0.1").unwrap();
-        assert!(throttle.attempt("c@example.com", "10.0.0.1").is_err());
-        throttle.attempt("c@example.com", "10.0.0.2").unwrap();
+    async fn an_address_is_throttled_across_accounts(shared: Option<&str>) {
+        let throttle = throttle(shared, 100, 2).await;
+        throttle.attempt("a@example.com", "10.0.0.1").await.unwrap();
+        throttle.attempt("b@example.com", "10.0.0.1").await.unwrap();
+        assert!(throttle.attempt("c@example.com", "10.0.0.1").await.is_err());
+        throttle.attempt("c@example.com", "10.0.0.2").await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn counted_here() {
+        an_account_is_throttled_after_its_burst_from_any_address(None).await;
+        an_address_is_throttled_across_accounts(None).await;
+    }
+
+    #[tokio::test]
+    async fn counted_in_redis() {
+        an_account_is_throttled_after_its_burst_from_any_address(Some(&fresh_prefix())).await;
+        an_address_is_throttled_across_accounts(Some(&fresh_prefix())).await;
+    }
+
+    #[tokio::test]
+    async fn instances_sharing_redis_share_one_budget() {
+        let prefix = fresh_prefix();
+        let (a, b) = (
+            throttle(Some(&prefix), 3, 100).await,
+            throttle(Some(&prefix), 3, 100).await,
+        );
+        a.attempt("a@example.com", "10.0.0.1").await.unwrap();
+        b.attempt("a@example.com", "10.0.0.2").await.unwrap();
+        a.attempt("a@example.com", "10.0.0.3").await.unwrap();
+        assert!(
+            b.attempt("a@example.com", "10.0.0.4").await.is_err(),
+            "the fourth attempt is refused whichever instance gets it"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_redis_is_refused_at_start_and_counting_stays_local() {
+        let mut throttle = LoginThrottle::new(1, 100, Duration::from_secs(60));
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        drop(listener);
+        let refused = throttle
+            .share_through(&format!("redis://127.0.0.1:{port}"), "x")
+            .await;
+        assert!(matches!(refused, Err(Error::Unavailable(_))), "{refused:?}");
+        throttle.attempt("a@example.com", "10.0.0.1").await.unwrap();
+        assert!(throttle.attempt("a@example.com", "10.0.0.1").await.is_err());
     }
 }
