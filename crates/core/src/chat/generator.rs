@@ -17,6 +17,7 @@ use crate::chat::queue::ReplyJob;
 use crate::chat::store::{self, ReplyEnding};
 use crate::db::Database;
 use crate::error::{Error, Result};
+use crate::jobs::AbortOnDrop;
 
 /// How many earlier messages the engine sees.
 const HISTORY_LIMIT: u32 = 100;
@@ -127,10 +128,7 @@ impl ReplyGenerator {
     /// A database error while claiming or storing. An engine failure is not
     /// an error here: it is an outcome.
     pub async fn generate(&self, job: &ReplyJob, last_attempt: bool) -> Result<GenerateOutcome> {
-        let now = store::now();
-        let Some(claimed) =
-            store::claim_reply(&self.db, &job.reply_id, now, now + self.lease).await?
-        else {
+        let Some(claimed) = self.claim(job).await? else {
             self.settle_waiting(job).await?;
             return Ok(GenerateOutcome::Skipped);
         };
@@ -138,14 +136,14 @@ impl ReplyGenerator {
         let attempt = claimed.attempt;
         let publisher = self.hub.begin(&reply.id, attempt).await;
         let (lost_tx, lost_rx) = oneshot::channel();
-        let renewal = tokio::spawn(renew(
+        let _renewal = AbortOnDrop(tokio::spawn(renew(
             self.db.clone(),
             self.hub.clone(),
             reply.id.clone(),
             attempt,
             self.lease,
             lost_tx,
-        ));
+        )));
         let mut streamed = Streamed::default();
         let stop = match store::history(&self.db, reply, HISTORY_LIMIT).await {
             Ok(history) => {
@@ -160,7 +158,7 @@ impl ReplyGenerator {
             }
             Err(err) => Stop::Failed(err),
         };
-        renewal.abort();
+        drop(_renewal);
         let (status, error, outcome) = match stop {
             Stop::Lost => {
                 tracing::warn!(reply_id = %reply.id, attempt, "another attempt took the reply over");
@@ -232,6 +230,32 @@ impl ReplyGenerator {
         Ok(outcome)
     }
 
+    /// Claims the reply of `job` for a new attempt. A reply still held by
+    /// the lease of an attempt whose worker died (the job's own lease can
+    /// run out first) is waited for, up to two leases, rather than given up:
+    /// `None` means the reply is finished, deleted, or held by a live worker.
+    async fn claim(&self, job: &ReplyJob) -> Result<Option<store::StoredMessage>> {
+        let give_up = tokio::time::Instant::now() + self.lease * 2;
+        loop {
+            let now = store::now();
+            if let Some(claimed) =
+                store::claim_reply(&self.db, &job.reply_id, now, now + self.lease).await?
+            {
+                return Ok(Some(claimed));
+            }
+            let held_until = store::reply_lease(&self.db, &job.reply_id).await?;
+            let Some(until) = held_until.filter(|until| *until > now) else {
+                return Ok(None);
+            };
+            let wait = (until - now).to_std().unwrap_or_default() + Duration::from_millis(50);
+            if tokio::time::Instant::now() + wait > give_up {
+                return Ok(None);
+            }
+            tracing::info!(reply_id = %job.reply_id, ?wait, "the reply is held by an earlier attempt's lease; waiting for it");
+            tokio::time::sleep(wait).await;
+        }
+    }
+
     /// Ends every reply this process has not finished for its subscribers,
     /// with UNAVAILABLE: at shutdown, so no stream waits on a reply that will
     /// only be generated after the next start.
@@ -288,7 +312,7 @@ impl ReplyGenerator {
             }
             Some(stored) if stored.message.status.is_finished() => {
                 for event in events::replay(&stored)? {
-                    publisher.publish(event.kind).await;
+                    publisher.replay(event);
                 }
             }
             Some(_) => {}

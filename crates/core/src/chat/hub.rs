@@ -62,11 +62,13 @@ pub(crate) struct ReplyLog {
     cancel: watch::Sender<bool>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct LogState {
     events: Vec<ReplyEvent>,
     /// When the terminal event was appended.
     finished_at: Option<Instant>,
+    /// When the log was created or last appended to.
+    touched_at: Instant,
 }
 
 /// Appends the events of one attempt at a reply; held by the generator
@@ -177,12 +179,15 @@ impl ReplyHub {
             .clone()
     }
 
-    /// Asks the generator of `reply_id` in this process to stop; it ends the
-    /// reply as cancelled. Returns false if the reply has already finished
-    /// here.
+    /// Asks the generator of `reply_id` in this process, if any, to stop;
+    /// it ends the reply as cancelled. Returns false if no attempt at the
+    /// reply is under way here. (A generator elsewhere, or one that has not
+    /// begun, learns of the cancel from the database.)
     pub fn cancel(&self, reply_id: &str) -> bool {
-        let log = self.open(reply_id);
-        if log.state.borrow().finished_at.is_some() {
+        let Some(log) = self.lock().get(reply_id).cloned() else {
+            return false;
+        };
+        if log.is_finished() {
             return false;
         }
         log.cancel.send_replace(true);
@@ -251,10 +256,17 @@ impl ReplyHub {
         }
         let retention = self.retention;
         logs.retain(|_, log| {
-            log.state
-                .borrow()
-                .finished_at
-                .is_none_or(|at| at.elapsed() < retention)
+            let state = log.state.borrow();
+            match state.finished_at {
+                Some(at) => at.elapsed() < retention,
+                // An unfinished log nobody holds or follows any more (its
+                // attempt was released or taken over elsewhere) goes too.
+                None => {
+                    Arc::strong_count(log) > 1
+                        || log.state.receiver_count() > 0
+                        || state.touched_at.elapsed() < retention
+                }
+            }
         });
         logs
     }
@@ -263,7 +275,11 @@ impl ReplyHub {
 impl ReplyLog {
     fn new() -> Self {
         Self {
-            state: watch::Sender::new(LogState::default()),
+            state: watch::Sender::new(LogState {
+                events: Vec::new(),
+                finished_at: None,
+                touched_at: Instant::now(),
+            }),
             cancel: watch::Sender::new(false),
         }
     }
@@ -314,6 +330,12 @@ impl ReplyLog {
 impl ReplyPublisher {
     /// A publisher appending after the last event of `log` (settling a
     /// reply no generator here produces, or ending it at shutdown).
+    /// Appends a stored event with its own seq, for this process's
+    /// subscribers only (a replay of a finished reply).
+    pub(crate) fn replay(&self, event: ReplyEvent) {
+        self.push(event);
+    }
+
     /// This process's subscribers only: the bus is not told.
     fn continuing(log: Arc<ReplyLog>) -> Self {
         let last = log.state.borrow().events.last().map_or(0, |e| e.seq);
@@ -388,6 +410,7 @@ impl ReplyPublisher {
             if event.is_terminal() {
                 log.finished_at = Some(Instant::now());
             }
+            log.touched_at = Instant::now();
             log.events.push(event);
             true
         });
@@ -536,12 +559,31 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn cancel_reaches_the_publisher_even_before_it_begins() {
+    async fn cancel_reaches_a_running_publisher_and_creates_no_log() {
         let hub = ReplyHub::default();
-        assert!(hub.cancel("r"));
+        assert!(!hub.cancel("r"), "nothing runs here");
+        assert_eq!(hub.live_logs(), 0);
         let publisher = hub.begin("r", 1).await;
+        assert!(hub.cancel("r"));
         tokio::time::timeout(Duration::from_secs(1), publisher.cancelled())
             .await
             .unwrap();
+    }
+
+    #[tokio::test]
+    async fn abandoned_unfinished_logs_are_swept() {
+        let hub = ReplyHub::new(Duration::ZERO);
+        let publisher = hub.begin("released", 1).await;
+        publisher.delta("a".into()).await;
+        let followed = hub.open("followed").stream(0);
+        drop(publisher);
+        std::thread::sleep(SWEEP_INTERVAL.min(Duration::from_millis(5)));
+        hub.open("other");
+        assert_eq!(
+            hub.live_logs(),
+            2,
+            "the released log goes; the followed one stays"
+        );
+        drop(followed);
     }
 }

@@ -39,4 +39,4 @@ pub use model::{
 };
 pub use paging::{DEFAULT_CONVERSATION_PAGE_SIZE, DEFAULT_MESSAGE_PAGE_SIZE, MAX_PAGE_SIZE};
 pub use queue::{GENERATE_REPLY, ReplyJob, ReplyJobHandler};
-pub use service::{AdmissionCheck, Chat, FOLLOW_POLL, MAX_FEEDBACK_CHARS, REMOTE_POLL};
+pub use service::{AdmissionCheck, BUS_QUIET, Chat, FOLLOW_POLL, MAX_FEEDBACK_CHARS, REMOTE_POLL};

@@ -304,13 +304,22 @@ impl Chat {
         use futures::StreamExt as _;
         self.get_conversation(who, conversation_id).await?;
         // Subscribed before the database is read: no new reply slips between.
+        // The position first, then the unfinished replies: a reply stored
+        // in between is in the second read, or after the position, or both
+        // (the follower drops what it has already given).
         let hints = self.hub.new_replies();
-        let unfinished = store::unfinished_replies_of(&self.db, conversation_id).await?;
         let newest = store::newest_message(&self.db, conversation_id).await?;
+        let unfinished = store::unfinished_replies_of(&self.db, conversation_id).await?;
         let follower = Follower {
             db: self.db.clone(),
             owner: who.user_id.clone(),
             conversation_id: conversation_id.to_owned(),
+            given: std::sync::Mutex::new(
+                unfinished
+                    .iter()
+                    .map(|m| (m.id.clone(), m.created_at.timestamp_micros()))
+                    .collect(),
+            ),
         };
         let later = futures::stream::unfold(
             (follower, hints, newest),
@@ -364,7 +373,12 @@ impl Chat {
             if stored.message.status.is_finished() {
                 return replayed(&stored, after_seq);
             }
-            return Ok(ReplyStream::from_bus(live));
+            return Ok(self.checked_against_store(
+                ReplyStream::from_bus(live),
+                conversation_id,
+                message_id,
+                after_seq,
+            ));
         }
         if self.remote_generation {
             return Ok(self.when_stored(who, conversation_id, message_id, after_seq));
@@ -378,6 +392,67 @@ impl Chat {
             return replayed(&stored, after_seq);
         }
         Ok(log.stream(after_seq))
+    }
+
+    /// `live`, but when it has been quiet for [`BUS_QUIET`] the stored reply
+    /// is looked at: if it has finished (its worker stored it, but its last
+    /// events never reached the bus), the stream ends with the stored events
+    /// after the last one sent, so no subscriber waits for ever.
+    fn checked_against_store(
+        &self,
+        live: ReplyStream,
+        conversation_id: &str,
+        message_id: &str,
+        after_seq: u32,
+    ) -> ReplyStream {
+        use futures::StreamExt as _;
+        struct Watch {
+            live: ReplyStream,
+            db: Database,
+            conversation_id: String,
+            message_id: String,
+            last_seq: u32,
+        }
+        let watch = Watch {
+            live,
+            db: self.db.clone(),
+            conversation_id: conversation_id.to_owned(),
+            message_id: message_id.to_owned(),
+            last_seq: after_seq,
+        };
+        let events = futures::stream::unfold(Some(watch), |watch| async move {
+            let mut watch = watch?;
+            loop {
+                match tokio::time::timeout(BUS_QUIET, watch.live.next()).await {
+                    Ok(Some(event)) => {
+                        watch.last_seq = watch.last_seq.max(event.seq);
+                        let rest = (!event.is_terminal()).then_some(watch);
+                        return Some((futures::stream::iter(vec![event]), rest));
+                    }
+                    Ok(None) => return None,
+                    Err(_quiet) => {
+                        let stored = store::get_message(
+                            &watch.db,
+                            &watch.conversation_id,
+                            &watch.message_id,
+                        )
+                        .await;
+                        if let Ok(Some(stored)) = stored
+                            && stored.message.status.is_finished()
+                        {
+                            let last = watch.last_seq;
+                            let rest: Vec<_> = events::replay(&stored)
+                                .unwrap_or_default()
+                                .into_iter()
+                                .filter(|event| event.seq > last)
+                                .collect();
+                            return Some((futures::stream::iter(rest), None));
+                        }
+                    }
+                }
+            }
+        });
+        ReplyStream::new(events.flatten())
     }
 
     /// The events of a reply generated elsewhere, replayed once it is
@@ -449,10 +524,12 @@ impl Chat {
                 stored.message.status
             )));
         }
-        if store::cancel_pending(&self.db, message_id, CANCELLED_MESSAGE, store::now()).await? {
-            // Subscribers already waiting see the same event a replay gives.
+        if let Some(attempt) =
+            store::cancel_pending(&self.db, message_id, CANCELLED_MESSAGE, store::now()).await?
+        {
+            // Subscribers already waiting see the same events a replay gives.
             self.hub
-                .begin(message_id, stored.attempt.max(1))
+                .begin(message_id, attempt.max(1))
                 .await
                 .finish(ReplyEventKind::Error {
                     code: CANCELLED_CODE.to_owned(),
@@ -555,7 +632,14 @@ struct Follower {
     db: Database,
     owner: String,
     conversation_id: String,
+    /// Replies already given, with their creation time: the follower reads
+    /// a little behind its position (a message from another instance can
+    /// commit after a newer one was read), so it sees some twice.
+    given: std::sync::Mutex<std::collections::HashMap<String, i64>>,
 }
+
+/// How far behind its position a follower reads again, in microseconds.
+const FOLLOW_OVERLAP_MICROS: i64 = 5_000_000;
 
 impl Follower {
     /// The replies created after `cursor` (which moves past every new
@@ -567,15 +651,39 @@ impl Follower {
         {
             return Ok(None);
         }
+        // Everything from a little behind the position: what was given
+        // before that can no longer come back, so it is forgotten.
+        let horizon = cursor
+            .as_ref()
+            .map_or(i64::MIN, |c| c.created_at - FOLLOW_OVERLAP_MICROS);
+        let behind = cursor.as_ref().map(|_| Cursor {
+            created_at: horizon,
+            id: String::new(),
+        });
         let new =
-            store::list_messages(&self.db, &self.conversation_id, cursor.as_ref(), 100).await?;
-        if let Some(last) = new.last() {
+            store::list_messages(&self.db, &self.conversation_id, behind.as_ref(), 200).await?;
+        if let Some(last) = new.last()
+            && cursor
+                .as_ref()
+                .is_none_or(|c| last.created_at.timestamp_micros() >= c.created_at)
+        {
             *cursor = Some(Cursor {
                 created_at: last.created_at.timestamp_micros(),
                 id: last.id.clone(),
             });
         }
-        Ok(Some(new.into_iter().filter(store::is_reply).collect()))
+        let mut given = self.given.lock().unwrap_or_else(|p| p.into_inner());
+        given.retain(|_, at| *at >= horizon);
+        let replies = new
+            .into_iter()
+            .filter(store::is_reply)
+            .filter(|m| {
+                given
+                    .insert(m.id.clone(), m.created_at.timestamp_micros())
+                    .is_none()
+            })
+            .collect();
+        Ok(Some(replies))
     }
 }
 
@@ -595,6 +703,10 @@ async fn wait_for_hint(
         }
     }
 }
+
+/// How long a subscriber on the Redis bus waits without an event before it
+/// looks whether the reply was stored meanwhile.
+pub const BUS_QUIET: Duration = Duration::from_secs(3);
 
 /// How often a subscriber on an instance without workers and without a
 /// Redis bus looks whether the reply it waits for is stored.

@@ -477,10 +477,16 @@ pub(crate) async fn release_reply(
 pub(crate) async fn reopen_failed(db: &Database, id: &str, now: DateTime<Utc>) -> Result<bool> {
     let sql = "UPDATE messages SET status = 'pending', content = '', delta_lengths = NULL, \
                error_code = NULL, error_message = NULL, prompt_tokens = NULL, \
-               completion_tokens = NULL, updated_at = $1 \
+               completion_tokens = NULL, cancel_requested = $3, updated_at = $1 \
                WHERE id = $2 AND role = 'assistant' AND status = 'failed'";
     let n = on_database!(db, pool => {
-        sqlx::query(sql).bind(now.timestamp_micros()).bind(id).execute(pool).await?.rows_affected()
+        sqlx::query(sql)
+            .bind(now.timestamp_micros())
+            .bind(id)
+            .bind(false)
+            .execute(pool)
+            .await?
+            .rows_affected()
     });
     Ok(n == 1)
 }
@@ -581,26 +587,39 @@ pub(crate) async fn finish_reply(
         .transpose()
 }
 
-/// Cancels a reply that has not started: it ends with no text.
+/// Cancels a pending reply: it ends with no text. A reply an earlier
+/// attempt already streamed (and released for a retry) ends as one more
+/// attempt, so its events go on from a reset. Returns the attempt whose
+/// events the cancellation ends, or `None` if the reply was not pending.
 pub(crate) async fn cancel_pending(
     db: &Database,
     id: &str,
     message: &str,
     now: DateTime<Utc>,
-) -> Result<bool> {
+) -> Result<Option<u32>> {
     let sql = "UPDATE messages SET status = 'cancelled', delta_lengths = '[]', \
-               error_code = 'CANCELLED', error_message = $1, updated_at = $2 \
-               WHERE id = $3 AND status = 'pending'";
-    let n = on_database!(db, pool => {
-        sqlx::query(sql)
+               error_code = 'CANCELLED', error_message = $1, updated_at = $2, \
+               attempt = CASE WHEN attempt > 0 THEN attempt + 1 ELSE attempt END \
+               WHERE id = $3 AND status = 'pending' RETURNING attempt";
+    let attempt: Option<i64> = on_database!(db, pool => {
+        sqlx::query_scalar(sql)
             .bind(message)
             .bind(now.timestamp_micros())
             .bind(id)
-            .execute(pool)
+            .fetch_optional(pool)
             .await?
-            .rows_affected()
     });
-    Ok(n == 1)
+    Ok(attempt.map(|n| u32::try_from(n).unwrap_or(u32::MAX)))
+}
+
+/// Until when a streaming reply is held by its attempt's lease; `None` if
+/// it is not streaming.
+pub(crate) async fn reply_lease(db: &Database, id: &str) -> Result<Option<DateTime<Utc>>> {
+    let sql = "SELECT lease_until FROM messages WHERE id = $1 AND status = 'streaming'";
+    let until: Option<Option<i64>> = on_database!(db, pool => {
+        sqlx::query_scalar(sql).bind(id).fetch_optional(pool).await?
+    });
+    until.flatten().map(from_micros).transpose()
 }
 
 /// Whether `role` is the role of a reply.

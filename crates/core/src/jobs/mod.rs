@@ -37,3 +37,13 @@ pub use worker::{JobFailure, JobHandler, Worker, WorkerConfig};
 pub(crate) async fn stop_requested(stop: &mut tokio::sync::watch::Receiver<bool>) {
     let _ = stop.wait_for(|stop| *stop).await;
 }
+
+/// Aborts the task when dropped, so a lease renewal never outlives the
+/// attempt it renews (even when the attempt panics or is aborted).
+pub(crate) struct AbortOnDrop(pub(crate) tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}

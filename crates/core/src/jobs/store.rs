@@ -290,15 +290,17 @@ pub(crate) async fn delete_dead(db: &Database, id: &str) -> Result<bool> {
     Ok(n == 1)
 }
 
-/// Queued jobs not taken since `before`: ids a broker may have lost (the
-/// process died between committing the row and handing the id over).
+/// Jobs a broker may have lost: queued or retrying ones due before
+/// `before` and never taken (the process died between committing the row
+/// and handing the id over), and running ones whose lease ran out before
+/// it (their delivery was acknowledged but their outcome never recorded).
 pub(crate) async fn stale_queued(
     db: &Database,
     before: DateTime<Utc>,
     limit: u32,
 ) -> Result<Vec<String>> {
-    let sql = "SELECT id FROM jobs WHERE state IN ('queued', 'retrying') AND run_at < $1 \
-               ORDER BY run_at LIMIT $2";
+    let sql = "SELECT id FROM jobs WHERE (state IN ('queued', 'retrying') AND run_at < $1) \
+               OR (state = 'running' AND lease_until < $1) ORDER BY run_at LIMIT $2";
     let ids = on_database!(db, pool => {
         sqlx::query_scalar(sql)
             .bind(micros(before))

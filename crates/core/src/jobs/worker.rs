@@ -13,9 +13,9 @@ use tokio::task::JoinSet;
 use crate::db::{Database, now};
 use crate::error::Result;
 use crate::jobs::model::{Job, JobState, RetryPolicy};
-use crate::jobs::stop_requested;
 use crate::jobs::store::{self, AttemptEnd};
 use crate::jobs::transport::{Delivery, JobTransport, Receipt};
+use crate::jobs::{AbortOnDrop, stop_requested};
 
 /// Why an attempt failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -197,8 +197,8 @@ impl Worker {
             Ok(Some(job)) => return Some((job, receipt)),
             Ok(None) => {}
             Err(err) => {
-                // Not acknowledged: the transport delivers it again.
-                tracing::warn!(%job_id, error = %err, "cannot start the job");
+                tracing::warn!(%job_id, error = %err, "cannot start the job; it is tried again later");
+                self.postpone(&job_id, receipt.as_ref()).await;
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 return None;
             }
@@ -215,7 +215,8 @@ impl Worker {
             },
             Ok(None) => None,
             Err(err) => {
-                tracing::warn!(%job_id, error = %err, "cannot read the job");
+                tracing::warn!(%job_id, error = %err, "cannot read the job; it is tried again later");
+                self.postpone(&job_id, receipt.as_ref()).await;
                 return None;
             }
         };
@@ -240,17 +241,17 @@ impl Worker {
                 .await;
             return;
         };
-        let renewal = tokio::spawn(renew_lease(
+        let renewal = AbortOnDrop(tokio::spawn(renew_lease(
             self.db.clone(),
             job.id.clone(),
             job.attempts,
             self.config.lease,
             receipt.clone(),
-        ));
+        )));
         let last_attempt = job.attempts >= job.max_attempts;
         let started = std::time::Instant::now();
         let result = registered.handler.run(&job, last_attempt).await;
-        renewal.abort();
+        drop(renewal);
         let end = match result {
             Ok(()) => AttemptEnd::Succeeded,
             Err(JobFailure::Retryable(error)) if !last_attempt => AttemptEnd::Retry {
@@ -291,9 +292,10 @@ impl Worker {
                 tracing::warn!(job_id = %job.id, "the job was taken over while it ran; its outcome is the newer attempt's");
             }
             Err(err) => {
-                // Unacknowledged, so it is delivered again once the lease
-                // runs out; the handlers are idempotent.
+                // The row still says running: the job is taken again once
+                // its lease runs out (the handlers are idempotent).
                 tracing::error!(job_id = %job.id, error = %err, "cannot record the job's outcome");
+                self.postpone(&job.id, receipt.as_ref()).await;
                 return;
             }
         }
@@ -304,6 +306,18 @@ impl Worker {
         }
         if let Err(err) = receipt.ack().await {
             tracing::warn!(job_id = %job.id, error = %err, "cannot acknowledge the job");
+        }
+    }
+
+    /// Hands a copy of `job_id` back for after the lease and acknowledges
+    /// this one, so a broker that redelivers only on disconnect (RabbitMQ)
+    /// is not left holding an unacknowledged delivery; if the copy cannot be
+    /// sent, the delivery stays unacknowledged and is redelivered as the
+    /// transport does.
+    async fn postpone(&self, job_id: &str, receipt: &dyn Receipt) {
+        let later = now() + self.config.lease;
+        if self.transport.send(job_id, Some(later)).await.is_ok() {
+            let _ = receipt.ack().await;
         }
     }
 

@@ -36,6 +36,7 @@ on_both_databases!(
     failed_attempts_are_retried_then_dead_lettered_and_an_operator_retry_succeeds,
     cancelling_a_streaming_reply_stops_the_engine_and_keeps_the_text,
     ratings_are_validated_and_stored,
+    cancelling_a_reply_waiting_for_its_retry_ends_it_after_a_reset,
     an_api_instance_without_workers_or_bus_delivers_replies_once_stored,
     an_open_circuit_refuses_messages_fast_and_a_probe_closes_it,
     two_generators_on_one_job_complete_it_once,
@@ -422,14 +423,17 @@ async fn a_reply_abandoned_by_a_killed_worker_is_finished_once_by_the_next(db: T
     let app = ManualApp::start(db).await;
     let sent = app.send("take over").await;
     let (conversation, reply) = (&sent.reply.conversation_id, &sent.reply.id);
-    // A worker took the job, streamed a piece and died: its leases ran out.
+    // A worker took the job, streamed a piece and died: the job's lease ran
+    // out; the reply's runs out a second later (the two are renewed at
+    // different times), so the next worker must wait for it, not give up.
     let past = chrono::Utc::now().timestamp_micros() - 1_000_000;
+    let soon = chrono::Utc::now().timestamp_micros() + 1_000_000;
     on_database!(&app.db, pool => {
         sqlx::query("UPDATE jobs SET state = 'running', attempts = 1, lease_until = $1 WHERE id = $2")
             .bind(past).bind(&sent.job_id).execute(pool).await.unwrap();
         sqlx::query("UPDATE messages SET status = 'streaming', attempt = 1, content = 'You', \
                      lease_until = $1 WHERE id = $2")
-            .bind(past).bind(reply).execute(pool).await.unwrap();
+            .bind(soon).bind(reply).execute(pool).await.unwrap();
     });
     // A client that saw the dead attempt's first piece resumes after it.
     let resumed = app
@@ -705,6 +709,59 @@ async fn an_api_instance_without_workers_or_bus_delivers_replies_once_stored(db:
     assert_eq!(resumed[..], events[3..]);
     worker.shutdown().await;
     api.shutdown().await;
+}
+
+async fn cancelling_a_reply_waiting_for_its_retry_ends_it_after_a_reset(db: TestDb) {
+    let policy = RetryPolicy {
+        max_attempts: 3,
+        backoff_base_ms: 60_000,
+        backoff_max_ms: 60_000,
+    };
+    let app = TestApp::start_with(db, policy).await;
+    let sent = app.send("fail once [dev:fail-attempts=1]").await;
+    let (conversation, reply) = (&sent.reply.conversation_id, &sent.reply.id);
+    let mut live = app
+        .chat
+        .subscribe_reply(&app.me, conversation, reply, 0)
+        .await
+        .unwrap();
+    let first = vec![live.next().await.unwrap(), live.next().await.unwrap()];
+    assert_eq!(seqs(&first), [1, 2]);
+    // Attempt 1 failed; the reply is pending again, its retry a minute away.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let page = app
+            .chat
+            .list_messages(&app.me, conversation, 0, "")
+            .await
+            .unwrap();
+        if page.items[1].status == MessageStatus::Pending {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the reply goes back to pending"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let cancelled = app
+        .chat
+        .cancel_reply(&app.me, conversation, reply)
+        .await
+        .unwrap();
+    assert_eq!(
+        (cancelled.status, cancelled.content.as_str()),
+        (MessageStatus::Cancelled, "")
+    );
+    let rest: Vec<_> = tokio::time::timeout(Duration::from_secs(5), live.collect())
+        .await
+        .expect("the live stream ends");
+    assert_eq!(seqs(&rest), [ATTEMPT_SEQ_SPAN, ATTEMPT_SEQ_SPAN + 1]);
+    assert_eq!(rest[0].kind, ReplyEventKind::Reset { attempt: 2 });
+    assert!(matches!(&rest[1].kind, ReplyEventKind::Error { code, .. } if code == "CANCELLED"));
+    // A client resuming after seq 2 from the database sees the same.
+    app.hub.evict_finished();
+    assert_eq!(app.events(&sent, 2).await, rest);
 }
 
 async fn ratings_are_validated_and_stored(db: TestDb) {
