@@ -185,6 +185,9 @@ pub struct GrpcEngineSettings {
     /// Key `engine.grpc.bearer_token`: sent as `authorization: Bearer …`.
     /// Never printed.
     pub bearer_token: Option<Secret<String>>,
+    /// Table `engine.grpc.metadata`: free-form strings sent with every call
+    /// (`GenerateRequest.metadata`), such as a model or persona name.
+    pub metadata: std::collections::BTreeMap<String, String>,
 }
 
 /// Configuration of an OpenAI-compatible engine (table `engine.openai`).

@@ -10,8 +10,8 @@
 //!
 //! Migrations are embedded, one set per engine (`migrations/sqlite`,
 //! `migrations/postgres`). The migrator ignores applied migrations it does
-//! not know, because the job-queue library keeps its own migrations in the
-//! same `_sqlx_migrations` table.
+//! not know, so a database that a newer version migrated still starts an
+//! older binary during a rolling upgrade.
 
 use std::time::Duration;
 

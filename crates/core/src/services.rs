@@ -286,7 +286,7 @@ fn build_engine(config: &EngineConfig) -> Result<Arc<dyn ReplyEngine>> {
                     .bearer_token
                     .as_ref()
                     .map(|t| t.expose().clone()),
-                ..GrpcEngineConfig::default()
+                metadata: config.grpc.metadata.clone().into_iter().collect(),
             })
             .map_err(|e| e.nested_under("engine.grpc"))?,
         ),

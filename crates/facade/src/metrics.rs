@@ -38,6 +38,20 @@ fn handle() -> &'static PrometheusHandle {
                 ],
             )
             .expect("the bucket list is not empty")
+            .set_buckets_for_metric(
+                Matcher::Full("switchboard_reply_first_token_seconds".to_owned()),
+                &[
+                    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+                ],
+            )
+            .expect("the bucket list is not empty")
+            .set_buckets_for_metric(
+                Matcher::Full("switchboard_job_duration_seconds".to_owned()),
+                &[
+                    0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
+                ],
+            )
+            .expect("the bucket list is not empty")
             .build_recorder();
         let handle = recorder.handle();
         if metrics::set_global_recorder(recorder).is_err() {

@@ -73,7 +73,7 @@ pub trait ReplyEngine: Send + Sync {
 /// * `[dev:fail-attempts=N]` — fails like `[dev:fail]` in attempts 1 to N of
 ///   the reply, and answers normally from attempt N+1 (for retries);
 /// * `[dev:stall]` — stops after two tokens and waits until the reply is
-///   cancelled (or the process stops).
+///   cancelled (or `engine.resilience.call_timeout_ms` ends the attempt).
 #[derive(Debug, Clone, Default)]
 pub struct DevEngine {
     token_delay: Duration,

@@ -1,7 +1,8 @@
-//! Generating one reply: the unit of work behind a [`ReplyJob`], whoever runs
-//! it (the in-process queue today, queue workers later). It claims the
-//! reply, streams the engine's tokens into the hub, and stores the outcome,
-//! including the boundaries of the pieces so the events can be replayed.
+//! Generating one reply: the unit of work behind a `generate_reply` job
+//! ([`ReplyJob`]), on whichever worker takes it. It claims the reply under a
+//! lease (one attempt at a time), streams the engine's text into the hub,
+//! and stores the outcome, including the boundaries of the pieces so the
+//! events can be replayed.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -128,6 +129,18 @@ impl ReplyGenerator {
     /// A database error while claiming or storing. An engine failure is not
     /// an error here: it is an outcome.
     pub async fn generate(&self, job: &ReplyJob, last_attempt: bool) -> Result<GenerateOutcome> {
+        let outcome = self.attempt(job, last_attempt).await;
+        let label = match &outcome {
+            Ok(outcome) => outcome_label(outcome),
+            Err(_) => "error",
+        };
+        metrics::counter!("switchboard_replies_total", "engine" => self.engine.name(), "outcome" => label)
+            .increment(1);
+        outcome
+    }
+
+    /// One attempt at the reply of `job`: see [`ReplyGenerator::generate`].
+    async fn attempt(&self, job: &ReplyJob, last_attempt: bool) -> Result<GenerateOutcome> {
         let Some(claimed) = self.claim(job).await? else {
             self.settle_waiting(job).await?;
             return Ok(GenerateOutcome::Skipped);
@@ -225,8 +238,6 @@ impl ReplyGenerator {
             Some((code, message)) => ReplyEventKind::Error { code, message },
         };
         publisher.finish(terminal).await;
-        metrics::counter!("switchboard_replies_total", "engine" => self.engine.name(), "outcome" => outcome_label(&outcome))
-            .increment(1);
         Ok(outcome)
     }
 
