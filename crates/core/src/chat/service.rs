@@ -391,13 +391,23 @@ impl Chat {
         if stored.message.status.is_finished() && !log.is_finished() {
             return replayed(&stored, after_seq);
         }
-        Ok(log.stream(after_seq))
+        // Several processes with workers may share the database without a
+        // bus: when another one generates the reply, this log stays quiet
+        // and the stored reply ends the stream.
+        Ok(self.checked_against_store(
+            log.stream(after_seq),
+            conversation_id,
+            message_id,
+            after_seq,
+        ))
     }
 
     /// `live`, but when it has been quiet for [`BUS_QUIET`] the stored reply
     /// is looked at: if it has finished (its worker stored it, but its last
-    /// events never reached the bus), the stream ends with the stored events
-    /// after the last one sent, so no subscriber waits for ever.
+    /// events never reached this subscriber: lost on the bus, or generated
+    /// by another process that shares the database without a bus), the
+    /// stream ends with the stored events after the last one sent, so no
+    /// subscriber waits for ever.
     fn checked_against_store(
         &self,
         live: ReplyStream,

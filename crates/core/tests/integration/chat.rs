@@ -38,6 +38,7 @@ on_both_databases!(
     ratings_are_validated_and_stored,
     cancelling_a_reply_waiting_for_its_retry_ends_it_after_a_reset,
     an_api_instance_without_workers_or_bus_delivers_replies_once_stored,
+    two_processes_with_workers_and_no_bus_deliver_each_others_replies,
     an_open_circuit_refuses_messages_fast_and_a_probe_closes_it,
     two_generators_on_one_job_complete_it_once,
     services_start_is_ready_and_migrations_are_idempotent,
@@ -762,6 +763,41 @@ async fn cancelling_a_reply_waiting_for_its_retry_ends_it_after_a_reset(db: Test
     // A client resuming after seq 2 from the database sees the same.
     app.hub.evict_finished();
     assert_eq!(app.events(&sent, 2).await, rest);
+}
+
+async fn two_processes_with_workers_and_no_bus_deliver_each_others_replies(db: TestDb) {
+    let mut config = db.config.clone();
+    config.engine.token_delay_ms = 20;
+    let a = switchboard_core::Services::start(&config).await.unwrap();
+    let b = switchboard_core::Services::start(&config).await.unwrap();
+    let me = Principal::user("alice");
+    // Several turns, so both processes' workers take some of them.
+    for turn in 0..4 {
+        let text = format!("turn {turn}");
+        let conversation = b.chat().create_conversation(&me, "").await.unwrap();
+        let sent = b
+            .chat()
+            .send_message(&me, &conversation.id, &text)
+            .await
+            .unwrap();
+        let events: Vec<_> = tokio::time::timeout(
+            Duration::from_secs(15),
+            a.chat()
+                .subscribe_reply(&me, &conversation.id, &sent.reply.id, 0)
+                .await
+                .unwrap()
+                .collect(),
+        )
+        .await
+        .expect("the reply reaches the other process, live or once stored");
+        assert_eq!(text_of(&events), DevEngine::reply_text(&text));
+        assert!(matches!(
+            events.last().unwrap().kind,
+            ReplyEventKind::Done(_)
+        ));
+    }
+    b.shutdown().await;
+    a.shutdown().await;
 }
 
 async fn ratings_are_validated_and_stored(db: TestDb) {
