@@ -25,10 +25,10 @@ e2e profile="debug": tools
     cargo build -p switchboard {{ if profile == "release" { "--release" } else { "" } }}
     scripts/e2e.sh {{target_dir}}/{{profile}}/switchboard
 
-# h2load: GetConversation over gRPC, gRPC-Web, REST; rewrites docs/benchmarks.md
+# transports (h2load), chat turns, queue throughput vs Dramatiq (BENCH_SECTIONS picks); rewrites docs/benchmarks.md
 bench:
-    cargo build --release -p switchboard
-    scripts/bench.sh {{target_dir}}/release/switchboard
+    cargo build --release -p switchboard -p switchboard-bench
+    scripts/bench.sh {{target_dir}}/release/switchboard {{target_dir}}/release/switchboard-bench
 
 # regenerate the committed OpenAPI document from proto/
 openapi:

@@ -1,198 +1,463 @@
 #!/usr/bin/env bash
-# Load test of one read RPC (ChatService.GetConversation) over native gRPC,
-# gRPC-Web and REST, signed in (bearer JWT, and an API key for one REST row),
-# then of sign-in itself (Login: argon2id, a session and an audit row), with
-# h2load against a release build on 127.0.0.1.
+# Switchboard's benchmarks, against release builds on 127.0.0.1; each section
+# rewrites its results block of docs/benchmarks.md (unless BENCH_WRITE=0).
 #
-# usage: scripts/bench.sh [BINARY]        (default: target/release/switchboard)
+# usage: scripts/bench.sh [BINARY [BENCH_BINARY]]
+#   BINARY        default target/release/switchboard
+#   BENCH_BINARY  default target/release/switchboard-bench (crates/bench)
+#   (just bench builds both: cargo build --release -p switchboard -p switchboard-bench)
 #
-# The server runs with SWITCHBOARD_ENGINE__TOKEN_DELAY_MS=0 and a temporary
-# SQLite data dir. One conversation is created over REST, then the same
-# GetConversation is driven over each transport with the same h2load settings,
-# in BENCH_ROUNDS interleaved rounds (each after a short warm-up); the table
-# gives the median round's requests/s, p50/p99 latency over all rounds'
-# requests (from h2load --log-file) and the server's CPU time per request
-# (from /proc/PID/stat; steadier than requests/s when other work shares the cores). Target: REST (h2c) requests/s at least 85 %
-# of native gRPC's; prints PASS/FAIL and exits 1 on FAIL when BENCH_STRICT=1.
-# Unless BENCH_WRITE=0, the results table in docs/benchmarks.md is regenerated.
+# BENCH_SECTIONS picks the sections, in this order (default: "http chat queue"):
+#
+# http — one read RPC (ChatService.GetConversation) over native gRPC, gRPC-Web
+#   and REST, signed in (bearer JWT, and an API key for one REST row), then
+#   sign-in itself (Login: argon2id, a session and an audit row), with h2load.
+#   The server runs with SWITCHBOARD_ENGINE__TOKEN_DELAY_MS=0 and a temporary
+#   SQLite data dir. One conversation is created over REST, then the same
+#   GetConversation is driven over each transport with the same h2load
+#   settings, in BENCH_ROUNDS interleaved rounds (each after a short warm-up);
+#   the table gives the median round's requests/s, p50/p99 latency over all
+#   rounds' requests (from h2load --log-file) and the server's CPU time per
+#   request (from /proc/PID/stat; steadier than requests/s when other work
+#   shares the cores). Target: REST (h2c) requests/s at least 85 % of native
+#   gRPC's; prints PASS/FAIL and exits 1 on FAIL when BENCH_STRICT=1.
+#   Block <!-- bench:begin --> … <!-- bench:end -->.
+#
+# chat — chat turns per second and first-token latency with the zero-delay dev
+#   engine (SWITCHBOARD_ENGINE__TOKEN_DELAY_MS=0), in two deployments:
+#   embedded: one `switchboard serve` (SQLite in a temporary data dir, jobs in
+#     its `jobs` table, workers in-process);
+#   redis: `switchboard serve --no-workers` plus one `switchboard worker`
+#     process, REDIS_URL set and SWITCHBOARD_QUEUE__BACKEND=redis (Redis
+#     streams carry the jobs, the Redis reply bus carries the events from the
+#     worker to the API process), DATABASE_URL a PostgreSQL database created
+#     for the run on BENCH_POSTGRES_URL's server and dropped after it, and a
+#     SWITCHBOARD_QUEUE__PREFIX of its own whose keys are deleted after it.
+#   For each: a user registers, then `switchboard-bench chat` (BENCH_CHAT_USERS
+#   users x BENCH_CHAT_TURNS turns, each turn SendMessage over REST and the
+#   reply's SSE stream until `done`, HTTP/1.1 keep-alive) runs once as a
+#   warm-up (2 turns each) and BENCH_CHAT_ROUNDS times measured; the table
+#   gives the round with the median turns/s, with its first-token and turn
+#   p50/p99. Block <!-- bench-chat:begin --> … <!-- bench-chat:end -->.
+#
+# queue — job-queue throughput, enqueue -> done, BENCH_QUEUE_JOBS no-op jobs:
+#   `switchboard-bench queue` (Jobs::enqueue, a Worker of concurrency
+#   BENCH_QUEUE_CONCURRENCY and the real transport, in one process; a fresh
+#   SQLite file or PostgreSQL database for the job rows, its own Redis prefix
+#   or RabbitMQ queue prefix, all removed afterwards) for the backends
+#   sqlite, postgres, redis and amqp (the last two twice: job rows in
+#   PostgreSQL, as when processes share the queue, and in SQLite, which
+#   separates the broker's cost from PostgreSQL's commits), every one with
+#   the jobs enqueued one after the other as Dramatiq's bench sends them, and
+#   the PostgreSQL ones again with 16 tasks enqueueing at once (--producers
+#   16, as a server's concurrent requests do), then
+#   scripts/bench/dramatiq_bench.py (Dramatiq, 2 processes x 8 threads)
+#   with the same job count on the same Redis and RabbitMQ; every system runs
+#   200 warm-up jobs first. BENCH_QUEUE_ROUNDS interleaved rounds; the table
+#   gives each row's round with the median jobs/s.
+#   Block <!-- bench-queue:begin --> … <!-- bench-queue:end -->.
+#   Dramatiq comes from .venv-tools (scripts/install-test-tools.sh --bench,
+#   run here if it is missing).
 #
 # Environment: BENCH_N (requests per round, default 30000), BENCH_C (clients,
 # default 32), BENCH_M (streams per client, default 10), BENCH_ROUNDS (default 5),
 # BENCH_WARMUP (requests per warm-up, default 5000), BENCH_LOGIN_N (sign-ins,
-# default 400), BENCH_STRICT, BENCH_WRITE.
+# default 400), BENCH_STRICT, BENCH_WRITE; BENCH_SECTIONS; BENCH_CHAT_USERS
+# (default 16), BENCH_CHAT_TURNS (default 20), BENCH_CHAT_ROUNDS (default 3);
+# BENCH_QUEUE_JOBS (default 2000), BENCH_QUEUE_CONCURRENCY (default 16),
+# BENCH_QUEUE_ROUNDS (default 5); BENCH_REDIS_URL (default
+# redis://127.0.0.1:6379), BENCH_AMQP_URL (default
+# amqp://guest:guest@127.0.0.1:5672/%2f), BENCH_POSTGRES_URL (a server where
+# databases may be created; default postgres://postgres@127.0.0.1:5432/postgres).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-BIN=${1:-${CARGO_TARGET_DIR:-$ROOT/target}/release/switchboard}
-[[ -x $BIN ]] || { echo "bench: FAIL: $BIN not found; build it with: cargo build --release -p switchboard" >&2; exit 1; }
-BIN=$(realpath "$BIN")
+TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+BIN=${1:-$TARGET_DIR/release/switchboard}
+BENCH_BIN=${2:-$TARGET_DIR/release/switchboard-bench}
+SECTIONS=" ${BENCH_SECTIONS:-http chat queue} "
 N=${BENCH_N:-30000} C=${BENCH_C:-32} M=${BENCH_M:-10} ROUNDS=${BENCH_ROUNDS:-5} WARMUP=${BENCH_WARMUP:-5000}
 LOGIN_N=${BENCH_LOGIN_N:-400}
+CHAT_USERS=${BENCH_CHAT_USERS:-16} CHAT_TURNS=${BENCH_CHAT_TURNS:-20} CHAT_ROUNDS=${BENCH_CHAT_ROUNDS:-3}
+QUEUE_JOBS=${BENCH_QUEUE_JOBS:-2000} QUEUE_CONCURRENCY=${BENCH_QUEUE_CONCURRENCY:-16} QUEUE_ROUNDS=${BENCH_QUEUE_ROUNDS:-5}
+REDIS=${BENCH_REDIS_URL:-redis://127.0.0.1:6379}
+AMQP=${BENCH_AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}
+PG=${BENCH_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/postgres}
+PYTHON=$ROOT/.venv-tools/bin/python
+DOC=$ROOT/docs/benchmarks.md
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/switchboard-bench.XXXXXX")
-SERVER_PID=
+PIDS=()          # every process started here, stopped on exit
+SERVER_PID=      # the server of the http section, whose CPU time it reads
+CHAT_DB=         # the PostgreSQL database of the chat section's redis mode
+CHAT_PREFIX=     # its Redis key prefix
 
 die() { printf 'bench: FAIL: %s\n' "$*" >&2; exit 1; }
+want() { [[ $SECTIONS == *" $1 "* ]]; }
+stop_pid() { # PID: SIGTERM, up to 5 s, then SIGKILL
+  kill -0 "$1" 2>/dev/null || return 0
+  kill -TERM "$1" 2>/dev/null || true
+  for _ in $(seq 50); do kill -0 "$1" 2>/dev/null || return 0; sleep 0.1; done
+  kill -KILL "$1" 2>/dev/null || true
+}
 cleanup() {
-  if [[ -n $SERVER_PID ]] && kill -0 "$SERVER_PID" 2>/dev/null; then
-    kill -TERM "$SERVER_PID" 2>/dev/null || true
-    for _ in $(seq 50); do kill -0 "$SERVER_PID" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$SERVER_PID" 2>/dev/null || true
+  local pid
+  for pid in "${PIDS[@]}"; do stop_pid "$pid"; done
+  if [[ -n $CHAT_DB ]]; then
+    psql -q "$PG" -c "DROP DATABASE IF EXISTS $CHAT_DB WITH (FORCE)" >/dev/null 2>&1 \
+      || echo "bench: WARNING: could not drop the database $CHAT_DB" >&2
+  fi
+  if [[ -n $CHAT_PREFIX ]]; then
+    redis-cli -u "$REDIS" --scan --pattern "$CHAT_PREFIX:*" | xargs -r redis-cli -u "$REDIS" del >/dev/null \
+      || echo "bench: WARNING: could not delete the Redis keys $CHAT_PREFIX:*" >&2
   fi
   rm -rf "$TMP"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-command -v h2load >/dev/null || bash "$ROOT/scripts/install-test-tools.sh" --bench >/dev/null || die "could not install h2load"
-command -v h2load >/dev/null || die "h2load is missing (scripts/install-test-tools.sh --bench)"
+[[ -x $BIN ]] || die "$BIN not found; build it with: cargo build --release -p switchboard"
+BIN=$(realpath "$BIN")
+if want chat || want queue; then
+  [[ -x $BENCH_BIN ]] || die "$BENCH_BIN not found; build it with: cargo build --release -p switchboard-bench"
+  BENCH_BIN=$(realpath "$BENCH_BIN")
+fi
+if want http; then
+  command -v h2load >/dev/null || bash "$ROOT/scripts/install-test-tools.sh" --bench >/dev/null || die "could not install h2load"
+  command -v h2load >/dev/null || die "h2load is missing (scripts/install-test-tools.sh --bench)"
+fi
+if want queue && ! { [[ -x $PYTHON ]] && "$PYTHON" -c 'import dramatiq, pika, redis' 2>/dev/null; }; then
+  bash "$ROOT/scripts/install-test-tools.sh" --bench >/dev/null || die "could not install Dramatiq (scripts/install-test-tools.sh --bench)"
+fi
+if want chat; then
+  command -v psql >/dev/null || die "psql is needed for the chat section's PostgreSQL database"
+  command -v redis-cli >/dev/null || die "redis-cli is needed for the chat section's Redis cleanup"
+fi
 
-PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-ADDR=127.0.0.1:$PORT
-BASE=http://$ADDR
-mkdir -p "$TMP/data"
-# The sign-in throttle is opened wide: the Login row measures the work of a
-# sign-in, not the throttle.
-env -u DATABASE_URL -u SWITCHBOARD_LISTEN -u SWITCHBOARD_DATA_DIR NO_COLOR=1 SWITCHBOARD_ENGINE__TOKEN_DELAY_MS=0 \
-  SWITCHBOARD_AUTH__LOGIN_ATTEMPTS_PER_ACCOUNT=1000000 SWITCHBOARD_AUTH__LOGIN_ATTEMPTS_PER_ADDRESS=1000000 \
-  RUST_LOG="${RUST_LOG:-warn}" "$BIN" serve --listen "$ADDR" --data-dir "$TMP/data" >"$TMP/server.log" 2>&1 </dev/null &
-SERVER_PID=$!
-for _ in $(seq 300); do
-  [[ $(curl -s -o /dev/null -w '%{http_code}' --max-time 2 "$BASE/readyz" || true) == 200 ]] && break
-  kill -0 "$SERVER_PID" 2>/dev/null || { tail -20 "$TMP/server.log" >&2; die "server exited during start-up"; }
-  sleep 0.2
-done
-[[ $(curl -s -o /dev/null -w '%{http_code}' "$BASE/readyz") == 200 ]] || die "/readyz not 200 within 60 s"
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# start NAME [VAR=VALUE…] -- ARGS…: the switchboard binary in the background, in $TMP (so no
+# ./switchboard.toml is read), with none of the caller's DATABASE_URL, REDIS_URL, AMQP_URL or
+# SWITCHBOARD_* variables, plus the given ones; output in $TMP/NAME.log, pid in STARTED.
+start() {
+  local name=$1 vars=() unset=(-u DATABASE_URL -u REDIS_URL -u AMQP_URL) var
+  shift
+  while [[ $1 != -- ]]; do vars+=("$1"); shift; done
+  shift
+  for var in $(compgen -e | grep '^SWITCHBOARD_' || true); do unset+=(-u "$var"); done
+  (cd "$TMP" && exec env "${unset[@]}" NO_COLOR=1 "${vars[@]}" "$BIN" "$@" >"$TMP/$name.log" 2>&1 </dev/null) &
+  STARTED=$!
+  PIDS+=("$STARTED")
+}
+wait_ready() { # BASE PID NAME: until /readyz answers 200
+  for _ in $(seq 300); do
+    [[ $(curl -s -o /dev/null -w '%{http_code}' --max-time 2 "$1/readyz" || true) == 200 ]] && return 0
+    kill -0 "$2" 2>/dev/null || { tail -20 "$TMP/$3.log" >&2; die "$3 exited during start-up"; }
+    sleep 0.2
+  done
+  die "$3: /readyz not 200 within 60 s"
+}
+register() { # BASE -> a new user's access token
+  curl -sS --fail-with-body -H 'content-type: application/json' \
+    -d '{"email":"bench@example.test","password":"bench pass phrase 1"}' "$1/v1/auth:register" | jq -er .accessToken
+}
+median() { tr ' ' '\n' <<<"$1" | grep . | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+rewrite_block() { # NAME CONTENT: replaces <!-- NAME:begin --> … <!-- NAME:end --> in docs/benchmarks.md
+  [[ ${BENCH_WRITE:-1} == 1 ]] || return 0
+  [[ -f $DOC ]] && grep -q "<!-- $1:begin -->" "$DOC" || die "$DOC has no <!-- $1:begin --> marker; not written"
+  BLOCK="<!-- $1:begin -->"$'\n'"$2"$'\n'"<!-- $1:end -->" python3 - "$DOC" "$1" <<'EOF'
+import os, re, sys
+p, name = sys.argv[1], re.escape(sys.argv[2])
+s = open(p).read()
+s = re.sub(rf"<!-- {name}:begin -->.*?<!-- {name}:end -->", lambda _: os.environ["BLOCK"], s, flags=re.S)
+open(p, "w").write(s)
+EOF
+  echo "bench: $1 results written to docs/benchmarks.md"
+}
 
-# A signed-in user (every ChatService call needs credentials), and an API key of theirs.
-printf '{"email":"bench@example.test","password":"bench pass phrase 1"}' >"$TMP/login.json"
-TOKEN=$(curl -sS --fail-with-body -H 'content-type: application/json' -d @"$TMP/login.json" "$BASE/v1/auth:register" | jq -r .accessToken) \
-  || die "could not register the bench user"
-AUTH="authorization: Bearer $TOKEN"
-KEY=$(curl -sS --fail-with-body -H "$AUTH" -H 'content-type: application/json' -d '{"name":"bench"}' "$BASE/v1/me/api-keys" | jq -r .secret) \
-  || die "could not create an API key"
-ID=$(curl -sS --fail-with-body -H "$AUTH" -H 'content-type: application/json' -d '{"title":"bench"}' "$BASE/v1/conversations" | jq -r .id) \
-  || die "could not create a conversation"
-# GetConversationRequest{id} as one length-prefixed gRPC message: flag 0, u32 big-endian length, protobuf.
-python3 - "$ID" "$TMP/get.bin" <<'EOF'
+load=$(cut -d' ' -f1 /proc/loadavg)
+if awk -v l="$load" 'BEGIN {exit !(l > 0.5)}'; then
+  echo "bench: WARNING: load average $load before the run: other work shares the cores and the numbers will be noisy"
+fi
+cpu_model=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1)
+rev=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
+dirty=$(git -C "$ROOT" status --porcelain --untracked-files=no 2>/dev/null | grep -q . && echo "+changes" || true)
+machine() { echo "Run $(date -u +%Y-%m-%dT%H:%MZ) on commit $rev$dirty, $(nproc) cores ($cpu_model), load generator and servers on the same machine, load average $load before the run"; }
+VERDICT=PASS
+
+# ---------------------------------------------------------------- http
+bench_http() {
+  local port addr base token auth key id
+  port=$(free_port)
+  addr=127.0.0.1:$port
+  base=http://$addr
+  mkdir -p "$TMP/http-data"
+  # The sign-in throttle is opened wide: the Login row measures the work of a
+  # sign-in, not the throttle.
+  start http-server SWITCHBOARD_ENGINE__TOKEN_DELAY_MS=0 \
+    SWITCHBOARD_AUTH__LOGIN_ATTEMPTS_PER_ACCOUNT=1000000 SWITCHBOARD_AUTH__LOGIN_ATTEMPTS_PER_ADDRESS=1000000 \
+    RUST_LOG="${RUST_LOG:-warn}" -- serve --listen "$addr" --data-dir "$TMP/http-data"
+  SERVER_PID=$STARTED
+  wait_ready "$base" "$SERVER_PID" http-server
+
+  # A signed-in user (every ChatService call needs credentials), and an API key of theirs.
+  printf '{"email":"bench@example.test","password":"bench pass phrase 1"}' >"$TMP/login.json"
+  token=$(register "$base") || die "could not register the bench user"
+  auth="authorization: Bearer $token"
+  key=$(curl -sS --fail-with-body -H "$auth" -H 'content-type: application/json' -d '{"name":"bench"}' "$base/v1/me/api-keys" | jq -r .secret) \
+    || die "could not create an API key"
+  id=$(curl -sS --fail-with-body -H "$auth" -H 'content-type: application/json' -d '{"title":"bench"}' "$base/v1/conversations" | jq -r .id) \
+    || die "could not create a conversation"
+  # GetConversationRequest{id} as one length-prefixed gRPC message: flag 0, u32 big-endian length, protobuf.
+  python3 - "$id" "$TMP/get.bin" <<'EOF'
 import struct, sys
 idb = sys.argv[1].encode()
 msg = b"\x0a" + bytes([len(idb)]) + idb          # field 1 (string), length < 128
 open(sys.argv[2], "wb").write(b"\x00" + struct.pack(">I", len(msg)) + msg)
 EOF
 
-# One request per transport first, to be sure each answers the conversation (h2load counts a
-# gRPC error as a 200).
-curl -sS --http2-prior-knowledge -o "$TMP/grpc.out" -D "$TMP/grpc.hdr" -H "$AUTH" -H 'content-type: application/grpc' -H 'te: trailers' \
-  --data-binary @"$TMP/get.bin" "$BASE/switchboard.v1.ChatService/GetConversation" || die "gRPC probe failed"
-grep -qi '^grpc-status: 0' "$TMP/grpc.hdr" && grep -q "$ID" "$TMP/grpc.out" || die "gRPC probe: no grpc-status 0 or no conversation in the answer"
-curl -sS --http2-prior-knowledge -o "$TMP/web.out" -H "$AUTH" -H 'content-type: application/grpc-web+proto' -H 'x-grpc-web: 1' \
-  --data-binary @"$TMP/get.bin" "$BASE/switchboard.v1.ChatService/GetConversation" || die "gRPC-Web probe failed"
-grep -qa 'grpc-status: \{0,1\}0' "$TMP/web.out" && grep -qa "$ID" "$TMP/web.out" || die "gRPC-Web probe: no grpc-status 0 trailer or no conversation in the answer"
-curl -sS --fail --http2-prior-knowledge -H "$AUTH" "$BASE/v1/conversations/$ID" | jq -e --arg id "$ID" '.id == $id' >/dev/null || die "REST h2c probe failed"
-curl -sS --fail --http1.1 -H "$AUTH" "$BASE/v1/conversations/$ID" | jq -e --arg id "$ID" '.id == $id' >/dev/null || die "REST HTTP/1.1 probe failed"
-curl -sS --fail --http2-prior-knowledge -H "x-api-key: $KEY" "$BASE/v1/conversations/$ID" | jq -e --arg id "$ID" '.id == $id' >/dev/null || die "REST API-key probe failed"
-[[ $(curl -s -o /dev/null -w '%{http_code}' --http2-prior-knowledge "$BASE/v1/conversations/$ID") == 401 ]] || die "an anonymous GET must be refused"
+  # One request per transport first, to be sure each answers the conversation (h2load counts a
+  # gRPC error as a 200).
+  curl -sS --http2-prior-knowledge -o "$TMP/grpc.out" -D "$TMP/grpc.hdr" -H "$auth" -H 'content-type: application/grpc' -H 'te: trailers' \
+    --data-binary @"$TMP/get.bin" "$base/switchboard.v1.ChatService/GetConversation" || die "gRPC probe failed"
+  grep -qi '^grpc-status: 0' "$TMP/grpc.hdr" && grep -q "$id" "$TMP/grpc.out" || die "gRPC probe: no grpc-status 0 or no conversation in the answer"
+  curl -sS --http2-prior-knowledge -o "$TMP/web.out" -H "$auth" -H 'content-type: application/grpc-web+proto' -H 'x-grpc-web: 1' \
+    --data-binary @"$TMP/get.bin" "$base/switchboard.v1.ChatService/GetConversation" || die "gRPC-Web probe failed"
+  grep -qa 'grpc-status: \{0,1\}0' "$TMP/web.out" && grep -qa "$id" "$TMP/web.out" || die "gRPC-Web probe: no grpc-status 0 trailer or no conversation in the answer"
+  curl -sS --fail --http2-prior-knowledge -H "$auth" "$base/v1/conversations/$id" | jq -e --arg id "$id" '.id == $id' >/dev/null || die "REST h2c probe failed"
+  curl -sS --fail --http1.1 -H "$auth" "$base/v1/conversations/$id" | jq -e --arg id "$id" '.id == $id' >/dev/null || die "REST HTTP/1.1 probe failed"
+  curl -sS --fail --http2-prior-knowledge -H "x-api-key: $key" "$base/v1/conversations/$id" | jq -e --arg id "$id" '.id == $id' >/dev/null || die "REST API-key probe failed"
+  [[ $(curl -s -o /dev/null -w '%{http_code}' --http2-prior-knowledge "$base/v1/conversations/$id") == 401 ]] || die "an anonymous GET must be refused"
 
-MODES=(grpc grpcweb rest-h2c rest-h1 rest-key)
-declare -A LABEL=([grpc]="native gRPC (h2c)" [grpcweb]="gRPC-Web (h2c, grpc-web+proto)" [rest-h2c]="REST GET (h2c)" [rest-h1]="REST GET (HTTP/1.1, --h1)" [rest-key]="REST GET (h2c), API key" [login]="Login (REST, h2c)")
-args_for() { # MODE -> h2load arguments after the common ones
-  case $1 in
-    grpc) echo "-H '$AUTH' -H 'content-type: application/grpc' -H 'te: trailers' -d get.bin $BASE/switchboard.v1.ChatService/GetConversation" ;;
-    grpcweb) echo "-H '$AUTH' -H 'content-type: application/grpc-web+proto' -H 'x-grpc-web: 1' -d get.bin $BASE/switchboard.v1.ChatService/GetConversation" ;;
-    rest-h2c) echo "-H '$AUTH' $BASE/v1/conversations/$ID" ;;
-    rest-h1) echo "-H '$AUTH' --h1 $BASE/v1/conversations/$ID" ;;
-    rest-key) echo "-H 'x-api-key: $KEY' $BASE/v1/conversations/$ID" ;;
-    login) echo "-H 'content-type: application/json' -d login.json $BASE/v1/auth:login" ;;
-  esac
-}
-COMMON="h2load -t 1 -c $C -m $M"
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$SERVER_PID/stat"; } # server user+system CPU, in clock ticks
-TICK=$(getconf CLK_TCK)
-run() { # MODE N LOGFILE -> "req/s server-CPU-µs-per-request"
-  local before after
-  local common=$COMMON
-  # Sign-ins are slow and memory-hungry by design (19 MiB each): a few clients.
-  [[ $1 == login ]] && common="h2load -t 1 -c ${BENCH_LOGIN_C:-4} -m 1"
-  before=$(cpu_ticks)
-  (cd "$TMP" && eval "$common -n $2 ${3:+--log-file=$3} $(args_for "$1")") >"$TMP/h2load.out" 2>&1 \
-    || { cat "$TMP/h2load.out" >&2; die "h2load failed for $1"; }
-  after=$(cpu_ticks)
-  grep -q "requests: $2 total, $2 started, $2 done, $2 succeeded" "$TMP/h2load.out" \
-    || { cat "$TMP/h2load.out" >&2; die "$1: not every request succeeded"; }
-  grep -q "status codes: $2 2xx" "$TMP/h2load.out" || { cat "$TMP/h2load.out" >&2; die "$1: not every answer was 2xx"; }
-  printf '%s %s\n' "$(sed -n 's/^finished in .*, \([0-9.]*\) req\/s.*/\1/p' "$TMP/h2load.out")" \
-    "$(awk -v t="$((after - before))" -v hz="$TICK" -v n="$2" 'BEGIN {printf "%.1f", t / hz * 1e6 / n}')"
-}
+  local modes=(grpc grpcweb rest-h2c rest-h1 rest-key)
+  declare -gA LABEL=([grpc]="native gRPC (h2c)" [grpcweb]="gRPC-Web (h2c, grpc-web+proto)" [rest-h2c]="REST GET (h2c)" [rest-h1]="REST GET (HTTP/1.1, --h1)" [rest-key]="REST GET (h2c), API key" [login]="Login (REST, h2c)")
+  args_for() { # MODE -> h2load arguments after the common ones
+    case $1 in
+      grpc) echo "-H '$auth' -H 'content-type: application/grpc' -H 'te: trailers' -d get.bin $base/switchboard.v1.ChatService/GetConversation" ;;
+      grpcweb) echo "-H '$auth' -H 'content-type: application/grpc-web+proto' -H 'x-grpc-web: 1' -d get.bin $base/switchboard.v1.ChatService/GetConversation" ;;
+      rest-h2c) echo "-H '$auth' $base/v1/conversations/$id" ;;
+      rest-h1) echo "-H '$auth' --h1 $base/v1/conversations/$id" ;;
+      rest-key) echo "-H 'x-api-key: $key' $base/v1/conversations/$id" ;;
+      login) echo "-H 'content-type: application/json' -d login.json $base/v1/auth:login" ;;
+    esac
+  }
+  local common="h2load -t 1 -c $C -m $M"
+  cpu_ticks() { awk '{print $14 + $15}' "/proc/$SERVER_PID/stat"; } # server user+system CPU, in clock ticks
+  local tick
+  tick=$(getconf CLK_TCK)
+  run() { # MODE N LOGFILE -> "req/s server-CPU-µs-per-request"
+    local before after
+    local h2load=$common
+    # Sign-ins are slow and memory-hungry by design (19 MiB each): a few clients.
+    [[ $1 == login ]] && h2load="h2load -t 1 -c ${BENCH_LOGIN_C:-4} -m 1"
+    before=$(cpu_ticks)
+    (cd "$TMP" && eval "$h2load -n $2 ${3:+--log-file=$3} $(args_for "$1")") >"$TMP/h2load.out" 2>&1 \
+      || { cat "$TMP/h2load.out" >&2; die "h2load failed for $1"; }
+    after=$(cpu_ticks)
+    grep -q "requests: $2 total, $2 started, $2 done, $2 succeeded" "$TMP/h2load.out" \
+      || { cat "$TMP/h2load.out" >&2; die "$1: not every request succeeded"; }
+    grep -q "status codes: $2 2xx" "$TMP/h2load.out" || { cat "$TMP/h2load.out" >&2; die "$1: not every answer was 2xx"; }
+    printf '%s %s\n' "$(sed -n 's/^finished in .*, \([0-9.]*\) req\/s.*/\1/p' "$TMP/h2load.out")" \
+      "$(awk -v t="$((after - before))" -v hz="$tick" -v n="$2" 'BEGIN {printf "%.1f", t / hz * 1e6 / n}')"
+  }
 
-echo "bench: $(basename "$BIN") on $ADDR, conversation $ID; $COMMON -n $N, $ROUNDS rounds per transport, $(nproc) cores"
-load=$(cut -d' ' -f1 /proc/loadavg)
-if awk -v l="$load" 'BEGIN {exit !(l > 0.5)}'; then
-  echo "bench: WARNING: load average $load before the run: other work shares the cores and the numbers will be noisy"
-fi
-declare -A RPS CPU
-for r in $(seq "$ROUNDS"); do
-  for mode in "${MODES[@]}"; do
-    run "$mode" "$WARMUP" "" >/dev/null
-    read -r rps cpu < <(run "$mode" "$N" "$TMP/$mode.$r.log")
-    RPS[$mode]="${RPS[$mode]:-} $rps"
-    CPU[$mode]="${CPU[$mode]:-} $cpu"
-    printf 'bench: round %d  %-32s %8.0f req/s  %6.1f µs server CPU/request\n' "$r" "${LABEL[$mode]}" "$rps" "$cpu"
+  echo "bench: http: $(basename "$BIN") on $addr, conversation $id; $common -n $N, $ROUNDS rounds per transport, $(nproc) cores"
+  declare -gA RPS CPU
+  local r mode rps cpu p50 p99
+  for r in $(seq "$ROUNDS"); do
+    for mode in "${modes[@]}"; do
+      run "$mode" "$WARMUP" "" >/dev/null
+      read -r rps cpu < <(run "$mode" "$N" "$TMP/$mode.$r.log")
+      RPS[$mode]="${RPS[$mode]:-} $rps"
+      CPU[$mode]="${CPU[$mode]:-} $cpu"
+      printf 'bench: round %d  %-32s %8.0f req/s  %6.1f µs server CPU/request\n' "$r" "${LABEL[$mode]}" "$rps" "$cpu"
+    done
   done
-done
 
-# Sign-in: argon2id by design, so far fewer requests, once.
-run login 20 "" >/dev/null
-read -r rps cpu < <(run login "$LOGIN_N" "$TMP/login.1.log")
-RPS[login]=" $rps"
-CPU[login]=" $cpu"
-printf 'bench: %-40s %8.0f req/s  %6.1f µs server CPU/request\n' "${LABEL[login]}, $LOGIN_N" "$rps" "$cpu"
+  # Sign-in: argon2id by design, so far fewer requests, once.
+  run login 20 "" >/dev/null
+  read -r rps cpu < <(run login "$LOGIN_N" "$TMP/login.1.log")
+  RPS[login]=" $rps"
+  CPU[login]=" $cpu"
+  printf 'bench: %-40s %8.0f req/s  %6.1f µs server CPU/request\n' "${LABEL[login]}, $LOGIN_N" "$rps" "$cpu"
+  stop_pid "$SERVER_PID"
 
-median() { tr ' ' '\n' <<<"$1" | grep . | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
-# median req/s and server CPU per request over the rounds; p50/p99 over all logged requests
-# (h2load --log-file column 3: µs until the end of the response)
-stats() { # MODE -> "median_rps median_cpu_us p50_ms p99_ms"
-  local rps cpu
-  rps=$(median "${RPS[$1]}")
-  cpu=$(median "${CPU[$1]}")
-  cat "$TMP/$1".*.log | awk -F'\t' '{print $3}' | sort -n | awk -v rps="$rps" -v cpu="$cpu" '
-    {a[NR]=$1} END {
-      p50=a[int(NR*0.50) > 0 ? int(NR*0.50) : 1]; p99=a[int(NR*0.99) > 0 ? int(NR*0.99) : 1]
-      printf "%s %s %.2f %.2f\n", rps, cpu, p50/1000, p99/1000 }'
-}
-read -r g_rps _ < <(stats grpc)
-TABLE="| transport | requests/s (median of $ROUNDS) | vs native gRPC | p50 latency | p99 latency | server CPU per request |
+  # median req/s and server CPU per request over the rounds; p50/p99 over all logged requests
+  # (h2load --log-file column 3: µs until the end of the response)
+  stats() { # MODE -> "median_rps median_cpu_us p50_ms p99_ms"
+    local rps cpu
+    rps=$(median "${RPS[$1]}")
+    cpu=$(median "${CPU[$1]}")
+    cat "$TMP/$1".*.log | awk -F'\t' '{print $3}' | sort -n | awk -v rps="$rps" -v cpu="$cpu" '
+      {a[NR]=$1} END {
+        p50=a[int(NR*0.50) > 0 ? int(NR*0.50) : 1]; p99=a[int(NR*0.99) > 0 ? int(NR*0.99) : 1]
+        printf "%s %s %.2f %.2f\n", rps, cpu, p50/1000, p99/1000 }'
+  }
+  local g_rps r_rps ratio pct table target meta
+  read -r g_rps _ < <(stats grpc)
+  table="| transport | requests/s (median of $ROUNDS) | vs native gRPC | p50 latency | p99 latency | server CPU per request |
 | --- | ---: | ---: | ---: | ---: | ---: |"
-for mode in "${MODES[@]}"; do
-  read -r rps cpu p50 p99 < <(stats "$mode")
-  ratio=$(awk -v a="$rps" -v b="$g_rps" 'BEGIN {printf "%.0f %%", 100*a/b}')
-  TABLE+=$'\n'"| ${LABEL[$mode]} | $(printf '%.0f' "$rps") | $ratio | $p50 ms | $p99 ms | $cpu µs |"
-done
-read -r rps cpu p50 p99 < <(stats login)
-TABLE+=$'\n'"| ${LABEL[login]}, $LOGIN_N sign-ins once | $(printf '%.0f' "$rps") | — | $p50 ms | $p99 ms | $cpu µs |"
-read -r r_rps _ < <(stats rest-h2c)
-verdict=$(awk -v a="$r_rps" -v b="$g_rps" 'BEGIN {print (a >= 0.85*b) ? "PASS" : "FAIL"}')
-pct=$(awk -v a="$r_rps" -v b="$g_rps" 'BEGIN {printf "%.0f", 100*a/b}')
-TARGET="Target: REST (h2c) throughput within 15 % of native gRPC: **$verdict** (REST at $pct % of gRPC)."
-cpu_model=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1)
-rev=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
-dirty=$(git -C "$ROOT" status --porcelain --untracked-files=no 2>/dev/null | grep -q . && echo "+changes" || true)
-META="Run $(date -u +%Y-%m-%dT%H:%MZ) on commit $rev$dirty, $(nproc) cores ($cpu_model), h2load and server on the same machine, load average $load before the run; \`h2load -t 1 -c $C -m $M -n $N\` per round, $ROUNDS rounds per transport after a $WARMUP-request warm-up each."
+  for mode in "${modes[@]}"; do
+    read -r rps cpu p50 p99 < <(stats "$mode")
+    ratio=$(awk -v a="$rps" -v b="$g_rps" 'BEGIN {printf "%.0f %%", 100*a/b}')
+    table+=$'\n'"| ${LABEL[$mode]} | $(printf '%.0f' "$rps") | $ratio | $p50 ms | $p99 ms | $cpu µs |"
+  done
+  read -r rps cpu p50 p99 < <(stats login)
+  table+=$'\n'"| ${LABEL[login]}, $LOGIN_N sign-ins once | $(printf '%.0f' "$rps") | — | $p50 ms | $p99 ms | $cpu µs |"
+  read -r r_rps _ < <(stats rest-h2c)
+  VERDICT=$(awk -v a="$r_rps" -v b="$g_rps" 'BEGIN {print (a >= 0.85*b) ? "PASS" : "FAIL"}')
+  pct=$(awk -v a="$r_rps" -v b="$g_rps" 'BEGIN {printf "%.0f", 100*a/b}')
+  HTTP_PCT=$pct
+  target="Target: REST (h2c) throughput within 15 % of native gRPC: **$VERDICT** (REST at $pct % of gRPC)."
+  meta="$(machine); \`h2load -t 1 -c $C -m $M -n $N\` per round, $ROUNDS rounds per transport after a $WARMUP-request warm-up each."
+  printf '\n%s\n\n%s\n\n%s\n\n' "$meta" "$table" "$target"
+  rewrite_block bench "$meta"$'\n\n'"$table"$'\n\n'"$target"
+}
 
-printf '\n%s\n\n%s\n\n%s\n' "$META" "$TABLE" "$TARGET"
+# ---------------------------------------------------------------- chat
+# chat_rounds MODE BASE TOKEN: a warm-up, then CHAT_ROUNDS measured runs into $TMP/chat.MODE.jsonl
+chat_rounds() {
+  local mode=$1 base=$2 r
+  SWITCHBOARD_BENCH_TOKEN=$3 "$BENCH_BIN" chat --base-url "$base" --users "$CHAT_USERS" --turns 2 >/dev/null \
+    || die "chat $mode: the warm-up failed"
+  for r in $(seq "$CHAT_ROUNDS"); do
+    SWITCHBOARD_BENCH_TOKEN=$3 "$BENCH_BIN" chat --base-url "$base" --users "$CHAT_USERS" --turns "$CHAT_TURNS" \
+      >"$TMP/chat.out" || die "chat $mode: round $r failed"
+    jq -c --arg mode "$mode" '. + {mode: $mode}' "$TMP/chat.out" >>"$TMP/chat.$mode.jsonl"
+    jq -r --arg r "$r" --arg mode "$mode" \
+      '"bench: chat \($mode) round \($r): \(.turns) turns in \(.seconds) s, \(.turns_per_s) turns/s, first token p50 \(.first_token_ms.p50) ms p99 \(.first_token_ms.p99) ms, turn p50 \(.turn_ms.p50) ms p99 \(.turn_ms.p99) ms"' \
+      "$TMP/chat.out"
+  done
+}
 
-if [[ ${BENCH_WRITE:-1} == 1 ]]; then
-  DOC=$ROOT/docs/benchmarks.md
-  [[ -f $DOC ]] && grep -q '<!-- bench:begin -->' "$DOC" || die "$DOC has no <!-- bench:begin --> marker; not written"
-  SECTION=$'<!-- bench:begin -->\n'"$META"$'\n\n'"$TABLE"$'\n\n'"$TARGET"$'\n<!-- bench:end -->'
-  SECTION=$SECTION python3 - "$DOC" <<'EOF'
-import os, re, sys
-p = sys.argv[1]
-s = open(p).read()
-s = re.sub(r"<!-- bench:begin -->.*?<!-- bench:end -->", lambda _: os.environ["SECTION"], s, flags=re.S)
-open(p, "w").write(s)
-EOF
-  echo "bench: results written to docs/benchmarks.md"
-fi
-if [[ $verdict == FAIL && ${BENCH_STRICT:-0} == 1 ]]; then
-  die "REST (h2c) is at $pct % of native gRPC, below the 85 % target"
+bench_chat() {
+  local port base pid token worker
+  # embedded: one process, SQLite, in-process workers
+  port=$(free_port)
+  base=http://127.0.0.1:$port
+  start chat-embedded SWITCHBOARD_ENGINE__TOKEN_DELAY_MS=0 SWITCHBOARD_LOG_LEVEL=warn \
+    -- serve --listen "127.0.0.1:$port" --data-dir "$TMP/chat-embedded"
+  pid=$STARTED
+  wait_ready "$base" "$pid" chat-embedded
+  token=$(register "$base") || die "chat embedded: could not register the bench user"
+  echo "bench: chat embedded: serve (SQLite, in-process workers) on $base; $CHAT_USERS users x $CHAT_TURNS turns, $CHAT_ROUNDS rounds"
+  chat_rounds embedded "$base" "$token"
+  stop_pid "$pid"
+
+  # redis: API process and worker process, Redis streams and reply bus, PostgreSQL
+  CHAT_DB=sb_bench_chat_$$_$(date +%s)
+  CHAT_PREFIX=sb-bench-chat-$$-$(date +%s)
+  psql -q -v ON_ERROR_STOP=1 "$PG" -c "CREATE DATABASE $CHAT_DB" >/dev/null || die "cannot create the database $CHAT_DB on $PG"
+  local vars=(SWITCHBOARD_ENGINE__TOKEN_DELAY_MS=0 SWITCHBOARD_LOG_LEVEL=warn "DATABASE_URL=${PG%/*}/$CHAT_DB"
+    "REDIS_URL=$REDIS" SWITCHBOARD_QUEUE__BACKEND=redis "SWITCHBOARD_QUEUE__PREFIX=$CHAT_PREFIX")
+  port=$(free_port)
+  base=http://127.0.0.1:$port
+  start chat-redis-api "${vars[@]}" -- serve --no-workers --listen "127.0.0.1:$port" --data-dir "$TMP/chat-redis"
+  pid=$STARTED
+  wait_ready "$base" "$pid" chat-redis-api
+  # Started after the API process has migrated the database. "worker started" is logged at info.
+  start chat-redis-worker "${vars[@]}" SWITCHBOARD_LOG_LEVEL=warn,switchboard_core::jobs::worker=info -- worker --data-dir "$TMP/chat-redis"
+  worker=$STARTED
+  for _ in $(seq 300); do
+    grep -q 'worker started' "$TMP/chat-redis-worker.log" && break
+    kill -0 "$worker" 2>/dev/null || { tail -20 "$TMP/chat-redis-worker.log" >&2; die "the chat worker exited during start-up"; }
+    sleep 0.2
+  done
+  grep -q 'worker started' "$TMP/chat-redis-worker.log" || die "the chat worker did not start within 60 s"
+  token=$(register "$base") || die "chat redis: could not register the bench user"
+  echo "bench: chat redis: serve --no-workers + 1 worker process (PostgreSQL, Redis streams and reply bus) on $base"
+  chat_rounds redis "$base" "$token"
+  stop_pid "$worker"
+  stop_pid "$pid"
+
+  local table mode row meta commands
+  table="| mode | turns/s (median of $CHAT_ROUNDS) | first token p50 | first token p99 | turn p50 | turn p99 | turns |
+| --- | ---: | ---: | ---: | ---: | ---: | ---: |"
+  for mode in embedded redis; do
+    row=$(jq -s 'sort_by(.turns_per_s) | .[(length - 1) / 2 | floor]' "$TMP/chat.$mode.jsonl")
+    case $mode in
+      embedded) label="embedded: \`serve\`, SQLite, in-process workers" ;;
+      redis) label="Redis: \`serve --no-workers\` + 1 \`worker\`, PostgreSQL" ;;
+    esac
+    table+=$'\n'$(jq -r --arg name "$label" \
+      '"| \($name) | \(.turns_per_s) | \(.first_token_ms.p50) ms | \(.first_token_ms.p99) ms | \(.turn_ms.p50) ms | \(.turn_ms.p99) ms | \(.turns) |"' <<<"$row")
+  done
+  meta="$(machine). Dev engine with \`SWITCHBOARD_ENGINE__TOKEN_DELAY_MS=0\`; $CHAT_USERS users x $CHAT_TURNS turns per round over HTTP/1.1 keep-alive, $CHAT_ROUNDS rounds per mode after a warm-up ($CHAT_USERS x 2 turns); the row is the round with the median turns/s."
+  commands="\`\`\`sh
+# embedded
+SWITCHBOARD_ENGINE__TOKEN_DELAY_MS=0 switchboard serve --listen 127.0.0.1:PORT --data-dir DIR
+# Redis (DB: a database created for the run; PREFIX: a Redis key prefix of its own)
+export SWITCHBOARD_ENGINE__TOKEN_DELAY_MS=0 DATABASE_URL=${PG%/*}/DB REDIS_URL=$REDIS \\
+  SWITCHBOARD_QUEUE__BACKEND=redis SWITCHBOARD_QUEUE__PREFIX=PREFIX
+switchboard serve --no-workers --listen 127.0.0.1:PORT --data-dir DIR & switchboard worker --data-dir DIR &
+# each figure (TOKEN: the access token of a registered user)
+switchboard-bench chat --base-url http://127.0.0.1:PORT --token TOKEN --users $CHAT_USERS --turns $CHAT_TURNS
+\`\`\`"
+  printf '\n%s\n\n%s\n\n' "$meta" "$table"
+  rewrite_block bench-chat "$meta"$'\n\n'"$table"$'\n\n'"$commands"
+}
+
+# ---------------------------------------------------------------- queue
+bench_queue() {
+  local r backend broker out
+  echo "bench: queue: $QUEUE_JOBS jobs per run, $QUEUE_ROUNDS rounds; switchboard concurrency $QUEUE_CONCURRENCY, Dramatiq 2 processes x 8 threads"
+  for r in $(seq "$QUEUE_ROUNDS"); do
+    # BACKEND[:ROWS][@PRODUCERS]
+    for variant in sqlite postgres postgres@16 redis:postgres redis:postgres@16 redis:sqlite \
+      amqp:postgres amqp:postgres@16 amqp:sqlite; do
+      local backend=${variant%%[:@]*} producers=1 args=()
+      [[ $variant == *@* ]] && producers=${variant#*@}
+      case $variant in
+        redis:*) args=(--url "$REDIS") ;;
+        amqp:*) args=(--url "$AMQP") ;;
+      esac
+      [[ $variant == *:* ]] && { local rows=${variant#*:}; args+=(--rows "${rows%@*}"); }
+      args+=(--producers "$producers")
+      out=$(SWITCHBOARD_BENCH_POSTGRES_URL=$PG "$BENCH_BIN" queue --backend "$backend" --jobs "$QUEUE_JOBS" \
+        --concurrency "$QUEUE_CONCURRENCY" "${args[@]}") || die "switchboard-bench queue --backend $backend ${args[*]} failed"
+      echo "$out" >>"$TMP/queue.jsonl"
+      jq -r --arg r "$r" '"bench: queue round \($r): \(.system) \(.broker) (rows: \(.rows), producers: \(.producers)): \(.jobs_per_s) jobs/s, enqueue \(.enqueue_s) s, total \(.total_s) s"' <<<"$out"
+    done
+    for broker in redis rabbitmq; do
+      out=$("$PYTHON" "$ROOT/scripts/bench/dramatiq_bench.py" --broker "$broker" --jobs "$QUEUE_JOBS" \
+        --redis-url "$REDIS" --amqp-url "$AMQP" 2>"$TMP/dramatiq.err") \
+        || { cat "$TMP/dramatiq.err" >&2; die "dramatiq_bench.py --broker $broker failed"; }
+      echo "$out" >>"$TMP/queue.jsonl"
+      jq -r --arg r "$r" '"bench: queue round \($r): \(.system) \(.broker): \(.jobs_per_s) jobs/s, enqueue \(.enqueue_s) s, total \(.total_s) s"' <<<"$out"
+    done
+  done
+
+  local table versions meta commands dramatiq_version
+  dramatiq_version=$(jq -rs 'map(select(.system == "dramatiq"))[0].dramatiq_version' "$TMP/queue.jsonl")
+  table="| system | broker | job rows | producers | workers | jobs | jobs/s (median of $QUEUE_ROUNDS) | enqueue s | total s |
+| --- | --- | --- | ---: | --- | ---: | ---: | ---: | ---: |"
+  table+=$'\n'$(jq -rs '
+    def order: {"switchboard": 0, "dramatiq": 1}[.system] * 100
+      + {"sqlite": 0, "postgres": 1, "redis": 2, "rabbitmq": 3}[.broker] * 10
+      + {"postgres": 0, "sqlite": 5}[.rows // "postgres"] + (.producers // 1) / 100;
+    def rows: {"sqlite": "SQLite", "postgres": "PostgreSQL"}[.rows // ""] // "none";
+    def workers: if .system == "switchboard" then "1 process, \(.concurrency) at once"
+      else "\(.processes) processes x \(.threads) threads" end;
+    group_by([.system, .broker, .rows, .producers]) | map(sort_by(.jobs_per_s) | .[(length - 1) / 2 | floor]) | sort_by(order)[]
+    | "| \(.system) | \(.broker) | \(rows) | \(.producers // 1) | \(workers) | \(.jobs) | \(.jobs_per_s) | \(.enqueue_s) | \(.total_s) |"' \
+    "$TMP/queue.jsonl")
+  versions="Redis $(redis-cli -u "$REDIS" info server 2>/dev/null | sed -n 's/^redis_version:\([^\r]*\).*/\1/p'), RabbitMQ $(rabbitmqctl version 2>/dev/null || echo '?'), PostgreSQL $(psql -tA "$PG" -c 'SHOW server_version' 2>/dev/null || echo '?'), Dramatiq $dramatiq_version"
+  meta="$(machine); $versions. $QUEUE_JOBS no-op jobs per run after 200 warm-up jobs, enqueued one by one from one task (from 16 tasks at once where producers says 16); $QUEUE_ROUNDS interleaved rounds, each row the round with the median jobs/s."
+  commands="\`\`\`sh
+# Switchboard: Jobs::enqueue -> transport -> Worker, in one process (rows: a fresh SQLite file or PostgreSQL database)
+switchboard-bench queue --backend sqlite   --jobs $QUEUE_JOBS --concurrency $QUEUE_CONCURRENCY
+switchboard-bench queue --backend postgres --jobs $QUEUE_JOBS --concurrency $QUEUE_CONCURRENCY  # and --producers 16
+switchboard-bench queue --backend redis    --jobs $QUEUE_JOBS --concurrency $QUEUE_CONCURRENCY --url $REDIS --rows postgres  # and --producers 16; or --rows sqlite
+switchboard-bench queue --backend amqp     --jobs $QUEUE_JOBS --concurrency $QUEUE_CONCURRENCY --url '$AMQP' --rows postgres  # and --producers 16; or --rows sqlite
+# Dramatiq on the same brokers (2 worker processes x 8 threads)
+.venv-tools/bin/python scripts/bench/dramatiq_bench.py --broker redis    --jobs $QUEUE_JOBS
+.venv-tools/bin/python scripts/bench/dramatiq_bench.py --broker rabbitmq --jobs $QUEUE_JOBS
+\`\`\`"
+  printf '\n%s\n\n%s\n\n' "$meta" "$table"
+  rewrite_block bench-queue "$meta"$'\n\n'"$table"$'\n\n'"$commands"
+}
+
+want http && bench_http
+want chat && bench_chat
+want queue && bench_queue
+if [[ $VERDICT == FAIL && ${BENCH_STRICT:-0} == 1 ]]; then
+  die "REST (h2c) is at $HTTP_PCT % of native gRPC, below the 85 % target"
 fi

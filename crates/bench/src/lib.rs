@@ -1,0 +1,22 @@
+//! Load generators behind the figures of `docs/benchmarks.md`, run by
+//! `scripts/bench.sh` (`just bench`).
+//!
+//! Two measurements, one module each, each ending in one JSON line:
+//!
+//! * [`chat`]: simulated users holding conversations with a running server
+//!   over REST, each turn a `SendMessage` followed by the reply's
+//!   Server-Sent Events until `done`: chat turns per second and the
+//!   first-token latency a user sees.
+//! * [`queue`]: job-queue throughput (enqueue → done) through the real job
+//!   machinery of `switchboard-core` (`Jobs`, `Worker`, a transport) on each
+//!   backend, in the same shape as `scripts/bench/dramatiq_bench.py`'s output
+//!   so that the rows line up with Dramatiq's on the same brokers.
+//!
+//! The binary (`src/main.rs`) only parses arguments, sets up logging and
+//! prints what these modules return.
+
+pub mod chat;
+pub mod queue;
+mod scratch;
+mod sse;
+pub mod stats;

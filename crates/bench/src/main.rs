@@ -1,0 +1,77 @@
+//! `switchboard-bench`: the load generators of `docs/benchmarks.md`. Parses
+//! the arguments, sets up logging on stderr, runs one measurement and prints
+//! its report as one JSON line on stdout.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use switchboard_bench::{chat, queue};
+use tracing_subscriber::EnvFilter;
+
+/// Load generators for Switchboard's benchmarks (scripts/bench.sh). Each
+/// subcommand prints one JSON line on stdout; progress and errors go to
+/// stderr (RUST_LOG, default `warn`).
+#[derive(Debug, Parser)]
+#[command(name = "switchboard-bench", version, about, long_about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Chat turns against a running server: N users, M turns each, every
+    /// turn a SendMessage over REST and the reply's SSE stream until
+    /// `done`. Prints turns, seconds, turns_per_s, first_token_ms {p50,
+    /// p99}, turn_ms {p50, p99} and errors; exits 1 if any turn failed.
+    Chat(chat::ChatOptions),
+    /// Job-queue throughput (enqueue → done) through Jobs, a Worker and the
+    /// chosen backend's transport, in this process, with a no-op job.
+    /// Prints {"system": "switchboard", "broker", "jobs", "enqueue_s",
+    /// "total_s", "jobs_per_s", "concurrency", …}, the shape of
+    /// scripts/bench/dramatiq_bench.py's output.
+    Queue(queue::QueueOptions),
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    match run(cli.command).await {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("switchboard-bench: FAIL: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Chat(options) => {
+            let report = chat::run(&options).await?;
+            println!("{}", serde_json::to_string(&report)?);
+            if report.errors == 0 {
+                return Ok(ExitCode::SUCCESS);
+            }
+            for error in &report.error_samples {
+                eprintln!("switchboard-bench: {error}");
+            }
+            eprintln!(
+                "switchboard-bench: FAIL: {} of {} turns failed",
+                report.errors,
+                report.errors + report.turns
+            );
+            Ok(ExitCode::FAILURE)
+        }
+        Command::Queue(options) => {
+            let report = queue::run(&options).await?;
+            println!("{}", serde_json::to_string(&report)?);
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
