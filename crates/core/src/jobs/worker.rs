@@ -130,9 +130,24 @@ impl Worker {
     pub async fn run(self: Arc<Self>, mut stop: watch::Receiver<bool>, grace: Duration) {
         let permits = Arc::new(Semaphore::new(self.config.concurrency.max(1)));
         let mut running = JoinSet::new();
-        let mut resend =
-            tokio::time::interval(self.config.resend_after.max(Duration::from_secs(1)));
         let broker = !matches!(self.transport.name(), "sqlite" | "postgres");
+        // The ids a broker may have lost are sent again from a task of its
+        // own, first after one period.
+        let _resender = broker.then(|| {
+            let worker = self.clone();
+            let mut stop = stop.clone();
+            AbortOnDrop(tokio::spawn(async move {
+                let period = worker.config.resend_after.max(Duration::from_secs(1));
+                let start = tokio::time::Instant::now() + period;
+                let mut resend = tokio::time::interval_at(start, period);
+                loop {
+                    tokio::select! {
+                        _ = resend.tick() => worker.resend_stale().await,
+                        () = stop_requested(&mut stop) => return,
+                    }
+                }
+            }))
+        });
         tracing::info!(
             worker = %self.config.name,
             transport = self.transport.name(),
@@ -148,12 +163,10 @@ impl Worker {
                 },
                 () = stop_requested(&mut stop) => break,
             };
+            // Only a stop interrupts a receive: the broker transports are
+            // not safe to cancel in the middle of a delivery.
             let delivery = tokio::select! {
                 delivery = self.transport.receive() => delivery,
-                _ = resend.tick(), if broker => {
-                    self.resend_stale().await;
-                    continue;
-                }
                 () = stop_requested(&mut stop) => break,
             };
             let delivery = match delivery {
