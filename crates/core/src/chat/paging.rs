@@ -6,6 +6,7 @@
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
+use crate::chat::model::Page;
 use crate::error::{Error, Result};
 
 /// Conversations per page when the request asks for 0.
@@ -84,6 +85,27 @@ pub(crate) fn decode(listing: Listing, token: &str) -> Result<Option<Cursor>> {
         created_at,
         id: id.to_owned(),
     }))
+}
+
+/// Cuts `items` (fetched with one extra row) to `size`, with a token for
+/// the next page if the extra row came back.
+pub(crate) fn page<T>(
+    mut items: Vec<T>,
+    size: u32,
+    listing: Listing,
+    cursor: impl Fn(&T) -> Cursor,
+) -> Page<T> {
+    let size = usize::try_from(size).unwrap_or(usize::MAX);
+    let more = items.len() > size;
+    items.truncate(size);
+    let next_page_token = match items.last() {
+        Some(last) if more => Some(encode(listing, &cursor(last))),
+        _ => None,
+    };
+    Page {
+        items,
+        next_page_token,
+    }
 }
 
 #[cfg(test)]

@@ -131,9 +131,11 @@ impl Chat {
         let size = paging::page_size(page_size, DEFAULT_CONVERSATION_PAGE_SIZE);
         let items =
             store::list_conversations(&self.db, &who.user_id, after.as_ref(), size + 1).await?;
-        Ok(page(items, size, Listing::Conversations, |c| Cursor {
-            created_at: c.created_at.timestamp_micros(),
-            id: c.id.clone(),
+        Ok(paging::page(items, size, Listing::Conversations, |c| {
+            Cursor {
+                created_at: c.created_at.timestamp_micros(),
+                id: c.id.clone(),
+            }
         }))
     }
 
@@ -212,7 +214,7 @@ impl Chat {
         let size = paging::page_size(page_size, DEFAULT_MESSAGE_PAGE_SIZE);
         let items =
             store::list_messages(&self.db, conversation_id, after.as_ref(), size + 1).await?;
-        Ok(page(items, size, Listing::Messages, |m| Cursor {
+        Ok(paging::page(items, size, Listing::Messages, |m| Cursor {
             created_at: m.created_at.timestamp_micros(),
             id: m.id.clone(),
         }))
@@ -740,25 +742,4 @@ fn known_id(id: &str, what: &'static str) -> Result<()> {
 
 fn replayed(stored: &StoredMessage, after_seq: u32) -> Result<ReplyStream> {
     Ok(ReplyStream::from_events(events::replay(stored)?, after_seq))
-}
-
-/// Cuts `items` (fetched with one extra row) to `size`, with a token for
-/// the next page if the extra row came back.
-fn page<T>(
-    mut items: Vec<T>,
-    size: u32,
-    listing: Listing,
-    cursor: impl Fn(&T) -> Cursor,
-) -> Page<T> {
-    let size = usize::try_from(size).unwrap_or(usize::MAX);
-    let more = items.len() > size;
-    items.truncate(size);
-    let next_page_token = match items.last() {
-        Some(last) if more => Some(paging::encode(listing, &cursor(last))),
-        _ => None,
-    };
-    Page {
-        items,
-        next_page_token,
-    }
 }

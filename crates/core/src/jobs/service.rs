@@ -102,23 +102,13 @@ impl Jobs {
         let after = paging::decode(Listing::DeadLetters, page_token)?
             .map(|cursor| (cursor.created_at, cursor.id));
         let size = paging::page_size(page_size, DEFAULT_DEAD_LETTER_PAGE_SIZE);
-        let mut items = store::list_dead(&self.db, after.as_ref(), size + 1).await?;
-        let more = items.len() > size as usize;
-        items.truncate(size as usize);
-        let next_page_token = match items.last() {
-            Some(last) if more => Some(paging::encode(
-                Listing::DeadLetters,
-                &Cursor {
-                    created_at: last.finished_at.map_or(0, |at| at.timestamp_micros()),
-                    id: last.id.clone(),
-                },
-            )),
-            _ => None,
-        };
-        Ok(Page {
-            items,
-            next_page_token,
-        })
+        let items = store::list_dead(&self.db, after.as_ref(), size + 1).await?;
+        Ok(paging::page(items, size, Listing::DeadLetters, |job| {
+            Cursor {
+                created_at: job.finished_at.map_or(0, |at| at.timestamp_micros()),
+                id: job.id.clone(),
+            }
+        }))
     }
 
     /// Puts a dead job back in the queue with its attempts reset.
