@@ -46,6 +46,18 @@ pub struct Config {
     /// Key `database_max_connections`: size of the database connection pool,
     /// at least 1. Default `10`; variable `SWITCHBOARD_DATABASE_MAX_CONNECTIONS`.
     pub database_max_connections: u32,
+    /// Key `database_sqlite_max_bytes`: a cap on the size of the SQLite
+    /// database (`PRAGMA max_page_count`, in 4 KiB pages). A write that
+    /// would grow it past the cap fails with UNAVAILABLE and readiness
+    /// reports the database not writable, as on a full disk. Default none;
+    /// variable `SWITCHBOARD_DATABASE_SQLITE_MAX_BYTES`.
+    pub database_sqlite_max_bytes: Option<u64>,
+    /// Key `database_integrity_check_secs`: how long start-up waits for
+    /// SQLite's `PRAGMA quick_check` (a damaged file stops the start; a
+    /// check still running then finishes in the background and logs what it
+    /// found). `0` skips the check. Default `10`; variable
+    /// `SWITCHBOARD_DATABASE_INTEGRITY_CHECK_SECS`.
+    pub database_integrity_check_secs: u64,
     /// Key `cors_allowed_origins`: origins browsers may call from. Empty turns
     /// CORS off; `["*"]` allows any origin. In the environment, a
     /// comma-separated list. Default `[]`; variable
@@ -429,6 +441,8 @@ impl Default for Config {
             data_dir: PathBuf::from("./data"),
             database_url: None,
             database_max_connections: 10,
+            database_sqlite_max_bytes: None,
+            database_integrity_check_secs: 10,
             cors_allowed_origins: Vec::new(),
             trusted_proxies: Vec::new(),
             shutdown_grace_secs: 30,

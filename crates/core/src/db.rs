@@ -13,10 +13,15 @@
 //! not know, so a database that a newer version migrated still starts an
 //! older binary during a rolling upgrade.
 
+use std::ops::{Deref, DerefMut};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
+use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
@@ -25,6 +30,8 @@ use sqlx::sqlite::{
 use crate::config::{Config, DatabaseTarget, SqliteLocation};
 use crate::error::{Error, Result};
 
+mod sqlite_file;
+
 /// How long a caller waits for a pooled connection before the database
 /// counts as unavailable.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -32,10 +39,33 @@ const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long SQLite waits on a locked database before giving up.
 const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Below this much free space on the SQLite file's filesystem the database
+/// counts as not writable: SQLite needs room for the WAL and new pages, and
+/// a write that runs out of it half way fails.
+const MIN_FREE_BYTES: u64 = 128 * 1024;
+
+/// How much the readiness probe asks SQLite to allocate (and then rolls
+/// back): enough new pages that a database at its size cap, or without free
+/// pages to reuse, refuses it.
+const PROBE_BYTES: u32 = 64 * 1024;
+
 /// A connection pool to the configured database. Cloning is cheap and
 /// shares the pool.
 #[derive(Debug, Clone)]
-pub enum Database {
+pub struct Database {
+    pool: Pool,
+    /// The SQLite file, for its permissions and its filesystem's free space;
+    /// `None` for PostgreSQL and in-memory SQLite.
+    sqlite_file: Option<PathBuf>,
+    /// `database_sqlite_max_bytes` as SQLite pages, applied to every
+    /// connection before it is handed out; `None` when uncapped.
+    page_cap: Option<Arc<AtomicU64>>,
+}
+
+/// The pool inside a [`Database`], one variant per engine. Reach it through
+/// [`on_database!`].
+#[derive(Debug, Clone)]
+pub enum Pool {
     /// An embedded SQLite database file.
     Sqlite(SqlitePool),
     /// A PostgreSQL server.
@@ -62,12 +92,15 @@ pub enum DatabaseKind {
 /// # Ok(())
 /// # }
 /// ```
+///
+/// Writes of more than one statement go through [`Database::begin`] and
+/// [`on_tx!`] instead, never through the pool's own `begin`: see [`Tx`].
 #[macro_export]
 macro_rules! on_database {
     ($db:expr, $pool:ident => $body:expr) => {
-        match $db {
-            $crate::db::Database::Sqlite($pool) => $body,
-            $crate::db::Database::Postgres($pool) => $body,
+        match $db.pool() {
+            $crate::db::Pool::Sqlite($pool) => $body,
+            $crate::db::Pool::Postgres($pool) => $body,
         }
     };
 }
@@ -94,14 +127,43 @@ pub(crate) fn from_micros(micros: i64) -> Result<DateTime<Utc>> {
 }
 
 /// An open transaction on either engine. Statements run in it through
-/// [`on_tx!`]; it rolls back when dropped without [`Tx::commit`].
+/// [`on_tx!`]; [`Tx::commit`] ends it.
+///
+/// The transaction is our own `BEGIN … COMMIT` on a pooled connection, not
+/// sqlx's `Transaction`, because of what happens when it fails. SQLite may
+/// roll a transaction back by itself when a statement or the COMMIT fails
+/// (SQLITE_FULL, SQLITE_IOERR) or keep it open (a ROLLBACK refused while a
+/// statement is still in progress), and sqlx's bookkeeping of the nesting
+/// depth then no longer matches the connection: the connection went back to
+/// the pool still inside a transaction, later writes on it answered success
+/// without ever committing, and its write lock made every other writer wait
+/// out its busy timeout. So here a connection whose transaction did not end
+/// cleanly is closed, never reused:
+///
+/// * [`Tx::commit`] answers success only after COMMIT succeeded; if COMMIT
+///   fails the connection is closed (closing rolls back whatever is left);
+/// * a `Tx` dropped without a commit (an error, an early return, a cancelled
+///   request) is rolled back on a background task, and its connection is
+///   closed instead of returned if the ROLLBACK fails.
 #[derive(Debug)]
 pub enum Tx {
     /// A SQLite transaction, begun `IMMEDIATE` so that it holds the write
     /// lock from its first statement and never fails to upgrade later.
-    Sqlite(sqlx::Transaction<'static, sqlx::Sqlite>),
+    Sqlite(TxConnection<sqlx::Sqlite>),
     /// A PostgreSQL transaction.
-    Postgres(sqlx::Transaction<'static, sqlx::Postgres>),
+    Postgres(TxConnection<sqlx::Postgres>),
+}
+
+/// The pooled connection of an open [`Tx`]. It dereferences to the driver's
+/// connection, which is what statements run on.
+#[derive(Debug)]
+pub struct TxConnection<DB>
+where
+    DB: sqlx::Database,
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+{
+    /// Always `Some` until [`TxConnection::commit`] or `drop` takes it.
+    conn: Option<PoolConnection<DB>>,
 }
 
 /// Runs the same code on the connection of a [`Tx`]: `$conn` is bound to
@@ -122,43 +184,216 @@ macro_rules! on_tx {
     };
 }
 
-impl Tx {
-    /// Commits the transaction.
-    ///
-    /// # Errors
-    ///
-    /// The database error, as [`Error`].
-    pub async fn commit(self) -> Result<()> {
-        match self {
-            Self::Sqlite(tx) => tx.commit().await?,
-            Self::Postgres(tx) => tx.commit().await?,
+impl<DB> TxConnection<DB>
+where
+    DB: sqlx::Database,
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+{
+    /// Sends `begin` on `conn`. A connection whose BEGIN failed is not in a
+    /// transaction and goes back to the pool as it is.
+    async fn begin(mut conn: PoolConnection<DB>, begin: &'static str) -> Result<Self> {
+        sqlx::raw_sql(begin).execute(&mut *conn).await?;
+        Ok(Self { conn: Some(conn) })
+    }
+
+    /// Sends COMMIT. On failure the connection is closed, so the pool never
+    /// hands out a connection whose transaction may still be open.
+    async fn commit(mut self) -> Result<()> {
+        let Some(mut conn) = self.conn.take() else {
+            return Err(Error::internal("the transaction has already ended"));
+        };
+        match sqlx::raw_sql("COMMIT").execute(&mut *conn).await {
+            Ok(_) => Ok(()),
+            Err(err) => {
+                tracing::warn!(error = %err, "COMMIT failed; the connection is closed");
+                // Best effort: the close rolls back too, but a ROLLBACK now
+                // releases SQLite's write lock before the close is scheduled.
+                let _ = sqlx::raw_sql("ROLLBACK").execute(&mut *conn).await;
+                conn.close_on_drop();
+                Err(err.into())
+            }
         }
-        Ok(())
     }
 }
 
+impl<DB> TxConnection<DB>
+where
+    DB: sqlx::Database,
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+{
+    /// Sends ROLLBACK now, closing the connection if it fails.
+    async fn rollback(mut self) -> Result<()> {
+        let Some(mut conn) = self.conn.take() else {
+            return Ok(());
+        };
+        rollback(&mut conn).await.map_err(|err| {
+            conn.close_on_drop();
+            err.into()
+        })
+    }
+}
+
+impl<DB> Deref for TxConnection<DB>
+where
+    DB: sqlx::Database,
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+{
+    type Target = DB::Connection;
+
+    fn deref(&self) -> &DB::Connection {
+        // Only commit (which consumes the value) and drop take the connection.
+        self.conn
+            .as_ref()
+            .expect("an open transaction has its connection")
+    }
+}
+
+impl<DB> DerefMut for TxConnection<DB>
+where
+    DB: sqlx::Database,
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+{
+    fn deref_mut(&mut self) -> &mut DB::Connection {
+        self.conn
+            .as_mut()
+            .expect("an open transaction has its connection")
+    }
+}
+
+impl<DB> Drop for TxConnection<DB>
+where
+    DB: sqlx::Database,
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+{
+    fn drop(&mut self) {
+        let Some(mut conn) = self.conn.take() else {
+            return;
+        };
+        // Dropped without a commit: roll back before the connection is
+        // reused. Drop cannot await, so a task does it; without a runtime
+        // (the process is ending) closing the connection rolls back.
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(async move {
+                    if let Err(err) = rollback(&mut conn).await {
+                        tracing::warn!(error = %err, "ROLLBACK failed; the connection is closed");
+                        conn.close_on_drop();
+                    }
+                });
+            }
+            Err(_) => conn.close_on_drop(),
+        }
+    }
+}
+
+/// Sends ROLLBACK on `conn`.
+async fn rollback<DB>(conn: &mut PoolConnection<DB>) -> sqlx::Result<()>
+where
+    DB: sqlx::Database,
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+{
+    sqlx::raw_sql("ROLLBACK")
+        .execute(&mut **conn)
+        .await
+        .map(drop)
+}
+
+impl Tx {
+    /// Rolls the transaction back now, instead of in the background as a
+    /// drop does.
+    ///
+    /// # Errors
+    ///
+    /// The database error, as [`Error`]; the connection is then closed.
+    pub async fn rollback(self) -> Result<()> {
+        match self {
+            Self::Sqlite(tx) => tx.rollback().await,
+            Self::Postgres(tx) => tx.rollback().await,
+        }
+    }
+
+    /// Commits the transaction: success means the writes are stored.
+    ///
+    /// # Errors
+    ///
+    /// The database error, as [`Error`]; the transaction is then rolled
+    /// back and its connection closed.
+    pub async fn commit(self) -> Result<()> {
+        match self {
+            Self::Sqlite(tx) => tx.commit().await,
+            Self::Postgres(tx) => tx.commit().await,
+        }
+    }
+}
+
+/// The readiness error for a database that cannot take writes.
+fn not_writable(err: Error) -> Error {
+    Error::Unavailable(format!("database: not writable: {}", err.public_message()))
+}
+
+/// How many SQLite pages (of the default 4 KiB) fit in `bytes`, at least 1.
+fn pages_for(bytes: u64) -> u64 {
+    (bytes / 4096).max(1)
+}
+
+/// Bytes free to unprivileged writers on the filesystem holding `file`.
+fn free_bytes(file: &Path) -> Result<u64> {
+    let dir = file
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let stats = rustix::fs::statvfs(dir)
+        .map_err(|e| Error::Unavailable(format!("database: cannot stat {}: {e}", dir.display())))?;
+    Ok(stats.f_bavail.saturating_mul(stats.f_frsize))
+}
+
+/// Whether the configured SQLite database lives in a file (not in memory),
+/// and where.
+fn sqlite_file(options: &SqliteConnectOptions) -> Option<PathBuf> {
+    let path = options.get_filename();
+    let name = path.as_os_str();
+    (!name.is_empty() && name != ":memory:").then(|| path.to_path_buf())
+}
+
 impl Database {
+    /// The pool, for [`on_database!`].
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
     /// Begins a transaction.
     ///
     /// # Errors
     ///
-    /// [`Error::Unavailable`] if no connection can be had.
+    /// [`Error::Unavailable`] if no connection can be had or the database
+    /// is locked past its busy timeout.
     pub async fn begin(&self) -> Result<Tx> {
-        Ok(match self {
-            Self::Sqlite(pool) => Tx::Sqlite(pool.begin_with("BEGIN IMMEDIATE").await?),
-            Self::Postgres(pool) => Tx::Postgres(pool.begin().await?),
+        Ok(match &self.pool {
+            Pool::Sqlite(pool) => {
+                Tx::Sqlite(TxConnection::begin(pool.acquire().await?, "BEGIN IMMEDIATE").await?)
+            }
+            Pool::Postgres(pool) => {
+                Tx::Postgres(TxConnection::begin(pool.acquire().await?, "BEGIN").await?)
+            }
         })
     }
 
-    /// Opens a pool to the database `config` selects. For SQLite, creates
-    /// the data directory and the database file if missing, and sets WAL
-    /// journaling, `synchronous=NORMAL` (durable across application crashes,
-    /// cheap fsyncs), foreign keys on and a 5 s busy timeout.
+    /// Opens a pool to the database `config` selects.
+    ///
+    /// For SQLite: creates the data directory (mode 0700) and the database
+    /// file (0600; SQLite gives its WAL and shared-memory files the same
+    /// mode) if missing, and warns if an existing one is open to others,
+    /// since the file holds the token signing keys; runs `PRAGMA
+    /// quick_check` for at most `database_integrity_check_secs` and refuses
+    /// a damaged file; sets WAL journaling, `synchronous=NORMAL` (durable
+    /// across application crashes, cheap fsyncs), foreign keys on, a 5 s
+    /// busy timeout, and the size cap of `database_sqlite_max_bytes`.
     ///
     /// # Errors
     ///
-    /// [`Error::Unavailable`] if the directory cannot be created or the
-    /// database cannot be reached; [`Error::Internal`] for a malformed URL.
+    /// [`Error::Unavailable`] if the directory cannot be created, the
+    /// database cannot be reached or the SQLite file is damaged;
+    /// [`Error::Internal`] for a malformed URL.
     pub async fn connect(config: &Config) -> Result<Database> {
         match config.database_target() {
             DatabaseTarget::Sqlite(location) => {
@@ -174,20 +409,43 @@ impl Database {
                     .synchronous(SqliteSynchronous::Normal)
                     .foreign_keys(true)
                     .busy_timeout(SQLITE_BUSY_TIMEOUT);
-                if let Some(dir) = options.get_filename().parent()
-                    && !dir.as_os_str().is_empty()
-                {
-                    tokio::fs::create_dir_all(dir).await.map_err(|e| {
-                        Error::Unavailable(format!("cannot create {}: {e}", dir.display()))
-                    })?;
+                let file = sqlite_file(&options);
+                if let Some(file) = &file {
+                    sqlite_file::prepare(file)?;
+                    sqlite_file::check_integrity(&options, config.database_integrity_check_secs)
+                        .await?;
                 }
-                let pool = SqlitePoolOptions::new()
+                let page_cap = config
+                    .database_sqlite_max_bytes
+                    .map(|bytes| Arc::new(AtomicU64::new(pages_for(bytes))));
+                let mut pool = SqlitePoolOptions::new()
                     .max_connections(config.database_max_connections)
-                    .acquire_timeout(ACQUIRE_TIMEOUT)
+                    .acquire_timeout(ACQUIRE_TIMEOUT);
+                if let Some(cap) = &page_cap {
+                    // max_page_count belongs to the connection, not the file:
+                    // set it on every connection, each time it is handed out,
+                    // so a changed cap reaches them all.
+                    let cap = cap.clone();
+                    pool = pool.before_acquire(move |conn, _| {
+                        let pages = cap.load(Ordering::Relaxed);
+                        Box::pin(async move {
+                            let pragma = format!("PRAGMA max_page_count = {pages}");
+                            sqlx::raw_sql(sqlx::AssertSqlSafe(pragma))
+                                .execute(&mut *conn)
+                                .await?;
+                            Ok(true)
+                        })
+                    });
+                }
+                let pool = pool
                     .connect_with(options)
                     .await
                     .map_err(|e| Error::Unavailable(format!("cannot open SQLite database: {e}")))?;
-                Ok(Database::Sqlite(pool))
+                Ok(Database {
+                    pool: Pool::Sqlite(pool),
+                    sqlite_file: file,
+                    page_cap,
+                })
             }
             DatabaseTarget::Postgres(url) => {
                 let pool = PgPoolOptions::new()
@@ -198,17 +456,39 @@ impl Database {
                     .map_err(|e| {
                         Error::Unavailable(format!("cannot connect to PostgreSQL: {e}"))
                     })?;
-                Ok(Database::Postgres(pool))
+                Ok(Database {
+                    pool: Pool::Postgres(pool),
+                    sqlite_file: None,
+                    page_cap: None,
+                })
             }
         }
     }
 
     /// Which engine this is.
     pub fn kind(&self) -> DatabaseKind {
-        match self {
-            Self::Sqlite(_) => DatabaseKind::Sqlite,
-            Self::Postgres(_) => DatabaseKind::Postgres,
+        match self.pool {
+            Pool::Sqlite(_) => DatabaseKind::Sqlite,
+            Pool::Postgres(_) => DatabaseKind::Postgres,
         }
+    }
+
+    /// Changes the SQLite size cap (`database_sqlite_max_bytes`) while the
+    /// pool runs; every connection takes it the next time it is handed
+    /// out. A cap below the current size holds the database at its size.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::FailedPrecondition`] if the database was opened without a
+    /// cap (or is not SQLite).
+    pub fn set_sqlite_max_bytes(&self, bytes: u64) -> Result<()> {
+        let cap = self.page_cap.as_ref().ok_or_else(|| {
+            Error::FailedPrecondition(
+                "the database was opened without database_sqlite_max_bytes".to_owned(),
+            )
+        })?;
+        cap.store(pages_for(bytes), Ordering::Relaxed);
+        Ok(())
     }
 
     /// Applies the embedded migrations that have not run yet.
@@ -217,13 +497,13 @@ impl Database {
     ///
     /// [`Error::Internal`] if a migration fails or an applied one was edited.
     pub async fn migrate(&self) -> Result<()> {
-        match self {
-            Self::Sqlite(pool) => {
+        match &self.pool {
+            Pool::Sqlite(pool) => {
                 let mut migrator = sqlx::migrate!("./migrations/sqlite");
                 migrator.set_ignore_missing(true);
                 migrator.run(pool).await?;
             }
-            Self::Postgres(pool) => {
+            Pool::Postgres(pool) => {
                 let mut migrator = sqlx::migrate!("./migrations/postgres");
                 migrator.set_ignore_missing(true);
                 migrator.run(pool).await?;
@@ -240,6 +520,59 @@ impl Database {
     pub async fn ping(&self) -> Result<()> {
         on_database!(self, pool => sqlx::query("SELECT 1").execute(pool).await.map(drop))
             .map_err(|e| Error::Unavailable(format!("database: {e}")))
+    }
+
+    /// Checks that the database answers and can take writes: what
+    /// readiness reports.
+    ///
+    /// SQLite: the file's filesystem has at least 128 KiB free, and a
+    /// transaction can take the write lock and allocate new pages (an
+    /// insert that is rolled back, so nothing is written). PostgreSQL: the
+    /// server answers and is not read-only (a standby, or
+    /// `default_transaction_read_only`).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Unavailable`] saying what is wrong.
+    pub async fn check_writable(&self) -> Result<()> {
+        self.ping().await?;
+        match &self.pool {
+            Pool::Sqlite(_) => {
+                if let Some(file) = &self.sqlite_file {
+                    let free = free_bytes(file)?;
+                    if free < MIN_FREE_BYTES {
+                        return Err(Error::Unavailable(format!(
+                            "database: not writable, {free} bytes free on the disk of {}",
+                            file.display()
+                        )));
+                    }
+                }
+                // Rolled back, so it writes nothing; but allocating the
+                // pages fails as a real write would (SQLITE_FULL at the cap),
+                // and BEGIN IMMEDIATE fails if the write lock is held for
+                // longer than the busy timeout.
+                let mut tx = self.begin().await.map_err(not_writable)?;
+                let insert = "INSERT INTO storage_probe (filler) VALUES (zeroblob($1))";
+                let probe = on_tx!(&mut tx, conn => {
+                    sqlx::query(insert).bind(i64::from(PROBE_BYTES)).execute(conn).await.map(drop)
+                });
+                tx.rollback().await.map_err(not_writable)?;
+                probe.map_err(|err| not_writable(err.into()))
+            }
+            Pool::Postgres(pool) => {
+                let read_only: bool = sqlx::query_scalar(
+                    "SELECT pg_is_in_recovery() OR current_setting('transaction_read_only') = 'on'",
+                )
+                .fetch_one(pool)
+                .await?;
+                if read_only {
+                    return Err(Error::Unavailable(
+                        "database: PostgreSQL is read-only".to_owned(),
+                    ));
+                }
+                Ok(())
+            }
+        }
     }
 
     /// Closes the pool, waiting for connections in use to be returned.

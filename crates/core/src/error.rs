@@ -169,6 +169,13 @@ impl From<sqlx::Error> for Error {
             // Either way it is the input's fault, not the server's.
             return Self::invalid_argument("", "text must not contain NUL characters");
         }
+        if let Some(problem) = storage_problem(&err) {
+            // The disk (or the configured size cap) is full, or the disk
+            // fails: nothing was stored, and the write may work once the
+            // operator frees space. Readiness reports the same.
+            tracing::error!(error = %err, "database cannot store data");
+            return Self::Unavailable(format!("the database {problem}; try again later"));
+        }
         if is_transient(&err) {
             // Worth retrying; the client learns that much and no more.
             tracing::warn!(error = %err, "database unavailable");
@@ -178,33 +185,63 @@ impl From<sqlx::Error> for Error {
     }
 }
 
+/// A database error's code, by engine: SQLite's result codes are numbers
+/// whose low byte is the primary code; PostgreSQL's are five-character
+/// SQLSTATEs (most of them digits too, so the engine cannot be told from
+/// the text).
+enum DatabaseCode<'a> {
+    Sqlite(u32),
+    Postgres(&'a str),
+}
+
+fn database_code(err: &sqlx::Error) -> Option<DatabaseCode<'_>> {
+    let sqlx::Error::Database(db) = err else {
+        return None;
+    };
+    if let Some(pg) = db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>() {
+        return Some(DatabaseCode::Postgres(pg.code()));
+    }
+    let code = db.code()?.parse::<u32>().ok()?;
+    Some(DatabaseCode::Sqlite(code & 0xff))
+}
+
+/// What keeps the database from storing anything, if that is the error:
+/// SQLite's SQLITE_FULL (13), SQLITE_IOERR (10) or SQLITE_READONLY (8);
+/// PostgreSQL's disk_full (53100), out_of_memory (53200) or
+/// read_only_sql_transaction (25006).
+fn storage_problem(err: &sqlx::Error) -> Option<&'static str> {
+    match database_code(err)? {
+        DatabaseCode::Sqlite(13) | DatabaseCode::Postgres("53100") => Some("is full"),
+        DatabaseCode::Sqlite(10) => Some("cannot write to its disk"),
+        DatabaseCode::Sqlite(8) | DatabaseCode::Postgres("25006") => Some("is read-only"),
+        DatabaseCode::Postgres("53200") => Some("is out of memory"),
+        _ => None,
+    }
+}
+
 /// Whether a database error goes away by itself: no connection or pool,
 /// SQLite busy or locked past its timeout, PostgreSQL out of connections,
 /// a serialization failure or deadlock, or a server shutting down.
 fn is_transient(err: &sqlx::Error) -> bool {
     match err {
         sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => true,
-        sqlx::Error::Database(db) => match db.code() {
-            // SQLite result codes are numbers; the low byte is the primary
-            // code: 5 SQLITE_BUSY, 6 SQLITE_LOCKED.
-            Some(code) => match code.parse::<u32>() {
-                Ok(number) => matches!(number & 0xff, 5 | 6),
-                Err(_) => matches!(
-                    code.as_ref(),
-                    "53300"
-                        | "40001"
-                        | "40P01"
-                        | "57P01"
-                        | "57P02"
-                        | "57P03"
-                        | "08000"
-                        | "08003"
-                        | "08006"
-                ),
-            },
+        _ => match database_code(err) {
+            // 5 SQLITE_BUSY, 6 SQLITE_LOCKED.
+            Some(DatabaseCode::Sqlite(code)) => matches!(code, 5 | 6),
+            Some(DatabaseCode::Postgres(code)) => matches!(
+                code,
+                "53300"
+                    | "40001"
+                    | "40P01"
+                    | "57P01"
+                    | "57P02"
+                    | "57P03"
+                    | "08000"
+                    | "08003"
+                    | "08006"
+            ),
             None => false,
         },
-        _ => false,
     }
 }
 

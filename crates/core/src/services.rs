@@ -254,7 +254,7 @@ impl Services {
     ///
     /// [`Error::Unavailable`] if not.
     pub async fn ready(&self) -> Result<()> {
-        self.db.ping().await
+        self.db.check_writable().await
     }
 
     /// Stops taking jobs, waits up to `shutdown_grace_secs` for the running

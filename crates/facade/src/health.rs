@@ -100,10 +100,10 @@ async fn refresh(inner: &Inner) -> ServingStatus {
     let status = if inner.drain.is_draining() {
         ServingStatus::NotServing
     } else {
-        match inner.database.ping().await {
+        match inner.database.check_writable().await {
             Ok(()) => ServingStatus::Serving,
             Err(error) => {
-                tracing::warn!(%error, "not ready: the database does not answer");
+                tracing::warn!(%error, "not ready: the database cannot take writes");
                 ServingStatus::NotServing
             }
         }

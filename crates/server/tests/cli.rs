@@ -172,3 +172,50 @@ fn keys_rotate_names_the_new_key() {
     );
     assert_ne!(kid(&first), kid(&second));
 }
+
+#[test]
+fn a_database_open_to_other_users_is_named_in_a_warning_at_start() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let first = switchboard(&data, &["migrate"], &[]);
+    assert!(first.status.success(), "{}", text(&first));
+    assert!(
+        !text(&first).contains("open to other users"),
+        "{}",
+        text(&first)
+    );
+
+    let file = data.join("switchboard.db");
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let again = switchboard(&data, &["migrate"], &[]);
+    assert!(again.status.success(), "{}", text(&again));
+    assert!(
+        text(&again).contains("open to other users") && text(&again).contains("switchboard.db"),
+        "{}",
+        text(&again)
+    );
+}
+
+#[test]
+fn a_damaged_database_stops_the_start_with_a_clear_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let created = switchboard(&data, &["migrate"], &[]);
+    assert!(created.status.success(), "{}", text(&created));
+    let file = data.join("switchboard.db");
+    let mut bytes = std::fs::read(&file).unwrap();
+    // Garbage over every page but the first (the header stays readable).
+    for byte in &mut bytes[4096..] {
+        *byte = 0x5a;
+    }
+    std::fs::write(&file, &bytes).unwrap();
+
+    let started = switchboard(&data, &["serve", "--listen", "127.0.0.1:0"], &[]);
+    assert!(!started.status.success(), "{}", text(&started));
+    assert!(
+        text(&started).contains("is damaged") && text(&started).contains("backup"),
+        "{}",
+        text(&started)
+    );
+}

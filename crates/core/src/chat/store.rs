@@ -13,7 +13,7 @@ use crate::db::Database;
 use crate::error::{Error, Result};
 use crate::jobs::Job;
 use crate::jobs::store::{INSERT_JOB, bind_insert, payload_text};
-use crate::on_database;
+use crate::{on_database, on_tx};
 
 /// The columns of a `ConversationRow`, as a literal for `concat!`.
 macro_rules! conversation_columns {
@@ -238,18 +238,17 @@ pub(crate) async fn delete_conversation(db: &Database, owner_id: &str, id: &str)
     let delete_messages = "DELETE FROM messages WHERE conversation_id IN \
                            (SELECT id FROM conversations WHERE id = $1 AND owner_id = $2)";
     let delete_conversation = "DELETE FROM conversations WHERE id = $1 AND owner_id = $2";
-    let deleted = on_database!(db, pool => {
-        let mut tx = pool.begin().await?;
-        sqlx::query(delete_messages).bind(id).bind(owner_id).execute(&mut *tx).await?;
-        let deleted = sqlx::query(delete_conversation)
+    let mut tx = db.begin().await?;
+    let deleted = on_tx!(&mut tx, conn => {
+        sqlx::query(delete_messages).bind(id).bind(owner_id).execute(&mut *conn).await?;
+        sqlx::query(delete_conversation)
             .bind(id)
             .bind(owner_id)
-            .execute(&mut *tx)
+            .execute(&mut *conn)
             .await?
-            .rows_affected();
-        tx.commit().await?;
-        deleted
+            .rows_affected()
     });
+    tx.commit().await?;
     Ok(deleted == 1)
 }
 
@@ -347,15 +346,15 @@ pub(crate) async fn insert_turn(
     let touch = "UPDATE conversations SET updated_at = $1 WHERE id = $2 AND owner_id = $3";
     let insert = "INSERT INTO messages (id, conversation_id, role, content, status, \
                   created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7)";
-    let inserted = on_database!(db, pool => {
-        // The UPDATE comes first: it checks ownership and, on SQLite, takes
-        // the write lock at once instead of upgrading a read lock later.
-        let mut tx = pool.begin().await?;
+    // The UPDATE comes first: it checks ownership before anything is
+    // inserted.
+    let mut tx = db.begin().await?;
+    let inserted = on_tx!(&mut tx, conn => {
         let touched = sqlx::query(touch)
             .bind(reply.created_at.timestamp_micros())
             .bind(&message.conversation_id)
             .bind(owner_id)
-            .execute(&mut *tx)
+            .execute(&mut *conn)
             .await?
             .rows_affected();
         if touched == 1 {
@@ -368,16 +367,18 @@ pub(crate) async fn insert_turn(
                     .bind(m.status.as_str())
                     .bind(m.created_at.timestamp_micros())
                     .bind(m.updated_at.timestamp_micros())
-                    .execute(&mut *tx)
+                    .execute(&mut *conn)
                     .await?;
             }
-            bind_insert!(sqlx::query(INSERT_JOB), job, &payload).execute(&mut *tx).await?;
-            tx.commit().await?;
-        } else {
-            tx.rollback().await?;
+            bind_insert!(sqlx::query(INSERT_JOB), job, &payload).execute(&mut *conn).await?;
         }
         touched == 1
     });
+    if inserted {
+        tx.commit().await?;
+    } else {
+        tx.rollback().await?;
+    }
     Ok(inserted)
 }
 
@@ -558,8 +559,8 @@ pub(crate) async fn finish_reply(
     let touch = "UPDATE conversations SET updated_at = $1 WHERE id = $2";
     let lengths = serde_json::to_string(ending.delta_lengths).map_err(Error::internal)?;
     let (code, message) = ending.error.unzip();
-    let row: Option<MessageRow> = on_database!(db, pool => {
-        let mut tx = pool.begin().await?;
+    let mut tx = db.begin().await?;
+    let row: Option<MessageRow> = on_tx!(&mut tx, conn => {
         let row: Option<MessageRow> = sqlx::query_as(sql)
             .bind(ending.content)
             .bind(&lengths)
@@ -571,18 +572,18 @@ pub(crate) async fn finish_reply(
             .bind(ending.usage.map(|u| i64::from(u.prompt_tokens)))
             .bind(ending.usage.map(|u| i64::from(u.completion_tokens)))
             .bind(i64::from(attempt))
-            .fetch_optional(&mut *tx)
+            .fetch_optional(&mut *conn)
             .await?;
         if let Some(row) = &row {
             sqlx::query(touch)
                 .bind(now.timestamp_micros())
                 .bind(&row.conversation_id)
-                .execute(&mut *tx)
+                .execute(&mut *conn)
                 .await?;
         }
-        tx.commit().await?;
         row
     });
+    tx.commit().await?;
     row.map(|row| StoredMessage::try_from(row).map(|s| s.message))
         .transpose()
 }

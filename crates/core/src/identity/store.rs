@@ -371,13 +371,13 @@ pub(crate) async fn purge_expired_sessions(db: &Database, now: DateTime<Utc>) ->
     let tokens = "DELETE FROM refresh_tokens WHERE session_id IN \
                   (SELECT id FROM sessions WHERE expires_at < $1)";
     let sessions = "DELETE FROM sessions WHERE expires_at < $1";
-    Ok(on_database!(db, pool => {
-        let mut tx = pool.begin().await?;
-        sqlx::query(tokens).bind(micros(now)).execute(&mut *tx).await?;
-        let deleted = sqlx::query(sessions).bind(micros(now)).execute(&mut *tx).await?.rows_affected();
-        tx.commit().await?;
-        deleted
-    }))
+    let mut tx = db.begin().await?;
+    let deleted = on_tx!(&mut tx, conn => {
+        sqlx::query(tokens).bind(micros(now)).execute(&mut *conn).await?;
+        sqlx::query(sessions).bind(micros(now)).execute(&mut *conn).await?.rows_affected()
+    });
+    tx.commit().await?;
+    Ok(deleted)
 }
 
 // --- API keys ---------------------------------------------------------------

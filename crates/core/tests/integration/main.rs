@@ -11,4 +11,5 @@ mod grpc_engine;
 mod jobs;
 mod openai_engine;
 mod resilience;
+mod storage;
 mod support;

@@ -56,8 +56,13 @@ pub(crate) struct TestDb {
 }
 
 enum Cleanup {
+    /// Someone else's: another `TestDb` removes it.
+    None,
     Sqlite(#[allow(dead_code)] TempDir),
-    Postgres { admin_url: String, name: String },
+    Postgres {
+        admin_url: String,
+        name: String,
+    },
 }
 
 impl TestDb {
@@ -99,6 +104,15 @@ impl TestDb {
         TestDb {
             config,
             cleanup: Cleanup::Postgres { admin_url, name },
+        }
+    }
+
+    /// The database `config` names, which another `TestDb` created and
+    /// removes: for starting a second app on it, as after a restart.
+    pub(crate) fn reopen(config: Config) -> TestDb {
+        TestDb {
+            config,
+            cleanup: Cleanup::None,
         }
     }
 
