@@ -1,6 +1,7 @@
 //! Emits `<package>.switchboard.rs`: for each message a `Validate` impl from
 //! its `(switchboard.v1.field)` rules; for each service a guard that checks
-//! input before the method runs, constructors that serve the guarded service
+//! input before the method runs (and ends a server stream when the caller's
+//! session ends), constructors that serve the guarded service
 //! over gRPC and REST, static `HttpBinding`s and the access policy table.
 //! Names follow prost's and tonic's conventions so the code meets theirs.
 
@@ -414,7 +415,8 @@ fn service_code(pool: &DescriptorPool, package: &str, service: &ServiceModel) ->
         out,
         "/// Serves [`{server_mod}::{name}`] with every request first checked for the\n\
          /// caller's access by the method's rule, then against the input\n\
-         /// constraints its proto declares. gRPC, gRPC-Web and REST all go through it.\n\
+         /// constraints its proto declares; a server stream ends when the caller's\n\
+         /// session does. gRPC, gRPC-Web and REST all go through it.\n\
          pub struct {guard}<T> {{\n    inner: ::std::sync::Arc<T>,\n}}\n\n\
          impl<T> {guard}<T> {{\n    /// Guards `inner`.\n    pub fn new(inner: ::std::sync::Arc<T>) -> Self {{\n        Self {{ inner }}\n    }}\n}}\n\n\
          impl<T> ::std::fmt::Debug for {guard}<T> {{\n    fn fmt(&self, f: &mut ::std::fmt::Formatter<'_>) -> ::std::fmt::Result {{\n        f.write_str(\"{guard}\")\n    }}\n}}\n\n\
@@ -456,17 +458,32 @@ fn service_code(pool: &DescriptorPool, package: &str, service: &ServiceModel) ->
         let authorize = format!(
             "        {RT}::policy::authorize(request.extensions().get::<{RT}::policy::Caller>(), &{policy})?;\n"
         );
-        let response = if descriptor.is_server_streaming() {
+        // A server stream is checked again while it is open: it ends when
+        // the caller's session does (see `switchboard_rest::session`).
+        let (response, call) = if descriptor.is_server_streaming() {
             let stream = format!("{}Stream", descriptor.name().to_upper_camel_case());
-            let _ = writeln!(out, "    type {stream} = T::{stream};");
-            format!("Self::{stream}")
+            let _ = writeln!(
+                out,
+                "    type {stream} = {RT}::session::GuardedStream<{output}>;"
+            );
+            (
+                format!("Self::{stream}"),
+                format!(
+                    "        let session = request.extensions().get::<{RT}::session::SessionCheck>().cloned();\n\
+                     \x20       let response = self.inner.{fn_name}(request).await?;\n\
+                     \x20       ::std::result::Result::Ok(response.map(|stream| {RT}::session::while_signed_in(stream, session)))\n"
+                ),
+            )
         } else {
-            output
+            (
+                output,
+                format!("        self.inner.{fn_name}(request).await\n"),
+            )
         };
         let _ = write!(
             out,
             "    async fn {fn_name}(&self, request: {request}) -> ::std::result::Result<::tonic::Response<{response}>, ::tonic::Status> {{\n\
-             {authorize}{validate}        self.inner.{fn_name}(request).await\n    }}\n"
+             {authorize}{validate}{call}    }}\n"
         );
     }
     out.push_str("}\n\n");

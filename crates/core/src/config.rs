@@ -147,6 +147,12 @@ pub struct AuthConfig {
     /// per account and per address every this many seconds. Default `60`;
     /// variable `SWITCHBOARD_AUTH__LOGIN_ATTEMPT_REFILL_SECS`.
     pub login_attempt_refill_secs: u64,
+    /// Key `auth.credential_recheck_secs`: how often the credential of an
+    /// open stream (StreamReply on every transport, the WebSocket) is
+    /// checked again, so that a stream of a session that ended, a key that
+    /// was revoked or an account that was disabled stops. At least 1.
+    /// Default `30`; variable `SWITCHBOARD_AUTH__CREDENTIAL_RECHECK_SECS`.
+    pub credential_recheck_secs: u64,
     /// Key `auth.oidc_providers`: OpenID Connect providers, an array of
     /// tables with `id`, `issuer`, `client_id`, `client_secret`, and
     /// optionally `display_name`, `scopes`, `audience` (the `aud` of its
@@ -170,6 +176,7 @@ impl Default for AuthConfig {
             login_attempts_per_account: 5,
             login_attempts_per_address: 20,
             login_attempt_refill_secs: 60,
+            credential_recheck_secs: 30,
             oidc_providers: Vec::new(),
         }
     }
@@ -611,6 +618,9 @@ impl Config {
                 "auth.access_token_ttl_secs",
                 "token lifetimes must be at least 1 second",
             );
+        }
+        if self.auth.credential_recheck_secs == 0 {
+            return invalid("auth.credential_recheck_secs", "must be at least 1");
         }
         if self.auth.password_min_length < 8 {
             return invalid("auth.password_min_length", "must be at least 8");

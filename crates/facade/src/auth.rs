@@ -6,11 +6,19 @@
 //! the request extensions: a [`Caller`] for the generated guards, which
 //! apply each method's access rule from the proto, and the [`Principal`]
 //! the services scope their work to. It also records the
-//! [`RequestContext`] audit events carry. It decides nothing about access
+//! [`RequestContext`] audit events carry, and, for an authenticated caller,
+//! a [`SessionCheck`] that asks [`Identity::authenticate`] again with the
+//! same credential: every open stream (the generated guards wrap each
+//! server stream, the WebSocket asks it too) ends with UNAUTHENTICATED at
+//! the first check after the session ends, the key is revoked, the account
+//! is disabled or an access token expires. It decides nothing about access
 //! itself: a refused credential still reaches public methods, as anonymous.
 
+use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::{ConnectInfo, Request, State};
 use axum::middleware::Next;
@@ -18,6 +26,7 @@ use axum::response::{IntoResponse, Response};
 use http::header;
 use switchboard_core::identity::{Identity, Principal, RequestContext};
 use switchboard_rest::policy::{Caller, Grants};
+use switchboard_rest::session::{CredentialCheck, SessionCheck, credentials_refused};
 
 /// The longest `User-Agent` kept for audit events.
 const MAX_USER_AGENT: usize = 256;
@@ -28,6 +37,41 @@ pub(crate) struct AuthState {
     pub(crate) identity: Arc<Identity>,
     /// Proxies whose `X-Forwarded-For` is believed.
     pub(crate) trusted_proxies: Arc<[IpAddr]>,
+    /// How often an open stream checks its credential again.
+    pub(crate) credential_recheck: Duration,
+}
+
+/// The credential a request was authenticated with, asked again while its
+/// streams are open.
+#[derive(Clone)]
+struct CredentialRecheck {
+    identity: Arc<Identity>,
+    credential: String,
+    /// The account it authenticated; another one is a refusal too.
+    user_id: String,
+}
+
+impl std::fmt::Debug for CredentialRecheck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the credential itself.
+        f.debug_struct("CredentialRecheck")
+            .field("user_id", &self.user_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CredentialCheck for CredentialRecheck {
+    fn recheck(&self) -> Pin<Box<dyn Future<Output = Result<(), tonic::Status>> + Send + '_>> {
+        Box::pin(async move {
+            match self.identity.authenticate(&self.credential).await {
+                Ok(Some(current)) if current.user_id == self.user_id => Ok(()),
+                Ok(_) => Err(credentials_refused()),
+                // Not the credential's fault: the stream ends with the
+                // failure's own status (UNAVAILABLE), as a new request would.
+                Err(error) => Err(switchboard_api::status_from(error)),
+            }
+        })
+    }
 }
 
 /// A principal's permissions, as the generated guards ask for them.
@@ -137,6 +181,15 @@ pub(crate) async fn authenticate(
         Some(credential) if credential.is_empty() => Caller::Refused,
         Some(credential) => match identity.authenticate(&credential).await {
             Ok(Some(principal)) => {
+                let recheck = CredentialRecheck {
+                    identity: identity.clone(),
+                    credential,
+                    user_id: principal.user_id.clone(),
+                };
+                request.extensions_mut().insert(SessionCheck::new(
+                    Arc::new(recheck),
+                    state.credential_recheck,
+                ));
                 request.extensions_mut().insert(principal.clone());
                 caller_of(principal)
             }

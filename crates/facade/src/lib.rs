@@ -10,6 +10,8 @@
 //! rule from the proto, then check input, before any method runs. The public
 //! keys of issued tokens are served at `/.well-known/jwks.json`, and replies
 //! stream over a WebSocket at `/v1/ws` ([`ws`]) under StreamReply's rule.
+//! Every open stream checks its caller's credential again every
+//! [`Edge::credential_recheck`] and ends when it no longer holds.
 
 mod auth;
 mod grpc;
@@ -61,6 +63,9 @@ pub struct Edge {
     pub cors_allowed_origins: Vec<String>,
     /// Proxies whose `X-Forwarded-For` is believed.
     pub trusted_proxies: Vec<std::net::IpAddr>,
+    /// How often an open stream (StreamReply on any transport, the
+    /// WebSocket) checks its credential again (`auth.credential_recheck_secs`).
+    pub credential_recheck: Duration,
     /// Set when shutdown begins: readiness fails and health watchers are
     /// told NOT_SERVING, while open requests finish.
     pub drain: Drain,
@@ -82,6 +87,7 @@ impl Edge {
                 .iter()
                 .filter_map(|proxy| proxy.parse().ok())
                 .collect(),
+            credential_recheck: Duration::from_secs(config.auth.credential_recheck_secs),
             drain: Drain::default(),
         }
     }
@@ -166,9 +172,8 @@ pub fn app(edge: Edge) -> Router {
         .merge(metrics::routes())
         .route("/v1/ws", {
             let chat = edge.chat.clone();
-            let identity = edge.identity.clone();
             axum::routing::get(move |request: axum::extract::Request| {
-                ws::upgrade(chat.clone(), identity.clone(), request)
+                ws::upgrade(chat.clone(), request)
             })
         })
         .route(
@@ -191,6 +196,7 @@ pub fn app(edge: Edge) -> Router {
             auth::AuthState {
                 identity: edge.identity.clone(),
                 trusted_proxies: edge.trusted_proxies.clone().into(),
+                credential_recheck: edge.credential_recheck,
             },
             auth::authenticate,
         ))

@@ -9,9 +9,11 @@
 //! to `switchboard.v1`).
 //!
 //! The credential is checked again before each new subscription and every
-//! 30 seconds, so a socket of a session that logged out, or of an account
-//! that was disabled, gets an UNAUTHENTICATED error frame and is closed,
-//! even while it only listens.
+//! `auth.credential_recheck_secs` (30 seconds), with the same
+//! [`SessionCheck`] and interval as every other stream, so a socket of a
+//! session that logged out, of a revoked key or of an account that was
+//! disabled gets an UNAUTHENTICATED error frame and is closed, even while
+//! it only listens.
 //!
 //! Frames are JSON text. The client subscribes to one reply,
 //! `{"subscribe": {"conversationId", "messageId", "afterSeq"}}`, or to a
@@ -43,9 +45,10 @@ use futures::{SinkExt, StreamExt};
 use serde::Deserialize;
 use switchboard_api::convert::IntoProto;
 use switchboard_core::chat::{Chat, ReplyStream};
-use switchboard_core::identity::{Identity, Principal};
+use switchboard_core::identity::Principal;
 use switchboard_proto::v1;
 use switchboard_rest::policy::{Caller, authorize};
+use switchboard_rest::session::SessionCheck;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
@@ -60,9 +63,6 @@ const OUTGOING_FRAMES: usize = 64;
 
 /// Subscriptions one socket may hold at once.
 const MAX_SUBSCRIPTIONS: usize = 32;
-
-/// How often the socket's credential is checked while it is open.
-const RECHECK_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// A frame from the client.
 #[derive(Debug, Deserialize)]
@@ -112,21 +112,19 @@ pub(crate) fn subprotocol_token(headers: &http::HeaderMap) -> Option<String> {
 }
 
 /// `GET /v1/ws`: checks the caller against StreamReply's rule, then upgrades.
-pub(crate) async fn upgrade(
-    chat: Arc<Chat>,
-    identity: Arc<Identity>,
-    request: Request,
-) -> Response {
+pub(crate) async fn upgrade(chat: Arc<Chat>, request: Request) -> Response {
     let caller = request.extensions().get::<Caller>().cloned();
     if let Err(status) = authorize(caller.as_ref(), &v1::CHAT_SERVICE_STREAM_REPLY_POLICY) {
         return switchboard_rest::error::status_response(&status);
     }
-    let Some(principal) = request.extensions().get::<Principal>().cloned() else {
+    let (Some(principal), Some(session)) = (
+        request.extensions().get::<Principal>().cloned(),
+        request.extensions().get::<SessionCheck>().cloned(),
+    ) else {
         return switchboard_rest::error::status_response(&tonic::Status::unauthenticated(
             "sign in: this method needs a bearer token or an API key",
         ));
     };
-    let credential = crate::auth::credential(&request).unwrap_or_default();
     let (mut parts, _body) = request.into_parts();
     let upgrade = match WebSocketUpgrade::from_request_parts(&mut parts, &()).await {
         Ok(upgrade) => upgrade,
@@ -134,27 +132,13 @@ pub(crate) async fn upgrade(
     };
     upgrade
         .protocols([SUBPROTOCOL])
-        .on_upgrade(move |socket| serve(socket, chat, identity, principal, credential))
-}
-
-/// Whether the credential the socket was opened with still authenticates
-/// the same account (not logged out, revoked, disabled or expired since).
-async fn still_signed_in(identity: &Identity, credential: &str, principal: &Principal) -> bool {
-    matches!(
-        identity.authenticate(credential).await,
-        Ok(Some(current)) if current.user_id == principal.user_id
-    )
+        .on_upgrade(move |socket| serve(socket, chat, principal, session))
 }
 
 /// Serves one socket until the client closes it, or until its credential
-/// stops working: it is checked again before each new subscription.
-async fn serve(
-    socket: WebSocket,
-    chat: Arc<Chat>,
-    identity: Arc<Identity>,
-    principal: Principal,
-    credential: String,
-) {
+/// stops working: `session` checks it again before each new subscription
+/// and at its interval.
+async fn serve(socket: WebSocket, chat: Arc<Chat>, principal: Principal, session: SessionCheck) {
     let (mut sink, mut incoming) = socket.split();
     let (outgoing, mut queued) = mpsc::channel::<String>(OUTGOING_FRAMES);
     let writer = tokio::spawn(async move {
@@ -166,21 +150,16 @@ async fn serve(
         let _ = sink.close().await;
     });
     let mut subscriptions: HashMap<String, JoinHandle<()>> = HashMap::new();
-    let mut recheck = tokio::time::interval(RECHECK_INTERVAL);
+    let mut recheck = tokio::time::interval(session.interval());
     recheck.tick().await;
     loop {
         let frame = tokio::select! {
             frame = incoming.next() => frame,
             _ = recheck.tick() => {
-                if still_signed_in(&identity, &credential, &principal).await {
+                let Err(status) = session.recheck().await else {
                     continue;
-                }
-                let refused = error_frame(
-                    "",
-                    None,
-                    &tonic::Status::unauthenticated("the credentials are invalid, expired or revoked"),
-                );
-                let _ = outgoing.send(refused).await;
+                };
+                let _ = outgoing.send(error_frame("", None, &status)).await;
                 break;
             }
         };
@@ -220,20 +199,16 @@ async fn serve(
                     )),
                 ))
             }
-            Ok(ClientFrame::Subscribe(subscribe))
-                if !still_signed_in(&identity, &credential, &principal).await =>
-            {
-                let refused = error_frame(
-                    &subscribe.conversation_id,
-                    subscribe.message_id.as_deref(),
-                    &tonic::Status::unauthenticated(
-                        "the credentials are invalid, expired or revoked",
-                    ),
-                );
-                let _ = outgoing.send(refused).await;
-                break;
-            }
             Ok(ClientFrame::Subscribe(subscribe)) => {
+                if let Err(status) = session.recheck().await {
+                    let refused = error_frame(
+                        &subscribe.conversation_id,
+                        subscribe.message_id.as_deref(),
+                        &status,
+                    );
+                    let _ = outgoing.send(refused).await;
+                    break;
+                }
                 let key =
                     subscription_key(&subscribe.conversation_id, subscribe.message_id.as_deref());
                 let started = match &subscribe.message_id {

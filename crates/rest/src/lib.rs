@@ -10,12 +10,14 @@
 //! * [`error`] — google.rpc.Status JSON and the gRPC code → HTTP status table.
 //! * [`validate`] — the field constraints of the proto, checked before a method runs.
 //! * [`policy`] — the access rule of each method, as the proto declares it.
+//! * [`session`] — server streams that end when their caller's session does.
 //! * [`wkt`] — Timestamp and FieldMask with their spec JSON forms.
 
 pub mod binding;
 pub mod error;
 pub mod policy;
 pub mod router;
+pub mod session;
 pub mod transcode;
 pub mod validate;
 pub mod wkt;

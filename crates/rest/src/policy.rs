@@ -76,11 +76,7 @@ pub fn authorize(caller: Option<&Caller>, policy: &MethodPolicy) -> Result<(), t
     }
     let grants = match caller {
         Some(Caller::Authenticated(grants)) => grants,
-        Some(Caller::Refused) => {
-            return Err(tonic::Status::unauthenticated(
-                "the credentials are invalid, expired or revoked",
-            ));
-        }
+        Some(Caller::Refused) => return Err(crate::session::credentials_refused()),
         Some(Caller::Anonymous) | None => {
             return Err(tonic::Status::unauthenticated(
                 "sign in: this method needs a bearer token or an API key",

@@ -8,6 +8,7 @@ mod identity;
 mod lifecycle;
 mod oidc;
 mod oidc_provider;
+mod stream_sessions;
 mod support;
 mod transports;
 mod websocket;

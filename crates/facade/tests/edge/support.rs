@@ -19,8 +19,32 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tonic::service::interceptor::InterceptedService;
 
-/// Runs each scenario `async fn name(app: TestApp)` on SQLite and on PostgreSQL.
+/// Runs each scenario `async fn name(app: TestApp)` on SQLite and on
+/// PostgreSQL; `configured by f;` first lets `f(&mut Config)` change the
+/// configuration of each server.
 macro_rules! on_both_databases {
+    (configured by $configure:ident; $($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let app = $crate::support::spawn_app_with($crate::support::Backend::Sqlite, super::$configure).await;
+                    super::$name(&app).await;
+                    app.stop().await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let app = $crate::support::spawn_app_with($crate::support::Backend::Postgres, super::$configure).await;
+                    super::$name(&app).await;
+                    app.stop().await;
+                }
+            )*
+        }
+    };
     ($($name:ident),* $(,)?) => {
         mod sqlite {
             $(

@@ -35,7 +35,7 @@ pub(crate) async fn connect(app: &TestApp, headers: &[(&str, String)]) -> Result
     }
 }
 
-async fn next_frame(socket: &mut Socket) -> Value {
+pub(crate) async fn next_frame(socket: &mut Socket) -> Value {
     loop {
         let frame = tokio::time::timeout(Duration::from_secs(10), socket.next())
             .await
