@@ -150,12 +150,13 @@ pub(crate) async fn spawn_app_with(
     let server = tokio::spawn(switchboard_facade::serve(
         listener,
         switchboard_facade::app(edge),
-        async move {
-            let _ = stopped.await;
-            drain.begin();
-        },
+        drain.clone(),
         Duration::from_secs(10),
     ));
+    tokio::spawn(async move {
+        let _ = stopped.await;
+        drain.begin();
+    });
     TestApp {
         address,
         http: client_for(Some(&owner.access_token)),
