@@ -151,7 +151,9 @@ pub(crate) async fn spawn_app_with(
         listener,
         switchboard_facade::app(edge),
         drain.clone(),
-        Duration::from_secs(10),
+        // The configured grace, but at most 10 s, so a test that leaves a
+        // stream open does not wait out the 30 s default.
+        Duration::from_secs(config.shutdown_grace_secs.min(10)),
     ));
     tokio::spawn(async move {
         let _ = stopped.await;
