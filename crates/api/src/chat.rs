@@ -10,6 +10,7 @@ use futures::{Stream, StreamExt};
 use switchboard_core::chat::{Chat, ConversationPatch};
 use switchboard_proto::v1 as pb;
 use switchboard_proto::v1::chat_service_server::ChatService;
+use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 
 use crate::caller::principal;
@@ -23,13 +24,57 @@ pub type ReplyEventStream = Pin<Box<dyn Stream<Item = Result<pb::ReplyEvent, Sta
 #[derive(Debug, Clone)]
 pub struct ChatApi {
     chat: Arc<Chat>,
+    /// Turns true when the server's shutdown grace has run out.
+    streams_ending: Option<watch::Receiver<bool>>,
 }
+
+/// What a StreamReply cut short by shutdown ends with.
+const STREAM_ENDED_BY_SHUTDOWN: &str = "the server is shutting down; \
+    resume the stream with after_seq set to the last seq received";
 
 impl ChatApi {
     /// The service over `chat`.
     pub fn new(chat: Arc<Chat>) -> Self {
-        Self { chat }
+        Self {
+            chat,
+            streams_ending: None,
+        }
     }
+
+    /// Ends every open StreamReply with UNAVAILABLE once `ending` turns
+    /// true (the server's shutdown grace has run out): a status after a
+    /// whole event, so the client resumes from its last seq elsewhere,
+    /// rather than a connection cut mid-message.
+    #[must_use]
+    pub fn with_streams_ending(mut self, ending: watch::Receiver<bool>) -> Self {
+        self.streams_ending = Some(ending);
+        self
+    }
+}
+
+/// `events` until `ending` turns true, then UNAVAILABLE.
+fn until_shutdown(
+    events: impl Stream<Item = Result<pb::ReplyEvent, Status>> + Send + 'static,
+    ending: watch::Receiver<bool>,
+) -> ReplyEventStream {
+    async fn ended(ending: &mut watch::Receiver<bool>) {
+        // A dropped sender means no shutdown will end the stream.
+        if ending.wait_for(|ending| *ending).await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+    let state = Some((Box::pin(events), ending));
+    Box::pin(futures::stream::unfold(state, |state| async move {
+        let (mut events, mut ending) = state?;
+        tokio::select! {
+            // Events already there are sent before the stream is ended.
+            biased;
+            event = events.next() => event.map(|event| (event, Some((events, ending)))),
+            () = ended(&mut ending) => {
+                Some((Err(Status::unavailable(STREAM_ENDED_BY_SHUTDOWN)), None))
+            }
+        }
+    }))
 }
 
 #[tonic::async_trait]
@@ -162,7 +207,10 @@ impl ChatService for ChatApi {
             .await
             .map_err(status_from)?;
         let events = events.map(|event| Ok(event.into_proto()));
-        Ok(Response::new(Box::pin(events)))
+        Ok(Response::new(match &self.streams_ending {
+            Some(ending) => until_shutdown(events, ending.clone()),
+            None => Box::pin(events),
+        }))
     }
 
     async fn cancel_reply(

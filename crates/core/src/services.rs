@@ -59,7 +59,13 @@ pub struct Services {
     stop: watch::Sender<bool>,
     background: Vec<JoinHandle<()>>,
     shutdown_grace: Duration,
+    /// When [`Services::stop_workers`] first ran: the grace counts from it.
+    stopping_since: Option<tokio::time::Instant>,
 }
+
+/// How long past the grace the workers get to stop the jobs still running
+/// (they abort them at the grace; this is only the aborting).
+const WORKERS_STOP_MARGIN: Duration = Duration::from_secs(1);
 
 impl Services {
     /// Connects to the database, applies migrations, builds the chat service
@@ -205,6 +211,7 @@ impl Services {
             stop,
             background,
             shutdown_grace,
+            stopping_since: None,
         })
     }
 
@@ -257,18 +264,32 @@ impl Services {
         self.db.check_writable().await
     }
 
-    /// Stops taking jobs, waits up to `shutdown_grace_secs` for the running
-    /// ones, then closes the database pool. Call it after the listeners
-    /// have stopped taking requests. Jobs stopped by the grace period are
-    /// taken again (by any worker) once their leases run out.
-    pub async fn shutdown(self) {
+    /// Stops taking jobs and waits for the running ones, at most until
+    /// `shutdown_grace_secs` after the first call (and a moment for the
+    /// workers to stop the jobs still running then; those are taken again,
+    /// by any worker, once their leases run out). Call it when shutdown
+    /// begins, alongside the listeners' drain, so both use the same grace
+    /// rather than one after the other; calling it again waits for nothing.
+    pub async fn stop_workers(&mut self) {
         self.stop.send_replace(true);
-        let grace = self.shutdown_grace + Duration::from_secs(1);
-        for task in self.background {
-            if tokio::time::timeout(grace, task).await.is_err() {
-                tracing::warn!("a background task did not stop in time");
+        let stopping_since = *self
+            .stopping_since
+            .get_or_insert_with(tokio::time::Instant::now);
+        let deadline = stopping_since + self.shutdown_grace + WORKERS_STOP_MARGIN;
+        for mut task in self.background.drain(..) {
+            if tokio::time::timeout_at(deadline, &mut task).await.is_err() {
+                tracing::warn!("a background task did not stop in time; stopping it");
+                task.abort();
             }
         }
+    }
+
+    /// Stops the workers (see [`Services::stop_workers`]; at once if that
+    /// already ran), ends the streams of replies this process will not
+    /// finish, and closes the database pool. Call it last, after the
+    /// listeners have stopped.
+    pub async fn shutdown(mut self) {
+        self.stop_workers().await;
         self.generator.close_unfinished();
         self.db.close().await;
     }

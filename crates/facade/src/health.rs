@@ -1,5 +1,6 @@
-//! Health: `/healthz` answers while the process runs; `/readyz` answers 200
-//! only while the database answers and the server is not shutting down, and
+//! Health: `/healthz` answers 200 while the process runs and 503 once it is
+//! shutting down; `/readyz` answers 200 only while the database answers and
+//! the server is not shutting down, and
 //! reports the engine's circuit breaker (`closed`, `open`, `half_open`)
 //! without failing on it: an open circuit stops new messages (SendMessage
 //! answers UNAVAILABLE), not reads, so the instance stays in rotation.
@@ -23,6 +24,8 @@ use serde_json::json;
 use switchboard_core::chat::{EngineStatus, ReportedState};
 use switchboard_core::db::Database;
 use tokio::sync::watch;
+
+use crate::drain::Drain;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_server::{Health, HealthServer};
 use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
@@ -32,29 +35,6 @@ const SERVICES: &[&str] = &["", "switchboard.v1.ChatService"];
 
 /// How often the background task checks the database.
 const CHECK_INTERVAL: Duration = Duration::from_secs(5);
-
-/// Whether the server is shutting down. Cloning shares it; the binary (or a
-/// test) calls [`Drain::begin`] when its shutdown signal arrives.
-#[derive(Debug, Clone)]
-pub struct Drain(Arc<watch::Sender<bool>>);
-
-impl Default for Drain {
-    fn default() -> Self {
-        Self(Arc::new(watch::Sender::new(false)))
-    }
-}
-
-impl Drain {
-    /// Marks the server as shutting down: readiness fails from now on.
-    pub fn begin(&self) {
-        self.0.send_replace(true);
-    }
-
-    /// Whether shutdown has begun.
-    pub fn is_draining(&self) -> bool {
-        *self.0.borrow()
-    }
-}
 
 /// The readiness of the server, shared by the HTTP and gRPC health checks.
 #[derive(Debug, Clone)]
@@ -118,7 +98,7 @@ async fn refresh(inner: &Inner) -> ServingStatus {
 
 async fn check_periodically(inner: Weak<Inner>) {
     let mut draining = match inner.upgrade() {
-        Some(inner) => inner.drain.0.subscribe(),
+        Some(inner) => inner.drain.draining(),
         None => return,
     };
     loop {
@@ -160,7 +140,7 @@ impl Health for HealthState {
     ) -> Result<tonic::Response<Self::WatchStream>, tonic::Status> {
         let known = SERVICES.contains(&request.get_ref().service.as_str());
         let mut statuses = self.inner.status.subscribe();
-        let mut draining = self.inner.drain.0.subscribe();
+        let mut draining = self.inner.drain.draining();
         let (sender, receiver) = tokio::sync::mpsc::channel(1);
         tokio::spawn(async move {
             let response = |status: ServingStatus| {
@@ -209,20 +189,33 @@ impl Health for HealthState {
 /// `/healthz` and `/readyz`.
 pub(crate) fn routes(health: HealthState) -> Router {
     Router::new()
-        .route(
-            "/healthz",
-            get(|| async { axum::Json(json!({ "status": "ok" })) }),
-        )
+        .route("/healthz", get(live))
         .route("/readyz", get(ready))
         .with_state(health)
 }
 
+/// Liveness. It fails during the drain too, not only readiness: the process
+/// is going away, so an orchestrator or load balancer that checks only
+/// `/healthz` also stops sending to it (the listener stays open, so the
+/// check gets an answer, not a refused connection); nothing restarts a
+/// process for a failing liveness check within its termination grace.
+async fn live(State(health): State<HealthState>) -> (StatusCode, axum::Json<serde_json::Value>) {
+    if health.inner.drain.is_draining() {
+        return shutting_down();
+    }
+    (StatusCode::OK, axum::Json(json!({ "status": "ok" })))
+}
+
+fn shutting_down() -> (StatusCode, axum::Json<serde_json::Value>) {
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        axum::Json(json!({ "status": "unavailable", "reason": "shutting down" })),
+    )
+}
+
 async fn ready(State(health): State<HealthState>) -> (StatusCode, axum::Json<serde_json::Value>) {
     if health.inner.drain.is_draining() {
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            axum::Json(json!({ "status": "unavailable", "reason": "shutting down" })),
-        );
+        return shutting_down();
     }
     let engine = &health.inner.engine;
     let state = engine.state();

@@ -2,7 +2,8 @@
 //! gRPC-Web, the generated REST routes, Swagger UI and the OpenAPI document,
 //! gRPC server reflection (v1 and v1alpha), grpc.health.v1, `/healthz`,
 //! `/readyz` and `/metrics`. [`app`] builds the router, so tests drive it in-process; [`serve`]
-//! runs it on a listener until `shutdown` resolves, then drains.
+//! runs it on a listener until its [`Drain`] begins, then drains it within
+//! the grace period, answering health checks until it stops.
 //!
 //! Every request passes the same edge layers whatever its transport: the
 //! caller is authenticated here ([`auth`]) and recorded in the request
@@ -14,12 +15,12 @@
 //! [`Edge::credential_recheck`] and ends when it no longer holds.
 
 mod auth;
+mod drain;
 mod grpc;
 mod health;
 mod metrics;
 mod ws;
 
-use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -44,7 +45,8 @@ use tower_http::request_id::{
 use tower_http::trace::TraceLayer;
 use utoipa_swagger_ui::SwaggerUi;
 
-pub use health::{Drain, HealthState};
+pub use drain::{Drain, InFlight};
+pub use health::HealthState;
 
 /// What the edge serves: the domain services and the settings it reads.
 #[derive(Debug, Clone)]
@@ -106,12 +108,13 @@ pub(crate) struct Apis {
 /// What a `switchboard worker` process serves for operators when asked to
 /// listen: `/healthz`, `/readyz` (the database, and the engine's circuit
 /// breaker as this worker sees it) and `/metrics` (jobs run, their
-/// durations, replies, first-token latency, the breaker's state).
-pub fn worker_app(services: &Services) -> Router {
+/// durations, replies, first-token latency, the breaker's state). Its
+/// health checks fail once `drain` begins.
+pub fn worker_app(services: &Services, drain: Drain) -> Router {
     let health = HealthState::new(
         services.database().clone(),
         services.engine_status().clone(),
-        Drain::default(),
+        drain,
     );
     health::routes(health).merge(metrics::routes())
 }
@@ -119,7 +122,9 @@ pub fn worker_app(services: &Services) -> Router {
 /// The whole application router: gRPC and gRPC-Web, REST, docs and health.
 pub fn app(edge: Edge) -> Router {
     let apis = Apis {
-        chat: Arc::new(ChatApi::new(edge.chat.clone())),
+        chat: Arc::new(
+            ChatApi::new(edge.chat.clone()).with_streams_ending(edge.drain.streams_ending()),
+        ),
         auth: Arc::new(AuthApi::new(edge.identity.clone())),
         users: Arc::new(UserApi::new(edge.identity.clone())),
         audit: Arc::new(AuditApi::new(edge.identity.clone())),
@@ -172,8 +177,9 @@ pub fn app(edge: Edge) -> Router {
         .merge(metrics::routes())
         .route("/v1/ws", {
             let chat = edge.chat.clone();
+            let drain = edge.drain.clone();
             axum::routing::get(move |request: axum::extract::Request| {
-                ws::upgrade(chat.clone(), request)
+                ws::upgrade(chat.clone(), drain.clone(), request)
             })
         })
         .route(
@@ -341,20 +347,33 @@ fn cors_layer(origins: &[String]) -> Option<CorsLayer> {
     )
 }
 
+/// How long the streams ended at the end of the grace get to send their
+/// last frame, and connections to close, before they are dropped.
+const LAST_FRAMES: Duration = Duration::from_secs(1);
+
 /// Serves `app` on `listener` (HTTP/1.1 and h2c on the same port) until
-/// `shutdown` resolves; then stops accepting, lets in-flight requests and
-/// streams finish for at most `grace`, and returns.
+/// `drain` begins. Then the listener stays open: health checks answer 503,
+/// new requests are refused with UNAVAILABLE, and the requests, streams and
+/// [tracked](Drain::track) work under way go on for at most `grace`. Reply
+/// streams still open then end with UNAVAILABLE; once nothing is in flight
+/// (or [`LAST_FRAMES`] later) the listener closes, HTTP/2 connections get
+/// GOAWAY, and this returns: within `grace` plus at most two seconds.
 ///
 /// # Errors
 /// The listener's I/O error, if serving fails.
 pub async fn serve(
     listener: TcpListener,
     app: Router,
-    shutdown: impl Future<Output = ()> + Send + 'static,
+    drain: Drain,
     grace: Duration,
 ) -> std::io::Result<()> {
     use axum::serve::ListenerExt as _;
-    let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
+    // Outermost, so a refused request costs nothing, and every admitted one
+    // is counted until its whole body has been sent.
+    let app = app.layer(axum::middleware::from_fn_with_state(
+        drain.clone(),
+        drain::gate,
+    ));
     // Without TCP_NODELAY each small write (an SSE event, a gRPC message)
     // waits for the client's delayed ACK: about 40 ms per event.
     let listener = listener.tap_io(|stream| {
@@ -362,26 +381,39 @@ pub async fn serve(
             tracing::debug!(error = %err, "cannot set TCP_NODELAY");
         }
     });
+    // axum stops accepting when this resolves, so it resolves only once the
+    // drain has nothing left to wait for: until then the port stays open
+    // and answers health checks.
+    let drained = {
+        let drain = drain.clone();
+        async move {
+            drain.begun().await;
+            let deadline = tokio::time::Instant::now() + grace;
+            tokio::select! {
+                () = drain.idle() => {}
+                () = tokio::time::sleep_until(deadline) => {
+                    tracing::warn!(grace_secs = grace.as_secs(), "requests or streams still open after the grace period; ending them");
+                    drain.end_streams();
+                    let _ = tokio::time::timeout(LAST_FRAMES, drain.idle()).await;
+                }
+            }
+        }
+    };
     let server = axum::serve(
         listener,
         app.into_make_service_with_connect_info::<SocketAddr>(),
     )
-    .with_graceful_shutdown(async move {
-        shutdown.await;
-        let _ = stopping_tx.send(());
-    });
+    .with_graceful_shutdown(drained);
     let server = std::pin::pin!(server.into_future());
     tokio::select! {
         result = server => result,
         () = async {
-            // Only once shutdown began does the grace period run.
-            if stopping_rx.await.is_ok() {
-                tokio::time::sleep(grace).await;
-            } else {
-                std::future::pending::<()>().await;
-            }
+            // Connections that ignore GOAWAY or `Connection: close` do not
+            // hold the process past the grace.
+            drain.begun().await;
+            tokio::time::sleep(grace + 2 * LAST_FRAMES).await;
         } => {
-            tracing::warn!(grace_secs = grace.as_secs(), "connections still open after the grace period; closing them");
+            tracing::warn!("connections still open after the grace period; closing them");
             Ok(())
         }
     }

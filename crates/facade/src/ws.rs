@@ -30,6 +30,13 @@
 //! client that resumes a reply with the last `seq` it saw as `afterSeq`
 //! gets the rest, with no gap and no duplicate.
 //!
+//! When the server begins to shut down, a new subscription is refused with
+//! UNAVAILABLE ("the server is shutting down") and a socket with none left
+//! under way is closed (1001, going away); when the shutdown grace runs out,
+//! each subscription still open gets an UNAVAILABLE error frame, after its
+//! last whole event, and the socket is closed, so the client resumes
+//! elsewhere from the last `seq` it saw.
+//!
 //! Events of all subscriptions of a socket go through one bounded queue to
 //! the writer: a slow client slows its own subscriptions down (the reply log
 //! is shared and not copied per subscriber), and the server never buffers
@@ -38,7 +45,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade, close_code};
 use axum::extract::{FromRequestParts, Request};
 use axum::response::{IntoResponse, Response};
 use futures::{SinkExt, StreamExt};
@@ -49,8 +56,10 @@ use switchboard_core::identity::Principal;
 use switchboard_proto::v1;
 use switchboard_rest::policy::{Caller, authorize};
 use switchboard_rest::session::SessionCheck;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
+
+use crate::drain::{Drain, SHUTTING_DOWN, Tracked};
 
 /// The subprotocol the server speaks.
 pub(crate) const SUBPROTOCOL: &str = "switchboard.v1";
@@ -112,7 +121,7 @@ pub(crate) fn subprotocol_token(headers: &http::HeaderMap) -> Option<String> {
 }
 
 /// `GET /v1/ws`: checks the caller against StreamReply's rule, then upgrades.
-pub(crate) async fn upgrade(chat: Arc<Chat>, request: Request) -> Response {
+pub(crate) async fn upgrade(chat: Arc<Chat>, drain: Drain, request: Request) -> Response {
     let caller = request.extensions().get::<Caller>().cloned();
     if let Err(status) = authorize(caller.as_ref(), &v1::CHAT_SERVICE_STREAM_REPLY_POLICY) {
         return switchboard_rest::error::status_response(&status);
@@ -125,6 +134,8 @@ pub(crate) async fn upgrade(chat: Arc<Chat>, request: Request) -> Response {
             "sign in: this method needs a bearer token or an API key",
         ));
     };
+    // The socket keeps the upgrade request's place in the drain.
+    let place = request.extensions().get::<Tracked>().cloned();
     let (mut parts, _body) = request.into_parts();
     let upgrade = match WebSocketUpgrade::from_request_parts(&mut parts, &()).await {
         Ok(upgrade) => upgrade,
@@ -132,29 +143,81 @@ pub(crate) async fn upgrade(chat: Arc<Chat>, request: Request) -> Response {
     };
     upgrade
         .protocols([SUBPROTOCOL])
-        .on_upgrade(move |socket| serve(socket, chat, principal, session))
+        .on_upgrade(move |socket| async move {
+            let socket_session = Session {
+                chat,
+                principal,
+                session,
+                drain,
+            };
+            serve(socket, socket_session).await;
+            drop(place);
+        })
 }
 
-/// Serves one socket until the client closes it, or until its credential
-/// stops working: `session` checks it again before each new subscription
-/// and at its interval.
-async fn serve(socket: WebSocket, chat: Arc<Chat>, principal: Principal, session: SessionCheck) {
+/// What one socket serves, for whom, and how it ends.
+struct Session {
+    chat: Arc<Chat>,
+    principal: Principal,
+    /// Checks the socket's credential again before each new subscription
+    /// and at its interval.
+    session: SessionCheck,
+    drain: Drain,
+}
+
+/// How often a draining socket looks whether its subscriptions are done.
+const DRAIN_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Serves one socket until the client closes it, until its credential
+/// stops working, or until the server's shutdown has nothing left for it.
+async fn serve(socket: WebSocket, socket_session: Session) {
+    let Session {
+        chat,
+        principal,
+        session,
+        drain,
+    } = socket_session;
     let (mut sink, mut incoming) = socket.split();
     let (outgoing, mut queued) = mpsc::channel::<String>(OUTGOING_FRAMES);
-    let writer = tokio::spawn(async move {
-        while let Some(text) = queued.recv().await {
-            if sink.send(Message::Text(text.into())).await.is_err() {
-                break;
+    let going_away = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = tokio::spawn({
+        let going_away = going_away.clone();
+        async move {
+            while let Some(text) = queued.recv().await {
+                if sink.send(Message::Text(text.into())).await.is_err() {
+                    break;
+                }
             }
+            if going_away.load(std::sync::atomic::Ordering::Relaxed) {
+                let _ = sink
+                    .send(Message::Close(Some(CloseFrame {
+                        code: close_code::AWAY,
+                        reason: SHUTTING_DOWN.into(),
+                    })))
+                    .await;
+            }
+            let _ = sink.close().await;
         }
-        let _ = sink.close().await;
     });
     let mut subscriptions: HashMap<String, JoinHandle<()>> = HashMap::new();
     let mut recheck = tokio::time::interval(session.interval());
     recheck.tick().await;
+    let mut draining = drain.draining();
+    let ending = drain.streams_ending();
     loop {
+        if *draining.borrow_and_update() {
+            subscriptions.retain(|_, task| !task.is_finished());
+            if subscriptions.is_empty() {
+                going_away.store(true, std::sync::atomic::Ordering::Relaxed);
+                break;
+            }
+        }
         let frame = tokio::select! {
             frame = incoming.next() => frame,
+            // Draining: look again soon whether the subscriptions are done
+            // (each ends by itself when the grace runs out).
+            _ = draining.changed() => continue,
+            () = tokio::time::sleep(DRAIN_CHECK_INTERVAL), if drain.is_draining() => continue,
             _ = recheck.tick() => {
                 let Err(status) = session.recheck().await else {
                     continue;
@@ -199,6 +262,11 @@ async fn serve(socket: WebSocket, chat: Arc<Chat>, principal: Principal, session
                     )),
                 ))
             }
+            Ok(ClientFrame::Subscribe(subscribe)) if drain.is_draining() => Some(error_frame(
+                &subscribe.conversation_id,
+                subscribe.message_id.as_deref(),
+                &tonic::Status::unavailable(SHUTTING_DOWN),
+            )),
             Ok(ClientFrame::Subscribe(subscribe)) => {
                 if let Err(status) = session.recheck().await {
                     let refused = error_frame(
@@ -226,6 +294,7 @@ async fn serve(socket: WebSocket, chat: Arc<Chat>, principal: Principal, session
                                 subscribe.conversation_id.clone(),
                                 message_id.clone(),
                                 outgoing.clone(),
+                                ending.clone(),
                             ))
                         }),
                     None => chat
@@ -238,6 +307,7 @@ async fn serve(socket: WebSocket, chat: Arc<Chat>, principal: Principal, session
                                 principal.clone(),
                                 subscribe.conversation_id.clone(),
                                 outgoing.clone(),
+                                ending.clone(),
                             ))
                         }),
                 };
@@ -269,14 +339,40 @@ async fn serve(socket: WebSocket, chat: Arc<Chat>, principal: Principal, session
     let _ = writer.await;
 }
 
-/// Sends each event of one reply as a frame, until its final event.
+/// Resolves when the shutdown grace has run out (never, if the drain is
+/// gone).
+async fn grace_over(ending: &mut watch::Receiver<bool>) {
+    if ending.wait_for(|ending| *ending).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// Sends each event of one reply as a frame, until its final event, or
+/// until the shutdown grace runs out (then an UNAVAILABLE error frame).
 async fn forward_reply(
     mut events: ReplyStream,
     conversation_id: String,
     message_id: String,
     outgoing: mpsc::Sender<String>,
+    mut ending: watch::Receiver<bool>,
 ) {
-    while let Some(event) = events.next().await {
+    loop {
+        let event = tokio::select! {
+            biased;
+            event = events.next() => event,
+            () = grace_over(&mut ending) => {
+                let ended = error_frame(
+                    &conversation_id,
+                    Some(&message_id),
+                    &tonic::Status::unavailable(format!(
+                        "{SHUTTING_DOWN}; subscribe again with afterSeq set to the last seq received"
+                    )),
+                );
+                let _ = outgoing.send(ended).await;
+                return;
+            }
+        };
+        let Some(event) = event else { return };
         let frame = serde_json::json!({
             "conversationId": conversation_id,
             "messageId": message_id,
@@ -297,9 +393,26 @@ async fn forward_conversation(
     principal: Principal,
     conversation_id: String,
     outgoing: mpsc::Sender<String>,
+    mut ending: watch::Receiver<bool>,
 ) {
     let mut following = tokio::task::JoinSet::new();
-    while let Some(reply) = replies.next().await {
+    loop {
+        let reply = tokio::select! {
+            reply = replies.next() => reply,
+            () = grace_over(&mut ending) => {
+                // The replies under way say so themselves, then the
+                // conversation does.
+                while following.join_next().await.is_some() {}
+                let ended = error_frame(
+                    &conversation_id,
+                    None,
+                    &tonic::Status::unavailable(SHUTTING_DOWN),
+                );
+                let _ = outgoing.send(ended).await;
+                return;
+            }
+        };
+        let Some(reply) = reply else { break };
         while following.try_join_next().is_some() {}
         let message_id = reply.id.clone();
         let announced = serde_json::json!({
@@ -320,6 +433,7 @@ async fn forward_conversation(
                     conversation_id.clone(),
                     message_id,
                     outgoing.clone(),
+                    ending.clone(),
                 ));
             }
             Err(error) => {

@@ -232,7 +232,7 @@ async fn serve(config: Config, workers: bool) -> anyhow::Result<()> {
         workers,
         engine: None,
     };
-    let services = Services::start_with(&config, startup)
+    let mut services = Services::start_with(&config, startup)
         .await
         .context("cannot start the services")?;
     let edge = switchboard_facade::Edge::new(&services, &config);
@@ -240,15 +240,18 @@ async fn serve(config: Config, workers: bool) -> anyhow::Result<()> {
     let app = switchboard_facade::app(edge);
     tracing::info!(address = %listener.local_addr()?, "listening: gRPC, gRPC-Web and REST; Swagger UI at /docs");
     let grace = Duration::from_secs(config.shutdown_grace_secs);
-    let shutdown = async move {
-        shutdown_signal().await;
-        // Readiness fails from now on, so load balancers stop sending.
-        drain.begin();
-    };
-    switchboard_facade::serve(listener, app, shutdown, grace)
+    let server = tokio::spawn(switchboard_facade::serve(
+        listener,
+        app,
+        drain.clone(),
+        grace,
+    ));
+    let server = until_signal(server).await?;
+    begin_drain(&mut services, &drain).await;
+    server
         .await
+        .context("the server task failed")?
         .context("serving failed")?;
-    tracing::info!("stopped taking requests; finishing replies in progress");
     services.shutdown().await;
     tracing::info!("shut down");
     Ok(())
@@ -268,24 +271,75 @@ async fn worker(config: Config, listen: Option<SocketAddr>) -> anyhow::Result<()
         workers: true,
         engine: None,
     };
-    let services = Services::start_with(&config, startup)
+    let mut services = Services::start_with(&config, startup)
         .await
         .context("cannot start the workers")?;
-    if let Some(listener) = listener {
-        let app = switchboard_facade::worker_app(&services);
-        tracing::info!(address = %listener.local_addr()?, "serving /healthz, /readyz and /metrics");
-        tokio::spawn(async move {
-            if let Err(err) = axum::serve(listener, app).await {
-                tracing::error!(error = %err, "the worker's health listener stopped");
-            }
-        });
+    let drain = switchboard_facade::Drain::default();
+    let grace = Duration::from_secs(config.shutdown_grace_secs);
+    let server = match listener {
+        Some(listener) => {
+            let app = switchboard_facade::worker_app(&services, drain.clone());
+            tracing::info!(address = %listener.local_addr()?, "serving /healthz, /readyz and /metrics");
+            let server = tokio::spawn(switchboard_facade::serve(
+                listener,
+                app,
+                drain.clone(),
+                grace,
+            ));
+            Some(until_signal(server).await?)
+        }
+        None => {
+            tracing::info!("worker running; stop with SIGTERM or SIGINT");
+            shutdown_signal().await;
+            None
+        }
+    };
+    begin_drain(&mut services, &drain).await;
+    if let Some(server) = server {
+        server
+            .await
+            .context("the health listener's task failed")?
+            .context("the health listener failed")?;
     }
-    tracing::info!("worker running; stop with SIGTERM or SIGINT");
-    shutdown_signal().await;
-    tracing::info!("finishing the jobs in progress");
     services.shutdown().await;
     tracing::info!("shut down");
     Ok(())
+}
+
+/// Waits for SIGTERM or SIGINT while `server` runs; fails if it stops
+/// first (its listener failed). Gives the server back, still running.
+async fn until_signal(
+    mut server: tokio::task::JoinHandle<std::io::Result<()>>,
+) -> anyhow::Result<tokio::task::JoinHandle<std::io::Result<()>>> {
+    tokio::select! {
+        result = &mut server => {
+            result.context("the server task failed")?.context("serving failed")?;
+            anyhow::bail!("the listener stopped before any shutdown signal")
+        }
+        () = shutdown_signal() => Ok(server),
+    }
+}
+
+/// Begins the drain (readiness and liveness fail, new requests are refused,
+/// the listener stays open while open requests and streams finish) and
+/// stops the workers within the same grace, counted from the signal: the
+/// listener's drain and the workers' wait run side by side, not one after
+/// the other.
+async fn begin_drain(services: &mut Services, drain: &switchboard_facade::Drain) {
+    // Taken before the drain begins, so the listener never finds nothing in
+    // flight while jobs still run: it answers health checks (503) until
+    // they are done.
+    let jobs = drain.track();
+    drain.begin();
+    if services.runs_workers() {
+        tracing::info!(
+            "draining: refusing new requests, finishing open ones and the jobs in progress"
+        );
+    } else {
+        tracing::info!("draining: refusing new requests, finishing open ones");
+    }
+    services.stop_workers().await;
+    drop(jobs);
 }
 
 async fn migrate(config: Config) -> anyhow::Result<()> {

@@ -174,12 +174,15 @@ pub(crate) async fn spawn_app_with(
     let server = tokio::spawn(switchboard_facade::serve(
         listener,
         switchboard_facade::app(edge),
-        async move {
-            let _ = stopped.await;
-            drain.begin();
-        },
-        Duration::from_secs(10),
+        drain.clone(),
+        // The configured grace, but at most 10 s, so a test that leaves a
+        // stream open does not wait out the 30 s default.
+        Duration::from_secs(config.shutdown_grace_secs.min(10)),
     ));
+    tokio::spawn(async move {
+        let _ = stopped.await;
+        drain.begin();
+    });
     TestApp {
         address,
         http: client_for(Some(&owner.access_token)),
