@@ -13,6 +13,7 @@
 
 mod auth;
 mod grpc;
+mod grpc_request;
 mod health;
 mod metrics;
 mod ws;
