@@ -97,23 +97,49 @@ pub(crate) fn caller_of(principal: Principal) -> Caller {
 /// (`Authorization`, `x-api-key`, or a WebSocket's `bearer.` subprotocol).
 /// An `Authorization` header of another scheme (Basic, …) is returned as
 /// is, and refused.
-pub(crate) fn credential(request: &Request) -> Option<String> {
+///
+/// # Errors
+/// `INVALID_ARGUMENT` when the request carries more than one: two
+/// `Authorization` headers, a bearer token and an API key, … Which one
+/// the client meant cannot be known, and guessing (the first wins) lets a
+/// proxy's header and a client's disagree about who is calling.
+#[allow(clippy::result_large_err)]
+pub(crate) fn credential(request: &Request) -> Result<Option<String>, tonic::Status> {
     let headers = request.headers();
+    let authorization = headers.get_all(header::AUTHORIZATION).iter().count();
+    let api_keys = headers.get_all("x-api-key").iter().count();
+    let subprotocol = crate::ws::subprotocol_tokens(headers);
+    if authorization + api_keys + subprotocol.len() > 1 {
+        return Err(tonic::Status::invalid_argument(
+            "send one credential: this request carries more than one \
+             (Authorization headers, x-api-key headers or bearer. subprotocols)",
+        ));
+    }
     if let Some(value) = headers.get(header::AUTHORIZATION) {
         let value = value.to_str().unwrap_or_default().trim();
-        return Some(match value.split_once(' ') {
+        return Ok(Some(match value.split_once(' ') {
             Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => {
                 token.trim().to_owned()
             }
             _ => String::new(),
-        });
+        }));
     }
     if let Some(value) = headers.get("x-api-key") {
-        return Some(value.to_str().unwrap_or_default().trim().to_owned());
+        return Ok(Some(value.to_str().unwrap_or_default().trim().to_owned()));
     }
     // A browser's WebSocket cannot send headers: its token comes as a
     // subprotocol.
-    crate::ws::subprotocol_token(headers)
+    Ok(subprotocol.into_iter().next())
+}
+
+/// A refusal at the edge, on the caller's transport: a trailers-only gRPC
+/// status for gRPC and gRPC-Web, a google.rpc.Status JSON body otherwise.
+fn refusal(request: &Request, status: &tonic::Status) -> Response {
+    if crate::is_grpc(request) {
+        status.clone().into_http::<axum::body::Body>()
+    } else {
+        switchboard_rest::error::status_response(status).into_response()
+    }
 }
 
 /// The caller's address: the TCP peer, or, when the peer is a trusted
@@ -176,7 +202,11 @@ pub(crate) async fn authenticate(
 ) -> Response {
     let identity = &state.identity;
     let context = request_context(&request, &state.trusted_proxies);
-    let caller = match credential(&request) {
+    let credential = match credential(&request) {
+        Ok(credential) => credential,
+        Err(status) => return refusal(&request, &status),
+    };
+    let caller = match credential {
         None => Caller::Anonymous,
         Some(credential) if credential.is_empty() => Caller::Refused,
         Some(credential) => match identity.authenticate(&credential).await {
@@ -197,12 +227,7 @@ pub(crate) async fn authenticate(
             Err(error) => {
                 // Not the credential's fault (the database is down): say so
                 // with the error's own status, on the caller's transport.
-                let status = switchboard_api::status_from(error);
-                return if crate::is_grpc(&request) {
-                    status.into_http::<axum::body::Body>()
-                } else {
-                    switchboard_rest::error::status_response(&status).into_response()
-                };
+                return refusal(&request, &switchboard_api::status_from(error));
             }
         },
     };

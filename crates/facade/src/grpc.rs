@@ -1,16 +1,19 @@
 //! The gRPC side of the listener: the guarded API services, grpc.health.v1,
-//! and server reflection v1 and v1alpha, with gRPC-Web translated in front
-//! and `grpc-timeout` enforced as the call's deadline.
+//! and server reflection v1 and v1alpha, with gRPC-Web translated in front,
+//! `grpc-timeout` enforced as the call's deadline, and each request held to
+//! its method's one message ([`grpc_request`]).
 
 use axum::Router;
 use axum::extract::Request;
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use switchboard_proto::v1;
+use switchboard_rest::router::DEFAULT_BODY_LIMIT;
 use switchboard_rest::transcode::parse_grpc_timeout;
 use tonic::codec::CompressionEncoding;
 
 use crate::Apis;
+use crate::grpc_request::{self, SingleMessageMethods};
 use crate::health::HealthState;
 
 /// The gRPC services as an axum router, gRPC-Web included.
@@ -21,6 +24,12 @@ pub(crate) fn router(apis: &Apis, health: &HealthState) -> Router {
     let reflection_v1alpha = reflection()
         .build_v1alpha()
         .expect("the generated descriptor sets are valid");
+    let single_message = SingleMessageMethods::from_descriptor_sets(&[
+        switchboard_proto::FILE_DESCRIPTOR_SET,
+        tonic_health::pb::FILE_DESCRIPTOR_SET,
+        tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+        tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+    ]);
     // gzip both ways: requests may come compressed, and answers are
     // compressed for callers that say (grpc-accept-encoding) they take it.
     macro_rules! gzip {
@@ -28,6 +37,7 @@ pub(crate) fn router(apis: &Apis, health: &HealthState) -> Router {
             $service
                 .accept_compressed(CompressionEncoding::Gzip)
                 .send_compressed(CompressionEncoding::Gzip)
+                .max_decoding_message_size(DEFAULT_BODY_LIMIT)
         };
     }
     tonic::service::Routes::new(gzip!(v1::chat_service_grpc(apis.chat.clone())))
@@ -39,6 +49,11 @@ pub(crate) fn router(apis: &Apis, health: &HealthState) -> Router {
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .into_axum_router()
+        // Inside the deadline, so a body that is slow to come counts
+        // against it.
+        .layer(middleware::from_fn(move |request, next| {
+            grpc_request::check(single_message.clone(), request, next)
+        }))
         .layer(middleware::from_fn(deadline))
         .layer(tonic_web::GrpcWebLayer::new())
 }

@@ -17,6 +17,7 @@
 mod auth;
 mod drain;
 mod grpc;
+mod grpc_request;
 mod health;
 mod metrics;
 mod ws;

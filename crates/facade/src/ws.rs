@@ -101,6 +101,51 @@ struct Unsubscribe {
     message_id: Option<String>,
 }
 
+/// A client frame read from its JSON text.
+///
+/// # Errors
+/// `INVALID_ARGUMENT`, in the API's words and naming the field at fault,
+/// when the text is not JSON, is not one of the frames, or names an id
+/// that is not one (ids are lowercase hyphenated UUIDs, as every other
+/// transport checks; what is not one is refused, not echoed back).
+#[allow(clippy::result_large_err)]
+fn parse_frame(text: &str) -> Result<ClientFrame, tonic::Status> {
+    let json: serde_json::Value = serde_json::from_str(text).map_err(|error| {
+        tonic::Status::invalid_argument(format!("the frame is not valid JSON: {error}"))
+    })?;
+    let frame: ClientFrame = switchboard_rest::proto_json::from_json(json)?;
+    let (kind, conversation_id, message_id) = match &frame {
+        ClientFrame::Subscribe(subscribe) => (
+            "subscribe",
+            Some(&subscribe.conversation_id),
+            subscribe.message_id.as_ref(),
+        ),
+        ClientFrame::Unsubscribe(unsubscribe) => (
+            "unsubscribe",
+            unsubscribe.conversation_id.as_ref(),
+            unsubscribe.message_id.as_ref(),
+        ),
+    };
+    for (name, id) in [
+        ("conversationId", conversation_id),
+        ("messageId", message_id),
+    ] {
+        if id.is_some_and(|id| !is_id(id)) {
+            return Err(switchboard_rest::error::invalid_field(
+                &format!("{kind}.{name}"),
+                "must be an id: a UUID such as 0190f3a2-7c1e-7d3b-9a4f-2b6c8d0e1f23",
+            ));
+        }
+    }
+    Ok(frame)
+}
+
+/// Whether `text` is an id as the API writes them: a UUID, lowercase and
+/// hyphenated.
+fn is_id(text: &str) -> bool {
+    uuid::Uuid::try_parse(text).is_ok_and(|id| id.hyphenated().to_string() == text)
+}
+
 /// The key of a subscription in a socket's table.
 fn subscription_key(conversation_id: &str, message_id: Option<&str>) -> String {
     match message_id {
@@ -109,15 +154,17 @@ fn subscription_key(conversation_id: &str, message_id: Option<&str>) -> String {
     }
 }
 
-/// The token a browser sends as a `bearer.<token>` subprotocol, if any.
-pub(crate) fn subprotocol_token(headers: &http::HeaderMap) -> Option<String> {
+/// The tokens a browser sends as `bearer.<token>` subprotocols (one, when
+/// it is well-behaved).
+pub(crate) fn subprotocol_tokens(headers: &http::HeaderMap) -> Vec<String> {
     headers
         .get_all(http::header::SEC_WEBSOCKET_PROTOCOL)
         .iter()
         .filter_map(|value| value.to_str().ok())
         .flat_map(|value| value.split(','))
-        .find_map(|protocol| protocol.trim().strip_prefix(BEARER_SUBPROTOCOL_PREFIX))
+        .filter_map(|protocol| protocol.trim().strip_prefix(BEARER_SUBPROTOCOL_PREFIX))
         .map(str::to_owned)
+        .collect()
 }
 
 /// `GET /v1/ws`: checks the caller against StreamReply's rule, then upgrades.
@@ -234,12 +281,9 @@ async fn serve(socket: WebSocket, socket_session: Session) {
             _ => continue,
         };
         subscriptions.retain(|_, task| !task.is_finished());
-        let reply = match serde_json::from_str::<ClientFrame>(&text) {
-            Err(error) => Some(error_frame(
-                "",
-                None,
-                &tonic::Status::invalid_argument(format!("not a client frame: {error}")),
-            )),
+        let reply = match parse_frame(&text) {
+            // Nothing of a refused frame is echoed: its ids may be anything.
+            Err(status) => Some(error_frame("", None, &status)),
             Ok(ClientFrame::Unsubscribe(Unsubscribe {
                 conversation_id,
                 message_id,

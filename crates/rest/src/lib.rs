@@ -6,6 +6,7 @@
 //!
 //! * [`binding`] — the static shape of a binding (path template, body, query).
 //! * [`transcode`] — HTTP request → proto3 JSON → request message.
+//! * [`proto_json`] — proto3 JSON → message, with errors in the API's words.
 //! * [`router`] — matching, dispatch, JSON responses, SSE / NDJSON streams.
 //! * [`error`] — google.rpc.Status JSON and the gRPC code → HTTP status table.
 //! * [`validate`] — the field constraints of the proto, checked before a method runs.
@@ -16,6 +17,7 @@
 pub mod binding;
 pub mod error;
 pub mod policy;
+pub mod proto_json;
 pub mod router;
 pub mod session;
 pub mod transcode;

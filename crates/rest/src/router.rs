@@ -412,22 +412,33 @@ impl RestRouter {
                 .insert(MatchedRpc(route.binding.grpc_method));
             return response;
         }
+        // A body announced larger than the limit is refused before a byte
+        // of it is read: hyper answers `Expect: 100-continue` with
+        // `100 Continue` when the body is first polled, so refusing later
+        // would invite the client to send it all.
+        let announced = parts
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.trim().parse::<u64>().ok());
+        if announced.is_some_and(|length| length > self.body_limit as u64) {
+            let mut response = self.too_large();
+            response
+                .extensions_mut()
+                .insert(MatchedRpc(route.binding.grpc_method));
+            return response;
+        }
         let body = match http_body_util::Limited::new(body, self.body_limit)
             .collect()
             .await
         {
             Ok(collected) => collected.to_bytes(),
             Err(error) if error.is::<http_body_util::LengthLimitError>() => {
-                let status = tonic::Status::resource_exhausted(format!(
-                    "the request body is larger than {} bytes",
-                    self.body_limit
-                ));
-                return with_status(status_response(&status), StatusCode::PAYLOAD_TOO_LARGE);
+                return self.too_large();
             }
             Err(error) => {
-                let status = tonic::Status::invalid_argument(format!(
-                    "the request body could not be read: {error}"
-                ));
+                tracing::debug!(%error, "a request body could not be read");
+                let status = tonic::Status::invalid_argument("the request body could not be read");
                 return status_response(&status);
             }
         };
@@ -471,6 +482,15 @@ impl RestRouter {
         response
     }
 
+    /// 413, with a RESOURCE_EXHAUSTED google.rpc.Status naming the limit.
+    fn too_large(&self) -> Response {
+        let status = tonic::Status::resource_exhausted(format!(
+            "the request body is larger than {} bytes",
+            self.body_limit
+        ));
+        with_status(status_response(&status), StatusCode::PAYLOAD_TOO_LARGE)
+    }
+
     /// The router as an axum router that answers every path it is given;
     /// use it as the fallback of the application router.
     pub fn into_axum(self) -> axum::Router {
@@ -509,12 +529,16 @@ fn with_status(mut response: Response, status: StatusCode) -> Response {
 fn no_route(method: &Method, path: &str, allowed: &[&'static str]) -> Response {
     if allowed.is_empty() {
         return status_response(&tonic::Status::not_found(format!(
-            "no route for {method} {path}"
+            "no route for {} {}",
+            crate::proto_json::excerpt(method.as_str()),
+            crate::proto_json::excerpt(path)
         )));
     }
     let mut response = with_status(
         status_response(&tonic::Status::unimplemented(format!(
-            "{method} is not allowed on {path}; allowed: {}",
+            "{} is not allowed on {}; allowed: {}",
+            crate::proto_json::excerpt(method.as_str()),
+            crate::proto_json::excerpt(path),
             allowed.join(", ")
         ))),
         StatusCode::METHOD_NOT_ALLOWED,

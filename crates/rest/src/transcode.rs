@@ -14,6 +14,7 @@ use serde_json::{Map, Value};
 
 use crate::binding::{BodyRule, FieldPath, FieldStep, HttpBinding, MaskNode, ScalarKind, Segment};
 use crate::error::invalid_field;
+use crate::proto_json::excerpt;
 
 /// Matches a request path against a binding's template. Returns the text
 /// captured by each variable, in the order of `binding.variables`, or `None`
@@ -147,11 +148,7 @@ pub fn decode_request<Req: DeserializeOwned>(
         let value = scalar_json(resume.kind, id.trim(), std::slice::from_ref(&resume.field))?;
         request.insert(resume.field.json.to_owned(), value);
     }
-    serde_path_to_error::deserialize(json).map_err(|error| {
-        let field = error.path().to_string();
-        let field = if field == "." { String::new() } else { field };
-        invalid_field(&field, &error.into_inner().to_string())
-    })
+    crate::proto_json::from_json(json)
 }
 
 /// The proto3 JSON of the request, before it is decoded.
@@ -221,6 +218,9 @@ fn parse_body(rule: BodyRule, body: &[u8]) -> Result<Option<Value>, TranscodeErr
     }
 }
 
+/// The most unknown query parameters one error names.
+const MAX_UNKNOWN_NAMED: usize = 8;
+
 /// Query parameters grouped by field: the key is the field's proto path
 /// (`a.b`), the value its path and JSON value.
 #[allow(clippy::result_large_err)]
@@ -236,7 +236,9 @@ fn parse_query(
                 || path_matches(param.path, &name, |s| s.json)
         });
         let Some(param) = param else {
-            if !unknown.contains(&name) {
+            // A handful named is enough; a client that sends thousands
+            // is not told each back.
+            if !unknown.contains(&name) && unknown.len() < MAX_UNKNOWN_NAMED {
                 unknown.push(name);
             }
             continue;
@@ -257,10 +259,13 @@ fn parse_query(
         }
     }
     if !unknown.is_empty() {
-        let names: Vec<String> = unknown.iter().map(|name| format!("`{name}`")).collect();
+        let names: Vec<String> = unknown
+            .iter()
+            .map(|name| format!("`{}`", excerpt(name)))
+            .collect();
         let mut details = tonic_types::ErrorDetails::new();
         for name in &unknown {
-            details.add_bad_request_violation(name.as_ref(), "unknown query parameter");
+            details.add_bad_request_violation(excerpt(name), "unknown query parameter");
         }
         return Err(
             <tonic::Status as tonic_types::StatusExt>::with_error_details(
@@ -295,7 +300,7 @@ fn scalar_json(kind: ScalarKind, text: &str, path: &[FieldStep]) -> Result<Value
             _ => {
                 return Err(invalid_field(
                     &proto_path(path),
-                    &format!("expected true or false, got {text:?}"),
+                    &format!("must be true or false; got \"{}\"", excerpt(text)),
                 ));
             }
         },

@@ -4,10 +4,13 @@
 //! a real OpenID provider (npm `oidc-provider`) for sign-in with OIDC.
 
 mod access;
+mod error_words;
 mod identity;
 mod lifecycle;
 mod oidc;
 mod oidc_provider;
+mod raw;
+mod refusals;
 mod stream_sessions;
 mod support;
 mod transports;

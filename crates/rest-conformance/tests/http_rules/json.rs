@@ -54,7 +54,7 @@ async fn wrong_type_is_a_400_naming_the_field() {
     let reply = TestApp::new().call("POST", CREATE, r#"{"title": 5}"#).await;
     assert_eq!(
         reply.error(400),
-        "book.title: invalid type: integer `5`, expected a string"
+        "book.title: must be a string, not a number"
     );
 }
 
@@ -66,7 +66,26 @@ async fn unknown_enum_name_is_a_400_naming_the_field() {
     assert!(
         reply
             .error(400)
-            .starts_with("book.genre: unknown variant `GENRE_COOKING`")
+            .starts_with("book.genre: unknown value \"GENRE_COOKING\"; expected one of GENRE_")
+    );
+}
+
+#[tokio::test]
+async fn a_bad_enum_number_or_an_int64_of_the_wrong_type_is_said_in_json_terms() {
+    let app = TestApp::new();
+    assert_eq!(
+        app.call("POST", CREATE, r#"{"genre": 99}"#)
+            .await
+            .error(400),
+        "book.genre: must be one of GENRE_UNSPECIFIED, GENRE_FICTION, GENRE_HISTORY, \
+         GENRE_POETRY; got 99"
+    );
+    assert_eq!(
+        app.call("POST", CREATE, r#"{"pageCount": true}"#)
+            .await
+            .error(400),
+        "book.pageCount: must be a number that fits the field (a whole number, for an \
+         integer field), or a string holding one"
     );
 }
 
@@ -78,7 +97,7 @@ async fn unknown_field_is_a_400_naming_it() {
     assert!(
         reply
             .error(400)
-            .starts_with("book.publisher.colour: unknown field `colour`")
+            .starts_with("book.publisher.colour: unknown field")
     );
 }
 
@@ -90,6 +109,6 @@ async fn bad_timestamp_is_a_400_naming_the_field() {
     assert!(
         reply
             .error(400)
-            .starts_with("book.publishedAt: invalid value")
+            .starts_with("book.publishedAt: must be an RFC 3339 date-time")
     );
 }

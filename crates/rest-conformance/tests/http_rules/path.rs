@@ -92,7 +92,7 @@ async fn bad_path_parameter_is_a_400_naming_it() {
         .get("/v1/shelves/s1/books/b1/editions/two")
         .await;
     let status = reply.expect(400);
-    assert_eq!(status["message"], "number: invalid digit found in string");
+    assert_eq!(status["message"], "number: must be an integer");
     assert_eq!(
         status["details"][0]["fieldViolations"][0]["field"],
         "number"
