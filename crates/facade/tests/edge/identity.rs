@@ -1298,7 +1298,62 @@ async fn disabling_an_account_ends_its_sessions_for_good(app: &TestApp) {
     assert_eq!(status, 200);
 }
 
+async fn accounts_stored_before_emails_were_normalised_get_their_key_at_start(app: &TestApp) {
+    // Two variants of one address, registered before normalisation (their
+    // key NULL, as the migration leaves them), the fullwidth one first.
+    let db = app.services().database();
+    let insert = "INSERT INTO users (id, email, display_name, role, password_hash, disabled, totp_enabled, created_at, updated_at) \
+                  VALUES ($1, $2, '', 'user', NULL, FALSE, FALSE, $3, $3)";
+    for (id, email, at) in [
+        (
+            "01a229b8-41c2-7291-af9c-000000000011",
+            "ｏld@example.test",
+            1_i64,
+        ),
+        (
+            "01a229b8-41c2-7291-af9c-000000000012",
+            "old@example.test.",
+            2_i64,
+        ),
+    ] {
+        on_database!(db, pool => sqlx::query(insert).bind(id).bind(email).bind(at).execute(pool).await.map(drop).unwrap());
+    }
+    // A restart fills the keys in.
+    switchboard_core::identity::Identity::start(
+        db.clone(),
+        &switchboard_core::config::AuthConfig::default(),
+    )
+    .await
+    .unwrap();
+    let keys: Vec<(String, Option<String>)> = on_database!(db, pool => {
+        sqlx::query_as("SELECT id, email_key FROM users WHERE id LIKE '01a229b8-41c2-7291-af9c-0000000000%' ORDER BY id")
+            .fetch_all(pool)
+            .await
+            .unwrap()
+    });
+    assert_eq!(
+        keys,
+        [
+            (
+                "01a229b8-41c2-7291-af9c-000000000011".to_owned(),
+                Some("old@example.test".to_owned())
+            ),
+            // The later variant cannot take the key the first one holds.
+            ("01a229b8-41c2-7291-af9c-000000000012".to_owned(), None),
+        ]
+    );
+    let (status, body) = app
+        .post_from(
+            [127, 0, 0, 1],
+            "/v1/auth:register",
+            json!({"email": "OLD@example.test", "password": PASSWORD}),
+        )
+        .await;
+    assert_eq!(status, 409, "{body}");
+}
+
 on_both_databases!(
+    accounts_stored_before_emails_were_normalised_get_their_key_at_start,
     api_keys_cannot_change_how_their_owner_signs_in,
     an_admin_resets_a_lost_second_factor_and_it_is_audited,
     a_victim_signs_in_from_a_new_address_while_another_hammers_the_account,
