@@ -77,6 +77,20 @@ impl UserService for UserApi {
         Ok(Response::new(user.into_proto()))
     }
 
+    async fn reset_user_second_factor(
+        &self,
+        request: Request<pb::ResetUserSecondFactorRequest>,
+    ) -> Result<Response<pb::User>, Status> {
+        let caller = principal(&request)?;
+        let context = context(&request);
+        let user = self
+            .identity
+            .reset_user_second_factor(&context, &caller, &request.into_inner().id)
+            .await
+            .map_err(status_from)?;
+        Ok(Response::new(user.into_proto()))
+    }
+
     async fn delete_user(
         &self,
         request: Request<pb::DeleteUserRequest>,

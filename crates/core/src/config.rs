@@ -135,16 +135,23 @@ pub struct AuthConfig {
     /// characters. Default `12`; variable `SWITCHBOARD_AUTH__PASSWORD_MIN_LENGTH`.
     pub password_min_length: usize,
     /// Key `auth.login_attempts_per_account`: sign-in attempts one account
-    /// may receive in a burst, refilled by one every
-    /// `login_attempt_refill_secs`. Default `5`; variable
-    /// `SWITCHBOARD_AUTH__LOGIN_ATTEMPTS_PER_ACCOUNT`.
+    /// may receive from one client address in a burst, refilled by one
+    /// every `login_attempt_refill_secs`. An address that spends it is held
+    /// back; the owner, from another address, is not. Default `5`;
+    /// variable `SWITCHBOARD_AUTH__LOGIN_ATTEMPTS_PER_ACCOUNT`.
     pub login_attempts_per_account: u32,
+    /// Key `auth.login_attempts_per_account_ceiling`: sign-in attempts one
+    /// account may receive from all addresses together in a burst, so
+    /// guesses spread over many addresses stay slow too. Default `50`;
+    /// variable `SWITCHBOARD_AUTH__LOGIN_ATTEMPTS_PER_ACCOUNT_CEILING`.
+    pub login_attempts_per_account_ceiling: u32,
     /// Key `auth.login_attempts_per_address`: sign-in attempts one client
     /// address may make in a burst. Default `20`; variable
     /// `SWITCHBOARD_AUTH__LOGIN_ATTEMPTS_PER_ADDRESS`.
     pub login_attempts_per_address: u32,
     /// Key `auth.login_attempt_refill_secs`: one more attempt is allowed
-    /// per account and per address every this many seconds. Default `60`;
+    /// in each of the three buckets (account and address, account, address)
+    /// every this many seconds. Default `60`;
     /// variable `SWITCHBOARD_AUTH__LOGIN_ATTEMPT_REFILL_SECS`.
     pub login_attempt_refill_secs: u64,
     /// Key `auth.credential_recheck_secs`: how often the credential of an
@@ -174,6 +181,7 @@ impl Default for AuthConfig {
             require_totp_for_admins: false,
             password_min_length: 12,
             login_attempts_per_account: 5,
+            login_attempts_per_account_ceiling: 50,
             login_attempts_per_address: 20,
             login_attempt_refill_secs: 60,
             credential_recheck_secs: 30,

@@ -12,6 +12,7 @@
 //! * [`password`], [`totp`], [`jwt`], [`oidc`] — the cryptographic pieces.
 
 pub mod audit;
+pub mod email;
 pub mod jwt;
 mod keys;
 pub mod oidc;
@@ -27,12 +28,13 @@ use std::str::FromStr;
 use crate::error::Error;
 
 pub use audit::{AuditEvent, AuditFilter, AuditOutcome, ChainReport};
+pub use email::normalise_email;
 pub use keys::KeyRing;
 pub use service::{
     ApiKey, ApiKeyCreated, AuthTokens, Identity, IdentityProvider, NewApiKey, OidcStart,
     TotpEnrollment, User, UserPage, UserPatch,
 };
-pub use throttle::LoginThrottle;
+pub use throttle::{LoginLimits, LoginThrottle};
 
 /// Reading one's own conversations and messages.
 pub const CONVERSATIONS_READ: &str = "conversations.read";
@@ -50,7 +52,7 @@ pub const JOBS_WRITE: &str = "jobs.write";
 pub const REPORTS_READ: &str = "reports.read";
 /// Reading every account.
 pub const USERS_READ: &str = "users.read";
-/// Changing and deleting any account.
+/// Changing and deleting any account, and resetting its second factor.
 pub const USERS_WRITE: &str = "users.write";
 /// Reading the audit trail.
 pub const AUDIT_READ: &str = "audit.read";

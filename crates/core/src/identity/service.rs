@@ -17,6 +17,7 @@ use crate::config::AuthConfig;
 use crate::db::{Database, Tx};
 use crate::error::{Error, Result};
 use crate::identity::audit::{self, AuditEvent, AuditFilter, AuditOutcome, AuditRecord};
+use crate::identity::email::normalise_email;
 use crate::identity::jwt::KeyAlgorithm;
 use crate::identity::oidc::{ExternalIdentity, OidcError, OidcProviders, PendingLogin};
 use crate::identity::password::{self, PasswordPolicy, Verified};
@@ -25,8 +26,8 @@ use crate::identity::store::{
 };
 use crate::identity::totp::{self, TotpSecret};
 use crate::identity::{
-    ACCOUNT_READ, ACCOUNT_WRITE, Credential, KeyRing, LoginThrottle, Principal, RequestContext,
-    Role,
+    ACCOUNT_READ, ACCOUNT_WRITE, Credential, KeyRing, LoginLimits, LoginThrottle, Principal,
+    RequestContext, Role,
 };
 
 /// Users per page when a listing asks for 0.
@@ -235,8 +236,41 @@ fn refuse_nul(field: &str, value: &str) -> Result<()> {
     Ok(())
 }
 
-fn normalise_email(email: &str) -> String {
-    email.trim().to_lowercase()
+/// Refuses a caller that holds an API key. Changing how an account signs
+/// in (password, second factor, sessions) needs a session the account's own
+/// credentials opened: a leaked key must not be able to lock its owner out
+/// or keep itself in.
+fn refuse_api_keys(caller: &Principal) -> Result<()> {
+    if matches!(caller.credential, Credential::ApiKey { .. }) {
+        return Err(Error::PermissionDenied(
+            "this needs a session signed in with the account's password; API keys cannot change sign-in settings".to_owned(),
+        ));
+    }
+    Ok(())
+}
+
+/// Gives the accounts written before emails had a comparison key their
+/// key (see the `email_key` migration), oldest first.
+async fn backfill_email_keys(db: &Database) -> Result<()> {
+    for (id, email) in store::users_without_email_key(db).await? {
+        match normalise_email("email", &email) {
+            Ok(key) => {
+                if !store::set_email_key(db, &id, &key).await? {
+                    tracing::warn!(
+                        user = %id,
+                        %email,
+                        "another account holds this email in its normalised form; this one cannot sign in by email until an administrator resolves it"
+                    );
+                }
+            }
+            Err(error) => tracing::warn!(
+                user = %id,
+                %error,
+                "the stored email is refused now; this account cannot sign in by email until an administrator resolves it"
+            ),
+        }
+    }
+    Ok(())
 }
 
 fn unix_now() -> u64 {
@@ -307,7 +341,8 @@ impl Identity {
     }
 
     /// The identity domain over `db`, with the keys stored there (the first
-    /// one is generated on first start).
+    /// one is generated on first start). Accounts stored before emails were
+    /// normalised get their comparison key here.
     ///
     /// # Errors
     ///
@@ -330,13 +365,15 @@ impl Identity {
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(Error::internal)?;
+        backfill_email_keys(&db).await?;
         Ok(Self {
             keys,
-            throttle: LoginThrottle::new(
-                config.login_attempts_per_account,
-                config.login_attempts_per_address,
-                Duration::from_secs(config.login_attempt_refill_secs),
-            ),
+            throttle: LoginThrottle::new(LoginLimits {
+                per_account_and_address: config.login_attempts_per_account,
+                per_account: config.login_attempts_per_account_ceiling,
+                per_address: config.login_attempts_per_address,
+                refill: Duration::from_secs(config.login_attempt_refill_secs),
+            }),
             oidc: OidcProviders::new(config.oidc_providers.clone(), http),
             policy: PasswordPolicy {
                 min_len: config.password_min_length,
@@ -433,8 +470,10 @@ impl Identity {
     /// # Errors
     ///
     /// [`Error::PermissionDenied`] when registration is closed;
-    /// [`Error::InvalidArgument`] for a password the policy refuses;
-    /// [`Error::AlreadyExists`] for a taken email; [`Error::ResourceExhausted`]
+    /// [`Error::InvalidArgument`] for a password the policy refuses or an
+    /// email with invisible or control characters;
+    /// [`Error::AlreadyExists`] for a taken email, however it is written
+    /// ([`normalise_email`]); [`Error::ResourceExhausted`]
     /// when the client address registers too often.
     pub async fn register(
         &self,
@@ -448,8 +487,7 @@ impl Identity {
                 "registration is closed; ask an administrator for an account".to_owned(),
             ));
         }
-        let email = normalise_email(email);
-        refuse_nul("email", &email)?;
+        let email = normalise_email("email", email)?;
         refuse_nul("display_name", display_name)?;
         // Per client address (both buckets), never one bucket for everyone.
         self.throttle
@@ -542,10 +580,7 @@ impl Identity {
     ///
     /// As [`Identity::register`], without the registration switch.
     pub async fn create_user(&self, email: &str, password: &str, role: Role) -> Result<User> {
-        let email = normalise_email(email);
-        if !email.contains('@') {
-            return Err(Error::invalid_argument("email", "not an email address"));
-        }
+        let email = normalise_email("email", email)?;
         self.check_password_policy(password, &email)?;
         let hash = self.hash(password).await?;
         let context = RequestContext {
@@ -589,7 +624,8 @@ impl Identity {
     /// wrong password or a disabled account; [`Error::Unauthenticated`]
     /// asking for the second factor when it is missing or wrong;
     /// [`Error::ResourceExhausted`] when the account or address is
-    /// throttled.
+    /// throttled; [`Error::InvalidArgument`] for an email with invisible or
+    /// control characters.
     pub async fn login(
         &self,
         context: &RequestContext,
@@ -597,8 +633,7 @@ impl Identity {
         password: &str,
         second_factor: &str,
     ) -> Result<AuthTokens> {
-        let email = normalise_email(email);
-        refuse_nul("email", &email)?;
+        let email = normalise_email("email", email)?;
         self.throttle
             .attempt(&format!("email:{email}"), &context.client_address)
             .await?;
@@ -1047,7 +1082,7 @@ impl Identity {
     /// or `new_password` when the policy refuses it;
     /// [`Error::FailedPrecondition`] for an account that signs in only
     /// through an identity provider; [`Error::ResourceExhausted`] after too
-    /// many attempts.
+    /// many attempts; [`Error::PermissionDenied`] for an API key.
     pub async fn change_password(
         &self,
         context: &RequestContext,
@@ -1055,6 +1090,7 @@ impl Identity {
         current: &str,
         new: &str,
     ) -> Result<()> {
+        refuse_api_keys(caller)?;
         self.throttle
             .attempt(&format!("user:{}", caller.user_id), &context.client_address)
             .await?;
@@ -1248,8 +1284,10 @@ impl Identity {
     ///
     /// # Errors
     ///
-    /// [`Error::FailedPrecondition`] if the caller has one in force already.
+    /// [`Error::FailedPrecondition`] if the caller has one in force already;
+    /// [`Error::PermissionDenied`] for an API key.
     pub async fn enroll_totp(&self, caller: &Principal) -> Result<TotpEnrollment> {
+        refuse_api_keys(caller)?;
         let row = self.fetch_user(&caller.user_id).await?;
         if row.totp_enabled {
             return Err(Error::FailedPrecondition(
@@ -1282,13 +1320,14 @@ impl Identity {
     ///
     /// [`Error::FailedPrecondition`] without an enrolment;
     /// [`Error::InvalidArgument`] for a wrong code; [`Error::ResourceExhausted`]
-    /// after too many attempts.
+    /// after too many attempts; [`Error::PermissionDenied`] for an API key.
     pub async fn confirm_totp(
         &self,
         context: &RequestContext,
         caller: &Principal,
         code: &str,
     ) -> Result<Vec<String>> {
+        refuse_api_keys(caller)?;
         self.throttle
             .attempt(&format!("user:{}", caller.user_id), &context.client_address)
             .await?;
@@ -1345,13 +1384,15 @@ impl Identity {
     /// # Errors
     ///
     /// [`Error::FailedPrecondition`] without one in force;
-    /// [`Error::InvalidArgument`] for a wrong code.
+    /// [`Error::InvalidArgument`] for a wrong code; [`Error::PermissionDenied`]
+    /// for an API key.
     pub async fn remove_totp(
         &self,
         context: &RequestContext,
         caller: &Principal,
         code: &str,
     ) -> Result<()> {
+        refuse_api_keys(caller)?;
         self.throttle
             .attempt(&format!("user:{}", caller.user_id), &context.client_address)
             .await?;
@@ -1594,7 +1635,7 @@ impl Identity {
         let email = identity
             .email
             .as_deref()
-            .map(normalise_email)
+            .and_then(|email| normalise_email("email", email).ok())
             .unwrap_or_else(|| format!("{}@{}.invalid", identity.subject, identity.provider));
         let now = store::now();
         if let Some(existing) = store::user_by_email(&self.db, &email).await? {
@@ -1769,7 +1810,9 @@ impl Identity {
     }
 
     /// Changes an account. Administrators cannot demote or disable
-    /// themselves (so the last one cannot lock everyone out).
+    /// themselves (so the last one cannot lock everyone out). Disabling an
+    /// account revokes every session it has, with their refresh tokens and
+    /// access tokens, so enabling it again brings none of them back.
     ///
     /// # Errors
     ///
@@ -1823,6 +1866,15 @@ impl Identity {
         {
             return Err(Error::NotFound { what: "user" });
         }
+        if patch.disabled == Some(true) {
+            // Even when it was disabled already: a session opened in a race
+            // with an earlier disable ends here too.
+            let ended =
+                store::revoke_other_sessions(&mut tx, id, None, "account disabled", now).await?;
+            if ended > 0 {
+                changes.push(format!("{ended} sessions ended"));
+            }
+        }
         if !changes.is_empty() {
             let action = if patch.role.is_some_and(|role| role != old_role) {
                 "user.role_change"
@@ -1855,6 +1907,59 @@ impl Identity {
                 self.keep_an_admin(&mut tx).await?;
             }
         }
+        tx.commit().await?;
+        self.user_with_links(self.fetch_user(id).await?).await
+    }
+
+    /// Removes another account's second factor (in force or being
+    /// enrolled) and recovery codes, and ends its sessions (whoever enrolled the factor may hold one). Audited as
+    /// `totp.reset`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotFound`] if there is no such account;
+    /// [`Error::FailedPrecondition`] for one's own account (RemoveTotp does
+    /// that, with a code); [`Error::PermissionDenied`] for an API key. An
+    /// account without a second factor is no error: the reset is done.
+    pub async fn reset_user_second_factor(
+        &self,
+        context: &RequestContext,
+        caller: &Principal,
+        id: &str,
+    ) -> Result<User> {
+        refuse_api_keys(caller)?;
+        if caller.user_id == id {
+            return Err(Error::FailedPrecondition(
+                "you cannot reset your own second factor; remove it with RemoveTotp and a code, or ask another administrator".to_owned(),
+            ));
+        }
+        let row = self.fetch_user(id).await?;
+        let now = store::now();
+        let mut tx = self.db.begin().await?;
+        store::set_totp(&mut tx, id, None, false, None, now).await?;
+        store::replace_recovery_codes(&mut tx, id, &[]).await?;
+        let ended =
+            store::revoke_other_sessions(&mut tx, id, None, "second factor reset", now).await?;
+        audit::append(
+            &mut tx,
+            context,
+            AuditRecord {
+                actor: &caller.user_id,
+                action: "totp.reset",
+                target: &format!("user:{id}"),
+                outcome: AuditOutcome::Success,
+                detail: &format!(
+                    "{} by an administrator; {ended} sessions ended",
+                    match (row.totp_enabled, row.totp_secret.is_some()) {
+                        (true, _) => "second factor in force removed",
+                        (false, true) => "second factor being enrolled removed",
+                        (false, false) => "no second factor to remove; reset",
+                    }
+                ),
+            },
+            now,
+        )
+        .await?;
         tx.commit().await?;
         self.user_with_links(self.fetch_user(id).await?).await
     }

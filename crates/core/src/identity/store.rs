@@ -64,6 +64,8 @@ pub(crate) use crate::db::{from_micros, micros, now};
 /// A new account to insert.
 pub(crate) struct NewUser<'a> {
     pub(crate) id: &'a str,
+    /// The normalised email (`identity::email`): stored as the address and
+    /// as its comparison key.
     pub(crate) email: &'a str,
     pub(crate) display_name: &'a str,
     pub(crate) role: Role,
@@ -71,9 +73,9 @@ pub(crate) struct NewUser<'a> {
 }
 
 pub(crate) async fn insert_user(tx: &mut Tx, user: &NewUser<'_>, now: DateTime<Utc>) -> Result<()> {
-    let sql = "INSERT INTO users (id, email, display_name, role, password_hash, disabled, \
-               totp_enabled, created_at, updated_at) \
-               VALUES ($1, $2, $3, $4, $5, FALSE, FALSE, $6, $6)";
+    let sql = "INSERT INTO users (id, email, email_key, display_name, role, password_hash, \
+               disabled, totp_enabled, created_at, updated_at) \
+               VALUES ($1, $2, $2, $3, $4, $5, FALSE, FALSE, $6, $6)";
     let result = on_tx!(tx, conn => {
         sqlx::query(sql)
             .bind(user.id)
@@ -89,9 +91,39 @@ pub(crate) async fn insert_user(tx: &mut Tx, user: &NewUser<'_>, now: DateTime<U
     result.map_err(|e| Error::from_unique_violation(e, "an account with this email exists"))
 }
 
-pub(crate) async fn user_by_email(db: &Database, email: &str) -> Result<Option<UserRow>> {
-    let sql = concat!("SELECT ", user_columns!(), " FROM users WHERE email = $1");
-    Ok(on_database!(db, pool => sqlx::query_as(sql).bind(email).fetch_optional(pool).await?))
+/// The account whose normalised email is `email_key`. A row without a key
+/// (written by an older version during a rolling upgrade, or imported) is
+/// found by its stored email until the next start gives it one; a row with
+/// the key comes first.
+pub(crate) async fn user_by_email(db: &Database, email_key: &str) -> Result<Option<UserRow>> {
+    let sql = concat!(
+        "SELECT ",
+        user_columns!(),
+        " FROM users WHERE email_key = $1 OR (email_key IS NULL AND email = $1) \
+          ORDER BY (email_key IS NULL), created_at LIMIT 1"
+    );
+    Ok(on_database!(db, pool => sqlx::query_as(sql).bind(email_key).fetch_optional(pool).await?))
+}
+
+/// Accounts written before emails had a comparison key: (id, email),
+/// oldest first, so the first of two variants of one address keeps it.
+pub(crate) async fn users_without_email_key(db: &Database) -> Result<Vec<(String, String)>> {
+    let sql = "SELECT id, email FROM users WHERE email_key IS NULL ORDER BY created_at, id";
+    Ok(on_database!(db, pool => sqlx::query_as(sql).fetch_all(pool).await?))
+}
+
+/// Sets an account's email key (if still unset); false when another
+/// account holds that key already.
+pub(crate) async fn set_email_key(db: &Database, id: &str, email_key: &str) -> Result<bool> {
+    let sql = "UPDATE users SET email_key = $1 WHERE id = $2 AND email_key IS NULL";
+    let result = on_database!(db, pool => {
+        sqlx::query(sql).bind(email_key).bind(id).execute(pool).await.map(drop)
+    });
+    match result {
+        Ok(()) => Ok(true),
+        Err(sqlx::Error::Database(e)) if e.is_unique_violation() => Ok(false),
+        Err(e) => Err(e.into()),
+    }
 }
 
 pub(crate) async fn user_by_id(db: &Database, id: &str) -> Result<Option<UserRow>> {
@@ -319,8 +351,9 @@ pub(crate) async fn revoke_session(
     Ok(affected == 1)
 }
 
-/// Revokes every live session of `user_id` but `keep` (if any); returns how
-/// many ended.
+/// Revokes every live session of `user_id` but `keep` (if any), and with
+/// them their refresh tokens and the access tokens that name them; returns
+/// how many ended.
 pub(crate) async fn revoke_other_sessions(
     tx: &mut Tx,
     user_id: &str,

@@ -1,8 +1,20 @@
-//! [`LoginThrottle`]: how often anyone may try to sign in, per account and
-//! per client address, so passwords and second-factor codes cannot be
-//! guessed at speed. Every attempt counts, whether the account exists or
-//! not and whether it succeeds or not, so the throttle itself reveals
-//! nothing about accounts.
+//! [`LoginThrottle`]: how often anyone may try to sign in, so passwords and
+//! second-factor codes cannot be guessed at speed, without letting whoever
+//! guesses lock the owner out. Three buckets count each attempt:
+//!
+//! * per account *and* client address — strict (5 a minute by default):
+//!   one address guessing at one account is slowed to a crawl, and the
+//!   account's owner, coming from another address, is not affected;
+//! * per account, from any address — a softer ceiling (50 by default), so
+//!   guesses spread over many addresses are still slow;
+//! * per client address, whatever the account — so one address cannot
+//!   spray guesses over many accounts.
+//!
+//! Every attempt counts, whether the account exists or not and whether it
+//! succeeds or not, so the throttle itself reveals nothing about accounts.
+//! An attempt refused by one bucket is not counted by the ones after it
+//! (address, then account and address, then account): a flood held back
+//! at its address never reaches the account's ceiling.
 //!
 //! The counters live in this process (governor's GCRA, keyed) unless a
 //! Redis is configured ([`LoginThrottle::share_through`]): then every
@@ -24,11 +36,13 @@ use crate::error::{Error, Result};
 /// Keys kept before stale ones are dropped.
 const RETAIN_ABOVE: usize = 10_000;
 
-/// Sign-in attempt limits per account and per client address.
+/// Sign-in attempt limits per account and address, per account and per
+/// client address.
 #[derive(Debug)]
 pub struct LoginThrottle {
-    per_account: DefaultKeyedRateLimiter<String>,
     per_address: DefaultKeyedRateLimiter<String>,
+    per_account_and_address: DefaultKeyedRateLimiter<String>,
+    per_account: DefaultKeyedRateLimiter<String>,
     limits: Limits,
     shared: Option<Shared>,
 }
@@ -36,9 +50,24 @@ pub struct LoginThrottle {
 /// The bursts and the refill, for the shared counters.
 #[derive(Debug, Clone, Copy)]
 struct Limits {
+    account_and_address_burst: u32,
     account_burst: u32,
     address_burst: u32,
     refill: Duration,
+}
+
+/// How many attempts each bucket of a [`LoginThrottle`] allows in a burst;
+/// each is refilled by one attempt every `refill`.
+#[derive(Debug, Clone, Copy)]
+pub struct LoginLimits {
+    /// Attempts on one account from one client address.
+    pub per_account_and_address: u32,
+    /// Attempts on one account from any address: the ceiling.
+    pub per_account: u32,
+    /// Attempts from one client address on any account.
+    pub per_address: u32,
+    /// One more attempt in each bucket every this long.
+    pub refill: Duration,
 }
 
 /// Counters in Redis, shared by every instance.
@@ -80,19 +109,36 @@ fn quota(burst: u32, every: Duration) -> Quota {
 }
 
 impl LoginThrottle {
-    /// `account_burst` attempts per account and `address_burst` per client
-    /// address, each refilled by one every `refill`.
-    pub fn new(account_burst: u32, address_burst: u32, refill: Duration) -> Self {
+    /// A throttle with the bursts of `limits`, counting in this process.
+    pub fn new(limits: LoginLimits) -> Self {
+        let refill = limits.refill;
         Self {
-            per_account: RateLimiter::keyed(quota(account_burst, refill)),
-            per_address: RateLimiter::keyed(quota(address_burst, refill)),
+            per_address: RateLimiter::keyed(quota(limits.per_address, refill)),
+            per_account_and_address: RateLimiter::keyed(quota(
+                limits.per_account_and_address,
+                refill,
+            )),
+            per_account: RateLimiter::keyed(quota(limits.per_account, refill)),
             limits: Limits {
-                account_burst: account_burst.max(1),
-                address_burst: address_burst.max(1),
+                account_and_address_burst: limits.per_account_and_address.max(1),
+                account_burst: limits.per_account.max(1),
+                address_burst: limits.per_address.max(1),
                 refill: refill.max(Duration::from_millis(1)),
             },
             shared: None,
         }
+    }
+
+    /// The three keys of one attempt, in the order they are counted, each
+    /// with its bucket's name in the shared counters.
+    fn keys(account: &str, address: &str) -> [(&'static str, String); 3] {
+        [
+            ("address", address.to_owned()),
+            // A space cannot be in a normalised email, a user id or an
+            // address, so the pair cannot be confused with another.
+            ("account-address", format!("{account} {address}")),
+            ("account", account.to_owned()),
+        ]
     }
 
     /// Counts in Redis at `url`, under keys starting with `prefix`, shared
@@ -117,8 +163,8 @@ impl LoginThrottle {
     ///
     /// # Errors
     ///
-    /// [`Error::ResourceExhausted`] with the seconds to wait when either
-    /// limit is spent.
+    /// [`Error::ResourceExhausted`] with the seconds to wait when any of
+    /// the three limits is spent.
     pub async fn attempt(&self, account: &str, address: &str) -> Result<()> {
         if let Some(shared) = &self.shared {
             match self.attempt_shared(shared, account, address).await {
@@ -141,10 +187,12 @@ impl LoginThrottle {
         )
         .unwrap_or(u64::MAX);
         let script = Script::new(GCRA);
-        for (kind, key, burst) in [
-            ("address", address, self.limits.address_burst),
-            ("account", account, self.limits.account_burst),
-        ] {
+        let bursts = [
+            self.limits.address_burst,
+            self.limits.account_and_address_burst,
+            self.limits.account_burst,
+        ];
+        for ((kind, key), burst) in Self::keys(account, address).into_iter().zip(bursts) {
             let mut redis = shared.redis.clone();
             let wait_ms: u64 = script
                 .key(format!("{}:{kind}:{key}", shared.prefix))
@@ -166,11 +214,16 @@ impl LoginThrottle {
         let clock = DefaultClock::default();
         // The address first: a flood from one address then spends only its
         // own bucket, not the buckets of the accounts it names.
-        for (limiter, key) in [(&self.per_address, address), (&self.per_account, account)] {
+        let limiters = [
+            &self.per_address,
+            &self.per_account_and_address,
+            &self.per_account,
+        ];
+        for (limiter, (_, key)) in limiters.into_iter().zip(Self::keys(account, address)) {
             if limiter.len() > RETAIN_ABOVE {
                 limiter.retain_recent();
             }
-            if let Err(not_until) = limiter.check_key(&key.to_owned()) {
+            if let Err(not_until) = limiter.check_key(&key) {
                 let wait = not_until.wait_time_from(clock.now());
                 let retry_after_secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
                 return Err(Error::ResourceExhausted {
@@ -188,8 +241,18 @@ mod tests {
 
     /// A throttle counting here, or in the Redis on 127.0.0.1 under a
     /// fresh prefix (which must be reachable: these tests never skip).
-    async fn throttle(shared: Option<&str>, account: u32, address: u32) -> LoginThrottle {
-        let mut throttle = LoginThrottle::new(account, address, Duration::from_secs(60));
+    async fn throttle(
+        shared: Option<&str>,
+        account_and_address: u32,
+        account: u32,
+        address: u32,
+    ) -> LoginThrottle {
+        let mut throttle = LoginThrottle::new(LoginLimits {
+            per_account_and_address: account_and_address,
+            per_account: account,
+            per_address: address,
+            refill: Duration::from_secs(60),
+        });
         if let Some(prefix) = shared {
             throttle
                 .share_through("redis://127.0.0.1:6379", prefix)
@@ -203,8 +266,8 @@ mod tests {
         format!("test-throttle-{}", uuid::Uuid::now_v7().simple())
     }
 
-    async fn an_account_is_throttled_after_its_burst_from_any_address(shared: Option<&str>) {
-        let throttle = throttle(shared, 3, 100).await;
+    async fn an_account_is_throttled_after_its_ceiling_from_any_address(shared: Option<&str>) {
+        let throttle = throttle(shared, 3, 3, 100).await;
         for n in 0..3 {
             throttle
                 .attempt("a@example.com", &format!("10.0.0.{n}"))
@@ -224,31 +287,67 @@ mod tests {
     }
 
     async fn an_address_is_throttled_across_accounts(shared: Option<&str>) {
-        let throttle = throttle(shared, 100, 2).await;
+        let throttle = throttle(shared, 100, 100, 2).await;
         throttle.attempt("a@example.com", "10.0.0.1").await.unwrap();
         throttle.attempt("b@example.com", "10.0.0.1").await.unwrap();
         assert!(throttle.attempt("c@example.com", "10.0.0.1").await.is_err());
         throttle.attempt("c@example.com", "10.0.0.2").await.unwrap();
     }
 
+    async fn one_address_guessing_does_not_lock_the_owner_out(shared: Option<&str>) {
+        let throttle = throttle(shared, 3, 10, 100).await;
+        for _ in 0..3 {
+            throttle.attempt("a@example.com", "10.0.0.1").await.unwrap();
+        }
+        for _ in 0..20 {
+            assert!(
+                throttle.attempt("a@example.com", "10.0.0.1").await.is_err(),
+                "guessing from one address stays slow"
+            );
+        }
+        throttle
+            .attempt("a@example.com", "10.0.0.2")
+            .await
+            .expect("the owner's address has its own budget");
+    }
+
+    async fn refused_attempts_do_not_spend_the_accounts_ceiling(shared: Option<&str>) {
+        let throttle = throttle(shared, 2, 3, 100).await;
+        for _ in 0..2 {
+            throttle.attempt("a@example.com", "10.0.0.1").await.unwrap();
+        }
+        for _ in 0..10 {
+            assert!(throttle.attempt("a@example.com", "10.0.0.1").await.is_err());
+        }
+        throttle.attempt("a@example.com", "10.0.0.2").await.unwrap();
+        assert!(
+            throttle.attempt("a@example.com", "10.0.0.3").await.is_err(),
+            "the fourth attempt that got through its address meets the ceiling"
+        );
+    }
+
     #[tokio::test]
     async fn counted_here() {
-        an_account_is_throttled_after_its_burst_from_any_address(None).await;
+        an_account_is_throttled_after_its_ceiling_from_any_address(None).await;
         an_address_is_throttled_across_accounts(None).await;
+        one_address_guessing_does_not_lock_the_owner_out(None).await;
+        refused_attempts_do_not_spend_the_accounts_ceiling(None).await;
     }
 
     #[tokio::test]
     async fn counted_in_redis() {
-        an_account_is_throttled_after_its_burst_from_any_address(Some(&fresh_prefix())).await;
+        an_account_is_throttled_after_its_ceiling_from_any_address(Some(&fresh_prefix())).await;
         an_address_is_throttled_across_accounts(Some(&fresh_prefix())).await;
+        one_address_guessing_does_not_lock_the_owner_out(Some(&fresh_prefix())).await;
+        refused_attempts_do_not_spend_the_accounts_ceiling(Some(&fresh_prefix())).await;
     }
 
     #[tokio::test]
     async fn instances_sharing_redis_share_one_budget() {
         let prefix = fresh_prefix();
         let (a, b) = (
-            throttle(Some(&prefix), 3, 100).await,
-            throttle(Some(&prefix), 3, 100).await,
+            throttle(Some(&prefix), 3, 3, 100).await,
+            throttle(Some(&prefix), 3, 3, 100).await,
         );
         a.attempt("a@example.com", "10.0.0.1").await.unwrap();
         b.attempt("a@example.com", "10.0.0.2").await.unwrap();
@@ -261,7 +360,12 @@ mod tests {
 
     #[tokio::test]
     async fn an_unreachable_redis_is_refused_at_start_and_counting_stays_local() {
-        let mut throttle = LoginThrottle::new(1, 100, Duration::from_secs(60));
+        let mut throttle = LoginThrottle::new(LoginLimits {
+            per_account_and_address: 1,
+            per_account: 1,
+            per_address: 100,
+            refill: Duration::from_secs(60),
+        });
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         drop(listener);

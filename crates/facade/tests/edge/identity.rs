@@ -13,6 +13,7 @@ use switchboard_core::identity::totp::TotpSecret;
 use switchboard_core::on_database;
 use switchboard_proto::v1;
 use switchboard_proto::v1::auth_service_client::AuthServiceClient;
+use switchboard_proto::v1::user_service_client::UserServiceClient;
 
 use crate::support::{Account, PASSWORD, TestApp, on_both_databases};
 
@@ -634,13 +635,14 @@ async fn sign_in_is_throttled_and_never_tells_which_accounts_exist(app: &TestApp
         unknown, wrong,
         "an unknown email and a wrong password get the same answer"
     );
-    for _ in 0..3 {
+    for _ in 0..4 {
         assert_eq!(
             login("owner@example.test", "wrong password here").await.0,
             401
         );
     }
-    // The sixth attempt on the account in a minute is held back.
+    // The sixth attempt on the account from this address in a minute is
+    // held back, even with the right password.
     let response = app
         .anonymous
         .post(app.url("/v1/auth:login"))
@@ -664,7 +666,7 @@ async fn sign_in_is_throttled_and_never_tells_which_accounts_exist(app: &TestApp
         .into_iter()
         .filter(|e| e["outcome"] == "AUDIT_OUTCOME_FAILURE")
         .collect();
-    assert_eq!(failures.len(), 5, "{failures:?}");
+    assert_eq!(failures.len(), 6, "{failures:?}");
     assert!(failures.iter().all(|e| e["clientAddress"] == "127.0.0.1"));
 }
 
@@ -1004,7 +1006,359 @@ async fn expired_sessions_are_purged_and_live_ones_kept(app: &TestApp) {
     assert_eq!(status, 200, "a live session stays");
 }
 
+async fn api_keys_cannot_change_how_their_owner_signs_in(app: &TestApp) {
+    let owner = &app.owner;
+    let (status, created) = app
+        .rest(
+            "POST",
+            "/v1/me/api-keys",
+            Some(&owner.access_token),
+            Some(json!({"name": "unrestricted"})),
+        )
+        .await;
+    assert_eq!(status, 200, "{created}");
+    let key = created["secret"].as_str().unwrap().to_owned();
+    // Every RPC that changes how the account signs in, called with the key.
+    let cases = [
+        ("/v1/me/totp:enroll", json!({})),
+        ("/v1/me/totp:confirm", json!({"code": "123456"})),
+        ("/v1/me/totp:remove", json!({"code": "123456"})),
+        (
+            "/v1/me/password:change",
+            json!({"currentPassword": PASSWORD, "newPassword": "a key chose this password"}),
+        ),
+    ];
+    for (path, body) in &cases {
+        let (status, answer) = app.rest("POST", path, Some(&key), Some(body.clone())).await;
+        assert_eq!(status, 403, "{path} with an API key: {answer}");
+        assert!(
+            answer["message"]
+                .as_str()
+                .unwrap()
+                .contains("API keys cannot change sign-in settings"),
+            "{path}: {answer}"
+        );
+    }
+    // Native gRPC says PERMISSION_DENIED too.
+    let mut auth = AuthServiceClient::with_interceptor(
+        app.channel().await,
+        crate::support::Bearer(Some(key.clone())),
+    );
+    let status = auth
+        .enroll_totp(v1::EnrollTotpRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
+    // The owner still signs in with the password alone.
+    let (status, me) = app
+        .login_from([127, 0, 0, 1], "owner@example.test", PASSWORD)
+        .await;
+    assert_eq!(status, 200, "{me}");
+    assert_eq!(me["user"]["totpEnabled"], false);
+}
+
+async fn an_admin_resets_a_lost_second_factor_and_it_is_audited(app: &TestApp) {
+    let owner = &app.owner;
+    let token = Some(owner.access_token.as_str());
+    let (_, enrolled) = app
+        .rest("POST", "/v1/me/totp:enroll", token, Some(json!({})))
+        .await;
+    let secret = TotpSecret::from_base32(enrolled["secret"].as_str().unwrap()).unwrap();
+    let code = secret.code_at(now() as u64);
+    let (status, _) = app
+        .rest(
+            "POST",
+            "/v1/me/totp:confirm",
+            token,
+            Some(json!({"code": code})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (status, _) = app
+        .login_from([127, 0, 0, 1], "owner@example.test", PASSWORD)
+        .await;
+    assert_eq!(status, 401, "the second factor is in force");
+
+    let admin = app.account("reset-admin@example.test", Role::Admin).await;
+    let reset = format!("/v1/users/{}:resetSecondFactor", owner.user_id);
+    // Not with a key, not by a user, and not on oneself.
+    let (_, admin_key) = app
+        .rest(
+            "POST",
+            "/v1/me/api-keys",
+            Some(&admin.access_token),
+            Some(json!({"name": "admin script"})),
+        )
+        .await;
+    let admin_key = admin_key["secret"].as_str().unwrap().to_owned();
+    let (status, body) = app
+        .rest("POST", &reset, Some(&admin_key), Some(json!({})))
+        .await;
+    assert_eq!(status, 403, "an admin's API key cannot reset it: {body}");
+    let (status, _) = app.rest("POST", &reset, token, Some(json!({}))).await;
+    assert_eq!(status, 403, "a user cannot reset it");
+    let (status, body) = app
+        .rest(
+            "POST",
+            &format!("/v1/users/{}:resetSecondFactor", admin.user_id),
+            Some(&admin.access_token),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(status, 400, "not one's own: {body}");
+
+    let (status, user) = app
+        .rest("POST", &reset, Some(&admin.access_token), Some(json!({})))
+        .await;
+    assert_eq!(status, 200, "{user}");
+    assert_eq!(user["totpEnabled"], false);
+    let (status, body) = app
+        .rest("GET", "/v1/me", Some(&owner.access_token), None)
+        .await;
+    assert_eq!(status, 401, "the account's sessions ended with it: {body}");
+    let (status, body) = app
+        .login_from([127, 0, 0, 1], "owner@example.test", PASSWORD)
+        .await;
+    assert_eq!(status, 200, "the password alone signs in again: {body}");
+    let events = audit_actions(app, &admin, "totp.reset").await;
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0]["actor"], admin.user_id);
+    assert_eq!(events[0]["target"], format!("user:{}", owner.user_id));
+    // Over native gRPC as well.
+    let mut users = UserServiceClient::with_interceptor(
+        app.channel().await,
+        crate::support::Bearer(Some(admin.access_token.clone())),
+    );
+    let answer = users
+        .reset_user_second_factor(v1::ResetUserSecondFactorRequest {
+            id: owner.user_id.clone(),
+        })
+        .await
+        .expect("ResetUserSecondFactor over gRPC")
+        .into_inner();
+    assert!(!answer.totp_enabled);
+}
+
+async fn a_victim_signs_in_from_a_new_address_while_another_hammers_the_account(app: &TestApp) {
+    let attacker = [127, 0, 0, 2];
+    // Guessing stays slow: from one address, the account's burst is five
+    // attempts, then 429 — even for the right password.
+    for _ in 0..5 {
+        let (status, _) = app
+            .login_from(attacker, "owner@example.test", "a wrong guess")
+            .await;
+        assert_eq!(status, 401);
+    }
+    for guess in ["another wrong guess", PASSWORD] {
+        let (status, body) = app.login_from(attacker, "owner@example.test", guess).await;
+        assert_eq!(status, 429, "{body}");
+    }
+    // The owner, from another address, signs in all the same.
+    let (status, body) = app
+        .login_from([127, 0, 0, 3], "owner@example.test", PASSWORD)
+        .await;
+    assert_eq!(status, 200, "the owner is not locked out: {body}");
+    let admin = app
+        .account("hammer-auditor@example.test", Role::Admin)
+        .await;
+    let refused: Vec<Value> = audit_actions(app, &admin, "auth.login")
+        .await
+        .into_iter()
+        .filter(|e| e["outcome"] == "AUDIT_OUTCOME_FAILURE")
+        .collect();
+    assert_eq!(
+        refused.len(),
+        5,
+        "throttled attempts never reach the password check"
+    );
+    assert!(refused.iter().all(|e| e["clientAddress"] == "127.0.0.2"));
+}
+
+async fn one_address_is_one_account_however_it_is_written(app: &TestApp) {
+    // Each registration from its own address: registering is throttled
+    // per address, and that is not what this test is about.
+    let sources = std::sync::atomic::AtomicU8::new(10);
+    let register = |email: &str| {
+        let source = [
+            127,
+            0,
+            1,
+            sources.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+        ];
+        app.post_from(
+            source,
+            "/v1/auth:register",
+            json!({"email": email, "password": PASSWORD}),
+        )
+    };
+    for email in ["josé@example.test", "mike@example.test"] {
+        let (status, body) = register(email).await;
+        assert_eq!(status, 200, "{email}: {body}");
+    }
+    let id_of = |email: &'static str| async move {
+        let (status, body) = app.login_from([127, 0, 0, 1], email, PASSWORD).await;
+        assert_eq!(status, 200, "{email}: {body}");
+        body["user"]["id"].as_str().unwrap().to_owned()
+    };
+    let owner = app.owner.user_id.clone();
+    let jose = id_of("josé@example.test").await;
+    let mike = id_of("mike@example.test").await;
+    // Variants that are the same address: registering them again is
+    // ALREADY_EXISTS, and signing in with them reaches the same account.
+    let same: [(&str, &str, &String); 6] = [
+        ("fullwidth", "ｏｗｎｅｒ@example.test", &owner),
+        ("upper case", "OWNER@Example.TEST", &owner),
+        ("trailing dot", "owner@example.test.", &owner),
+        ("combining accent", "jose\u{301}@example.test", &jose),
+        ("dotless i", "m\u{131}ke@example.test", &mike),
+        ("dotted capital I", "M\u{130}KE@example.test", &mike),
+    ];
+    for (variant, email, account) in same {
+        let (status, body) = register(email).await;
+        assert_eq!(status, 409, "{variant} {email:?}: {body}");
+        let (status, body) = app.login_from([127, 0, 0, 1], email, PASSWORD).await;
+        assert_eq!(status, 200, "{variant} {email:?}: {body}");
+        assert_eq!(&body["user"]["id"], account.as_str(), "{variant}");
+    }
+    // Invisible and control characters are refused outright.
+    let refused = [
+        ("zero-width space", "ow\u{200b}ner@example.test"),
+        ("zero-width joiner", "owner\u{200d}@example.test"),
+        ("byte order mark", "\u{feff}owner@example.test"),
+        ("right-to-left override", "owner@exam\u{202e}ple.test"),
+        ("bell", "owner\u{7}@example.test"),
+    ];
+    for (variant, email) in refused {
+        let (status, body) = register(email).await;
+        assert_eq!(status, 400, "{variant}: {body}");
+        assert!(
+            body["message"].as_str().unwrap().starts_with("email:"),
+            "{variant}: {body}"
+        );
+        let (status, body) = app.login_from([127, 0, 0, 1], email, PASSWORD).await;
+        assert_eq!(status, 400, "{variant} sign-in: {body}");
+    }
+    let (_, users) = app
+        .rest(
+            "GET",
+            "/v1/users",
+            Some(
+                &app.account("count-admin@example.test", Role::Admin)
+                    .await
+                    .access_token,
+            ),
+            None,
+        )
+        .await;
+    assert_eq!(users["users"].as_array().unwrap().len(), 4, "{users}");
+}
+
+async fn disabling_an_account_ends_its_sessions_for_good(app: &TestApp) {
+    let admin = app.account("disabler@example.test", Role::Admin).await;
+    let doomed = app.account("suspended@example.test", Role::User).await;
+    let path = format!("/v1/users/{}", doomed.user_id);
+    let set_disabled = |disabled: bool| {
+        app.rest(
+            "PATCH",
+            &path,
+            Some(&admin.access_token),
+            Some(json!({"disabled": disabled})),
+        )
+    };
+    let refresh = || {
+        app.rest(
+            "POST",
+            "/v1/auth:refresh",
+            None,
+            Some(json!({"refreshToken": doomed.refresh_token})),
+        )
+    };
+    assert_eq!(set_disabled(true).await.0, 200);
+    let (status, _) = app
+        .rest("GET", "/v1/me", Some(&doomed.access_token), None)
+        .await;
+    assert_eq!(status, 401, "disabled: the access token is refused");
+    assert_eq!(refresh().await.0, 401, "disabled: so is the refresh token");
+
+    assert_eq!(set_disabled(false).await.0, 200);
+    let (status, _) = app
+        .rest("GET", "/v1/me", Some(&doomed.access_token), None)
+        .await;
+    assert_eq!(
+        status, 401,
+        "enabled again: the old access token stays dead"
+    );
+    assert_eq!(refresh().await.0, 401, "and so does the old refresh token");
+    let (status, body) = app
+        .login_from([127, 0, 0, 1], "suspended@example.test", PASSWORD)
+        .await;
+    assert_eq!(status, 200, "a fresh sign-in works: {body}");
+    let fresh = body["accessToken"].as_str().unwrap();
+    let (status, _) = app.rest("GET", "/v1/me", Some(fresh), None).await;
+    assert_eq!(status, 200);
+}
+
+async fn accounts_stored_before_emails_were_normalised_get_their_key_at_start(app: &TestApp) {
+    // Two variants of one address, registered before normalisation (their
+    // key NULL, as the migration leaves them), the fullwidth one first.
+    let db = app.services().database();
+    let insert = "INSERT INTO users (id, email, display_name, role, password_hash, disabled, totp_enabled, created_at, updated_at) \
+                  VALUES ($1, $2, '', 'user', NULL, FALSE, FALSE, $3, $3)";
+    for (id, email, at) in [
+        (
+            "01a229b8-41c2-7291-af9c-000000000011",
+            "ｏld@example.test",
+            1_i64,
+        ),
+        (
+            "01a229b8-41c2-7291-af9c-000000000012",
+            "old@example.test.",
+            2_i64,
+        ),
+    ] {
+        on_database!(db, pool => sqlx::query(insert).bind(id).bind(email).bind(at).execute(pool).await.map(drop).unwrap());
+    }
+    // A restart fills the keys in.
+    switchboard_core::identity::Identity::start(
+        db.clone(),
+        &switchboard_core::config::AuthConfig::default(),
+    )
+    .await
+    .unwrap();
+    let keys: Vec<(String, Option<String>)> = on_database!(db, pool => {
+        sqlx::query_as("SELECT id, email_key FROM users WHERE id LIKE '01a229b8-41c2-7291-af9c-0000000000%' ORDER BY id")
+            .fetch_all(pool)
+            .await
+            .unwrap()
+    });
+    assert_eq!(
+        keys,
+        [
+            (
+                "01a229b8-41c2-7291-af9c-000000000011".to_owned(),
+                Some("old@example.test".to_owned())
+            ),
+            // The later variant cannot take the key the first one holds.
+            ("01a229b8-41c2-7291-af9c-000000000012".to_owned(), None),
+        ]
+    );
+    let (status, body) = app
+        .post_from(
+            [127, 0, 0, 1],
+            "/v1/auth:register",
+            json!({"email": "OLD@example.test", "password": PASSWORD}),
+        )
+        .await;
+    assert_eq!(status, 409, "{body}");
+}
+
 on_both_databases!(
+    accounts_stored_before_emails_were_normalised_get_their_key_at_start,
+    api_keys_cannot_change_how_their_owner_signs_in,
+    an_admin_resets_a_lost_second_factor_and_it_is_audited,
+    a_victim_signs_in_from_a_new_address_while_another_hammers_the_account,
+    one_address_is_one_account_however_it_is_written,
+    disabling_an_account_ends_its_sessions_for_good,
     expired_sessions_are_purged_and_live_ones_kept,
     signing_keys_survive_a_restart,
     nul_characters_are_refused_alike_on_both_databases,
@@ -1109,5 +1463,33 @@ async fn rs256_signs_when_configured() {
         jwks["keys"][0].get("d").is_none(),
         "no private part is published"
     );
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guesses_spread_over_many_addresses_still_meet_the_accounts_ceiling() {
+    let app = crate::support::spawn_app_with(crate::support::Backend::Sqlite, |config| {
+        config.auth.login_attempts_per_account = 2;
+        config.auth.login_attempts_per_account_ceiling = 5;
+    })
+    .await;
+    // Two guesses from each of three addresses: the sixth guess on the
+    // account meets its ceiling, though its address has tried only once.
+    // (Every attempt counts, whether the account exists or not.)
+    let mut answers = Vec::new();
+    for last in [2, 3, 4] {
+        for _ in 0..2 {
+            let (status, _) = app
+                .login_from([127, 0, 0, last], "target@example.test", "a wrong guess")
+                .await;
+            answers.push(status);
+        }
+    }
+    assert_eq!(answers, [401, 401, 401, 401, 401, 429], "{answers:?}");
+    // Another account is not affected by this one's ceiling.
+    let (status, _) = app
+        .login_from([127, 0, 0, 5], "nobody@example.test", "a wrong guess")
+        .await;
+    assert_eq!(status, 401);
     app.stop().await;
 }

@@ -212,6 +212,17 @@ pub(crate) fn client_for(token: Option<&str>) -> reqwest::Client {
         .expect("a reqwest client")
 }
 
+/// An HTTP client without credentials whose connections leave from
+/// `source` (any address of 127.0.0.0/8 works on loopback), so the server
+/// sees a different client address through the same mechanism it uses in
+/// production: the TCP peer, not a header.
+pub(crate) fn client_from(source: std::net::IpAddr) -> reqwest::Client {
+    reqwest::Client::builder()
+        .local_address(source)
+        .build()
+        .expect("a reqwest client")
+}
+
 /// Creates an account with `role` in the domain (as `switchboard user
 /// create` does) and signs it in.
 pub(crate) async fn sign_in_new(services: &Services, email: &str, role: Role) -> Account {
@@ -330,6 +341,40 @@ impl TestApp {
             serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"))
         };
         (status, json)
+    }
+
+    /// POSTs `body` as JSON to `path` without credentials from the
+    /// loopback address `source`; returns the status and the JSON body.
+    pub(crate) async fn post_from(
+        &self,
+        source: [u8; 4],
+        path: &str,
+        body: serde_json::Value,
+    ) -> (u16, serde_json::Value) {
+        let response = client_from(std::net::IpAddr::from(source))
+            .post(self.url(path))
+            .json(&body)
+            .send()
+            .await
+            .expect("the request is sent");
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or_default())
+    }
+
+    /// Signs in over REST as `email` with `password` from the loopback
+    /// address `source`; returns the status and the JSON body.
+    pub(crate) async fn login_from(
+        &self,
+        source: [u8; 4],
+        email: &str,
+        password: &str,
+    ) -> (u16, serde_json::Value) {
+        self.post_from(
+            source,
+            "/v1/auth:login",
+            serde_json::json!({"email": email, "password": password}),
+        )
+        .await
     }
 
     /// The running domain services.
