@@ -76,6 +76,13 @@ pub struct Config {
     /// and replies being generated before it stops them.
     /// Default `30`; variable `SWITCHBOARD_SHUTDOWN_GRACE_SECS`.
     pub shutdown_grace_secs: u64,
+    /// Key `shutdown_drain_delay_secs`: on SIGTERM, the least time the
+    /// listener stays open, answering health checks with 503 and refusing
+    /// new work, even when nothing is in flight, so that load balancers see
+    /// the failing check before the port closes. Capped by
+    /// `shutdown_grace_secs`; SIGINT (Ctrl-C at a terminal) does not wait
+    /// for it. Default `5`; variable `SWITCHBOARD_SHUTDOWN_DRAIN_DELAY_SECS`.
+    pub shutdown_drain_delay_secs: u64,
     /// Key `log_format`: `text` for people, `json` for log collectors.
     /// Default `text`; variable `SWITCHBOARD_LOG_FORMAT`.
     pub log_format: LogFormat,
@@ -461,6 +468,7 @@ impl Default for Config {
             cors_allowed_origins: Vec::new(),
             trusted_proxies: Vec::new(),
             shutdown_grace_secs: 30,
+            shutdown_drain_delay_secs: 5,
             log_format: LogFormat::Text,
             log_level: "info".to_owned(),
             redis_url: None,

@@ -246,8 +246,8 @@ async fn serve(config: Config, workers: bool) -> anyhow::Result<()> {
         drain.clone(),
         grace,
     ));
-    let server = until_signal(server).await?;
-    begin_drain(&mut services, &drain).await;
+    let (server, signal) = until_signal(server).await?;
+    begin_drain(&mut services, &drain, &config, signal).await;
     server
         .await
         .context("the server task failed")?
@@ -290,11 +290,16 @@ async fn worker(config: Config, listen: Option<SocketAddr>) -> anyhow::Result<()
         }
         None => {
             tracing::info!("worker running; stop with SIGTERM or SIGINT");
-            shutdown_signal().await;
+            // Nothing listens, so no load balancer needs a delay.
+            let _ = shutdown_signal().await;
             None
         }
     };
-    begin_drain(&mut services, &drain).await;
+    let (server, signal) = match server {
+        Some((server, signal)) => (Some(server), signal),
+        None => (None, Signal::Interrupt),
+    };
+    begin_drain(&mut services, &drain, &config, signal).await;
     if let Some(server) = server {
         server
             .await
@@ -306,17 +311,19 @@ async fn worker(config: Config, listen: Option<SocketAddr>) -> anyhow::Result<()
     Ok(())
 }
 
+/// The task that serves a listener.
+type ServerTask = tokio::task::JoinHandle<std::io::Result<()>>;
+
 /// Waits for SIGTERM or SIGINT while `server` runs; fails if it stops
-/// first (its listener failed). Gives the server back, still running.
-async fn until_signal(
-    mut server: tokio::task::JoinHandle<std::io::Result<()>>,
-) -> anyhow::Result<tokio::task::JoinHandle<std::io::Result<()>>> {
+/// first (its listener failed). Gives the server back, still running, with
+/// the signal that came.
+async fn until_signal(mut server: ServerTask) -> anyhow::Result<(ServerTask, Signal)> {
     tokio::select! {
         result = &mut server => {
             result.context("the server task failed")?.context("serving failed")?;
             anyhow::bail!("the listener stopped before any shutdown signal")
         }
-        () = shutdown_signal() => Ok(server),
+        signal = shutdown_signal() => Ok((server, signal)),
     }
 }
 
@@ -325,11 +332,31 @@ async fn until_signal(
 /// stops the workers within the same grace, counted from the signal: the
 /// listener's drain and the workers' wait run side by side, not one after
 /// the other.
-async fn begin_drain(services: &mut Services, drain: &switchboard_facade::Drain) {
+///
+/// On SIGTERM (an orchestrator) the listener also stays open for
+/// `shutdown_drain_delay_secs` (within the grace) when nothing is in
+/// flight, so a load balancer's next health check gets 503 rather than a
+/// refused connection; on SIGINT (a person at a terminal) it does not wait.
+async fn begin_drain(
+    services: &mut Services,
+    drain: &switchboard_facade::Drain,
+    config: &Config,
+    signal: Signal,
+) {
     // Taken before the drain begins, so the listener never finds nothing in
     // flight while jobs still run: it answers health checks (503) until
     // they are done.
     let jobs = drain.track();
+    if signal == Signal::Terminate {
+        let delay = config
+            .shutdown_drain_delay_secs
+            .min(config.shutdown_grace_secs);
+        let held = drain.track();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(delay)).await;
+            drop(held);
+        });
+    }
     drain.begin();
     if services.runs_workers() {
         tracing::info!(
@@ -353,8 +380,17 @@ async fn migrate(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Resolves on SIGTERM or SIGINT.
-async fn shutdown_signal() {
+/// The signal that asked the process to stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Signal {
+    /// SIGINT: Ctrl-C at a terminal.
+    Interrupt,
+    /// SIGTERM: an orchestrator or service manager.
+    Terminate,
+}
+
+/// Resolves on SIGTERM or SIGINT, saying which.
+async fn shutdown_signal() -> Signal {
     let interrupt = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
@@ -362,12 +398,19 @@ async fn shutdown_signal() {
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
                 .expect("installing a SIGTERM handler cannot fail on unix");
         tokio::select! {
-            _ = interrupt => tracing::info!("SIGINT received; shutting down"),
-            _ = terminate.recv() => tracing::info!("SIGTERM received; shutting down"),
+            _ = interrupt => {
+                tracing::info!("SIGINT received; shutting down");
+                Signal::Interrupt
+            }
+            _ = terminate.recv() => {
+                tracing::info!("SIGTERM received; shutting down");
+                Signal::Terminate
+            }
         }
     }
     #[cfg(not(unix))]
     {
         let _ = interrupt.await;
+        Signal::Interrupt
     }
 }

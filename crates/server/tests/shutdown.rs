@@ -425,3 +425,34 @@ async fn a_worker_with_a_listener_drains_on_sigterm() {
         "the running job finished within the grace: {reply}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_server_keeps_answering_health_checks_for_its_drain_delay() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut command = switchboard(dir.path(), &["serve", "--listen", &listen]);
+    command.env("SWITCHBOARD_SHUTDOWN_DRAIN_DELAY_SECS", "1");
+    let mut server = Process::spawn(command);
+    let base = format!("http://{listen}");
+    wait_ready(&reqwest::Client::new(), &base).await;
+
+    // Nothing is in flight: without the delay the port would close at once.
+    server.terminate();
+    let signalled = Instant::now();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        status_of(&base, "/readyz").await,
+        503,
+        "a failing check, not a refused connection"
+    );
+    let status = server
+        .exit_by(signalled + GRACE + MARGIN)
+        .await
+        .expect("the process exits within its grace");
+    assert!(status.success(), "exit status {status:?}");
+    assert!(
+        signalled.elapsed() >= Duration::from_secs(1),
+        "the listener stayed open for the drain delay"
+    );
+}
