@@ -25,7 +25,7 @@ e2e profile="debug": tools
     cargo build -p switchboard {{ if profile == "release" { "--release" } else { "" } }}
     scripts/e2e.sh {{target_dir}}/{{profile}}/switchboard
 
-# transports (h2load), chat turns, queue throughput vs Dramatiq (BENCH_SECTIONS picks); rewrites docs/benchmarks.md
+# transports (h2load), chat turns, queue throughput vs Dramatiq, memory under failed sign-ins (BENCH_SECTIONS picks); rewrites docs/benchmarks.md
 bench:
     cargo build --release -p switchboard -p switchboard-bench
     scripts/bench.sh {{target_dir}}/release/switchboard {{target_dir}}/release/switchboard-bench

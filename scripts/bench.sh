@@ -7,7 +7,7 @@
 #   BENCH_BINARY  default target/release/switchboard-bench (crates/bench)
 #   (just bench builds both: cargo build --release -p switchboard -p switchboard-bench)
 #
-# BENCH_SECTIONS picks the sections, in this order (default: "http chat queue"):
+# BENCH_SECTIONS picks the sections, in this order (default: "http chat queue memory"):
 #
 # http — one read RPC (ChatService.GetConversation) over native gRPC, gRPC-Web
 #   and REST, signed in (bearer JWT, and an API key for one REST row), then
@@ -59,13 +59,35 @@
 #   Dramatiq comes from .venv-tools (scripts/install-test-tools.sh --bench,
 #   run here if it is missing).
 #
+# memory — the server's resident memory under a burst of failed sign-ins:
+#   `switchboard serve` with the default configuration and a temporary SQLite
+#   data dir; its VmRSS (/proc/PID/status) once ready is the idle figure.
+#   `switchboard-bench logins` registers BENCH_MEMORY_ACCOUNTS accounts (each
+#   from its own address in 127.0.1.0/24), reads VmRSS (the baseline), resets
+#   VmHWM (/proc/PID/clear_refs), then sends BENCH_MEMORY_ATTEMPTS sign-ins with
+#   wrong passwords at once, from 127.0.0.2, 127.0.0.3, … (one loopback source
+#   address and one email each; the accounts' emails and unknown ones), so no
+#   throttle answers before the argon2id work; it samples VmRSS every 20 ms
+#   until the last answer and reads it again 1, 3 and 5 s after. Bounds:
+#   idle < 40 MiB; peak (the larger of VmHWM and the samples) <= baseline +
+#   hashing slots (max(2, cores)) x 19 MiB + BENCH_MEMORY_PEAK_MARGIN_MIB; 5 s
+#   after <= baseline + BENCH_MEMORY_SETTLED_MARGIN_MIB. Prints PASS/FAIL
+#   (exit 1 on FAIL with BENCH_STRICT=1). BENCH_MEMORY_BEFORE_BIN names another
+#   switchboard binary (a release build of an earlier commit) measured the
+#   same way in the same run, as it is and with MALLOC_MMAP_THRESHOLD_=131072,
+#   for comparison (rows without a verdict).
+#   Block <!-- bench-memory:begin --> … <!-- bench-memory:end -->.
+#
 # Environment: BENCH_N (requests per round, default 30000), BENCH_C (clients,
 # default 32), BENCH_M (streams per client, default 10), BENCH_ROUNDS (default 5),
 # BENCH_WARMUP (requests per warm-up, default 5000), BENCH_LOGIN_N (sign-ins,
 # default 400), BENCH_STRICT, BENCH_WRITE; BENCH_SECTIONS; BENCH_CHAT_USERS
 # (default 16), BENCH_CHAT_TURNS (default 20), BENCH_CHAT_ROUNDS (default 3);
 # BENCH_QUEUE_JOBS (default 2000), BENCH_QUEUE_CONCURRENCY (default 16),
-# BENCH_QUEUE_ROUNDS (default 5); BENCH_REDIS_URL (default
+# BENCH_QUEUE_ROUNDS (default 5); BENCH_MEMORY_ATTEMPTS (default 200),
+# BENCH_MEMORY_ACCOUNTS (default 40), BENCH_MEMORY_PEAK_MARGIN_MIB (default 24),
+# BENCH_MEMORY_SETTLED_MARGIN_MIB (default 16), BENCH_MEMORY_BEFORE_BIN;
+# BENCH_REDIS_URL (default
 # redis://127.0.0.1:6379), BENCH_AMQP_URL (default
 # amqp://guest:guest@127.0.0.1:5672/%2f), BENCH_POSTGRES_URL (a server where
 # databases may be created; default postgres://postgres@127.0.0.1:5432/postgres).
@@ -75,11 +97,14 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 BIN=${1:-$TARGET_DIR/release/switchboard}
 BENCH_BIN=${2:-$TARGET_DIR/release/switchboard-bench}
-SECTIONS=" ${BENCH_SECTIONS:-http chat queue} "
+SECTIONS=" ${BENCH_SECTIONS:-http chat queue memory} "
 N=${BENCH_N:-30000} C=${BENCH_C:-32} M=${BENCH_M:-10} ROUNDS=${BENCH_ROUNDS:-5} WARMUP=${BENCH_WARMUP:-5000}
 LOGIN_N=${BENCH_LOGIN_N:-400}
 CHAT_USERS=${BENCH_CHAT_USERS:-16} CHAT_TURNS=${BENCH_CHAT_TURNS:-20} CHAT_ROUNDS=${BENCH_CHAT_ROUNDS:-3}
 QUEUE_JOBS=${BENCH_QUEUE_JOBS:-2000} QUEUE_CONCURRENCY=${BENCH_QUEUE_CONCURRENCY:-16} QUEUE_ROUNDS=${BENCH_QUEUE_ROUNDS:-5}
+MEMORY_ATTEMPTS=${BENCH_MEMORY_ATTEMPTS:-200} MEMORY_ACCOUNTS=${BENCH_MEMORY_ACCOUNTS:-40}
+MEMORY_PEAK_MARGIN=${BENCH_MEMORY_PEAK_MARGIN_MIB:-24} MEMORY_SETTLED_MARGIN=${BENCH_MEMORY_SETTLED_MARGIN_MIB:-16}
+MEMORY_BEFORE_BIN=${BENCH_MEMORY_BEFORE_BIN:-}
 REDIS=${BENCH_REDIS_URL:-redis://127.0.0.1:6379}
 AMQP=${BENCH_AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}
 PG=${BENCH_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/postgres}
@@ -117,7 +142,7 @@ trap 'exit 130' INT TERM
 
 [[ -x $BIN ]] || die "$BIN not found; build it with: cargo build --release -p switchboard"
 BIN=$(realpath "$BIN")
-if want chat || want queue; then
+if want chat || want queue || want memory; then
   [[ -x $BENCH_BIN ]] || die "$BENCH_BIN not found; build it with: cargo build --release -p switchboard-bench"
   BENCH_BIN=$(realpath "$BENCH_BIN")
 fi
@@ -182,6 +207,7 @@ rev=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
 dirty=$(git -C "$ROOT" status --porcelain --untracked-files=no 2>/dev/null | grep -q . && echo "+changes" || true)
 machine() { echo "Run $(date -u +%Y-%m-%dT%H:%MZ) on commit $rev$dirty, $(nproc) cores ($cpu_model), load generator and servers on the same machine, load average $load before the run"; }
 VERDICT=PASS
+MEMORY_VERDICT=PASS
 
 # ---------------------------------------------------------------- http
 bench_http() {
@@ -455,9 +481,73 @@ switchboard-bench queue --backend amqp     --jobs $QUEUE_JOBS --concurrency $QUE
   rewrite_block bench-queue "$meta"$'\n\n'"$table"$'\n\n'"$commands"
 }
 
+# ---------------------------------------------------------------- memory
+# memory_run NAME BINARY [VAR=VALUE…]: one server, one burst; "idle_mib" and the report's fields
+# appended to $TMP/memory.jsonl with {name}
+memory_run() {
+  local name=$1 bin=$2 port base pid idle out
+  shift 2
+  port=$(free_port)
+  base=http://127.0.0.1:$port
+  BIN=$bin start "memory-$name" SWITCHBOARD_LOG_LEVEL=warn "$@" -- serve --listen "127.0.0.1:$port" --data-dir "$TMP/memory-$name"
+  pid=$STARTED
+  wait_ready "$base" "$pid" "memory-$name"
+  idle=$(awk '/^VmRSS:/ {printf "%.1f", $2 / 1024}' "/proc/$pid/status")
+  out=$("$BENCH_BIN" logins --base-url "$base" --pid "$pid" --attempts "$MEMORY_ATTEMPTS" --accounts "$MEMORY_ACCOUNTS") \
+    || die "memory $name: switchboard-bench logins failed"
+  stop_pid "$pid"
+  jq -c --arg name "$name" --argjson idle "$idle" '. + {name: $name, idle_mib: $idle}' <<<"$out" >>"$TMP/memory.jsonl"
+  jq -r --arg name "$name" '"bench: memory \($name): idle \(.idle_mib) MiB, baseline \(.baseline_mib) MiB, peak \([.peak_sampled_mib, .peak_hwm_mib // 0] | max) MiB, at the last answer \(.at_end_mib) MiB, +1 s \(.after_1s_mib), +3 s \(.after_3s_mib), +5 s \(.after_5s_mib) MiB; \(.refused) of \(.attempts) refused in \(.burst_s) s"' \
+    <(tail -1 "$TMP/memory.jsonl")
+}
+
+bench_memory() {
+  local slots block_mib=19 table row label verdict meta commands bounds
+  slots=$(nproc)
+  (( slots < 2 )) && slots=2
+  echo "bench: memory: $MEMORY_ATTEMPTS failed sign-ins at once ($MEMORY_ACCOUNTS for registered accounts), $slots hashing slots"
+  memory_run current "$BIN"
+  if [[ -n $MEMORY_BEFORE_BIN ]]; then
+    [[ -x $MEMORY_BEFORE_BIN ]] || die "BENCH_MEMORY_BEFORE_BIN=$MEMORY_BEFORE_BIN is not an executable"
+    memory_run before "$(realpath "$MEMORY_BEFORE_BIN")"
+    memory_run before-mmap-threshold "$(realpath "$MEMORY_BEFORE_BIN")" MALLOC_MMAP_THRESHOLD_=131072
+  fi
+
+  # verdict for the current binary: idle, peak and settled bounds
+  row=$(jq -s 'map(select(.name == "current"))[0]' "$TMP/memory.jsonl")
+  verdict=$(jq -r --argjson slots "$slots" --argjson block "$block_mib" --argjson peak_margin "$MEMORY_PEAK_MARGIN" \
+    --argjson settled_margin "$MEMORY_SETTLED_MARGIN" '
+    ([.peak_sampled_mib, .peak_hwm_mib // 0] | max) as $peak
+    | if .idle_mib < 40 and $peak <= .baseline_mib + $slots * $block + $peak_margin
+        and .after_5s_mib <= .baseline_mib + $settled_margin and (.unexpected | length) == 0
+      then "PASS" else "FAIL" end' <<<"$row")
+  MEMORY_VERDICT=$verdict
+  table="| server | idle | baseline | peak | at the last answer | +1 s | +3 s | +5 s | burst |
+| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+  table+=$'\n'$(jq -rs '
+    def server: {"current": "this commit", "before": "before the fix (BENCH_MEMORY_BEFORE_BIN)",
+      "before-mmap-threshold": "before the fix, with MALLOC_MMAP_THRESHOLD_=131072"}[.name];
+    .[] | "| \(server) | \(.idle_mib) MiB | \(.baseline_mib) MiB | \([.peak_sampled_mib, .peak_hwm_mib // 0] | max) MiB | \(.at_end_mib) MiB | \(.after_1s_mib) MiB | \(.after_3s_mib) MiB | \(.after_5s_mib) MiB | \(.burst_s) s |"' \
+    "$TMP/memory.jsonl")
+  bounds=$(jq -r --argjson slots "$slots" --argjson block "$block_mib" --argjson peak_margin "$MEMORY_PEAK_MARGIN" \
+    --argjson settled_margin "$MEMORY_SETTLED_MARGIN" --arg verdict "$verdict" '
+    "Bounds for this commit: idle < 40 MiB; peak <= baseline + \($slots) hashing slots x \($block) MiB + \($peak_margin) MiB = \((.baseline_mib + $slots * $block + $peak_margin) * 10 | round / 10) MiB; 5 s after the burst <= baseline + \($settled_margin) MiB = \((.baseline_mib + $settled_margin) * 10 | round / 10) MiB: **\($verdict)**."' <<<"$row")
+  meta="$(machine). \`switchboard serve\` with the default configuration and a fresh SQLite data dir; $MEMORY_ACCOUNTS accounts registered, then $MEMORY_ATTEMPTS sign-ins with wrong passwords at once from 127.0.0.2 on (one source address and one email each, $MEMORY_ACCOUNTS of them the accounts', the rest unknown); every one answered 401. Idle: VmRSS once ready; baseline: VmRSS before the burst; peak: the larger of VmHWM (reset before the burst) and VmRSS sampled every 20 ms; the rest VmRSS after the last answer."
+  commands="\`\`\`sh
+switchboard serve --listen 127.0.0.1:PORT --data-dir DIR &
+switchboard-bench logins --base-url http://127.0.0.1:PORT --pid \$! --attempts $MEMORY_ATTEMPTS --accounts $MEMORY_ACCOUNTS
+\`\`\`"
+  printf '\n%s\n\n%s\n\n%s\n\n' "$meta" "$table" "$bounds"
+  rewrite_block bench-memory "$meta"$'\n\n'"$table"$'\n\n'"$bounds"$'\n\n'"$commands"
+}
+
 want http && bench_http
 want chat && bench_chat
 want queue && bench_queue
+want memory && bench_memory
 if [[ $VERDICT == FAIL && ${BENCH_STRICT:-0} == 1 ]]; then
   die "REST (h2c) is at $HTTP_PCT % of native gRPC, below the 85 % target"
+fi
+if [[ $MEMORY_VERDICT == FAIL && ${BENCH_STRICT:-0} == 1 ]]; then
+  die "the memory bounds of a burst of failed sign-ins were not met"
 fi

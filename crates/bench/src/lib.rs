@@ -1,7 +1,7 @@
 //! Load generators behind the figures of `docs/benchmarks.md`, run by
 //! `scripts/bench.sh` (`just bench`).
 //!
-//! Two measurements, one module each, each ending in one JSON line:
+//! Three measurements, one module each, each ending in one JSON line:
 //!
 //! * [`chat`]: simulated users holding conversations with a running server
 //!   over REST, each turn a `SendMessage` followed by the reply's
@@ -11,11 +11,15 @@
 //!   machinery of `switchboard-core` (`Jobs`, `Worker`, a transport) on each
 //!   backend, in the same shape as `scripts/bench/dramatiq_bench.py`'s output
 //!   so that the rows line up with Dramatiq's on the same brokers.
+//! * [`logins`]: a burst of failed sign-ins from many loopback addresses at
+//!   once against a running server, and the server's resident memory
+//!   before, at its peak and in the seconds after.
 //!
 //! The binary (`src/main.rs`) only parses arguments, sets up logging and
 //! prints what these modules return.
 
 pub mod chat;
+pub mod logins;
 pub mod queue;
 mod scratch;
 mod sse;

@@ -5,7 +5,7 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use switchboard_bench::{chat, queue};
+use switchboard_bench::{chat, logins, queue};
 use tracing_subscriber::EnvFilter;
 
 /// Load generators for Switchboard's benchmarks (scripts/bench.sh). Each
@@ -31,6 +31,13 @@ enum Command {
     /// "total_s", "jobs_per_s", "concurrency", …}, the shape of
     /// scripts/bench/dramatiq_bench.py's output.
     Queue(queue::QueueOptions),
+    /// A burst of failed sign-ins (wrong passwords, unknown emails) from
+    /// many loopback addresses at once against a running server, reading
+    /// the server's resident memory from /proc/PID/status. Prints
+    /// attempts, refused, unexpected, burst_s, baseline_mib,
+    /// peak_sampled_mib, peak_hwm_mib, at_end_mib and after_{1,3,5}s_mib;
+    /// exits 1 unless every attempt was refused with 401.
+    Logins(logins::LoginsOptions),
 }
 
 #[tokio::main]
@@ -72,6 +79,18 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             let report = queue::run(&options).await?;
             println!("{}", serde_json::to_string(&report)?);
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Logins(options) => {
+            let report = logins::run(&options).await?;
+            println!("{}", serde_json::to_string(&report)?);
+            if report.unexpected.is_empty() {
+                return Ok(ExitCode::SUCCESS);
+            }
+            eprintln!(
+                "switchboard-bench: FAIL: not every sign-in was refused with 401: {}",
+                report.unexpected.join(", ")
+            );
+            Ok(ExitCode::FAILURE)
         }
     }
 }

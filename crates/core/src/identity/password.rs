@@ -9,12 +9,25 @@
 //! [`burn_verification_time`] lets a login for an unknown email cost as much
 //! as one for a known email, so response times do not reveal which emails
 //! have accounts.
+//!
+//! Each argon2 computation takes tens of milliseconds of a core and 19 MiB
+//! by design, so the process runs only [`hashing_slots`] of them at once
+//! ([`run_in_slot`]: the others wait in line without a thread), with memory
+//! that goes back to the operating system soon after the last one ends
+//! (`slots.rs`), so a burst of sign-ins neither grows the process by 19 MiB
+//! per request nor leaves it large afterwards.
+
+mod slots;
 
 use std::fmt;
 use std::sync::LazyLock;
 
-use argon2::password_hash::PasswordVerifier;
-use argon2::{Algorithm, Argon2, Params, PasswordHash, PasswordHasher, Version};
+use argon2::password_hash::phc::{Output, ParamsString, Salt};
+use argon2::password_hash::try_generate_salt;
+use argon2::{Algorithm, Argon2, Params, PasswordHash, Version};
+
+use self::slots::ArgonMemory;
+pub use self::slots::{hashing_slots, run_in_slot};
 
 /// Argon2 memory cost of new hashes, in KiB (OWASP: 19 MiB).
 const M_COST_KIB: u32 = 19_456;
@@ -51,9 +64,14 @@ pub enum PasswordError {
     /// parameters outside the accepted range.
     #[error("stored password hash is malformed: {0}")]
     MalformedHash(String),
-    /// Computing a new hash failed (random number generator or parameters).
+    /// Computing a new hash failed (random number generator, parameters or
+    /// memory).
     #[error("password hashing failed: {0}")]
     Hashing(String),
+    /// The password work given to [`run_in_slot`] panicked, or its slots
+    /// are gone.
+    #[error("password work did not finish: {0}")]
+    Interrupted(String),
 }
 
 /// The outcome of checking a password against a stored hash.
@@ -69,23 +87,41 @@ pub enum Verified {
     Mismatch,
 }
 
-/// The argon2id hasher with the current parameters.
-fn current_hasher() -> Result<Argon2<'static>, PasswordError> {
-    let params = Params::new(M_COST_KIB, T_COST, P_COST, Some(OUTPUT_LEN))
-        .map_err(|e| PasswordError::Hashing(e.to_string()))?;
-    Ok(Argon2::new(Algorithm::Argon2id, Version::V0x13, params))
+/// The current parameters: argon2id, m=19456 KiB, t=2, p=1, 32 bytes.
+fn current_params() -> Result<Params, PasswordError> {
+    Params::new(M_COST_KIB, T_COST, P_COST, Some(OUTPUT_LEN))
+        .map_err(|e| PasswordError::Hashing(e.to_string()))
 }
 
 /// Hashes `password` for storage: argon2id, m=19456 KiB, t=2, p=1, a random
 /// 16-byte salt, as a PHC string (`$argon2id$v=19$m=19456,t=2,p=1$…`).
 ///
+/// Blocks for tens of milliseconds: run it through [`run_in_slot`].
+///
 /// # Errors
 ///
-/// [`PasswordError::Hashing`] if the system random number generator fails.
+/// [`PasswordError::Hashing`] if the system random number generator fails
+/// or the memory cannot be had.
 pub fn hash_password(password: &str) -> Result<String, PasswordError> {
-    let hash = current_hasher()?
-        .hash_password(password.as_bytes())
-        .map_err(|e| PasswordError::Hashing(e.to_string()))?;
+    let failed = |e: &dyn fmt::Display| PasswordError::Hashing(e.to_string());
+    let params = current_params()?;
+    let salt = try_generate_salt().map_err(|e| failed(&e))?;
+    let mut out = [0u8; OUTPUT_LEN];
+    ArgonMemory::for_params(&params)?
+        .hash_into(
+            &Argon2::new(Algorithm::Argon2id, Version::V0x13, params.clone()),
+            password.as_bytes(),
+            &salt,
+            &mut out,
+        )
+        .map_err(|e| failed(&e))?;
+    let hash = PasswordHash {
+        algorithm: Algorithm::Argon2id.ident(),
+        version: Some(Version::V0x13.into()),
+        params: ParamsString::try_from(&params).map_err(|e| failed(&e))?,
+        salt: Some(Salt::new(&salt).map_err(|e| failed(&e))?),
+        hash: Some(Output::new(&out).map_err(|e| failed(&e))?),
+    };
     Ok(hash.to_string())
 }
 
@@ -94,6 +130,8 @@ pub fn hash_password(password: &str) -> Result<String, PasswordError> {
 ///
 /// A match reports `needs_rehash` when `stored` is bcrypt, argon2i or
 /// argon2d, or argon2id with parameters other than the current ones.
+///
+/// Blocks for tens of milliseconds: run it through [`run_in_slot`].
 ///
 /// # Errors
 ///
@@ -122,11 +160,11 @@ fn verify_argon2(password: &str, stored: &str) -> Result<Verified, PasswordError
         None => Version::default(),
     };
     let params = Params::try_from(&hash).map_err(|e| malformed(&e))?;
-    if hash.salt.is_none() || hash.hash.is_none() {
+    let (Some(salt), Some(expected)) = (&hash.salt, &hash.hash) else {
         return Err(PasswordError::MalformedHash(
             "missing salt or hash output".into(),
         ));
-    }
+    };
     if params.m_cost() > MAX_M_COST_KIB
         || params.t_cost() > MAX_T_COST
         || params.p_cost() > MAX_P_COST
@@ -139,27 +177,29 @@ fn verify_argon2(password: &str, stored: &str) -> Result<Verified, PasswordError
         )));
     }
 
-    // The verifier takes algorithm, version and parameters from `hash`, not
-    // from the instance it is called on.
-    match PasswordVerifier::<PasswordHash>::verify_password(
-        &Argon2::default(),
-        password.as_bytes(),
-        &hash,
-    ) {
-        Ok(()) => {
-            let current = algorithm == Algorithm::Argon2id
-                && version == Version::V0x13
-                && params.m_cost() == M_COST_KIB
-                && params.t_cost() == T_COST
-                && params.p_cost() == P_COST
-                && params.output_len() == Some(OUTPUT_LEN);
-            Ok(Verified::Match {
-                needs_rehash: !current,
-            })
-        }
-        Err(argon2::password_hash::Error::PasswordInvalid) => Ok(Verified::Mismatch),
-        Err(e) => Err(malformed(&e)),
+    // What argon2's own `PasswordVerifier` does, with memory of our own.
+    let mut out = vec![0u8; expected.len()];
+    ArgonMemory::for_params(&params)?
+        .hash_into(
+            &Argon2::new(algorithm, version, params.clone()),
+            password.as_bytes(),
+            salt,
+            &mut out,
+        )
+        .map_err(|e| malformed(&e))?;
+    // `Output`'s equality is constant-time.
+    if Output::new(&out).map_err(|e| malformed(&e))? != *expected {
+        return Ok(Verified::Mismatch);
     }
+    let current = algorithm == Algorithm::Argon2id
+        && version == Version::V0x13
+        && params.m_cost() == M_COST_KIB
+        && params.t_cost() == T_COST
+        && params.p_cost() == P_COST
+        && params.output_len() == Some(OUTPUT_LEN);
+    Ok(Verified::Match {
+        needs_rehash: !current,
+    })
 }
 
 fn verify_bcrypt(password: &str, stored: &str) -> Result<Verified, PasswordError> {
@@ -350,7 +390,45 @@ impl PasswordPolicy {
 
 #[cfg(test)]
 mod tests {
+    use argon2::PasswordHasher;
+    use argon2::password_hash::PasswordVerifier;
+
     use super::*;
+
+    #[test]
+    fn our_hashes_verify_with_the_argon2_crate_and_back() {
+        let ours = hash_password("cross check").unwrap();
+        let parsed = PasswordHash::new(&ours).unwrap();
+        assert!(
+            Argon2::default()
+                .verify_password(b"cross check", &parsed)
+                .is_ok()
+        );
+        assert!(
+            Argon2::default()
+                .verify_password(b"cross checK", &parsed)
+                .is_err()
+        );
+
+        let theirs = Argon2::new(
+            Algorithm::Argon2id,
+            Version::V0x13,
+            current_params().unwrap(),
+        )
+        .hash_password(b"cross check")
+        .unwrap()
+        .to_string();
+        assert_eq!(
+            verify_password("cross check", &theirs),
+            Ok(Verified::Match {
+                needs_rehash: false
+            })
+        );
+        assert_eq!(
+            verify_password("cross checK", &theirs),
+            Ok(Verified::Mismatch)
+        );
+    }
 
     fn weak_hash(algorithm: Algorithm, password: &str) -> String {
         let params = Params::new(1024, 1, 1, None).unwrap();

@@ -209,8 +209,6 @@ pub struct Identity {
     oidc: OidcProviders,
     policy: PasswordPolicy,
     config: AuthConfig,
-    /// Password hashes computed at once: twice the cores.
-    password_slots: tokio::sync::Semaphore,
 }
 
 fn sha256_hex(text: &str) -> String {
@@ -380,9 +378,6 @@ impl Identity {
                 ..PasswordPolicy::default()
             },
             config: config.clone(),
-            password_slots: tokio::sync::Semaphore::new(
-                std::thread::available_parallelism().map_or(2, |n| n.get() * 2),
-            ),
             db,
         })
     }
@@ -433,20 +428,14 @@ impl Identity {
     }
 
     /// Runs password work (argon2id: tens of milliseconds and 19 MiB each,
-    /// by design) on a blocking thread, at most a few at a time, so a burst
-    /// of sign-ins queues instead of exhausting memory and every core.
+    /// by design) on a blocking thread, at most a few at a time in the
+    /// process, so a burst of sign-ins queues instead of exhausting memory
+    /// and every core ([`password::run_in_slot`]).
     async fn password_work<T: Send + 'static>(
         &self,
         work: impl FnOnce() -> T + Send + 'static,
     ) -> Result<T> {
-        let _permit = self
-            .password_slots
-            .acquire()
-            .await
-            .map_err(Error::internal)?;
-        tokio::task::spawn_blocking(work)
-            .await
-            .map_err(Error::internal)
+        password::run_in_slot(work).await.map_err(Error::internal)
     }
 
     /// Hashes a password with argon2id.
