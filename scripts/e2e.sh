@@ -119,7 +119,7 @@ step "server"
 PORT=$("$VENV/bin/python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 ADDR=127.0.0.1:$PORT
 BASE=http://$ADDR
-mkdir -p "$TMP/data"
+# The server creates its data dir itself (0700, the database files 0600).
 env -u DATABASE_URL -u SWITCHBOARD_LISTEN -u SWITCHBOARD_DATA_DIR NO_COLOR=1 \
   SWITCHBOARD_ENGINE__TOKEN_DELAY_MS="${E2E_TOKEN_DELAY_MS:-10}" \
   SWITCHBOARD_QUEUE__GENERATE_REPLY__MAX_ATTEMPTS=2 SWITCHBOARD_QUEUE__GENERATE_REPLY__BACKOFF_BASE_MS=200 \
@@ -133,6 +133,11 @@ until [[ $(curl -s -o /dev/null -w '%{http_code}' --max-time 2 "$BASE/readyz" ||
   sleep 0.2
 done
 ok "$(basename "$BIN") serve --listen $ADDR (pid $SERVER_PID, SQLite in a temp dir): /readyz 200 after $((SECONDS - t_start)) s"
+modes=$(cd "$TMP/data" && stat -c '%n=%a' . switchboard.db switchboard.db-wal switchboard.db-shm | tr '\n' ' ')
+[[ $modes == ".=700 switchboard.db=600 switchboard.db-wal=600 switchboard.db-shm=600 " ]] \
+  || fail "the data dir and database files must be private, found: $modes"
+! grep -q "open to other users" "$TMP/server.log" || fail "the server warned about its own fresh data dir"
+ok "data dir and database files private: $modes"
 code=$(curl -s -o "$TMP/body" -w '%{http_code}' --max-time 5 "$BASE/healthz") || fail "GET /healthz failed"
 [[ $code == 200 ]] || fail "GET /healthz answered $code, expected 200"
 ok "GET /healthz 200"
