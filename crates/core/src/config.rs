@@ -456,6 +456,10 @@ pub enum ConfigError {
     },
 }
 
+/// The longest interval or grace a setting may name: a day. Far beyond
+/// any sensible value, and far from where adding it to a clock overflows.
+const MAX_INTERVAL_SECS: u64 = 86_400;
+
 impl Default for Config {
     fn default() -> Self {
         Self {
@@ -635,8 +639,14 @@ impl Config {
                 "token lifetimes must be at least 1 second",
             );
         }
-        if self.auth.credential_recheck_secs == 0 {
-            return invalid("auth.credential_recheck_secs", "must be at least 1");
+        if !(1..=MAX_INTERVAL_SECS).contains(&self.auth.credential_recheck_secs) {
+            return invalid(
+                "auth.credential_recheck_secs",
+                "must be from 1 to 86400 (a day)",
+            );
+        }
+        if self.shutdown_grace_secs > MAX_INTERVAL_SECS {
+            return invalid("shutdown_grace_secs", "must be at most 86400 (a day)");
         }
         if self.auth.password_min_length < 8 {
             return invalid("auth.password_min_length", "must be at least 8");

@@ -60,7 +60,13 @@ pub struct Database {
     /// `database_sqlite_max_bytes` as SQLite pages, applied to every
     /// connection before it is handed out; `None` when uncapped.
     page_cap: Option<Arc<AtomicU64>>,
+    /// The last writability probe: when it finished, and what it found.
+    last_probe: Arc<tokio::sync::Mutex<Option<ProbeOutcome>>>,
 }
+
+/// When a writability probe finished, and what it found (the reason when
+/// the database cannot take writes).
+type ProbeOutcome = (std::time::Instant, Result<(), String>);
 
 /// The pool inside a [`Database`], one variant per engine. Reach it through
 /// [`on_database!`].
@@ -189,20 +195,32 @@ where
     DB: sqlx::Database,
     for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
 {
-    /// Sends `begin` on `conn`. A connection whose BEGIN failed is not in a
-    /// transaction and goes back to the pool as it is.
-    async fn begin(mut conn: PoolConnection<DB>, begin: &'static str) -> Result<Self> {
-        sqlx::raw_sql(begin).execute(&mut *conn).await?;
-        Ok(Self { conn: Some(conn) })
+    /// Sends `begin` on `conn`.
+    ///
+    /// Every await here and in [`TxConnection::commit`] and
+    /// [`TxConnection::rollback`] happens with the connection inside the
+    /// guard: a request cancelled in the middle (a deadline, a client gone)
+    /// drops the guard, whose rollback runs after the statement the driver
+    /// still finishes, so the pool never gets back a connection that a
+    /// late BEGIN left inside a transaction.
+    async fn begin(conn: PoolConnection<DB>, begin: &'static str) -> Result<Self> {
+        let mut tx = Self { conn: Some(conn) };
+        if let Err(err) = sqlx::raw_sql(begin).execute(&mut *tx).await {
+            // Not in a transaction: the connection goes back as it is.
+            tx.conn.take();
+            return Err(err.into());
+        }
+        Ok(tx)
     }
 
     /// Sends COMMIT. On failure the connection is closed, so the pool never
     /// hands out a connection whose transaction may still be open.
     async fn commit(mut self) -> Result<()> {
+        let committed = sqlx::raw_sql("COMMIT").execute(&mut *self).await;
         let Some(mut conn) = self.conn.take() else {
             return Err(Error::internal("the transaction has already ended"));
         };
-        match sqlx::raw_sql("COMMIT").execute(&mut *conn).await {
+        match committed {
             Ok(_) => Ok(()),
             Err(err) => {
                 tracing::warn!(error = %err, "COMMIT failed; the connection is closed");
@@ -223,10 +241,11 @@ where
 {
     /// Sends ROLLBACK now, closing the connection if it fails.
     async fn rollback(mut self) -> Result<()> {
+        let rolled_back = sqlx::raw_sql("ROLLBACK").execute(&mut *self).await;
         let Some(mut conn) = self.conn.take() else {
             return Ok(());
         };
-        rollback(&mut conn).await.map_err(|err| {
+        rolled_back.map(drop).map_err(|err| {
             conn.close_on_drop();
             err.into()
         })
@@ -331,9 +350,18 @@ fn not_writable(err: Error) -> Error {
     Error::Unavailable(format!("database: not writable: {}", err.public_message()))
 }
 
-/// How many SQLite pages (of the default 4 KiB) fit in `bytes`, at least 1.
-fn pages_for(bytes: u64) -> u64 {
-    (bytes / 4096).max(1)
+/// Caps the database reached through `conn` at `bytes`, in the file's own
+/// page size.
+async fn apply_size_cap(conn: &mut sqlx::SqliteConnection, bytes: u64) -> sqlx::Result<()> {
+    let page_size: i64 = sqlx::query_scalar("PRAGMA page_size")
+        .fetch_one(&mut *conn)
+        .await?;
+    let pages = (bytes / u64::try_from(page_size).unwrap_or(4096).max(512)).max(1);
+    let pragma = format!("PRAGMA max_page_count = {pages}");
+    sqlx::raw_sql(sqlx::AssertSqlSafe(pragma))
+        .execute(&mut *conn)
+        .await
+        .map(drop)
 }
 
 /// Bytes free to unprivileged writers on the filesystem holding `file`.
@@ -417,25 +445,28 @@ impl Database {
                 }
                 let page_cap = config
                     .database_sqlite_max_bytes
-                    .map(|bytes| Arc::new(AtomicU64::new(pages_for(bytes))));
+                    .map(|bytes| Arc::new(AtomicU64::new(bytes)));
                 let mut pool = SqlitePoolOptions::new()
                     .max_connections(config.database_max_connections)
                     .acquire_timeout(ACQUIRE_TIMEOUT);
                 if let Some(cap) = &page_cap {
                     // max_page_count belongs to the connection, not the file:
-                    // set it on every connection, each time it is handed out,
-                    // so a changed cap reaches them all.
-                    let cap = cap.clone();
-                    pool = pool.before_acquire(move |conn, _| {
-                        let pages = cap.load(Ordering::Relaxed);
-                        Box::pin(async move {
-                            let pragma = format!("PRAGMA max_page_count = {pages}");
-                            sqlx::raw_sql(sqlx::AssertSqlSafe(pragma))
-                                .execute(&mut *conn)
-                                .await?;
-                            Ok(true)
+                    // set it on every connection when it opens and each time
+                    // it is handed out, so a changed cap reaches them all.
+                    let on_connect = cap.clone();
+                    let on_acquire = cap.clone();
+                    pool = pool
+                        .after_connect(move |conn, _| {
+                            let bytes = on_connect.load(Ordering::Relaxed);
+                            Box::pin(async move { apply_size_cap(conn, bytes).await })
                         })
-                    });
+                        .before_acquire(move |conn, _| {
+                            let bytes = on_acquire.load(Ordering::Relaxed);
+                            Box::pin(async move {
+                                apply_size_cap(conn, bytes).await?;
+                                Ok(true)
+                            })
+                        });
                 }
                 let pool = pool
                     .connect_with(options)
@@ -445,6 +476,7 @@ impl Database {
                     pool: Pool::Sqlite(pool),
                     sqlite_file: file,
                     page_cap,
+                    last_probe: Arc::default(),
                 })
             }
             DatabaseTarget::Postgres(url) => {
@@ -460,6 +492,7 @@ impl Database {
                     pool: Pool::Postgres(pool),
                     sqlite_file: None,
                     page_cap: None,
+                    last_probe: Arc::default(),
                 })
             }
         }
@@ -487,7 +520,7 @@ impl Database {
                 "the database was opened without database_sqlite_max_bytes".to_owned(),
             )
         })?;
-        cap.store(pages_for(bytes), Ordering::Relaxed);
+        cap.store(bytes, Ordering::Relaxed);
         Ok(())
     }
 
@@ -531,10 +564,33 @@ impl Database {
     /// server answers and is not read-only (a standby, or
     /// `default_transaction_read_only`).
     ///
+    /// Health checks are unauthenticated and may come in floods, and the
+    /// SQLite probe takes the write lock: callers that arrive while a probe
+    /// runs share its result instead of each running one, so at most one
+    /// probe runs at a time and every answer is no older than its request.
+    ///
     /// # Errors
     ///
     /// [`Error::Unavailable`] saying what is wrong.
     pub async fn check_writable(&self) -> Result<()> {
+        let asked = std::time::Instant::now();
+        let mut last = self.last_probe.lock().await;
+        let outcome = match last.as_ref() {
+            Some((finished, outcome)) if *finished >= asked => outcome.clone(),
+            _ => {
+                let outcome = self.probe_writable().await.map_err(|err| match err {
+                    Error::Unavailable(message) => message,
+                    other => other.public_message(),
+                });
+                *last = Some((std::time::Instant::now(), outcome.clone()));
+                outcome
+            }
+        };
+        outcome.map_err(Error::Unavailable)
+    }
+
+    /// One writability probe; see [`Database::check_writable`].
+    async fn probe_writable(&self) -> Result<()> {
         self.ping().await?;
         match &self.pool {
             Pool::Sqlite(_) => {

@@ -206,13 +206,16 @@ fn database_code(err: &sqlx::Error) -> Option<DatabaseCode<'_>> {
 }
 
 /// What keeps the database from storing anything, if that is the error:
-/// SQLite's SQLITE_FULL (13), SQLITE_IOERR (10) or SQLITE_READONLY (8);
+/// SQLite's SQLITE_FULL (13) or SQLITE_READONLY (8);
 /// PostgreSQL's disk_full (53100), out_of_memory (53200) or
-/// read_only_sql_transaction (25006).
+/// read_only_sql_transaction (25006). Nothing was stored then, so "try
+/// again" is true. SQLITE_IOERR is not among them: an I/O error during a
+/// COMMIT may come after the commit record was written, so the outcome is
+/// unknown and the error stays INTERNAL rather than inviting a retry that
+/// could store the write twice.
 fn storage_problem(err: &sqlx::Error) -> Option<&'static str> {
     match database_code(err)? {
         DatabaseCode::Sqlite(13) | DatabaseCode::Postgres("53100") => Some("is full"),
-        DatabaseCode::Sqlite(10) => Some("cannot write to its disk"),
         DatabaseCode::Sqlite(8) | DatabaseCode::Postgres("25006") => Some("is read-only"),
         DatabaseCode::Postgres("53200") => Some("is out of memory"),
         _ => None,

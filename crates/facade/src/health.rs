@@ -68,7 +68,7 @@ impl HealthState {
 
     /// Checks now, publishes the outcome to watchers, and returns it.
     async fn refresh(&self) -> ServingStatus {
-        refresh(&self.inner).await
+        refresh(&self.inner).await.0
     }
 
     pub(crate) fn grpc_service(&self) -> HealthServer<HealthState> {
@@ -76,15 +76,20 @@ impl HealthState {
     }
 }
 
-async fn refresh(inner: &Inner) -> ServingStatus {
-    let status = if inner.drain.is_draining() {
-        ServingStatus::NotServing
+/// Checks readiness now and publishes it; with the reason when not ready.
+async fn refresh(inner: &Inner) -> (ServingStatus, Option<String>) {
+    let (status, reason) = if inner.drain.is_draining() {
+        (ServingStatus::NotServing, Some("shutting down".to_owned()))
     } else {
         match inner.database.check_writable().await {
-            Ok(()) => ServingStatus::Serving,
+            Ok(()) => (ServingStatus::Serving, None),
             Err(error) => {
                 tracing::warn!(%error, "not ready: the database cannot take writes");
-                ServingStatus::NotServing
+                let reason = match error {
+                    switchboard_core::Error::Unavailable(reason) => reason,
+                    other => other.public_message(),
+                };
+                (ServingStatus::NotServing, Some(reason))
             }
         }
     };
@@ -93,7 +98,7 @@ async fn refresh(inner: &Inner) -> ServingStatus {
         *current = status;
         changed
     });
-    status
+    (status, reason)
 }
 
 async fn check_periodically(inner: Weak<Inner>) {
@@ -223,16 +228,16 @@ async fn ready(State(health): State<HealthState>) -> (StatusCode, axum::Json<ser
     if let ReportedState::Open { until } = state {
         report["retryAt"] = json!(until.to_rfc3339());
     }
-    match health.refresh().await {
-        ServingStatus::Serving => (
+    match refresh(&health.inner).await {
+        (ServingStatus::Serving, _) => (
             StatusCode::OK,
             axum::Json(json!({ "status": "ready", "engine": report })),
         ),
-        _ => (
+        (_, reason) => (
             StatusCode::SERVICE_UNAVAILABLE,
             axum::Json(json!({
                 "status": "unavailable",
-                "reason": "the database does not answer",
+                "reason": reason.unwrap_or_else(|| "the database does not answer".to_owned()),
                 "engine": report,
             })),
         ),

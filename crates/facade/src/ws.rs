@@ -248,6 +248,9 @@ async fn serve(socket: WebSocket, socket_session: Session) {
     });
     let mut subscriptions: HashMap<String, JoinHandle<()>> = HashMap::new();
     let mut recheck = tokio::time::interval(session.interval());
+    // A loop held up by a slow client checks once when it gets back, not
+    // once for every interval it missed.
+    recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     recheck.tick().await;
     let mut draining = drain.draining();
     let ending = drain.streams_ending();
@@ -269,6 +272,9 @@ async fn serve(socket: WebSocket, socket_session: Session) {
                 let Err(status) = session.recheck().await else {
                     continue;
                 };
+                // Nothing more of the subscriptions goes out once the
+                // credential is refused: they stop before the error is queued.
+                stop_all(&mut subscriptions);
                 let _ = outgoing.send(error_frame("", None, &status)).await;
                 break;
             }
@@ -313,6 +319,7 @@ async fn serve(socket: WebSocket, socket_session: Session) {
             )),
             Ok(ClientFrame::Subscribe(subscribe)) => {
                 if let Err(status) = session.recheck().await {
+                    stop_all(&mut subscriptions);
                     let refused = error_frame(
                         &subscribe.conversation_id,
                         subscribe.message_id.as_deref(),
@@ -381,6 +388,13 @@ async fn serve(socket: WebSocket, socket_session: Session) {
     }
     drop(outgoing);
     let _ = writer.await;
+}
+
+/// Stops every subscription of a socket at once.
+fn stop_all(subscriptions: &mut HashMap<String, JoinHandle<()>>) {
+    for (_, task) in subscriptions.drain() {
+        task.abort();
+    }
 }
 
 /// Resolves when the shutdown grace has run out (never, if the drain is

@@ -358,6 +358,14 @@ async fn begin_drain(
         });
     }
     drain.begin();
+    // A second signal means "now": the grace is not waited out. Committed
+    // writes are safe without a clean close (SQLite's WAL, PostgreSQL's
+    // own), and jobs cut short run again once their leases run out.
+    tokio::spawn(async {
+        shutdown_signal().await;
+        tracing::warn!("a second shutdown signal: exiting at once, without the rest of the grace");
+        std::process::exit(130);
+    });
     if services.runs_workers() {
         tracing::info!(
             "draining: refusing new requests, finishing open ones and the jobs in progress"

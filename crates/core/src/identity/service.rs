@@ -249,8 +249,15 @@ fn refuse_api_keys(caller: &Principal) -> Result<()> {
 
 /// Gives the accounts written before emails had a comparison key their
 /// key (see the `email_key` migration), oldest first.
+///
+/// An account whose stored email is already in normalised form goes first,
+/// so that of `mıke@x` (older) and `mike@x`, the key `mike@x` goes to the
+/// account that was registered with exactly that address.
 async fn backfill_email_keys(db: &Database) -> Result<()> {
-    for (id, email) in store::users_without_email_key(db).await? {
+    let mut rows = store::users_without_email_key(db).await?;
+    // Stable: the oldest first within each group.
+    rows.sort_by_key(|(_, email)| normalise_email("email", email).ok().as_deref() != Some(email));
+    for (id, email) in rows {
         match normalise_email("email", &email) {
             Ok(key) => {
                 if !store::set_email_key(db, &id, &key).await? {
@@ -403,6 +410,12 @@ impl Identity {
     ) -> Result<(String, String, String)> {
         let session_id = uuid::Uuid::now_v7().to_string();
         let expires_at = now + self.refresh_ttl();
+        // Checked again here, under the row's lock: a sign-in that read the
+        // account before an administrator disabled it must not leave a
+        // session that would come back when the account is enabled again.
+        if !store::lock_enabled_user(tx, user_id).await? {
+            return Err(refused());
+        }
         store::insert_session(tx, &session_id, user_id, now, expires_at).await?;
         let refresh = random_token(32);
         store::insert_refresh_token(tx, &sha256_hex(&refresh), &session_id, now, expires_at)
@@ -1631,7 +1644,18 @@ impl Identity {
             // Linking by email is only safe when neither side could have
             // claimed the address: the provider verified it, and the account
             // has no password (anyone may register any email with one).
-            if !identity.email_verified || existing.password_hash.is_some() {
+            // And only for the very address: the normalised form merges
+            // variants (`straße` and `strasse`, `ı` and `i`) to refuse
+            // look-alike registrations, which is no proof that two
+            // providers' addresses are one mailbox.
+            let plain = identity
+                .email
+                .as_deref()
+                .map(|email| email.trim().to_lowercase());
+            if !identity.email_verified
+                || existing.password_hash.is_some()
+                || plain.as_deref() != Some(existing.email.as_str())
+            {
                 return Err(Error::FailedPrecondition(
                     "an account with this email exists already; sign in with its password (linking it to this provider needs an administrator)".to_owned(),
                 ));

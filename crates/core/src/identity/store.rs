@@ -259,6 +259,20 @@ pub(crate) async fn delete_user(tx: &mut Tx, id: &str) -> Result<bool> {
 
 // --- sessions and refresh tokens -------------------------------------------
 
+/// Whether `user_id` exists and is enabled, holding the row until `tx`
+/// ends, so that disabling the account waits for `tx` (PostgreSQL's row
+/// lock; SQLite's IMMEDIATE transaction holds the whole database already).
+pub(crate) async fn lock_enabled_user(tx: &mut Tx, user_id: &str) -> Result<bool> {
+    let sql = match tx {
+        Tx::Sqlite(_) => "SELECT disabled FROM users WHERE id = $1",
+        Tx::Postgres(_) => "SELECT disabled FROM users WHERE id = $1 FOR UPDATE",
+    };
+    let disabled: Option<bool> = on_tx!(tx, conn => {
+        sqlx::query_scalar(sql).bind(user_id).fetch_optional(conn).await?
+    });
+    Ok(disabled == Some(false))
+}
+
 pub(crate) async fn insert_session(
     tx: &mut Tx,
     id: &str,

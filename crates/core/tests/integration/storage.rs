@@ -9,6 +9,7 @@
 //! stops the start with a message that says so.
 
 use std::collections::HashSet;
+use std::time::Duration;
 
 use switchboard_core::Error;
 use switchboard_core::chat::Chat;
@@ -374,4 +375,37 @@ async fn fill_a_small_disk(disk: std::path::PathBuf) {
         lost.len(),
         acknowledged.len() + after.len()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_begin_leaves_no_connection_inside_a_transaction() {
+    let test_db = TestDb::sqlite().await;
+    let db = test_db.connect().await;
+    // One transaction holds the write lock; the BEGINs behind it wait on
+    // SQLite's busy timeout and are given up (a deadline, a client gone).
+    let holder = db.begin().await.unwrap();
+    for _ in 0..3 {
+        let gave_up = tokio::time::timeout(Duration::from_millis(100), db.begin()).await;
+        assert!(gave_up.is_err(), "the BEGIN waits for the lock");
+    }
+    holder.rollback().await.unwrap();
+    // The late BEGINs now succeed inside the driver, and are rolled back.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    for i in 0..20 {
+        on_database!(&db, pool => {
+            sqlx::query("INSERT INTO storage_probe (filler) VALUES ($1)")
+                .bind(vec![i as u8])
+                .execute(pool)
+                .await
+                .map(drop)
+                .expect("a write after the cancelled BEGINs")
+        });
+    }
+    db.close().await;
+    let reopened = Database::connect(&test_db.config).await.unwrap();
+    let stored: i64 = on_database!(&reopened, pool => {
+        sqlx::query_scalar("SELECT COUNT(*) FROM storage_probe").fetch_one(pool).await.unwrap()
+    });
+    assert_eq!(stored, 20, "every acknowledged write is stored");
 }
