@@ -112,7 +112,8 @@ fn is_health_check(path: &str) -> bool {
         || path.starts_with("/grpc.health.v1.Health/")
 }
 
-/// The outermost layer of [`crate::serve`]: during the drain, refuses new
+/// A layer of [`crate::app`] and [`crate::worker_app`], inside CORS and the
+/// request id: during the drain, refuses new
 /// requests (health checks excepted) with UNAVAILABLE, and asks HTTP/1.1
 /// clients to close their connections; counts every other request as in
 /// flight until its response body has been sent.
@@ -128,7 +129,19 @@ pub(crate) async fn gate(State(drain): State<Drain>, mut request: Request, next:
     if drain.is_draining() {
         let status = tonic::Status::unavailable(SHUTTING_DOWN);
         let mut response = if crate::is_grpc(&request) {
-            status.into_http::<Body>()
+            let mut response = status.into_http::<Body>();
+            // A trailers-only answer reads the same in gRPC-Web, given its
+            // content type: the caller's own (`application/grpc-web…`).
+            if let Some(web) = request
+                .headers()
+                .get(header::CONTENT_TYPE)
+                .filter(|v| v.as_bytes().starts_with(b"application/grpc-web"))
+            {
+                response
+                    .headers_mut()
+                    .insert(header::CONTENT_TYPE, web.clone());
+            }
+            response
         } else {
             switchboard_rest::error::status_response(&status)
         };

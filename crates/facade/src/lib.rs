@@ -115,9 +115,14 @@ pub fn worker_app(services: &Services, drain: Drain) -> Router {
     let health = HealthState::new(
         services.database().clone(),
         services.engine_status().clone(),
-        drain,
+        drain.clone(),
     );
-    health::routes(health).merge(metrics::routes())
+    health::routes(health)
+        .merge(metrics::routes())
+        .layer(axum::middleware::from_fn_with_state(
+            drain.clone(),
+            drain::gate,
+        ))
 }
 
 /// The whole application router: gRPC and gRPC-Web, REST, docs and health.
@@ -210,6 +215,13 @@ pub fn app(edge: Edge) -> Router {
         .layer(axum::middleware::from_fn(move |request, next| {
             metrics::record(known_rpcs.clone(), request, next)
         }))
+        // Inside CORS, the request id and tracing, so a request refused
+        // during shutdown still reaches a browser as a 503 with its id;
+        // before authentication, so a refusal costs no credential check.
+        .layer(axum::middleware::from_fn_with_state(
+            edge.drain.clone(),
+            drain::gate,
+        ))
         .layer(CatchPanicLayer::custom(panic_response))
         .layer(TraceLayer::new_for_http().make_span_with(|request: &http::Request<_>| {
             let request_id = request
@@ -369,12 +381,9 @@ pub async fn serve(
     grace: Duration,
 ) -> std::io::Result<()> {
     use axum::serve::ListenerExt as _;
-    // Outermost, so a refused request costs nothing, and every admitted one
-    // is counted until its whole body has been sent.
-    let app = app.layer(axum::middleware::from_fn_with_state(
-        drain.clone(),
-        drain::gate,
-    ));
+    // `app` carries the drain's gate (see `app` and `worker_app`): it
+    // refuses new work during the drain and counts every admitted request
+    // until its whole body has been sent.
     // Without TCP_NODELAY each small write (an SSE event, a gRPC message)
     // waits for the client's delayed ACK: about 40 ms per event.
     let listener = listener.tap_io(|stream| {

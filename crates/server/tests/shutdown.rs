@@ -16,6 +16,9 @@ use serde_json::{Value, json};
 const PASSWORD: &str = "correct horse battery staple";
 const EMAIL: &str = "ops@example.test";
 
+/// The browser origin the servers allow.
+const ORIGIN: &str = "http://app.example";
+
 /// The grace the processes are started with.
 const GRACE: Duration = Duration::from_secs(2);
 
@@ -49,6 +52,7 @@ fn switchboard(data_dir: &std::path::Path, args: &[&str]) -> Command {
             GRACE.as_secs().to_string(),
         )
         .env("SWITCHBOARD_ENGINE__TOKEN_DELAY_MS", "40")
+        .env("SWITCHBOARD_CORS_ALLOWED_ORIGINS", ORIGIN)
         .env("SWITCHBOARD_USER_PASSWORD", PASSWORD)
         .stdin(Stdio::null());
     command
@@ -343,6 +347,47 @@ async fn serve_drains_on_sigterm_and_exits_within_its_grace() {
         "{refusal}"
     );
     assert_eq!(grpc_web_status(&api).await, "14", "UNAVAILABLE");
+
+    // A browser's refused call still carries CORS headers (so the page sees
+    // the 503, not a network error) and a request id; gRPC-Web keeps its
+    // content type.
+    let browser = api
+        .http
+        .post(format!("{base}/v1/conversations"))
+        .bearer_auth(&api.token)
+        .header("origin", ORIGIN)
+        .json(&json!({"title": "too late"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(browser.status().as_u16(), 503);
+    assert_eq!(
+        browser
+            .headers()
+            .get("access-control-allow-origin")
+            .map(|v| v.to_str().unwrap()),
+        Some(ORIGIN),
+        "{:?}",
+        browser.headers()
+    );
+    assert!(browser.headers().contains_key("x-request-id"));
+    let web = api
+        .http
+        .post(format!(
+            "{base}/switchboard.v1.ChatService/ListConversations"
+        ))
+        .bearer_auth(&api.token)
+        .header("content-type", "application/grpc-web+proto")
+        .body(vec![0u8, 0, 0, 0, 0])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        web.headers()
+            .get("content-type")
+            .map(|v| v.to_str().unwrap()),
+        Some("application/grpc-web+proto")
+    );
 
     // Later in the grace the listener still answers.
     tokio::time::sleep(GRACE / 2).await;
