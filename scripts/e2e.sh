@@ -363,11 +363,12 @@ ok "describe switchboard.v1.ChatService: 8 rpcs, StreamReply returns ( stream .s
 health=$(AS='' grpc -d '{"service":""}' "$ADDR" grpc.health.v1.Health/Check) || fail "health check failed: $health"
 [[ $(jq -r .status <<<"$health") == SERVING ]] || fail "grpc.health.v1.Health/Check answered $health"
 ok "grpc.health.v1.Health/Check {service:\"\"} -> SERVING (no credentials)"
-if h=$(AS='' grpc -d '{"service":"switchboard.v1.ChatService"}' "$ADDR" grpc.health.v1.Health/Check 2>&1); then
-  note "Health/Check {service:\"switchboard.v1.ChatService\"} -> $(jq -r .status <<<"$h")"
-else
-  note "Health/Check {service:\"switchboard.v1.ChatService\"} -> $(short 80 <<<"$h") (per-service status not registered)"
-fi
+h=$(AS='' grpc -d '{"service":"switchboard.v1.ChatService"}' "$ADDR" grpc.health.v1.Health/Check) \
+  || fail "Health/Check {service:\"switchboard.v1.ChatService\"} failed: $h"
+[[ $(jq -r .status <<<"$h") == SERVING ]] || fail "Health/Check {service:\"switchboard.v1.ChatService\"} answered $h"
+ok "grpc.health.v1.Health/Check {service:\"switchboard.v1.ChatService\"} -> SERVING"
+AS='' expect_grpc_error "Health/Check of a service it does not serve" NotFound \
+  -d '{"service":"no.such.Service"}' "$ADDR" grpc.health.v1.Health/Check
 
 AS='' expect_grpc_error "CreateConversation without credentials" Unauthenticated \
   -d '{"conversation":{"title":"anonymous"}}' "$ADDR" switchboard.v1.ChatService/CreateConversation
