@@ -226,26 +226,20 @@ where
                 tracing::warn!(error = %err, "COMMIT failed; the connection is closed");
                 // Best effort: the close rolls back too, but a ROLLBACK now
                 // releases SQLite's write lock before the close is scheduled.
-                let _ = sqlx::raw_sql("ROLLBACK").execute(&mut *conn).await;
+                let _ = rollback(&mut conn).await;
                 conn.close_on_drop();
                 Err(err.into())
             }
         }
     }
-}
 
-impl<DB> TxConnection<DB>
-where
-    DB: sqlx::Database,
-    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
-{
     /// Sends ROLLBACK now, closing the connection if it fails.
     async fn rollback(mut self) -> Result<()> {
-        let rolled_back = sqlx::raw_sql("ROLLBACK").execute(&mut *self).await;
+        let rolled_back = rollback(&mut self).await;
         let Some(mut conn) = self.conn.take() else {
             return Ok(());
         };
-        rolled_back.map(drop).map_err(|err| {
+        rolled_back.map_err(|err| {
             conn.close_on_drop();
             err.into()
         })
@@ -260,7 +254,8 @@ where
     type Target = DB::Connection;
 
     fn deref(&self) -> &DB::Connection {
-        // Only commit (which consumes the value) and drop take the connection.
+        // Taken only by a failed begin, by commit and rollback (both of which
+        // consume the value) and by drop.
         self.conn
             .as_ref()
             .expect("an open transaction has its connection")
@@ -306,15 +301,12 @@ where
 }
 
 /// Sends ROLLBACK on `conn`.
-async fn rollback<DB>(conn: &mut PoolConnection<DB>) -> sqlx::Result<()>
+async fn rollback<DB>(conn: &mut DB::Connection) -> sqlx::Result<()>
 where
     DB: sqlx::Database,
     for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
 {
-    sqlx::raw_sql("ROLLBACK")
-        .execute(&mut **conn)
-        .await
-        .map(drop)
+    sqlx::raw_sql("ROLLBACK").execute(conn).await.map(drop)
 }
 
 impl Tx {

@@ -106,8 +106,10 @@ struct Unsubscribe {
 /// # Errors
 /// `INVALID_ARGUMENT`, in the API's words and naming the field at fault,
 /// when the text is not JSON, is not one of the frames, or names an id
-/// that is not one (ids are lowercase hyphenated UUIDs, as every other
-/// transport checks; what is not one is refused, not echoed back).
+/// that is not one (ids are lowercase hyphenated UUIDs). The RPCs answer
+/// such an id with NOT_FOUND (`Chat` never looks it up); a frame is
+/// refused instead, because its error frame would otherwise have to echo
+/// the id back, and the id may be anything.
 #[allow(clippy::result_large_err)]
 fn parse_frame(text: &str) -> Result<ClientFrame, tonic::Status> {
     let json: serde_json::Value = serde_json::from_str(text).map_err(|error| {

@@ -276,7 +276,7 @@ async fn worker(config: Config, listen: Option<SocketAddr>) -> anyhow::Result<()
         .context("cannot start the workers")?;
     let drain = switchboard_facade::Drain::default();
     let grace = Duration::from_secs(config.shutdown_grace_secs);
-    let server = match listener {
+    let (server, signal) = match listener {
         Some(listener) => {
             let app = switchboard_facade::worker_app(&services, drain.clone());
             tracing::info!(address = %listener.local_addr()?, "serving /healthz, /readyz and /metrics");
@@ -286,18 +286,14 @@ async fn worker(config: Config, listen: Option<SocketAddr>) -> anyhow::Result<()
                 drain.clone(),
                 grace,
             ));
-            Some(until_signal(server).await?)
+            let (server, signal) = until_signal(server).await?;
+            (Some(server), signal)
         }
         None => {
             tracing::info!("worker running; stop with SIGTERM or SIGINT");
-            // Nothing listens, so no load balancer needs a delay.
-            let _ = shutdown_signal().await;
-            None
+            // Nothing listens, so nothing waits out the drain delay.
+            (None, shutdown_signal().await)
         }
-    };
-    let (server, signal) = match server {
-        Some((server, signal)) => (Some(server), signal),
-        None => (None, Signal::Interrupt),
     };
     begin_drain(&mut services, &drain, &config, signal).await;
     if let Some(server) = server {

@@ -75,7 +75,7 @@ fn sibling(file: &Path, suffix: &str) -> PathBuf {
 
 /// The mode bits of `path` that give group or others access, if any
 /// (nothing for a path that does not exist).
-pub(super) fn open_bits(path: &Path) -> Option<u32> {
+fn open_bits(path: &Path) -> Option<u32> {
     let mode = std::fs::metadata(path).ok()?.permissions().mode();
     Some(mode & OPEN_TO_OTHERS).filter(|bits| *bits != 0)
 }
@@ -154,7 +154,7 @@ async fn quick_check(options: &SqliteConnectOptions) -> sqlx::Result<Option<Stri
 
 /// Whether SQLite says the file is damaged: SQLITE_CORRUPT (11) or
 /// SQLITE_NOTADB (26), in their primary or extended forms.
-pub(super) fn is_damage(err: &sqlx::Error) -> bool {
+fn is_damage(err: &sqlx::Error) -> bool {
     let sqlx::Error::Database(db) = err else {
         return false;
     };
@@ -164,7 +164,7 @@ pub(super) fn is_damage(err: &sqlx::Error) -> bool {
 }
 
 /// The start-up error for a damaged database file.
-pub(super) fn damaged(path: &str, problem: &str) -> Error {
+fn damaged(path: &str, problem: &str) -> Error {
     Error::Unavailable(format!(
         "the SQLite database {path} is damaged ({problem}); the server will not start on it. \
          Restore it from a backup, or salvage what is left with `sqlite3 {path} .recover`"

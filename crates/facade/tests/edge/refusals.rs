@@ -9,36 +9,11 @@ use prost::Message as _;
 use serde_json::{Value, json};
 use switchboard_proto::v1::{Conversation, CreateConversationRequest};
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 use crate::raw::{Wire, first_response_head, frame, grpc_call};
-use crate::support::{Backend, TestApp, spawn_app};
+use crate::support::{Backend, spawn_app};
 
 const INVALID_ARGUMENT: i32 = 3;
-
-type Socket =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-/// Opens `/v1/ws` with every header of `headers` (a name may repeat); the
-/// HTTP status of a refused upgrade.
-async fn connect_with(app: &TestApp, headers: &[(&str, String)]) -> Result<Socket, u16> {
-    let mut request = format!("ws://{}/v1/ws", app.address)
-        .into_client_request()
-        .expect("a WebSocket request");
-    for (name, value) in headers {
-        request.headers_mut().append(
-            http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
-            value.parse().unwrap(),
-        );
-    }
-    match tokio_tungstenite::connect_async(request).await {
-        Ok((socket, _)) => Ok(socket),
-        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
-            Err(response.status().as_u16())
-        }
-        Err(other) => panic!("WebSocket connect failed: {other}"),
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_credentials_in_one_request_are_refused_on_every_door() {
@@ -95,7 +70,7 @@ async fn two_credentials_in_one_request_are_refused_on_every_door() {
             );
         }
         assert_eq!(
-            connect_with(&app, headers).await.err(),
+            crate::websocket::connect(&app, headers).await.err(),
             Some(400),
             "WebSocket, {case}"
         );
@@ -109,10 +84,13 @@ async fn two_credentials_in_one_request_are_refused_on_every_door() {
             format!("switchboard.v1, bearer.{}", app.owner.access_token),
         ),
     ];
-    assert_eq!(connect_with(&app, &both).await.err(), Some(400));
+    assert_eq!(
+        crate::websocket::connect(&app, &both).await.err(),
+        Some(400)
+    );
     // One credential still works.
     assert!(
-        connect_with(&app, &[("authorization", bearer)])
+        crate::websocket::connect(&app, &[("authorization", bearer)])
             .await
             .is_ok()
     );
@@ -223,7 +201,7 @@ async fn websocket_error_frames_never_echo_unbounded_input() {
         "authorization",
         format!("Bearer {}", app.owner.access_token),
     )];
-    let mut socket = connect_with(&app, &bearer)
+    let mut socket = crate::websocket::connect(&app, &bearer)
         .await
         .expect("the owner connects");
     let huge = "x".repeat(1 << 20);

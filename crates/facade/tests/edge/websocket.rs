@@ -12,16 +12,17 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 use crate::support::{TestApp, on_both_databases};
 
-type Socket =
+pub(crate) type Socket =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
-/// Opens `/v1/ws` with `headers`; the HTTP status of a refused upgrade.
+/// Opens `/v1/ws` with every header of `headers` (a name may repeat); the
+/// HTTP status of a refused upgrade.
 pub(crate) async fn connect(app: &TestApp, headers: &[(&str, String)]) -> Result<Socket, u16> {
     let mut request = format!("ws://{}/v1/ws", app.address)
         .into_client_request()
         .expect("a WebSocket request");
     for (name, value) in headers {
-        request.headers_mut().insert(
+        request.headers_mut().append(
             http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
             value.parse().unwrap(),
         );
