@@ -26,13 +26,14 @@ use anyhow::{Context, anyhow, bail};
 use async_trait::async_trait;
 use serde::Serialize;
 use switchboard_core::db::Database;
-use switchboard_core::jobs::amqp::{AmqpTransport, AmqpTransportConfig};
-use switchboard_core::jobs::redis::{RedisTransport, RedisTransportConfig};
+use switchboard_workers::amqp::{AmqpTransport, AmqpTransportConfig};
+use switchboard_workers::redis::{RedisTransport, RedisTransportConfig};
 use switchboard_core::jobs::{
-    Job, JobFailure, JobHandler, JobState, JobTransport, Jobs, NewJob, RetryPolicy, SqlTransport,
-    Worker, WorkerConfig,
+    Job, JobFailure, JobHandler, JobState, JobTransport, Jobs, NewJob, RetryPolicy,
 };
-use tokio::sync::{Notify, watch};
+use switchboard_workers::{SqlTransport, Worker, WorkerConfig};
+use switchboard_core::shutdown::Shutdown;
+use tokio::sync::Notify;
 
 use crate::scratch::{self, ScratchDatabase};
 use crate::stats::round;
@@ -317,13 +318,13 @@ async fn measure(
         },
     )
     .handle(KIND, RetryPolicy::default(), counter.clone());
-    let (stop, stopped) = watch::channel(false);
+    let stop = Shutdown::new();
     // Both steps work around a start-up race of the worker; see
     // `start_consuming`.
     if let Some(ScratchBroker::Amqp { .. }) = broker {
         start_consuming(transport.as_ref()).await;
     }
-    let worker = tokio::spawn(Arc::new(worker).run(stopped, STOP_GRACE));
+    let worker = tokio::spawn(Arc::new(worker).run(stop.signal(), STOP_GRACE));
     if let Some(ScratchBroker::Redis { .. }) = broker {
         tokio::time::sleep(REDIS_SETTLE).await;
     }
@@ -355,7 +356,7 @@ async fn measure(
     }
     .await;
 
-    let _ = stop.send(true);
+    stop.begin();
     let _ = worker.await;
     if let Some(amqp) = amqp {
         amqp.close().await.ok();

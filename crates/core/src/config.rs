@@ -224,6 +224,10 @@ pub struct GrpcEngineSettings {
     pub metadata: std::collections::BTreeMap<String, String>,
 }
 
+/// The default `engine.openai.context_budget_chars`: about 6 000 tokens
+/// of English.
+pub const DEFAULT_CONTEXT_BUDGET_CHARS: usize = 24_000;
+
 /// Configuration of an OpenAI-compatible engine (table `engine.openai`).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(default)]
@@ -251,7 +255,7 @@ impl Default for OpenAiEngineSettings {
             model: String::new(),
             api_key: None,
             system_prompt: None,
-            context_budget_chars: crate::chat::engines::DEFAULT_CONTEXT_BUDGET_CHARS,
+            context_budget_chars: DEFAULT_CONTEXT_BUDGET_CHARS,
         }
     }
 }

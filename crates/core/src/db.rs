@@ -113,7 +113,7 @@ macro_rules! on_database {
 
 /// The current time, truncated to what the database keeps (microseconds),
 /// so a value returned by a write equals the value read back later.
-pub(crate) fn now() -> DateTime<Utc> {
+pub fn now() -> DateTime<Utc> {
     DateTime::from_timestamp_micros(Utc::now().timestamp_micros()).unwrap_or_default()
 }
 

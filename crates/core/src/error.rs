@@ -254,54 +254,6 @@ impl From<sqlx::migrate::MigrateError> for Error {
     }
 }
 
-/// Redis failures: a connection refused, dropped or timed out (or a server
-/// still loading, or a cluster moving slots) goes away by itself and is
-/// [`Error::Unavailable`]; anything else (a wrong type, a script error) is a
-/// bug and [`Error::Internal`].
-impl From<redis::RedisError> for Error {
-    fn from(err: redis::RedisError) -> Self {
-        let transient = err.is_io_error()
-            || err.is_timeout()
-            || err.is_connection_dropped()
-            || err.is_connection_refusal()
-            // LOADING, TRYAGAIN, MASTERDOWN, CLUSTERDOWN
-            || (matches!(err.kind(), redis::ErrorKind::Server(_))
-                && matches!(err.retry_method(), redis::RetryMethod::WaitAndRetry));
-        if transient {
-            tracing::warn!(error = %err, "redis unavailable");
-            return Self::Unavailable("redis is unavailable; try again".to_owned());
-        }
-        Self::Internal(Box::new(err))
-    }
-}
-
-/// RabbitMQ failures: a lost connection or channel (including the broker
-/// closing it with CONNECTION_FORCED on shutdown) is [`Error::Unavailable`];
-/// a refused login, a queue declared with other arguments or a parse error
-/// is a configuration problem or a bug and [`Error::Internal`].
-impl From<lapin::Error> for Error {
-    fn from(err: lapin::Error) -> Self {
-        use lapin::protocol::{AMQPErrorKind, AMQPHardError};
-        let permanent = match err.kind() {
-            lapin::ErrorKind::ProtocolError(amqp) => !matches!(
-                amqp.kind(),
-                AMQPErrorKind::Hard(AMQPHardError::CONNECTIONFORCED)
-            ),
-            lapin::ErrorKind::ParsingError(_)
-            | lapin::ErrorKind::SerialisationError(_)
-            | lapin::ErrorKind::InvalidProtocolVersion(_)
-            | lapin::ErrorKind::AuthProviderError(_)
-            | lapin::ErrorKind::NoDefaultRuntime => true,
-            _ => false,
-        };
-        if permanent {
-            return Self::Internal(Box::new(err));
-        }
-        tracing::warn!(error = %err, "rabbitmq unavailable");
-        Self::Unavailable("rabbitmq is unavailable; try again".to_owned())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

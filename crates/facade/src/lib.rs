@@ -29,7 +29,7 @@ use std::time::Duration;
 use axum::Router;
 use http::{HeaderName, HeaderValue, Method, header};
 use switchboard_api::{AuditApi, AuthApi, ChatApi, JobApi, UserApi};
-use switchboard_core::Services;
+use switchboard_app::Services;
 use switchboard_core::chat::{Chat, EngineStatus};
 use switchboard_core::config::Config;
 use switchboard_core::db::Database;

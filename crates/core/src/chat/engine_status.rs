@@ -14,7 +14,9 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use tokio::sync::watch;
 
-use crate::chat::engines::{BreakerState, CircuitBreaker};
+use crate::shutdown::ShutdownSignal;
+
+use crate::chat::breaker::{BreakerState, CircuitBreaker};
 use crate::db::{Database, from_micros, micros, now};
 use crate::error::{Error, Result};
 use crate::on_database;
@@ -93,7 +95,7 @@ impl EngineStatus {
         breaker: Arc<CircuitBreaker>,
         db: Database,
         worker: String,
-        stop: watch::Receiver<bool>,
+        stop: ShutdownSignal,
     ) -> Self {
         tokio::spawn(report_changes(
             engine,
@@ -109,7 +111,7 @@ impl EngineStatus {
     }
 
     /// The workers' latest report, read from `db` every second until `stop`.
-    pub fn mirrored(engine: &'static str, db: Database, stop: watch::Receiver<bool>) -> Self {
+    pub fn mirrored(engine: &'static str, db: Database, stop: ShutdownSignal) -> Self {
         let state = Arc::new(Mutex::new(ReportedState::Closed));
         tokio::spawn(follow_reports(engine, db, state.clone(), stop));
         Self {
@@ -162,7 +164,7 @@ async fn report_changes(
     mut changes: watch::Receiver<BreakerState>,
     db: Database,
     worker: String,
-    mut stop: watch::Receiver<bool>,
+    stop: ShutdownSignal,
 ) {
     loop {
         let state = ReportedState::from_breaker(*changes.borrow_and_update());
@@ -172,7 +174,7 @@ async fn report_changes(
         }
         tokio::select! {
             changed = changes.changed() => if changed.is_err() { return },
-            () = crate::jobs::stop_requested(&mut stop) => return,
+            () = stop.requested() => return,
         }
     }
 }
@@ -203,7 +205,7 @@ async fn follow_reports(
     engine: &'static str,
     db: Database,
     state: Arc<Mutex<ReportedState>>,
-    mut stop: watch::Receiver<bool>,
+    stop: ShutdownSignal,
 ) {
     let sql = "SELECT state, open_until FROM engine_breakers ORDER BY updated_at DESC LIMIT 1";
     loop {
@@ -229,7 +231,7 @@ async fn follow_reports(
         }
         tokio::select! {
             () = tokio::time::sleep(REFRESH_INTERVAL) => {}
-            () = crate::jobs::stop_requested(&mut stop) => return,
+            () = stop.requested() => return,
         }
     }
 }

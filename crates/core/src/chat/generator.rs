@@ -18,7 +18,7 @@ use crate::chat::queue::ReplyJob;
 use crate::chat::store::{self, ReplyEnding};
 use crate::db::Database;
 use crate::error::{Error, Result};
-use crate::jobs::AbortOnDrop;
+use crate::tasks::AbortOnDrop;
 
 /// How many earlier messages the engine sees.
 const HISTORY_LIMIT: u32 = 100;
@@ -270,7 +270,7 @@ impl ReplyGenerator {
     /// Ends every reply this process has not finished for its subscribers,
     /// with UNAVAILABLE: at shutdown, so no stream waits on a reply that will
     /// only be generated after the next start.
-    pub(crate) fn close_unfinished(&self) {
+    pub fn close_unfinished(&self) {
         let closed = self.hub.close_unfinished(&ReplyEventKind::Error {
             code: "UNAVAILABLE".to_owned(),
             message: "the server is shutting down; the reply is finished after it restarts"

@@ -9,8 +9,8 @@
 //! short retention (so late subscribers need no database read) and is then
 //! dropped; replies that finished longer ago are replayed from the database.
 //!
-//! With a Redis bus ([`ReplyHub::with_bus`]), every event a generator
-//! appends is also published to Redis, and subscribers follow replies from
+//! With a [`ReplyBus`] ([`ReplyHub::with_bus`]; Redis in production), every
+//! event a generator appends is also published on the bus, and subscribers follow replies from
 //! the bus (see [`Chat::subscribe_reply`](crate::chat::Chat::subscribe_reply)),
 //! so a client on one instance gets the reply a worker elsewhere generates.
 
@@ -24,7 +24,7 @@ use futures::Stream;
 use futures::stream::{self, BoxStream, StreamExt};
 use tokio::sync::watch;
 
-use crate::chat::bus_redis::RedisReplyBus;
+use crate::chat::bus::ReplyBus;
 use crate::chat::events::{ReplyEvent, ReplyEventKind, attempt_base};
 use crate::chat::wire;
 use crate::error::Error;
@@ -39,7 +39,7 @@ pub struct ReplyHub {
     /// shorter), not on every call.
     swept_at: Mutex<Instant>,
     /// Where events also go, for subscribers on other instances.
-    bus: Option<RedisReplyBus>,
+    bus: Option<Arc<dyn ReplyBus>>,
     /// The ids of conversations that got a new reply in this process: a
     /// hint for their followers, who then read the new replies from the
     /// database.
@@ -77,7 +77,7 @@ struct LogState {
 pub(crate) struct ReplyPublisher {
     log: Arc<ReplyLog>,
     /// The bus and the reply id, when events go to other instances too.
-    forward: Option<(RedisReplyBus, String)>,
+    forward: Option<(Arc<dyn ReplyBus>, String)>,
     /// The seq of the last event this publisher appended (or of the event
     /// before its first).
     last_seq: std::sync::atomic::AtomicU32,
@@ -123,15 +123,15 @@ impl ReplyHub {
     }
 
     /// A hub that also publishes every event to `bus`.
-    pub fn with_bus(bus: RedisReplyBus) -> Self {
+    pub fn with_bus(bus: Arc<dyn ReplyBus>) -> Self {
         Self {
             bus: Some(bus),
             ..Self::default()
         }
     }
 
-    /// The Redis bus, if events travel between instances.
-    pub fn bus(&self) -> Option<&RedisReplyBus> {
+    /// The bus, if events travel between instances.
+    pub fn bus(&self) -> Option<&Arc<dyn ReplyBus>> {
         self.bus.as_ref()
     }
 

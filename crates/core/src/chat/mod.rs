@@ -10,10 +10,10 @@
 //! [`Chat::subscribe_reply`], live from the hub or, once it has finished,
 //! rebuilt from the stored message with the same sequence numbers.
 
-pub mod bus_redis;
+mod breaker;
+mod bus;
 mod engine;
 mod engine_status;
-pub mod engines;
 mod events;
 mod generator;
 mod hub;
@@ -24,12 +24,10 @@ mod service;
 mod store;
 mod wire;
 
+pub use breaker::{BreakerCall, BreakerState, CircuitBreaker, ResilienceConfig};
+pub use bus::ReplyBus;
 pub use engine::{DevEngine, EngineEvent, EngineRequest, EngineStream, ReplyEngine, Usage};
 pub use engine_status::{EngineStatus, ReportedState};
-pub use engines::{
-    BreakerState, CircuitBreaker, DEFAULT_CONTEXT_BUDGET_CHARS, GrpcEngine, GrpcEngineConfig,
-    OpenAiEngine, OpenAiEngineConfig, ResilienceConfig, ResilientEngine,
-};
 pub use events::{ATTEMPT_SEQ_SPAN, ReplyEvent, ReplyEventKind};
 pub use generator::{GenerateOutcome, ReplyGenerator};
 pub use hub::{ReplyHub, ReplyStream};

@@ -34,7 +34,7 @@ pub use service::{
     ApiKey, ApiKeyCreated, AuthTokens, Identity, IdentityProvider, NewApiKey, OidcStart,
     TotpEnrollment, User, UserPage, UserPatch,
 };
-pub use throttle::{LoginLimits, LoginThrottle};
+pub use throttle::{LoginLimits, LoginThrottle, SharedRateCounters};
 
 /// Reading one's own conversations and messages.
 pub const CONVERSATIONS_READ: &str = "conversations.read";

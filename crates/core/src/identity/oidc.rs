@@ -19,6 +19,7 @@
 //! configurable claim (`realm_access.roles`, `groups`, …) mapped through the
 //! provider's `role_map`.
 
+use openidconnect::reqwest;
 use std::collections::{BTreeMap, BTreeSet};
 use std::error::Error as StdError;
 use std::fmt;

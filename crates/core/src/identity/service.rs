@@ -7,6 +7,8 @@
 //! audit event. Slow work (password hashing, provider calls) happens before
 //! a transaction begins, never inside one.
 
+use openidconnect::reqwest;
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -27,7 +29,7 @@ use crate::identity::store::{
 use crate::identity::totp::{self, TotpSecret};
 use crate::identity::{
     ACCOUNT_READ, ACCOUNT_WRITE, Credential, KeyRing, LoginLimits, LoginThrottle, Principal,
-    RequestContext, Role,
+    RequestContext, Role, SharedRateCounters,
 };
 
 /// Users per page when a listing asks for 0.
@@ -335,14 +337,10 @@ fn api_key_from(row: ApiKeyRow) -> Result<ApiKey> {
 }
 
 impl Identity {
-    /// Counts sign-in attempts in Redis at `url` (keys under `prefix`),
-    /// shared with every instance, instead of in this process only.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Unavailable`] if Redis cannot be reached.
-    pub async fn share_login_throttle(&mut self, url: &str, prefix: &str) -> Result<()> {
-        self.throttle.share_through(url, prefix).await
+    /// Counts sign-in attempts in `counters`, shared with every instance,
+    /// instead of in this process only.
+    pub fn share_login_throttle(&mut self, counters: Arc<dyn SharedRateCounters>) {
+        self.throttle.share_through(counters);
     }
 
     /// The identity domain over `db`, with the keys stored there (the first

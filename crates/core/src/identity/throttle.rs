@@ -16,20 +16,20 @@
 //! (address, then account and address, then account): a flood held back
 //! at its address never reaches the account's ceiling.
 //!
-//! The counters live in this process (governor's GCRA, keyed) unless a
-//! Redis is configured ([`LoginThrottle::share_through`]): then every
-//! instance counts in the same Redis keys with the same algorithm (GCRA in
-//! a Lua script), so N instances behind a load balancer allow what one
-//! does. If Redis does not answer, the instance falls back to its own
-//! counters: sign-ins stay limited, per instance, rather than failing.
+//! The counters live in this process (governor's GCRA, keyed) unless
+//! counters shared by every instance are configured
+//! ([`LoginThrottle::share_through`], a [`SharedRateCounters`]: Redis, in
+//! `switchboard-redis`, running the same algorithm), so N instances behind
+//! a load balancer allow what one does. If the shared counters do not
+//! answer, the instance falls back to its own: sign-ins stay limited, per
+//! instance, rather than failing.
 
 use std::num::NonZeroU32;
+use std::sync::Arc;
 use std::time::Duration;
 
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
-use redis::Script;
-use redis::aio::ConnectionManager;
 
 use crate::error::{Error, Result};
 
@@ -44,7 +44,7 @@ pub struct LoginThrottle {
     per_account_and_address: DefaultKeyedRateLimiter<String>,
     per_account: DefaultKeyedRateLimiter<String>,
     limits: Limits,
-    shared: Option<Shared>,
+    shared: Option<Arc<dyn SharedRateCounters>>,
 }
 
 /// The bursts and the refill, for the shared counters.
@@ -70,35 +70,20 @@ pub struct LoginLimits {
     pub refill: Duration,
 }
 
-/// Counters in Redis, shared by every instance.
-struct Shared {
-    redis: ConnectionManager,
-    prefix: String,
+/// Rate counters that every instance shares: one GCRA bucket per key, as
+/// governor counts in one process.
+#[async_trait::async_trait]
+pub trait SharedRateCounters: Send + Sync + std::fmt::Debug {
+    /// Counts one attempt in the bucket `key`, which allows `burst`
+    /// attempts at once and one more every `refill`. `None` if the attempt
+    /// is allowed (and counted), else how long until it would be (and
+    /// nothing is counted).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Unavailable`] if the counters cannot be reached.
+    async fn attempt(&self, key: &str, burst: u32, refill: Duration) -> Result<Option<Duration>>;
 }
-
-impl std::fmt::Debug for Shared {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Shared")
-            .field("prefix", &self.prefix)
-            .finish_non_exhaustive()
-    }
-}
-
-/// GCRA on one key: KEYS[1] holds the theoretical arrival time (ms);
-/// ARGV = now (ms), interval (ms), burst. Returns 0 when the attempt is
-/// allowed (and counted), else the milliseconds to wait.
-const GCRA: &str = r"
-local now = tonumber(ARGV[1])
-local interval = tonumber(ARGV[2])
-local burst = tonumber(ARGV[3])
-local tat = tonumber(redis.call('GET', KEYS[1]) or now)
-if tat < now then tat = now end
-local next_tat = tat + interval
-local allow_at = next_tat - interval * burst
-if allow_at > now then return allow_at - now end
-redis.call('SET', KEYS[1], next_tat, 'PX', next_tat - now)
-return 0
-";
 
 /// A burst of `burst` attempts, then one more every `every`.
 fn quota(burst: u32, every: Duration) -> Quota {
@@ -141,20 +126,10 @@ impl LoginThrottle {
         ]
     }
 
-    /// Counts in Redis at `url`, under keys starting with `prefix`, shared
-    /// with every instance that does the same.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Unavailable`] if Redis cannot be reached.
-    pub async fn share_through(&mut self, url: &str, prefix: &str) -> Result<()> {
-        let client = redis::Client::open(url)?;
-        let redis = ConnectionManager::new(client).await?;
-        self.shared = Some(Shared {
-            redis,
-            prefix: format!("{prefix}:login-throttle"),
-        });
-        Ok(())
+    /// Counts in `counters`, shared with every instance that does the
+    /// same, from now on.
+    pub fn share_through(&mut self, counters: Arc<dyn SharedRateCounters>) {
+        self.shared = Some(counters);
     }
 
     /// Counts one attempt for `account` from `address`. Callers prefix the
@@ -167,7 +142,7 @@ impl LoginThrottle {
     /// the three limits is spent.
     pub async fn attempt(&self, account: &str, address: &str) -> Result<()> {
         if let Some(shared) = &self.shared {
-            match self.attempt_shared(shared, account, address).await {
+            match self.attempt_shared(shared.as_ref(), account, address).await {
                 Err(Error::Unavailable(reason)) => {
                     tracing::warn!(%reason, "the shared login throttle is unreachable; counting in this process");
                 }
@@ -177,31 +152,21 @@ impl LoginThrottle {
         self.attempt_here(account, address)
     }
 
-    async fn attempt_shared(&self, shared: &Shared, account: &str, address: &str) -> Result<()> {
-        let interval = u64::try_from(self.limits.refill.as_millis()).unwrap_or(u64::MAX);
-        let now = u64::try_from(
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap_or_default()
-                .as_millis(),
-        )
-        .unwrap_or(u64::MAX);
-        let script = Script::new(GCRA);
+    async fn attempt_shared(
+        &self,
+        shared: &dyn SharedRateCounters,
+        account: &str,
+        address: &str,
+    ) -> Result<()> {
         let bursts = [
             self.limits.address_burst,
             self.limits.account_and_address_burst,
             self.limits.account_burst,
         ];
         for ((kind, key), burst) in Self::keys(account, address).into_iter().zip(bursts) {
-            let mut redis = shared.redis.clone();
-            let wait_ms: u64 = script
-                .key(format!("{}:{kind}:{key}", shared.prefix))
-                .arg(now)
-                .arg(interval)
-                .arg(burst)
-                .invoke_async(&mut redis)
-                .await?;
-            if wait_ms > 0 {
+            let key = format!("login-throttle:{kind}:{key}");
+            if let Some(wait) = shared.attempt(&key, burst, self.limits.refill).await? {
+                let wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX);
                 return Err(Error::ResourceExhausted {
                     retry_after_secs: wait_ms.div_ceil(1000).max(1),
                 });
@@ -232,148 +197,5 @@ impl LoginThrottle {
             }
         }
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A throttle counting here, or in the Redis on 127.0.0.1 under a
-    /// fresh prefix (which must be reachable: these tests never skip).
-    async fn throttle(
-        shared: Option<&str>,
-        account_and_address: u32,
-        account: u32,
-        address: u32,
-    ) -> LoginThrottle {
-        let mut throttle = LoginThrottle::new(LoginLimits {
-            per_account_and_address: account_and_address,
-            per_account: account,
-            per_address: address,
-            refill: Duration::from_secs(60),
-        });
-        if let Some(prefix) = shared {
-            throttle
-                .share_through("redis://127.0.0.1:6379", prefix)
-                .await
-                .expect("Redis must run on 127.0.0.1:6379 for these tests");
-        }
-        throttle
-    }
-
-    fn fresh_prefix() -> String {
-        format!("test-throttle-{}", uuid::Uuid::now_v7().simple())
-    }
-
-    async fn an_account_is_throttled_after_its_ceiling_from_any_address(shared: Option<&str>) {
-        let throttle = throttle(shared, 3, 3, 100).await;
-        for n in 0..3 {
-            throttle
-                .attempt("a@example.com", &format!("10.0.0.{n}"))
-                .await
-                .unwrap();
-        }
-        let err = throttle
-            .attempt("a@example.com", "10.0.0.9")
-            .await
-            .unwrap_err();
-        assert!(
-            matches!(err, Error::ResourceExhausted { retry_after_secs } if (1..=60).contains(&retry_after_secs)),
-            "{err:?}"
-        );
-        // Another account is not affected.
-        throttle.attempt("b@example.com", "10.0.0.9").await.unwrap();
-    }
-
-    async fn an_address_is_throttled_across_accounts(shared: Option<&str>) {
-        let throttle = throttle(shared, 100, 100, 2).await;
-        throttle.attempt("a@example.com", "10.0.0.1").await.unwrap();
-        throttle.attempt("b@example.com", "10.0.0.1").await.unwrap();
-        assert!(throttle.attempt("c@example.com", "10.0.0.1").await.is_err());
-        throttle.attempt("c@example.com", "10.0.0.2").await.unwrap();
-    }
-
-    async fn one_address_guessing_does_not_lock_the_owner_out(shared: Option<&str>) {
-        let throttle = throttle(shared, 3, 10, 100).await;
-        for _ in 0..3 {
-            throttle.attempt("a@example.com", "10.0.0.1").await.unwrap();
-        }
-        for _ in 0..20 {
-            assert!(
-                throttle.attempt("a@example.com", "10.0.0.1").await.is_err(),
-                "guessing from one address stays slow"
-            );
-        }
-        throttle
-            .attempt("a@example.com", "10.0.0.2")
-            .await
-            .expect("the owner's address has its own budget");
-    }
-
-    async fn refused_attempts_do_not_spend_the_accounts_ceiling(shared: Option<&str>) {
-        let throttle = throttle(shared, 2, 3, 100).await;
-        for _ in 0..2 {
-            throttle.attempt("a@example.com", "10.0.0.1").await.unwrap();
-        }
-        for _ in 0..10 {
-            assert!(throttle.attempt("a@example.com", "10.0.0.1").await.is_err());
-        }
-        throttle.attempt("a@example.com", "10.0.0.2").await.unwrap();
-        assert!(
-            throttle.attempt("a@example.com", "10.0.0.3").await.is_err(),
-            "the fourth attempt that got through its address meets the ceiling"
-        );
-    }
-
-    #[tokio::test]
-    async fn counted_here() {
-        an_account_is_throttled_after_its_ceiling_from_any_address(None).await;
-        an_address_is_throttled_across_accounts(None).await;
-        one_address_guessing_does_not_lock_the_owner_out(None).await;
-        refused_attempts_do_not_spend_the_accounts_ceiling(None).await;
-    }
-
-    #[tokio::test]
-    async fn counted_in_redis() {
-        an_account_is_throttled_after_its_ceiling_from_any_address(Some(&fresh_prefix())).await;
-        an_address_is_throttled_across_accounts(Some(&fresh_prefix())).await;
-        one_address_guessing_does_not_lock_the_owner_out(Some(&fresh_prefix())).await;
-        refused_attempts_do_not_spend_the_accounts_ceiling(Some(&fresh_prefix())).await;
-    }
-
-    #[tokio::test]
-    async fn instances_sharing_redis_share_one_budget() {
-        let prefix = fresh_prefix();
-        let (a, b) = (
-            throttle(Some(&prefix), 3, 3, 100).await,
-            throttle(Some(&prefix), 3, 3, 100).await,
-        );
-        a.attempt("a@example.com", "10.0.0.1").await.unwrap();
-        b.attempt("a@example.com", "10.0.0.2").await.unwrap();
-        a.attempt("a@example.com", "10.0.0.3").await.unwrap();
-        assert!(
-            b.attempt("a@example.com", "10.0.0.4").await.is_err(),
-            "the fourth attempt is refused whichever instance gets it"
-        );
-    }
-
-    #[tokio::test]
-    async fn an_unreachable_redis_is_refused_at_start_and_counting_stays_local() {
-        let mut throttle = LoginThrottle::new(LoginLimits {
-            per_account_and_address: 1,
-            per_account: 1,
-            per_address: 100,
-            refill: Duration::from_secs(60),
-        });
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        drop(listener);
-        let refused = throttle
-            .share_through(&format!("redis://127.0.0.1:{port}"), "x")
-            .await;
-        assert!(matches!(refused, Err(Error::Unavailable(_))), "{refused:?}");
-        throttle.attempt("a@example.com", "10.0.0.1").await.unwrap();
-        assert!(throttle.attempt("a@example.com", "10.0.0.1").await.is_err());
     }
 }

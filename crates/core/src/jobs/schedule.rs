@@ -1,24 +1,19 @@
-//! Scheduled jobs: tasks that run on a cron schedule (seconds, minutes,
-//! hours, day of month, month, day of week, as in `0 */15 * * * *`).
+//! Scheduled jobs as the domain knows them: a [`ScheduledTask`] runs on a
+//! cron schedule; each schedule has a row (`schedules`) with its next run
+//! time and last outcome ([`Schedule`], listed by the API).
 //!
-//! Each schedule has a row with its next run time. A scheduler claims a
-//! tick by advancing `next_run_at` with a conditional update and runs the
-//! task only if the update took, so however many workers run a scheduler,
-//! each tick runs once. A tick missed while no worker ran is run once when
-//! one starts (not once per missed tick).
-
-use std::str::FromStr;
-use std::sync::Arc;
-use std::time::Duration;
+//! The scheduler that runs them (`switchboard-workers`) claims a tick by
+//! advancing `next_run_at` with a conditional update ([`claim_tick`]) and
+//! runs the task only if the update took, so however many workers run a
+//! scheduler, each tick runs once. A tick missed while no worker ran is run
+//! once when one starts (not once per missed tick).
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::FromRow;
-use tokio::sync::watch;
 
 use crate::db::{Database, from_micros, micros, now};
-use crate::error::{Error, Result};
-use crate::jobs::stop_requested;
+use crate::error::Result;
 use crate::on_database;
 
 /// A task run on a schedule.
@@ -56,192 +51,106 @@ struct ScheduleRow {
     last_error: Option<String>,
 }
 
-struct Entry {
-    name: String,
-    expression: String,
-    schedule: cron::Schedule,
-    task: Arc<dyn ScheduledTask>,
+/// Writes the row of schedule `name` with its cron `expression`: a new
+/// schedule, or one whose expression changed, runs next at `next`; an
+/// unchanged one keeps its next run time.
+///
+/// # Errors
+///
+/// A database error.
+pub async fn register(
+    db: &Database,
+    name: &str,
+    expression: &str,
+    next: DateTime<Utc>,
+) -> Result<()> {
+    let sql = "INSERT INTO schedules (name, cron, next_run_at, updated_at) \
+               VALUES ($1, $2, $3, $4) \
+               ON CONFLICT (name) DO UPDATE SET cron = excluded.cron, \
+                 next_run_at = CASE WHEN schedules.cron = excluded.cron \
+                               THEN schedules.next_run_at ELSE excluded.next_run_at END, \
+                 updated_at = excluded.updated_at";
+    on_database!(db, pool => {
+        sqlx::query(sql)
+            .bind(name)
+            .bind(expression)
+            .bind(micros(next))
+            .bind(micros(now()))
+            .execute(pool)
+            .await?;
+    });
+    Ok(())
 }
 
-/// Runs scheduled tasks.
-pub struct Scheduler {
-    db: Database,
-    entries: Vec<Entry>,
+/// When schedule `name` runs next.
+///
+/// # Errors
+///
+/// A database error (a missing row included: [`register`] it first).
+pub async fn next_run_at(db: &Database, name: &str) -> Result<DateTime<Utc>> {
+    let due: i64 = on_database!(db, pool => {
+        sqlx::query_scalar("SELECT next_run_at FROM schedules WHERE name = $1")
+            .bind(name)
+            .fetch_one(pool)
+            .await?
+    });
+    from_micros(due)
 }
 
-impl std::fmt::Debug for Scheduler {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Scheduler")
-            .field(
-                "tasks",
-                &self.entries.iter().map(|e| &e.name).collect::<Vec<_>>(),
-            )
-            .finish()
-    }
+/// Claims the tick of schedule `name` that was due at `due` by moving its
+/// next run to `next`; true if this caller won it (and must run the task).
+///
+/// # Errors
+///
+/// A database error.
+pub async fn claim_tick(
+    db: &Database,
+    name: &str,
+    due: DateTime<Utc>,
+    next: DateTime<Utc>,
+) -> Result<bool> {
+    let claim = "UPDATE schedules SET next_run_at = $1, updated_at = $2 \
+                 WHERE name = $3 AND next_run_at = $4";
+    let won = on_database!(db, pool => {
+        sqlx::query(claim)
+            .bind(micros(next))
+            .bind(micros(now()))
+            .bind(name)
+            .bind(micros(due))
+            .execute(pool)
+            .await?
+            .rows_affected()
+    }) == 1;
+    Ok(won)
 }
 
-/// The next time `schedule` fires after `at`.
-fn next_after(schedule: &cron::Schedule, at: DateTime<Utc>) -> Result<DateTime<Utc>> {
-    schedule
-        .after(&at)
-        .next()
-        .ok_or_else(|| Error::internal("the schedule never fires again"))
-}
-
-impl Scheduler {
-    /// A scheduler recording in `db`, with no tasks yet.
-    pub fn new(db: Database) -> Self {
-        Self {
-            db,
-            entries: Vec::new(),
-        }
-    }
-
-    /// Runs `task` as `name` on the cron `expression`.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::InvalidArgument`] (`expression`) if it does not parse.
-    pub fn add(
-        mut self,
-        name: &str,
-        expression: &str,
-        task: Arc<dyn ScheduledTask>,
-    ) -> Result<Self> {
-        let schedule = cron::Schedule::from_str(expression)
-            .map_err(|e| Error::invalid_argument(format!("schedules.{name}"), e.to_string()))?;
-        self.entries.push(Entry {
-            name: name.to_owned(),
-            expression: expression.to_owned(),
-            schedule,
-            task,
-        });
-        Ok(self)
-    }
-
-    /// Writes each schedule's row (a changed expression gets a new next
-    /// run time), then runs due tasks until `stop` turns true.
-    ///
-    /// # Errors
-    ///
-    /// A database error while writing the rows.
-    pub async fn run(self, mut stop: watch::Receiver<bool>) -> Result<()> {
-        self.register().await?;
-        loop {
-            let wait = match self.run_due().await {
-                Ok(next) => next
-                    .map(|at| (at - now()).to_std().unwrap_or(Duration::ZERO))
-                    .unwrap_or(Duration::from_secs(60))
-                    .clamp(Duration::from_millis(100), Duration::from_secs(30)),
-                Err(err) => {
-                    tracing::warn!(error = %err, "cannot run scheduled tasks; trying again in 5 s");
-                    Duration::from_secs(5)
-                }
-            };
-            tokio::select! {
-                () = tokio::time::sleep(wait) => {}
-                () = stop_requested(&mut stop) => return Ok(()),
-            }
-        }
-    }
-
-    /// Writes each schedule's row; a changed expression gets a new next
-    /// run time. [`Scheduler::run`] does this first.
-    ///
-    /// # Errors
-    ///
-    /// A database error.
-    pub async fn register(&self) -> Result<()> {
-        let sql = "INSERT INTO schedules (name, cron, next_run_at, updated_at) \
-                   VALUES ($1, $2, $3, $4) \
-                   ON CONFLICT (name) DO UPDATE SET cron = excluded.cron, \
-                     next_run_at = CASE WHEN schedules.cron = excluded.cron \
-                                   THEN schedules.next_run_at ELSE excluded.next_run_at END, \
-                     updated_at = excluded.updated_at";
-        let at = now();
-        for entry in &self.entries {
-            let next = next_after(&entry.schedule, at)?;
-            on_database!(&self.db, pool => {
-                sqlx::query(sql)
-                    .bind(&entry.name)
-                    .bind(&entry.expression)
-                    .bind(micros(next))
-                    .bind(micros(at))
-                    .execute(pool)
-                    .await?;
-            });
-        }
-        Ok(())
-    }
-
-    /// Runs every due task this scheduler wins the claim for; returns the
-    /// earliest next run time. [`Scheduler::run`] calls it in a loop.
-    ///
-    /// # Errors
-    ///
-    /// A database error.
-    pub async fn run_due(&self) -> Result<Option<DateTime<Utc>>> {
-        let claim = "UPDATE schedules SET next_run_at = $1, updated_at = $2 \
-                     WHERE name = $3 AND next_run_at = $4";
-        let record = "UPDATE schedules SET last_run_at = $1, last_outcome = $2, last_error = $3, \
-                      updated_at = $1 WHERE name = $4";
-        let mut earliest: Option<DateTime<Utc>> = None;
-        for entry in &self.entries {
-            let due: i64 = on_database!(&self.db, pool => {
-                sqlx::query_scalar("SELECT next_run_at FROM schedules WHERE name = $1")
-                    .bind(&entry.name)
-                    .fetch_one(pool)
-                    .await?
-            });
-            let at = now();
-            let due = from_micros(due)?;
-            if due > at {
-                earliest = Some(earliest.map_or(due, |e| e.min(due)));
-                continue;
-            }
-            let next = next_after(&entry.schedule, at)?;
-            earliest = Some(earliest.map_or(next, |e| e.min(next)));
-            let won = on_database!(&self.db, pool => {
-                sqlx::query(claim)
-                    .bind(micros(next))
-                    .bind(micros(at))
-                    .bind(&entry.name)
-                    .bind(micros(due))
-                    .execute(pool)
-                    .await?
-                    .rows_affected()
-            }) == 1;
-            if !won {
-                continue;
-            }
-            let (outcome, error) = match entry.task.run().await {
-                Ok(summary) => {
-                    tracing::info!(task = %entry.name, %summary, "scheduled task ran");
-                    (Some(summary), None)
-                }
-                Err(err) => {
-                    tracing::warn!(task = %entry.name, error = %err, "scheduled task failed");
-                    (None, Some(err.to_string()))
-                }
-            };
-            metrics::counter!(
-                "switchboard_scheduled_runs_total",
-                "task" => entry.name.clone(),
-                "outcome" => if error.is_some() { "failed" } else { "succeeded" }
-            )
-            .increment(1);
-            on_database!(&self.db, pool => {
-                sqlx::query(record)
-                    .bind(micros(now()))
-                    .bind(outcome)
-                    .bind(error)
-                    .bind(&entry.name)
-                    .execute(pool)
-                    .await?;
-            });
-        }
-        Ok(earliest)
-    }
+/// Records how the last run of schedule `name` went: its summary, or its
+/// error.
+///
+/// # Errors
+///
+/// A database error.
+pub async fn record_run(
+    db: &Database,
+    name: &str,
+    outcome: std::result::Result<&str, &str>,
+) -> Result<()> {
+    let record = "UPDATE schedules SET last_run_at = $1, last_outcome = $2, last_error = $3, \
+                  updated_at = $1 WHERE name = $4";
+    let (summary, error) = match outcome {
+        Ok(summary) => (Some(summary), None),
+        Err(error) => (None, Some(error)),
+    };
+    on_database!(db, pool => {
+        sqlx::query(record)
+            .bind(micros(now()))
+            .bind(summary)
+            .bind(error)
+            .bind(name)
+            .execute(pool)
+            .await?;
+    });
+    Ok(())
 }
 
 /// Every schedule, by name.

@@ -98,7 +98,7 @@ pub(crate) async fn insert(db: &Database, job: &Job) -> Result<()> {
 }
 
 /// One job.
-pub(crate) async fn get(db: &Database, id: &str) -> Result<Option<Job>> {
+pub async fn get(db: &Database, id: &str) -> Result<Option<Job>> {
     let sql = concat!("SELECT ", job_columns!(), " FROM jobs WHERE id = $1");
     let row: Option<JobRow> =
         on_database!(db, pool => sqlx::query_as(sql).bind(id).fetch_optional(pool).await?);
@@ -107,7 +107,7 @@ pub(crate) async fn get(db: &Database, id: &str) -> Result<Option<Job>> {
 
 /// The id of a job a worker may take now: a due queued or retrying job, or
 /// a running one whose lease ran out; oldest due first.
-pub(crate) async fn next_due(db: &Database, now: DateTime<Utc>) -> Result<Option<String>> {
+pub async fn next_due(db: &Database, now: DateTime<Utc>) -> Result<Option<String>> {
     let due = "SELECT id FROM jobs WHERE state IN ('queued', 'retrying') AND run_at <= $1 \
                ORDER BY run_at, id LIMIT 1";
     let abandoned = "SELECT id FROM jobs WHERE state = 'running' AND lease_until < $1 \
@@ -125,7 +125,7 @@ pub(crate) async fn next_due(db: &Database, now: DateTime<Utc>) -> Result<Option
 /// now: due and waiting, or running with an expired lease. The attempt
 /// count goes up by one. `None` if another worker has it, it is not due, or
 /// it has finished.
-pub(crate) async fn start_attempt(
+pub async fn start_attempt(
     db: &Database,
     id: &str,
     worker: &str,
@@ -154,7 +154,7 @@ pub(crate) async fn start_attempt(
 
 /// Extends the lease of attempt `attempt` of job `id`; false if the
 /// attempt is no longer the job's running one.
-pub(crate) async fn renew(
+pub async fn renew(
     db: &Database,
     id: &str,
     attempt: u32,
@@ -176,22 +176,27 @@ pub(crate) async fn renew(
 
 /// How an attempt ended, as [`finish_attempt`] records it.
 #[derive(Debug, Clone)]
-pub(crate) enum AttemptEnd {
+pub enum AttemptEnd {
     /// The job is done.
     Succeeded,
     /// It failed and is tried again at `run_at`.
     Retry {
+        /// What went wrong.
         error: String,
+        /// When the next attempt may start.
         run_at: DateTime<Utc>,
     },
     /// It failed for good.
-    Dead { error: String },
+    Dead {
+        /// What went wrong.
+        error: String,
+    },
 }
 
 /// Records the end of attempt `attempt` of job `id`; false if the attempt
 /// is no longer the job's running one (its lease ran out and another
 /// worker took the job).
-pub(crate) async fn finish_attempt(
+pub async fn finish_attempt(
     db: &Database,
     id: &str,
     attempt: u32,
@@ -294,11 +299,7 @@ pub(crate) async fn delete_dead(db: &Database, id: &str) -> Result<bool> {
 /// `before` and never taken (the process died between committing the row
 /// and handing the id over), and running ones whose lease ran out before
 /// it (their delivery was acknowledged but their outcome never recorded).
-pub(crate) async fn stale_queued(
-    db: &Database,
-    before: DateTime<Utc>,
-    limit: u32,
-) -> Result<Vec<String>> {
+pub async fn stale_queued(db: &Database, before: DateTime<Utc>, limit: u32) -> Result<Vec<String>> {
     let sql = "SELECT id FROM jobs WHERE (state IN ('queued', 'retrying') AND run_at < $1) \
                OR (state = 'running' AND lease_until < $1) ORDER BY run_at LIMIT $2";
     let ids = on_database!(db, pool => {

@@ -46,19 +46,3 @@ pub trait JobTransport: Send + Sync {
     /// The backend's name: `sqlite`, `postgres`, `redis` or `amqp`.
     fn name(&self) -> &'static str;
 }
-
-/// A receipt with nothing to tell: the SQL transport, where the job row's
-/// own state and lease are the receipt.
-#[derive(Debug)]
-pub(crate) struct RowReceipt;
-
-#[async_trait]
-impl Receipt for RowReceipt {
-    async fn ack(&self) -> Result<()> {
-        Ok(())
-    }
-
-    async fn keep_alive(&self) -> Result<()> {
-        Ok(())
-    }
-}

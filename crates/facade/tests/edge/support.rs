@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use sqlx::Connection as _;
-use switchboard_core::Services;
+use switchboard_app::Services;
 use switchboard_core::config::{Config, EngineConfig, Secret};
 use switchboard_core::identity::{RequestContext, Role};
 use switchboard_proto::v1::chat_service_client::ChatServiceClient;
