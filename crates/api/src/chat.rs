@@ -8,9 +8,9 @@ use std::sync::Arc;
 
 use futures::{Stream, StreamExt};
 use switchboard_core::chat::{Chat, ConversationPatch};
+use switchboard_core::shutdown::ShutdownSignal;
 use switchboard_proto::v1 as pb;
 use switchboard_proto::v1::chat_service_server::ChatService;
-use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 
 use crate::caller::principal;
@@ -25,7 +25,7 @@ pub type ReplyEventStream = Pin<Box<dyn Stream<Item = Result<pb::ReplyEvent, Sta
 pub struct ChatApi {
     chat: Arc<Chat>,
     /// Turns true when the server's shutdown grace has run out.
-    streams_ending: Option<watch::Receiver<bool>>,
+    streams_ending: Option<ShutdownSignal>,
 }
 
 /// What a StreamReply cut short by shutdown ends with.
@@ -41,36 +41,30 @@ impl ChatApi {
         }
     }
 
-    /// Ends every open StreamReply with UNAVAILABLE once `ending` turns
-    /// true (the server's shutdown grace has run out): a status after a
+    /// Ends every open StreamReply with UNAVAILABLE once `ending` is
+    /// requested (the server's shutdown grace has run out): a status after a
     /// whole event, so the client resumes from its last seq elsewhere,
     /// rather than a connection cut mid-message.
     #[must_use]
-    pub fn with_streams_ending(mut self, ending: watch::Receiver<bool>) -> Self {
+    pub fn with_streams_ending(mut self, ending: ShutdownSignal) -> Self {
         self.streams_ending = Some(ending);
         self
     }
 }
 
-/// `events` until `ending` turns true, then UNAVAILABLE.
+/// `events` until `ending` is requested, then UNAVAILABLE.
 fn until_shutdown(
     events: impl Stream<Item = Result<pb::ReplyEvent, Status>> + Send + 'static,
-    ending: watch::Receiver<bool>,
+    ending: ShutdownSignal,
 ) -> ReplyEventStream {
-    async fn ended(ending: &mut watch::Receiver<bool>) {
-        // A dropped sender means no shutdown will end the stream.
-        if ending.wait_for(|ending| *ending).await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    }
     let state = Some((Box::pin(events), ending));
     Box::pin(futures::stream::unfold(state, |state| async move {
-        let (mut events, mut ending) = state?;
+        let (mut events, ending) = state?;
         tokio::select! {
             // Events already there are sent before the stream is ended.
             biased;
             event = events.next() => event.map(|event| (event, Some((events, ending)))),
-            () = ended(&mut ending) => {
+            () = ending.requested() => {
                 Some((Err(Status::unavailable(STREAM_ENDED_BY_SHUTDOWN)), None))
             }
         }

@@ -4,10 +4,10 @@
 
 use futures::StreamExt;
 use switchboard_api::ChatApi;
-use switchboard_core::config::{Config, EngineConfig};
-use switchboard_core::identity::Principal;
 use switchboard_app::Services;
 use switchboard_core::chat::DevEngine;
+use switchboard_core::config::{Config, EngineConfig};
+use switchboard_core::identity::Principal;
 use switchboard_proto::FieldMask;
 use switchboard_proto::v1 as pb;
 use switchboard_proto::v1::chat_service_server::ChatService;

@@ -26,13 +26,13 @@ use anyhow::{Context, anyhow, bail};
 use async_trait::async_trait;
 use serde::Serialize;
 use switchboard_core::db::Database;
-use switchboard_workers::amqp::{AmqpTransport, AmqpTransportConfig};
-use switchboard_workers::redis::{RedisTransport, RedisTransportConfig};
 use switchboard_core::jobs::{
     Job, JobFailure, JobHandler, JobState, JobTransport, Jobs, NewJob, RetryPolicy,
 };
-use switchboard_workers::{SqlTransport, Worker, WorkerConfig};
 use switchboard_core::shutdown::Shutdown;
+use switchboard_workers::amqp::{AmqpTransport, AmqpTransportConfig};
+use switchboard_workers::redis::{RedisTransport, RedisTransportConfig};
+use switchboard_workers::{SqlTransport, Worker, WorkerConfig};
 use tokio::sync::Notify;
 
 use crate::scratch::{self, ScratchDatabase};

@@ -29,6 +29,7 @@ use switchboard_core::{Error, Result};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::{Instant, sleep, timeout_at};
 
+/// A [`ReplyEngine`] that calls another one within limits (see the module
 /// documentation). Clones share the limits and the breaker.
 #[derive(Clone)]
 pub struct ResilientEngine {

@@ -20,6 +20,7 @@ use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
 use http::{HeaderValue, header};
+use switchboard_core::shutdown::{Shutdown, ShutdownSignal};
 use tokio::sync::watch;
 
 /// What a refused request is told.
@@ -33,8 +34,8 @@ pub struct Drain(Arc<Shared>);
 struct Shared {
     /// True once shutdown began.
     draining: watch::Sender<bool>,
-    /// True once the grace ran out: open streams end.
-    ending: watch::Sender<bool>,
+    /// Begun once the grace ran out: open streams end.
+    ending: Shutdown,
     /// Requests, streams and tracked work under way.
     in_flight: watch::Sender<usize>,
 }
@@ -59,9 +60,9 @@ impl Drain {
         InFlight(self.clone())
     }
 
-    /// Turns true when the grace has run out and open streams must end.
-    pub fn streams_ending(&self) -> watch::Receiver<bool> {
-        self.0.ending.subscribe()
+    /// Requested when the grace has run out and open streams must end.
+    pub fn streams_ending(&self) -> ShutdownSignal {
+        self.0.ending.signal()
     }
 
     /// Whether shutdown has begun, as a channel to wait on.
@@ -78,7 +79,7 @@ impl Drain {
 
     /// Ends the streams still open: the grace has run out.
     pub(crate) fn end_streams(&self) {
-        self.0.ending.send_replace(true);
+        self.0.ending.begin();
     }
 
     /// Resolves once nothing is in flight.

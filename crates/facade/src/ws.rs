@@ -53,10 +53,11 @@ use serde::Deserialize;
 use switchboard_api::convert::IntoProto;
 use switchboard_core::chat::{Chat, ReplyStream};
 use switchboard_core::identity::Principal;
+use switchboard_core::shutdown::ShutdownSignal;
 use switchboard_proto::v1;
 use switchboard_rest::policy::{Caller, authorize};
 use switchboard_rest::session::SessionCheck;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::drain::{Drain, SHUTTING_DOWN, Tracked};
@@ -399,14 +400,6 @@ fn stop_all(subscriptions: &mut HashMap<String, JoinHandle<()>>) {
     }
 }
 
-/// Resolves when the shutdown grace has run out (never, if the drain is
-/// gone).
-async fn grace_over(ending: &mut watch::Receiver<bool>) {
-    if ending.wait_for(|ending| *ending).await.is_err() {
-        std::future::pending::<()>().await;
-    }
-}
-
 /// Sends each event of one reply as a frame, until its final event, or
 /// until the shutdown grace runs out (then an UNAVAILABLE error frame).
 async fn forward_reply(
@@ -414,13 +407,13 @@ async fn forward_reply(
     conversation_id: String,
     message_id: String,
     outgoing: mpsc::Sender<String>,
-    mut ending: watch::Receiver<bool>,
+    ending: ShutdownSignal,
 ) {
     loop {
         let event = tokio::select! {
             biased;
             event = events.next() => event,
-            () = grace_over(&mut ending) => {
+            () = ending.requested() => {
                 let ended = error_frame(
                     &conversation_id,
                     Some(&message_id),
@@ -453,13 +446,13 @@ async fn forward_conversation(
     principal: Principal,
     conversation_id: String,
     outgoing: mpsc::Sender<String>,
-    mut ending: watch::Receiver<bool>,
+    ending: ShutdownSignal,
 ) {
     let mut following = tokio::task::JoinSet::new();
     loop {
         let reply = tokio::select! {
             reply = replies.next() => reply,
-            () = grace_over(&mut ending) => {
+            () = ending.requested() => {
                 // The replies under way say so themselves, then the
                 // conversation does.
                 while following.join_next().await.is_some() {}

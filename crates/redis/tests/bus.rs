@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use futures::stream::{BoxStream, StreamExt};
 use switchboard_core::chat::ReplyBus;
-use switchboard_redis::{RedisReplyBus, RedisReplyBusConfig};
 use switchboard_core::error::{Error, Result};
+use switchboard_redis::{RedisReplyBus, RedisReplyBusConfig};
 use tcp_proxy::TcpProxy;
 
 const REDIS_URL: &str = "redis://127.0.0.1:6379";

@@ -10,10 +10,10 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use switchboard_app::Services;
+use switchboard_app::Startup;
 use switchboard_core::config::{Config, LogFormat};
 use switchboard_core::db::Database;
 use switchboard_core::identity::{Identity, Role};
-use switchboard_app::Startup;
 use tracing_subscriber::EnvFilter;
 
 /// Switchboard: a backend for chatbot products. One port serves native gRPC,

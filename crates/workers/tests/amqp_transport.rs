@@ -169,20 +169,12 @@ async fn a_worker_reconnects_after_losing_its_connection() {
     let url = format!("amqp://guest:guest@{}/%2f", proxy.addr);
     let worker = queue.transport_at(&url, 1).await;
     let sender = queue.transport(1).await;
-
-    let waiting = tokio::spawn(async move {
-        let delivery = worker.receive().await.unwrap();
-        delivery.receipt.ack().await.unwrap();
-        delivery.job_id
-    });
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    proxy.cut();
-    sender.send("after-the-blip", None).await.unwrap();
-    let job_id = tokio::time::timeout(Duration::from_secs(10), waiting)
-        .await
-        .expect("the worker did not reconnect")
-        .unwrap();
-    assert_eq!(job_id, "after-the-blip");
+    transport_scenarios::a_waiting_receiver_survives_a_cut_connection(
+        Arc::new(worker),
+        &sender,
+        || proxy.cut(),
+    )
+    .await;
     queue.delete_queues().await;
 }
 

@@ -187,20 +187,12 @@ async fn a_waiting_worker_survives_a_connection_blip() {
     let proxy = TcpProxy::start("127.0.0.1:6379").await;
     let worker = queue.transport_at(&format!("redis://{}", proxy.addr)).await;
     let sender = queue.transport().await;
-
-    let waiting = tokio::spawn(async move {
-        let delivery = worker.receive().await.unwrap();
-        delivery.receipt.ack().await.unwrap();
-        delivery.job_id
-    });
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    proxy.cut();
-    sender.send("after-the-blip", None).await.unwrap();
-    let job_id = tokio::time::timeout(Duration::from_secs(10), waiting)
-        .await
-        .expect("the worker did not recover")
-        .unwrap();
-    assert_eq!(job_id, "after-the-blip");
+    transport_scenarios::a_waiting_receiver_survives_a_cut_connection(
+        Arc::new(worker),
+        &sender,
+        || proxy.cut(),
+    )
+    .await;
     queue.remove_keys().await;
 }
 

@@ -13,8 +13,8 @@ use switchboard_core::chat::{
 };
 use switchboard_core::identity::Principal;
 use switchboard_core::jobs::{JobState, Jobs, RetryPolicy};
-use switchboard_workers::{SqlTransport, Worker, WorkerConfig};
 use switchboard_core::on_database;
+use switchboard_workers::{SqlTransport, Worker, WorkerConfig};
 
 use crate::support::{ManualApp, TestApp, TestDb, on_both_databases, seqs, text_of};
 

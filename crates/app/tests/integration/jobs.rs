@@ -8,8 +8,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use async_trait::async_trait;
 use switchboard_core::Result;
 use switchboard_core::jobs::ScheduledTask;
-use switchboard_workers::Scheduler;
 use switchboard_core::on_database;
+use switchboard_workers::Scheduler;
 
 use crate::support::{TestApp, TestDb, on_both_databases};
 

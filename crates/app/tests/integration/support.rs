@@ -12,6 +12,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures::StreamExt;
 use sqlx::Connection;
+use switchboard_app::Services;
+use switchboard_core::Result;
 use switchboard_core::chat::{
     Chat, DevEngine, ReplyEvent, ReplyGenerator, ReplyHub, ReplyJob, SentMessage,
 };
@@ -19,8 +21,6 @@ use switchboard_core::config::{Config, EngineConfig, QueueConfig, Secret};
 use switchboard_core::db::Database;
 use switchboard_core::identity::Principal;
 use switchboard_core::jobs::{Delivery, JobTransport, Jobs, RetryPolicy};
-use switchboard_app::Services;
-use switchboard_core::Result;
 use tempfile::TempDir;
 
 /// Runs each named scenario `async fn name(db: TestDb)` as a test on SQLite

@@ -306,8 +306,6 @@ impl Drop for BreakerCall {
     }
 }
 
-/// A [`ReplyEngine`] that calls another one within limits (see the module
-
 #[cfg(test)]
 mod tests {
     use super::*;

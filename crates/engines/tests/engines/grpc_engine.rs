@@ -3,10 +3,10 @@
 use std::collections::HashMap;
 
 use futures::{StreamExt, TryStreamExt};
-use switchboard_engines::pb;
 use switchboard_core::chat::{EngineEvent, ReplyEngine, Role, Usage};
-use switchboard_engines::{GrpcEngine, GrpcEngineConfig};
 use switchboard_core::error::Error;
+use switchboard_engines::pb;
+use switchboard_engines::{GrpcEngine, GrpcEngineConfig};
 
 use crate::engine_servers::{GrpcScript, dead_url, request, spawn_grpc_engine};
 

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use futures::{StreamExt, TryStreamExt};
 use serde_json::json;
 use switchboard_core::chat::{EngineEvent, ReplyEngine, ResilienceConfig, Role, Usage};
-use switchboard_engines::{OpenAiEngine, OpenAiEngineConfig, ResilientEngine};
 use switchboard_core::error::{Error, Result};
+use switchboard_engines::{OpenAiEngine, OpenAiEngineConfig, ResilientEngine};
 
 use crate::engine_servers::{OpenAiAnswer, dead_url, request, spawn_openai_engine, sse_reply};
 

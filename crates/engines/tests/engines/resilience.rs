@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use switchboard_core::chat::{BreakerState, EngineEvent, ReplyEngine, ResilienceConfig, Role};
-use switchboard_engines::{GrpcEngine, GrpcEngineConfig, ResilientEngine};
 use switchboard_core::error::{Error, Result};
+use switchboard_engines::{GrpcEngine, GrpcEngineConfig, ResilientEngine};
 
 use crate::engine_servers::{GrpcScript, TestGrpcEngine, request, spawn_grpc_engine};
 

@@ -105,3 +105,26 @@ pub(crate) async fn four_receivers_take_every_job(
     );
     per_second
 }
+
+/// A receiver waiting for a job while its connection to the broker is cut
+/// (`cut`: the test's proxy drops every connection) reconnects by itself
+/// and gets the job sent after the cut, within 10 s.
+pub(crate) async fn a_waiting_receiver_survives_a_cut_connection(
+    receiver: Arc<dyn JobTransport>,
+    sender: &dyn JobTransport,
+    cut: impl FnOnce(),
+) {
+    let waiting = tokio::spawn(async move {
+        let delivery = receiver.receive().await.unwrap();
+        delivery.receipt.ack().await.unwrap();
+        delivery.job_id
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    cut();
+    sender.send("after-the-cut", None).await.unwrap();
+    let job_id = tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .expect("the receiver did not reconnect within 10 s")
+        .unwrap();
+    assert_eq!(job_id, "after-the-cut");
+}
