@@ -32,6 +32,7 @@ mod sessions;
 
 use std::time::Duration;
 
+use openidconnect::reqwest;
 use sha2::{Digest, Sha256};
 
 use crate::config::AuthConfig;
