@@ -8,7 +8,9 @@
 //! [`KeySet::verify`] trusts nothing in the token's header beyond the
 //! `kid`: the key it names decides the one algorithm accepted, so `alg:
 //! none`, HMAC with the public key as secret and any other algorithm swap
-//! are refused before a signature is looked at.
+//! are refused before a signature is looked at. `Unverified` is the one
+//! reader of a token before it is verified, here and for the tokens of
+//! OpenID Connect providers.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -21,8 +23,9 @@ use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use rsa::pkcs1::{DecodeRsaPrivateKey, EncodeRsaPrivateKey};
 use rsa::traits::PublicKeyParts as _;
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 
 /// The `typ` header of access tokens (RFC 9068).
 const ACCESS_TOKEN_TYPE: &str = "at+jwt";
@@ -581,7 +584,7 @@ impl KeySet {
         audience: &str,
         leeway_secs: u64,
     ) -> Result<AccessClaims, JwtError> {
-        let header = peek_header(token)?;
+        let header: PeekedHeader = Unverified::read(token)?.header()?;
         let key = header
             .kid
             .as_deref()
@@ -611,18 +614,57 @@ impl KeySet {
     }
 }
 
-/// Reads `alg`, `kid` and `typ` from a compact JWS without verifying it.
-fn peek_header(token: &str) -> Result<PeekedHeader, JwtError> {
-    let mut parts = token.split('.');
-    let (Some(header), Some(_), Some(_), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return Err(JwtError::Malformed("not three dot-separated parts".into()));
-    };
-    let json = URL_SAFE_NO_PAD
-        .decode(header)
-        .map_err(|_| JwtError::Malformed("header is not base64url".into()))?;
-    serde_json::from_slice(&json).map_err(|e| JwtError::Malformed(format!("header: {e}")))
+/// A compact JWS (`header.payload.signature`) read without verifying
+/// anything. What it says may only choose how the token is verified: its
+/// issuer picks whose keys (this server's or a provider's), its header the
+/// key. Each part is decoded only when asked for, so a broken payload does
+/// not hide what the header says, nor a broken header the issuer.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Unverified<'t> {
+    header: &'t str,
+    payload: &'t str,
+}
+
+impl<'t> Unverified<'t> {
+    /// Splits `token` into its parts; decodes nothing yet.
+    ///
+    /// # Errors
+    ///
+    /// [`JwtError::Malformed`] unless `token` has exactly three
+    /// dot-separated parts.
+    pub(crate) fn read(token: &'t str) -> Result<Self, JwtError> {
+        let mut parts = token.split('.');
+        let (Some(header), Some(payload), Some(_), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(JwtError::Malformed("not three dot-separated parts".into()));
+        };
+        Ok(Self { header, payload })
+    }
+
+    /// The header, read as `H`: [`KeySet::verify`] reads `alg`, `kid` and
+    /// `typ` as plain strings (so that `alg: none` is the wrong algorithm,
+    /// not a malformed token); a provider's bearer token is read as
+    /// `jsonwebtoken`'s own [`Header`].
+    ///
+    /// # Errors
+    ///
+    /// [`JwtError::Malformed`] when the header is not base64url or not JSON
+    /// that `H` reads.
+    pub(crate) fn header<H: DeserializeOwned>(&self) -> Result<H, JwtError> {
+        let json = URL_SAFE_NO_PAD
+            .decode(self.header)
+            .map_err(|_| JwtError::Malformed("header is not base64url".into()))?;
+        serde_json::from_slice(&json).map_err(|e| JwtError::Malformed(format!("header: {e}")))
+    }
+
+    /// The `iss` claim, or `None` unless the payload is base64url of a JSON
+    /// object whose `iss` is a string.
+    pub(crate) fn issuer(&self) -> Option<String> {
+        let json = URL_SAFE_NO_PAD.decode(self.payload).ok()?;
+        let claims: Map<String, Value> = serde_json::from_slice(&json).ok()?;
+        claims.get("iss")?.as_str().map(str::to_owned)
+    }
 }
 
 #[cfg(test)]
@@ -1037,6 +1079,34 @@ mod tests {
         impostor.kid = RSA_KEY.kid.clone();
         let token = sign(&impostor, &claims()).unwrap();
         assert_eq!(verify_with(&RSA_KEY, &token), Err(JwtError::BadSignature));
+    }
+
+    #[test]
+    fn the_issuer_is_read_only_from_compact_jws() {
+        let issuer = |token: &str| Unverified::read(token).ok().and_then(|t| t.issuer());
+        let payload = URL_SAFE_NO_PAD.encode(r#"{"iss":"https://sso.example.com","sub":"x"}"#);
+        assert_eq!(
+            issuer(&format!("e30.{payload}.sig")).as_deref(),
+            Some("https://sso.example.com")
+        );
+        assert_eq!(issuer("not a jwt"), None);
+        assert_eq!(issuer(&format!("e30.{payload}.sig.x.y")), None);
+        assert_eq!(issuer("e30.e30.sig"), None);
+    }
+
+    #[test]
+    fn each_part_is_read_without_the_other() {
+        let token = Unverified::read("e30.!!.sig").unwrap();
+        assert!(token.header::<PeekedHeader>().unwrap().kid.is_none());
+        assert_eq!(token.issuer(), None);
+        let payload = URL_SAFE_NO_PAD.encode(r#"{"iss":"https://sso.example.com"}"#);
+        let token_text = format!("!!.{payload}.sig");
+        let token = Unverified::read(&token_text).unwrap();
+        assert!(matches!(
+            token.header::<PeekedHeader>(),
+            Err(JwtError::Malformed(_))
+        ));
+        assert_eq!(token.issuer().as_deref(), Some("https://sso.example.com"));
     }
 
     #[test]
