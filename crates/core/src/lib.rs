@@ -17,6 +17,7 @@ pub mod db;
 pub mod error;
 pub mod identity;
 pub mod jobs;
+mod paging;
 pub mod shutdown;
 pub mod tasks;
 

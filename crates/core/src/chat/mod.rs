@@ -18,12 +18,14 @@ mod events;
 mod generator;
 mod hub;
 mod model;
-pub(crate) mod paging;
 mod queue;
 mod service;
 mod store;
 mod wire;
 
+pub use crate::paging::{
+    DEFAULT_CONVERSATION_PAGE_SIZE, DEFAULT_MESSAGE_PAGE_SIZE, MAX_PAGE_SIZE, Page,
+};
 pub use breaker::{BreakerCall, BreakerState, CircuitBreaker, ResilienceConfig};
 pub use bus::ReplyBus;
 pub use engine::{DevEngine, EngineEvent, EngineRequest, EngineStream, ReplyEngine, Usage};
@@ -33,8 +35,7 @@ pub use generator::{GenerateOutcome, ReplyGenerator};
 pub use hub::{ReplyHub, ReplyStream};
 pub use model::{
     Conversation, ConversationPatch, DEFAULT_TITLE, MAX_CONTENT_CHARS, MAX_TITLE_CHARS, Message,
-    MessageStatus, Page, Role, SentMessage,
+    MessageStatus, Role, SentMessage,
 };
-pub use paging::{DEFAULT_CONVERSATION_PAGE_SIZE, DEFAULT_MESSAGE_PAGE_SIZE, MAX_PAGE_SIZE};
 pub use queue::{GENERATE_REPLY, ReplyJob, ReplyJobHandler};
 pub use service::{AdmissionCheck, BUS_QUIET, Chat, FOLLOW_POLL, MAX_FEEDBACK_CHARS, REMOTE_POLL};

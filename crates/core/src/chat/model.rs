@@ -84,15 +84,6 @@ pub struct ConversationPatch {
     pub title: Option<String>,
 }
 
-/// One page of a listing.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Page<T> {
-    /// The items on this page.
-    pub items: Vec<T>,
-    /// The token of the next page; `None` on the last page.
-    pub next_page_token: Option<String>,
-}
-
 /// What [`Chat::send_message`](crate::chat::Chat::send_message) stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SentMessage {

@@ -11,10 +11,7 @@ use uuid::Uuid;
 use crate::chat::events::{self, CANCELLED_CODE, CANCELLED_MESSAGE, ReplyEventKind};
 use crate::chat::hub::{ReplyHub, ReplyStream};
 use crate::chat::model::{
-    self, Conversation, ConversationPatch, Message, MessageStatus, Page, Role, SentMessage,
-};
-use crate::chat::paging::{
-    self, Cursor, DEFAULT_CONVERSATION_PAGE_SIZE, DEFAULT_MESSAGE_PAGE_SIZE, Listing,
+    self, Conversation, ConversationPatch, Message, MessageStatus, Role, SentMessage,
 };
 use crate::chat::queue::{GENERATE_REPLY, ReplyJob};
 use crate::chat::store::{self, StoredMessage};
@@ -22,6 +19,9 @@ use crate::db::Database;
 use crate::error::{Error, Result};
 use crate::identity::Principal;
 use crate::jobs::{Jobs, NewJob, RetryPolicy};
+use crate::paging::{
+    self, Cursor, DEFAULT_CONVERSATION_PAGE_SIZE, DEFAULT_MESSAGE_PAGE_SIZE, Listing, Page,
+};
 
 /// How long [`Chat::cancel_reply`] waits for the generator to store the
 /// cancelled reply.

@@ -8,11 +8,11 @@ use sqlx::FromRow;
 
 use crate::chat::engine::Usage;
 use crate::chat::model::{Conversation, Message, MessageStatus, Role};
-use crate::chat::paging::Cursor;
 use crate::db::Database;
 use crate::error::{Error, Result};
 use crate::jobs::Job;
 use crate::jobs::store::{INSERT_JOB, bind_insert, payload_text};
+use crate::paging::Cursor;
 use crate::{on_database, on_tx};
 
 /// The columns of a `ConversationRow`, as a literal for `concat!`.

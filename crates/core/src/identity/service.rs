@@ -46,8 +46,7 @@ use crate::identity::oidc::OidcProviders;
 use crate::identity::password::{self, PasswordPolicy};
 use crate::identity::store::{self, UserRow};
 use crate::identity::{
-    Credential, KeyRing, LoginLimits, LoginThrottle, Principal, RequestContext,
-    SharedRateCounters,
+    Credential, KeyRing, LoginLimits, LoginThrottle, Principal, RequestContext, SharedRateCounters,
 };
 
 use accounts::user_from;

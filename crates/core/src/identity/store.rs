@@ -7,10 +7,10 @@
 use chrono::{DateTime, Utc};
 use sqlx::FromRow;
 
-use crate::chat::paging::Cursor;
 use crate::db::{Database, Tx};
 use crate::error::{Error, Result};
 use crate::identity::Role;
+use crate::paging::Cursor;
 use crate::{on_database, on_tx};
 
 /// The columns of a [`UserRow`], as a literal for `concat!`.

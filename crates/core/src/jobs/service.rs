@@ -4,8 +4,6 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::chat::Page;
-use crate::chat::paging::{self, Cursor, Listing};
 use crate::db::{Database, now};
 use crate::error::{Error, Result};
 use crate::jobs::handler::JobHandler;
@@ -13,6 +11,7 @@ use crate::jobs::model::{Job, JobState, NewJob};
 use crate::jobs::schedule::{self, Schedule};
 use crate::jobs::store;
 use crate::jobs::transport::JobTransport;
+use crate::paging::{self, Cursor, Listing, Page};
 
 /// Dead letters per page when the request asks for 0.
 pub const DEFAULT_DEAD_LETTER_PAGE_SIZE: u32 = 50;

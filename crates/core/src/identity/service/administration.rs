@@ -2,12 +2,12 @@
 //! people's accounts ([`UserPage`], [`UserPatch`]), resetting their second
 //! factor, never leaving no administrator, and reading the audit trail.
 
-use crate::chat::paging::{self, Cursor, Listing};
 use crate::db::Tx;
 use crate::error::{Error, Result};
 use crate::identity::audit::{self, AuditEvent, AuditFilter, AuditOutcome, AuditRecord};
 use crate::identity::store;
 use crate::identity::{Principal, RequestContext, Role};
+use crate::paging::{self, Cursor, Listing};
 
 use super::accounts::{User, user_from};
 use super::{Identity, refuse_api_keys};

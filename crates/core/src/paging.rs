@@ -1,4 +1,5 @@
-//! Keyset paging. A page token is an opaque, URL-safe string: base64 of the
+//! Keyset paging, shared by every listing (conversations, messages, users,
+//! audit events, dead letters) and its [`Page`] of results. A page token is an opaque, URL-safe string: base64 of the
 //! (created_at, id) of the last item on the previous page, tagged with the
 //! listing it belongs to. Keysets stay correct while rows are added, unlike
 //! offsets.
@@ -6,8 +7,16 @@
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
-use crate::chat::model::Page;
 use crate::error::{Error, Result};
+
+/// One page of a listing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Page<T> {
+    /// The items on this page.
+    pub items: Vec<T>,
+    /// The token of the next page; `None` on the last page.
+    pub next_page_token: Option<String>,
+}
 
 /// Conversations per page when the request asks for 0.
 pub const DEFAULT_CONVERSATION_PAGE_SIZE: u32 = 50;
