@@ -54,33 +54,4 @@ mod tests {
             (Code::Internal, "internal error")
         );
     }
-
-    #[test]
-    fn every_kind_maps_to_its_code() {
-        let cases = [
-            (
-                Error::NotFound {
-                    what: "conversation",
-                },
-                Code::NotFound,
-            ),
-            (
-                Error::FailedPrecondition("x".into()),
-                Code::FailedPrecondition,
-            ),
-            (Error::AlreadyExists("x".into()), Code::AlreadyExists),
-            (Error::Unavailable("x".into()), Code::Unavailable),
-            (Error::Unauthenticated("x".into()), Code::Unauthenticated),
-            (Error::PermissionDenied("x".into()), Code::PermissionDenied),
-            (
-                Error::ResourceExhausted {
-                    retry_after_secs: 3,
-                },
-                Code::ResourceExhausted,
-            ),
-        ];
-        for (err, code) in cases {
-            assert_eq!(status_from(err).code(), code);
-        }
-    }
 }

@@ -1,8 +1,9 @@
 //! The domain error of every Switchboard operation, and the one table that
-//! turns each kind into a gRPC status code and an HTTP status. Every
-//! transport (gRPC, gRPC-Web, REST, WebSocket) maps errors through
-//! [`Error::grpc_code`] and [`Error::http_status`], so a client sees the same
-//! class of failure whichever door it came through.
+//! turns each kind into a gRPC status code and an HTTP status
+//! ([`Error::status_codes`]). Every transport (gRPC, gRPC-Web, REST, the
+//! WebSocket's error frames, a stream's error event) maps errors through
+//! it, so a client sees the same class of failure whichever door it came
+//! through.
 
 use std::error::Error as StdError;
 
@@ -66,6 +67,20 @@ pub enum Error {
     Internal(#[source] BoxError),
 }
 
+/// How one kind of [`Error`] reaches a client, as [`Error::status_codes`]
+/// gives it. The gRPC code is a number, not a `tonic::Code`: the domain has
+/// no transport code, and the adapters convert it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StatusCodes {
+    /// The gRPC status code number, as in `google.rpc.Code` (the
+    /// `grpc-status` of a gRPC answer, the `code` of a google.rpc.Status).
+    pub grpc: i32,
+    /// The gRPC status code's name, such as `"NOT_FOUND"`.
+    pub grpc_name: &'static str,
+    /// The HTTP status of the REST answer.
+    pub http: u16,
+}
+
 impl Error {
     /// An [`Error::Internal`] from any error or message.
     pub fn internal(source: impl Into<BoxError>) -> Self {
@@ -93,48 +108,44 @@ impl Error {
         }
     }
 
-    /// The gRPC status code number (as in `google.rpc.Code`).
+    /// The one table of how each kind of error reaches a client: its gRPC
+    /// code and the HTTP status of the REST answer. The adapters turn a
+    /// domain error into a gRPC status of this code (`switchboard_api`'s
+    /// `status_from`), which every door answers with: gRPC and gRPC-Web as
+    /// `grpc-status`, REST and the WebSocket's error frames as a
+    /// google.rpc.Status under the HTTP status `switchboard_rest` gives the
+    /// code, and a reply's error event by [`Error::grpc_code_name`]. A test
+    /// of the facade walks every variant through those doors and holds them
+    /// to this table.
+    pub fn status_codes(&self) -> StatusCodes {
+        let (grpc, grpc_name, http) = match self {
+            Self::InvalidArgument { .. } => (3, "INVALID_ARGUMENT", 400),
+            Self::FailedPrecondition(_) => (9, "FAILED_PRECONDITION", 400),
+            Self::Unauthenticated(_) => (16, "UNAUTHENTICATED", 401),
+            Self::PermissionDenied(_) => (7, "PERMISSION_DENIED", 403),
+            Self::NotFound { .. } => (5, "NOT_FOUND", 404),
+            Self::AlreadyExists(_) => (6, "ALREADY_EXISTS", 409),
+            Self::ResourceExhausted { .. } => (8, "RESOURCE_EXHAUSTED", 429),
+            Self::Internal(_) => (13, "INTERNAL", 500),
+            Self::Unavailable(_) => (14, "UNAVAILABLE", 503),
+        };
+        StatusCodes {
+            grpc,
+            grpc_name,
+            http,
+        }
+    }
+
+    /// The gRPC status code number (as in `google.rpc.Code`), from
+    /// [`Error::status_codes`].
     pub fn grpc_code(&self) -> i32 {
-        match self {
-            Self::InvalidArgument { .. } => 3,
-            Self::NotFound { .. } => 5,
-            Self::AlreadyExists(_) => 6,
-            Self::FailedPrecondition(_) => 9,
-            Self::Internal(_) => 13,
-            Self::PermissionDenied(_) => 7,
-            Self::ResourceExhausted { .. } => 8,
-            Self::Unavailable(_) => 14,
-            Self::Unauthenticated(_) => 16,
-        }
+        self.status_codes().grpc
     }
 
-    /// The gRPC status code name, such as `"NOT_FOUND"`.
+    /// The gRPC status code name, such as `"NOT_FOUND"`, from
+    /// [`Error::status_codes`].
     pub fn grpc_code_name(&self) -> &'static str {
-        match self {
-            Self::InvalidArgument { .. } => "INVALID_ARGUMENT",
-            Self::NotFound { .. } => "NOT_FOUND",
-            Self::AlreadyExists(_) => "ALREADY_EXISTS",
-            Self::FailedPrecondition(_) => "FAILED_PRECONDITION",
-            Self::Internal(_) => "INTERNAL",
-            Self::PermissionDenied(_) => "PERMISSION_DENIED",
-            Self::ResourceExhausted { .. } => "RESOURCE_EXHAUSTED",
-            Self::Unavailable(_) => "UNAVAILABLE",
-            Self::Unauthenticated(_) => "UNAUTHENTICATED",
-        }
-    }
-
-    /// The HTTP status code the REST edge answers with.
-    pub fn http_status(&self) -> u16 {
-        match self {
-            Self::InvalidArgument { .. } | Self::FailedPrecondition(_) => 400,
-            Self::Unauthenticated(_) => 401,
-            Self::PermissionDenied(_) => 403,
-            Self::ResourceExhausted { .. } => 429,
-            Self::NotFound { .. } => 404,
-            Self::AlreadyExists(_) => 409,
-            Self::Internal(_) => 500,
-            Self::Unavailable(_) => 503,
-        }
+        self.status_codes().grpc_name
     }
 
     /// The message a client may see: everything but [`Error::Internal`]'s
@@ -262,7 +273,11 @@ mod tests {
     fn internal_details_stay_private() {
         let err = Error::internal("disk on fire");
         assert_eq!(err.public_message(), "internal error");
-        assert_eq!((err.grpc_code(), err.http_status()), (13, 500));
+        let codes = err.status_codes();
+        assert_eq!(
+            (codes.grpc, codes.grpc_name, codes.http),
+            (13, "INTERNAL", 500)
+        );
     }
 
     #[test]

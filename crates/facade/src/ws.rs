@@ -4,7 +4,9 @@
 //! The upgrade request passes the same authentication layer as every other
 //! request, and the same access rule decides: the WebSocket stands for
 //! `ChatService.StreamReply`, so [`authorize`] runs with that method's
-//! generated policy before the upgrade. A browser, which cannot set headers
+//! generated policy before the upgrade, and each frame's fields are checked
+//! with that method's generated field rules, so a frame is refused with the
+//! very INVALID_ARGUMENT gRPC and REST give the same input. A browser, which cannot set headers
 //! on a WebSocket, sends its token as a subprotocol (`bearer.<token>`, next
 //! to `switchboard.v1`).
 //!
@@ -57,6 +59,7 @@ use switchboard_core::shutdown::ShutdownSignal;
 use switchboard_proto::v1;
 use switchboard_rest::policy::{Caller, authorize};
 use switchboard_rest::session::SessionCheck;
+use switchboard_rest::validate::{Validate, validate_fields};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
@@ -85,6 +88,8 @@ enum ClientFrame {
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct Subscribe {
+    /// Left out, it is empty, and refused as StreamReply refuses it.
+    #[serde(default)]
     conversation_id: String,
     /// A reply; without it, the whole conversation.
     #[serde(default)]
@@ -102,51 +107,78 @@ struct Unsubscribe {
     message_id: Option<String>,
 }
 
-/// A client frame read from its JSON text.
+/// A client frame read from its JSON text, its fields checked with the
+/// generated rules of the RPC it stands for (see [`check_fields`]).
 ///
 /// # Errors
 /// `INVALID_ARGUMENT`, in the API's words and naming the field at fault,
-/// when the text is not JSON, is not one of the frames, or names an id
-/// that is not one (ids are lowercase hyphenated UUIDs). The RPCs answer
-/// such an id with NOT_FOUND (`Chat` never looks it up); a frame is
-/// refused instead, because its error frame would otherwise have to echo
-/// the id back, and the id may be anything.
+/// when the text is not JSON or is not one of the frames, and, in
+/// StreamReply's own words, when a field breaks StreamReply's rules (an id
+/// that is not a lowercase hyphenated UUID): the frame is refused as
+/// gRPC and REST refuse the request, and its error frame echoes nothing of
+/// it, for its ids may be anything.
 #[allow(clippy::result_large_err)]
 fn parse_frame(text: &str) -> Result<ClientFrame, tonic::Status> {
     let json: serde_json::Value = serde_json::from_str(text).map_err(|error| {
         tonic::Status::invalid_argument(format!("the frame is not valid JSON: {error}"))
     })?;
     let frame: ClientFrame = switchboard_rest::proto_json::from_json(json)?;
-    let (kind, conversation_id, message_id) = match &frame {
-        ClientFrame::Subscribe(subscribe) => (
-            "subscribe",
-            Some(&subscribe.conversation_id),
-            subscribe.message_id.as_ref(),
-        ),
-        ClientFrame::Unsubscribe(unsubscribe) => (
-            "unsubscribe",
-            unsubscribe.conversation_id.as_ref(),
-            unsubscribe.message_id.as_ref(),
-        ),
-    };
-    for (name, id) in [
-        ("conversationId", conversation_id),
-        ("messageId", message_id),
-    ] {
-        if id.is_some_and(|id| !is_id(id)) {
-            return Err(switchboard_rest::error::invalid_field(
-                &format!("{kind}.{name}"),
-                "must be an id: a UUID such as 0190f3a2-7c1e-7d3b-9a4f-2b6c8d0e1f23",
-            ));
-        }
-    }
+    check_fields(&frame)?;
     Ok(frame)
 }
 
-/// Whether `text` is an id as the API writes them: a UUID, lowercase and
-/// hyphenated.
-fn is_id(text: &str) -> bool {
-    uuid::Uuid::try_parse(text).is_ok_and(|id| id.hyphenated().to_string() == text)
+/// Checks a frame with the field rules of StreamReply, whose access rule
+/// admitted the socket: a reply's subscription is a whole
+/// `StreamReplyRequest`, checked as the RPC checks it. Following a
+/// conversation is StreamReply for each of its replies, with the reply
+/// named by the server, so only the `conversation_id` the client gives is
+/// checked; an unsubscription names a subscription by the same ids, and
+/// those it gives are checked the same way.
+///
+/// # Errors
+/// `INVALID_ARGUMENT` as StreamReply gives it, for the fields the frame
+/// carries.
+#[allow(clippy::result_large_err)]
+fn check_fields(frame: &ClientFrame) -> Result<(), tonic::Status> {
+    match frame {
+        ClientFrame::Subscribe(Subscribe {
+            conversation_id,
+            message_id: Some(message_id),
+            after_seq,
+        }) => v1::StreamReplyRequest {
+            conversation_id: conversation_id.clone(),
+            message_id: message_id.clone(),
+            after_seq: *after_seq,
+        }
+        .validate(),
+        ClientFrame::Subscribe(Subscribe {
+            conversation_id,
+            message_id: None,
+            ..
+        }) => {
+            let request = v1::StreamReplyRequest {
+                conversation_id: conversation_id.clone(),
+                ..Default::default()
+            };
+            validate_fields(&request, &["conversation_id"])
+        }
+        ClientFrame::Unsubscribe(Unsubscribe {
+            conversation_id,
+            message_id,
+        }) => {
+            let request = v1::StreamReplyRequest {
+                conversation_id: conversation_id.clone().unwrap_or_default(),
+                message_id: message_id.clone().unwrap_or_default(),
+                after_seq: 0,
+            };
+            let given = [
+                conversation_id.as_ref().map(|_| "conversation_id"),
+                message_id.as_ref().map(|_| "message_id"),
+            ];
+            let given: Vec<&str> = given.into_iter().flatten().collect();
+            validate_fields(&request, &given)
+        }
+    }
 }
 
 /// The key of a subscription in a socket's table.

@@ -1,7 +1,8 @@
 //! Errors over HTTP: every failure is a JSON body shaped like
 //! google.rpc.Status (`code`, `message`, `details`), with the HTTP status that
-//! grpc-gateway and Envoy's transcoder give each gRPC code. This is the one
-//! table that maps gRPC codes to HTTP statuses for every transport.
+//! grpc-gateway and Envoy's transcoder give each gRPC code. Every HTTP
+//! answer carrying a gRPC status (REST, a refused WebSocket upgrade, the
+//! drain's refusals) takes its HTTP status from [`http_status`].
 
 use axum::response::{IntoResponse, Response};
 use http::StatusCode;

@@ -72,6 +72,28 @@ pub fn validate_masked<T: Validate>(
     status_of(&violations)
 }
 
+/// Checks only the named top-level `fields` of a request (and what lies
+/// under them), for a door whose client sends part of a request and leaves
+/// the rest to the server: a WebSocket frame that follows a whole
+/// conversation carries StreamReply's `conversation_id`, and the server
+/// names each reply. The violations read as the RPC's own.
+///
+/// # Errors
+/// As [`Validate::validate`], for the named fields only.
+#[allow(clippy::result_large_err)]
+pub fn validate_fields<T: Validate>(request: &T, fields: &[&str]) -> Result<(), tonic::Status> {
+    let mut violations = Vec::new();
+    request.collect_violations("", &mut violations);
+    violations.retain(|violation| {
+        fields.iter().any(|field| {
+            violation.field.strip_prefix(field).is_some_and(|rest| {
+                rest.is_empty() || rest.starts_with('.') || rest.starts_with('[')
+            })
+        })
+    });
+    status_of(&violations)
+}
+
 /// `INVALID_ARGUMENT` for the violations, or `Ok` when there are none.
 #[allow(clippy::result_large_err)]
 fn status_of(violations: &[FieldViolation]) -> Result<(), tonic::Status> {
@@ -255,6 +277,33 @@ mod tests {
         assert!(validate_masked(&update, "book", &["title".into()]).is_err());
         assert!(validate_masked(&update, "book", &["*".into()]).is_err());
         assert!(validate_masked(&update, "book", &[]).is_err());
+    }
+
+    struct Pair(Title, Title);
+
+    impl Validate for Pair {
+        fn collect_violations(&self, prefix: &str, violations: &mut Vec<FieldViolation>) {
+            let mut check = Checker::new(prefix, violations);
+            check.nested("first", &self.0);
+            check.nested("second", &self.1);
+        }
+    }
+
+    #[test]
+    fn validating_some_fields_leaves_the_others_unchecked() {
+        let pair = Pair(Title(String::new()), Title("far too long".into()));
+        let status = validate_fields(&pair, &["second"]).unwrap_err();
+        assert_eq!(
+            status.message(),
+            "second.title: must be at most 5 characters long (got 12)"
+        );
+        let details = status.get_error_details();
+        assert_eq!(details.bad_request().unwrap().field_violations.len(), 1);
+        assert!(
+            validate_fields(&pair, &["secon"]).is_ok(),
+            "a whole name only"
+        );
+        assert!(validate_fields(&pair, &[]).is_ok());
     }
 
     #[test]

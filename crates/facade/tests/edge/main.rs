@@ -4,6 +4,7 @@
 //! a real OpenID provider (npm `oidc-provider`) for sign-in with OIDC.
 
 mod access;
+mod error_table;
 mod error_words;
 mod identity;
 mod lifecycle;

@@ -1,16 +1,17 @@
-//! `/v1/ws`: replies over a WebSocket, under the same authentication and
-//! the same access rule as StreamReply on every other transport; a
-//! reconnecting client resumes after the last seq it saw.
+//! `/v1/ws`: replies over a WebSocket, under the same authentication, the
+//! same access rule and the same field rules as StreamReply on every other
+//! transport; a reconnecting client resumes after the last seq it saw.
 
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use switchboard_core::identity::Role;
+use switchboard_proto::v1::StreamReplyRequest;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
-use crate::support::{TestApp, on_both_databases};
+use crate::support::{Backend, TestApp, on_both_databases, spawn_app};
 
 pub(crate) type Socket =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
@@ -296,4 +297,89 @@ async fn a_followed_conversation_announces_each_new_reply_and_streams_it(app: &T
         (Some(cid.as_str()), Some(5)),
         "{ended}"
     );
+}
+
+/// A reply id of the right form that names nothing.
+const SOME_ID: &str = "0190f3a2-7c1e-7d3b-9a4f-2b6c8d0e1f23";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frame_that_breaks_stream_replys_rules_is_refused_as_grpc_and_rest_refuse_it() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let bearer = (
+        "authorization",
+        format!("Bearer {}", app.owner.access_token),
+    );
+    let mut socket = connect(&app, &[bearer]).await.expect("the owner connects");
+    let upper = SOME_ID.to_uppercase();
+    // A frame, and the StreamReply request that stands for the same input
+    // (the reply a followed conversation's subscription does not name is
+    // a good one).
+    let cases = [
+        (
+            "a reply id that is not one",
+            json!({"subscribe": {"conversationId": SOME_ID, "messageId": "not-an-id"}}),
+            (SOME_ID, "not-an-id"),
+        ),
+        (
+            "two ids that are not ones",
+            json!({"subscribe": {"conversationId": "not-an-id", "messageId": upper}}),
+            ("not-an-id", upper.as_str()),
+        ),
+        (
+            "a followed conversation's id that is not one",
+            json!({"subscribe": {"conversationId": "not-an-id"}}),
+            ("not-an-id", SOME_ID),
+        ),
+        (
+            "a followed conversation without an id",
+            json!({"subscribe": {}}),
+            ("", SOME_ID),
+        ),
+        (
+            "an unsubscription's reply id that is not one",
+            json!({"unsubscribe": {"messageId": "not-an-id"}}),
+            (SOME_ID, "not-an-id"),
+        ),
+    ];
+    for (case, frame, (conversation_id, message_id)) in cases {
+        socket
+            .send(Message::Text(frame.to_string().into()))
+            .await
+            .unwrap();
+        let refused = next_frame(&mut socket).await;
+        assert_eq!(refused["error"]["code"], 3, "{case}: {refused}");
+        assert_eq!(refused["conversationId"], "", "{case}: nothing echoed");
+        assert!(refused.get("messageId").is_none(), "{case}: {refused}");
+
+        let request = StreamReplyRequest {
+            conversation_id: conversation_id.to_owned(),
+            message_id: message_id.to_owned(),
+            after_seq: 0,
+        };
+        let grpc = app
+            .grpc()
+            .await
+            .stream_reply(request)
+            .await
+            .expect_err("gRPC refuses it");
+        assert_eq!(
+            refused["error"],
+            switchboard_rest::error::status_json(&grpc),
+            "{case}: as over gRPC"
+        );
+        // REST has no path for an empty id.
+        if !conversation_id.is_empty() {
+            let (status, body) = app
+                .rest(
+                    "GET",
+                    &format!("/v1/conversations/{conversation_id}/messages/{message_id}:stream"),
+                    Some(&app.owner.access_token),
+                    None,
+                )
+                .await;
+            assert_eq!(status, 400, "{case}: {body}");
+            assert_eq!(refused["error"], body, "{case}: as over REST");
+        }
+    }
+    app.stop().await;
 }
