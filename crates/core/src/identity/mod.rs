@@ -31,8 +31,8 @@ pub use audit::{AuditEvent, AuditFilter, AuditOutcome, ChainReport};
 pub use email::normalise_email;
 pub use keys::KeyRing;
 pub use service::{
-    ApiKey, ApiKeyCreated, AuthTokens, Identity, IdentityProvider, NewApiKey, OidcStart,
-    TotpEnrollment, User, UserPage, UserPatch,
+    ApiKey, ApiKeyCreated, AuthTokens, DEFAULT_AUDIT_PAGE_SIZE, DEFAULT_USER_PAGE_SIZE, Identity,
+    IdentityProvider, NewApiKey, OidcStart, TotpEnrollment, User, UserPage, UserPatch,
 };
 pub use throttle::{LoginLimits, LoginThrottle, SharedRateCounters};
 

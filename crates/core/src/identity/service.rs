@@ -52,7 +52,7 @@ use crate::identity::{
 use accounts::user_from;
 
 pub use accounts::User;
-pub use administration::{UserPage, UserPatch};
+pub use administration::{DEFAULT_AUDIT_PAGE_SIZE, DEFAULT_USER_PAGE_SIZE, UserPage, UserPatch};
 pub use api_keys::{ApiKey, ApiKeyCreated, NewApiKey};
 pub use oidc_sign_in::{IdentityProvider, OidcStart};
 pub use second_factor::TotpEnrollment;

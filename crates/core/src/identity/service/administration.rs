@@ -13,10 +13,10 @@ use super::accounts::{User, user_from};
 use super::{Identity, refuse_api_keys};
 
 /// Users per page when a listing asks for 0.
-const DEFAULT_USER_PAGE_SIZE: u32 = 50;
+pub const DEFAULT_USER_PAGE_SIZE: u32 = 50;
 
 /// Audit events per page when a listing asks for 0.
-const DEFAULT_AUDIT_PAGE_SIZE: u32 = 100;
+pub const DEFAULT_AUDIT_PAGE_SIZE: u32 = 100;
 
 /// A page of users.
 #[derive(Debug, Clone)]
