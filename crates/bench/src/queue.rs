@@ -269,7 +269,7 @@ async fn measure(
     database: &ScratchDatabase,
     broker: Option<&ScratchBroker>,
 ) -> anyhow::Result<(Duration, Duration)> {
-    let config = database.config()?;
+    let config = database.config();
     let db = Database::connect(&config)
         .await
         .context("cannot open the database")?;

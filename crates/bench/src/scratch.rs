@@ -4,21 +4,24 @@
 //! under a prefix of the run's own), so that runs never see each other's
 //! jobs and leave nothing behind.
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use lapin::options::QueueDeleteOptions;
 use lapin::{Connection, ConnectionProperties};
-use sqlx::Connection as _;
 use switchboard_core::config::{Config, Secret};
+use switchboard_testkit::ThrowawayPostgres;
 use tempfile::TempDir;
 
 /// The most delay buckets the AMQP transport declares per prefix
 /// (`{prefix}.jobs.delayed.{2^k}ms`, k < 32).
 const AMQP_DELAY_BUCKETS: u32 = 32;
 
+/// What the names of a run's places start with.
+const UNIQUE_PREFIX: &str = "sb_bench_";
+
 /// A name no other run uses: `sb_bench_` and a UUID v7 without dashes, valid
 /// as a PostgreSQL database name, a Redis key prefix and a queue prefix.
 pub(crate) fn unique_name() -> String {
-    format!("sb_bench_{}", uuid::Uuid::now_v7().simple())
+    format!("{UNIQUE_PREFIX}{}", uuid::Uuid::now_v7().simple())
 }
 
 /// The empty database of one run's job rows.
@@ -27,13 +30,7 @@ pub(crate) enum ScratchDatabase {
     /// `switchboard.db` in a temporary directory, removed with it.
     Sqlite(TempDir),
     /// A database created on a PostgreSQL server for this run.
-    Postgres {
-        /// The server, as given (its own database is where we connect to
-        /// create and drop ours).
-        server_url: String,
-        /// Our database.
-        name: String,
-    },
+    Postgres(ThrowawayPostgres),
 }
 
 impl ScratchDatabase {
@@ -48,41 +45,31 @@ impl ScratchDatabase {
 
     /// A new database on the PostgreSQL server at `server_url`.
     pub(crate) async fn postgres(server_url: &str) -> anyhow::Result<ScratchDatabase> {
-        let name = unique_name();
-        let mut admin = sqlx::PgConnection::connect(server_url)
-            .await
-            .context("cannot connect to PostgreSQL")?;
-        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-            .execute(&mut admin)
-            .await
-            .with_context(|| format!("cannot create the database {name}"))?;
-        admin.close().await.ok();
-        Ok(ScratchDatabase::Postgres {
-            server_url: server_url.to_owned(),
-            name,
-        })
+        Ok(ScratchDatabase::Postgres(
+            ThrowawayPostgres::create_on(server_url, UNIQUE_PREFIX).await?,
+        ))
     }
 
     /// `sqlite` or `postgres`.
     pub(crate) fn kind(&self) -> &'static str {
         match self {
             ScratchDatabase::Sqlite(_) => "sqlite",
-            ScratchDatabase::Postgres { .. } => "postgres",
+            ScratchDatabase::Postgres(_) => "postgres",
         }
     }
 
     /// The server's default configuration pointed at this database.
-    pub(crate) fn config(&self) -> anyhow::Result<Config> {
-        Ok(match self {
+    pub(crate) fn config(&self) -> Config {
+        match self {
             ScratchDatabase::Sqlite(dir) => Config {
                 data_dir: dir.path().join("data"),
                 ..Config::default()
             },
-            ScratchDatabase::Postgres { server_url, name } => Config {
-                database_url: Some(Secret::new(database_url(server_url, name)?)),
+            ScratchDatabase::Postgres(database) => Config {
+                database_url: Some(Secret::new(database.url().to_owned())),
                 ..Config::default()
             },
-        })
+        }
     }
 
     /// Deletes the database (FORCE ends connections still open).
@@ -91,43 +78,9 @@ impl ScratchDatabase {
             ScratchDatabase::Sqlite(dir) => {
                 dir.close().context("cannot remove the SQLite directory")
             }
-            ScratchDatabase::Postgres { server_url, name } => {
-                let mut admin = sqlx::PgConnection::connect(&server_url)
-                    .await
-                    .context("cannot connect to PostgreSQL")?;
-                sqlx::query(sqlx::AssertSqlSafe(format!(
-                    "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-                )))
-                .execute(&mut admin)
-                .await
-                .with_context(|| format!("cannot drop the database {name}"))?;
-                admin.close().await.ok();
-                Ok(())
-            }
+            ScratchDatabase::Postgres(database) => Ok(database.remove().await?),
         }
     }
-}
-
-/// `server_url` with its database (the URL path) replaced by `name`; the
-/// query string is kept.
-fn database_url(server_url: &str, name: &str) -> anyhow::Result<String> {
-    let (base, query) = match server_url.split_once('?') {
-        Some((base, query)) => (base, Some(query)),
-        None => (server_url, None),
-    };
-    let Some(scheme_end) = base.find("://") else {
-        bail!("not a PostgreSQL URL (postgres://…)");
-    };
-    let authority = scheme_end + 3;
-    let path = base[authority..]
-        .find('/')
-        .map_or(base.len(), |offset| authority + offset);
-    let mut url = format!("{}/{name}", &base[..path]);
-    if let Some(query) = query {
-        url.push('?');
-        url.push_str(query);
-    }
-    Ok(url)
 }
 
 /// Deletes every Redis key under `{prefix}:`; returns how many there were.
@@ -178,24 +131,4 @@ pub(crate) async fn remove_amqp_queues(url: &str, prefix: &str) -> anyhow::Resul
     }
     connection.close(200, "done".into()).await.ok();
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_database_url_names_the_new_database_and_keeps_the_rest() {
-        let url = |server| database_url(server, "sb_x").unwrap();
-        assert_eq!(
-            url("postgres://postgres@127.0.0.1:5432/postgres"),
-            "postgres://postgres@127.0.0.1:5432/sb_x"
-        );
-        assert_eq!(url("postgres://u:p@db"), "postgres://u:p@db/sb_x");
-        assert_eq!(
-            url("postgresql://db/app?sslmode=disable"),
-            "postgresql://db/sb_x?sslmode=disable"
-        );
-        assert!(database_url("db:5432", "sb_x").is_err());
-    }
 }

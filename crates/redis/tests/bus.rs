@@ -1,14 +1,12 @@
 //! The Redis reply event bus against the real Redis on 127.0.0.1:6379.
 
-mod tcp_proxy;
-
 use std::time::Duration;
 
 use futures::stream::{BoxStream, StreamExt};
 use switchboard_core::chat::ReplyBus;
 use switchboard_core::error::{Error, Result};
 use switchboard_redis::{RedisReplyBus, RedisReplyBusConfig};
-use tcp_proxy::TcpProxy;
+use switchboard_testkit::tcp_proxy::TcpProxy;
 
 const REDIS_URL: &str = "redis://127.0.0.1:6379";
 

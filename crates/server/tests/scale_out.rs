@@ -11,38 +11,26 @@
 //! `cargo test -p switchboard --test scale_out -- --nocapture` prints what
 //! happens.
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
 use serde_json::{Value, json};
-use sqlx::Connection as _;
 use switchboard_core::chat::DevEngine;
+use switchboard_testkit::ThrowawayPostgres;
+use switchboard_testkit::process::{Process, free_port};
+use switchboard_testkit::rest::RestClient;
 
 const PASSWORD: &str = "correct horse battery staple";
 const EMAIL: &str = "ops@example.test";
 
-/// The PostgreSQL server the tests create their databases on.
-fn postgres_url() -> String {
-    std::env::var("SWITCHBOARD_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
-}
-
-/// A free port on 127.0.0.1.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// The processes of one deployment and the database they share; dropping
-/// it kills the processes and drops the database.
+/// it kills the processes, then drops the database.
 struct Cluster {
     env: Vec<(String, String)>,
-    database: String,
-    processes: Vec<(String, Child)>,
+    // Before `database`: fields drop in order, and the processes must be
+    // gone before their database.
+    processes: Vec<(String, Process)>,
+    _database: ThrowawayPostgres,
     _data_dir: tempfile::TempDir,
 }
 
@@ -50,25 +38,10 @@ impl Cluster {
     /// A fresh database and the environment of every process; `amqp`
     /// selects RabbitMQ as the queue (Redis carries it otherwise).
     async fn new(amqp: bool) -> Cluster {
-        let database = format!("sb_scale_{}", uuid::Uuid::now_v7().simple());
-        let mut admin = sqlx::PgConnection::connect(&postgres_url())
-            .await
-            .unwrap_or_else(|e| {
-                panic!(
-                    "PostgreSQL must run for this test ({}): {e}",
-                    postgres_url()
-                )
-            });
-        // The name is ours: a fixed prefix and a UUID.
-        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {database}")))
-            .execute(&mut admin)
-            .await
-            .unwrap();
-        let base = postgres_url();
-        let url = format!("{}/{database}", &base[..base.rfind('/').unwrap()]);
+        let database = ThrowawayPostgres::create().await;
         let data_dir = tempfile::tempdir().unwrap();
         let mut env = vec![
-            ("DATABASE_URL", url),
+            ("DATABASE_URL", database.url().to_owned()),
             ("REDIS_URL", "redis://127.0.0.1:6379".to_owned()),
             (
                 "SWITCHBOARD_QUEUE__PREFIX",
@@ -90,8 +63,8 @@ impl Cluster {
         }
         Cluster {
             env: env.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
-            database,
             processes: Vec::new(),
+            _database: database,
             _data_dir: data_dir,
         }
     }
@@ -123,105 +96,23 @@ impl Cluster {
 
     /// Starts a long-running process named `name`.
     fn spawn(&mut self, name: &str, args: &[&str]) -> u32 {
-        let child = self
-            .command(args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let pid = child.id();
+        let process = Process::spawn(self.command(args));
+        let pid = process.id();
         println!("started {name} (pid {pid}): switchboard {}", args.join(" "));
-        self.processes.push((name.to_owned(), child));
+        self.processes.push((name.to_owned(), process));
         pid
     }
 
     /// Kills the process with `pid` with SIGKILL; returns its name.
     fn kill(&mut self, pid: u32) -> String {
-        let (name, child) = self
+        let (name, process) = self
             .processes
             .iter_mut()
-            .find(|(_, child)| child.id() == pid)
+            .find(|(_, process)| process.id() == pid)
             .unwrap_or_else(|| panic!("no process {pid} of this cluster"));
-        child.kill().unwrap();
-        child.wait().unwrap();
+        process.kill();
         name.clone()
     }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        for (_, child) in &mut self.processes {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        let database = self.database.clone();
-        // A thread of its own: Drop may run inside the test's runtime.
-        let _ = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            runtime.block_on(async {
-                if let Ok(mut admin) = sqlx::PgConnection::connect(&postgres_url()).await {
-                    let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
-                        "DROP DATABASE IF EXISTS {database} WITH (FORCE)"
-                    )))
-                    .execute(&mut admin)
-                    .await;
-                }
-            });
-        })
-        .join();
-    }
-}
-
-/// A REST client of one instance, signed in.
-struct Api {
-    http: reqwest::Client,
-    base: String,
-    token: String,
-}
-
-impl Api {
-    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
-        let mut request = self
-            .http
-            .request(method, format!("{}{path}", self.base))
-            .bearer_auth(&self.token);
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
-        let response = request.send().await.unwrap();
-        let status = response.status();
-        let answer: Value = response.json().await.unwrap();
-        assert!(status.is_success(), "{path}: {status} {answer}");
-        answer
-    }
-}
-
-/// Waits until `base` answers /readyz, then signs in.
-async fn sign_in(base: String) -> Api {
-    let http = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let ready = http.get(format!("{base}/readyz")).send().await;
-        if matches!(&ready, Ok(r) if r.status().is_success()) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "{base} never became ready");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let login: Value = http
-        .post(format!("{base}/v1/auth:login"))
-        .json(&json!({"email": EMAIL, "password": PASSWORD}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let token = login["accessToken"].as_str().unwrap().to_owned();
-    Api { http, base, token }
 }
 
 /// The test, with RabbitMQ or Redis as the queue.
@@ -246,8 +137,8 @@ async fn a_reply_survives_its_worker_and_crosses_instances(amqp: bool) {
         cluster.spawn("worker-1", &["worker", "--listen", &listen[0]]),
         cluster.spawn("worker-2", &["worker", "--listen", &listen[1]]),
     ];
-    let a = sign_in(format!("http://127.0.0.1:{port_a}")).await;
-    let b = sign_in(format!("http://127.0.0.1:{port_b}")).await;
+    let a = RestClient::sign_in(format!("http://127.0.0.1:{port_a}"), EMAIL, PASSWORD).await;
+    let b = RestClient::sign_in(format!("http://127.0.0.1:{port_b}"), EMAIL, PASSWORD).await;
 
     let conversation = b
         .call(
@@ -270,56 +161,35 @@ async fn a_reply_survives_its_worker_and_crosses_instances(amqp: bool) {
     println!("sent through api-b: reply {mid}, job {job_id}");
 
     // Follow the reply from instance A.
-    let response = a
-        .http
-        .get(format!(
-            "{}/v1/conversations/{cid}/messages/{mid}:stream",
-            a.base
-        ))
-        .bearer_auth(&a.token)
-        .header("accept", "application/x-ndjson")
-        .send()
-        .await
-        .unwrap();
-    assert!(response.status().is_success());
-    let mut body = response.bytes_stream();
-    let mut buffer = Vec::new();
+    let mut stream = a
+        .stream(&format!("/v1/conversations/{cid}/messages/{mid}:stream"))
+        .await;
     let mut events: Vec<Value> = Vec::new();
     let mut killed = None;
     let deadline = Instant::now() + Duration::from_secs(60);
-    'stream: while let Some(chunk) = tokio::time::timeout_at(deadline.into(), body.next())
+    while let Some(line) = tokio::time::timeout_at(deadline.into(), stream.next())
         .await
         .expect("the reply finishes within a minute")
     {
-        buffer.extend_from_slice(&chunk.unwrap());
-        while let Some(end) = buffer.iter().position(|b| *b == b'\n') {
-            let line: Vec<u8> = buffer.drain(..=end).collect();
-            if line.iter().all(u8::is_ascii_whitespace) {
-                continue;
-            }
-            // NDJSON lines are `{"result": event}`.
-            let line: Value = serde_json::from_slice(&line).unwrap();
-            let event = line["result"].clone();
-            assert!(event.is_object(), "{line}");
-            let finished = event.get("done").is_some() || event.get("error").is_some();
-            events.push(event);
-            let deltas = events.iter().filter(|e| e.get("delta").is_some()).count();
-            if killed.is_none() && deltas == 3 {
-                let job = a
-                    .call(reqwest::Method::GET, &format!("/v1/jobs/{job_id}"), None)
-                    .await;
-                let worker = job["worker"].as_str().unwrap();
-                let pid: u32 = worker.rsplit('-').next().unwrap().parse().unwrap();
-                assert!(workers.contains(&pid), "{worker} is one of ours");
-                let name = cluster.kill(pid);
-                println!(
-                    "api-a streamed 3 pieces; SIGKILLed {name} (pid {pid}), which held the job"
-                );
-                killed = Some(pid);
-            }
-            if finished {
-                break 'stream;
-            }
+        // NDJSON lines are `{"result": event}`.
+        let event = line["result"].clone();
+        assert!(event.is_object(), "{line}");
+        let finished = event.get("done").is_some() || event.get("error").is_some();
+        events.push(event);
+        let deltas = events.iter().filter(|e| e.get("delta").is_some()).count();
+        if killed.is_none() && deltas == 3 {
+            let job = a
+                .call(reqwest::Method::GET, &format!("/v1/jobs/{job_id}"), None)
+                .await;
+            let worker = job["worker"].as_str().unwrap();
+            let pid: u32 = worker.rsplit('-').next().unwrap().parse().unwrap();
+            assert!(workers.contains(&pid), "{worker} is one of ours");
+            let name = cluster.kill(pid);
+            println!("api-a streamed 3 pieces; SIGKILLed {name} (pid {pid}), which held the job");
+            killed = Some(pid);
+        }
+        if finished {
+            break;
         }
     }
     let killed = killed.expect("a worker was killed mid-reply");

@@ -7,11 +7,14 @@
 //! with UNAVAILABLE, and the process exits 0 within the grace plus a
 //! small margin.
 
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
 use serde_json::{Value, json};
+use switchboard_testkit::grpc::{self, Wire};
+use switchboard_testkit::ndjson::NdJson;
+use switchboard_testkit::process::{Process, free_port};
+use switchboard_testkit::rest::{RestClient, wait_ready};
 
 const PASSWORD: &str = "correct horse battery staple";
 const EMAIL: &str = "ops@example.test";
@@ -26,15 +29,6 @@ const GRACE: Duration = Duration::from_secs(2);
 /// workers and close the database (README: "within the grace plus about a
 /// second"); this bounds the test's wait, it measures nothing.
 const MARGIN: Duration = Duration::from_secs(3);
-
-/// A free port on 127.0.0.1.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// The binary with `args`, against the SQLite database in `data_dir`.
 fn switchboard(data_dir: &std::path::Path, args: &[&str]) -> Command {
@@ -58,192 +52,54 @@ fn switchboard(data_dir: &std::path::Path, args: &[&str]) -> Command {
     command
 }
 
-/// A long-running process, killed if the test ends before it exits.
-struct Process(Child);
+/// Signs in to the instance at `base` once it is ready.
+async fn sign_in(base: String) -> RestClient {
+    RestClient::sign_in(base, EMAIL, PASSWORD).await
+}
 
-impl Process {
-    fn spawn(mut command: Command) -> Process {
-        Process(
-            command
-                .stdout(Stdio::null())
-                .stderr(Stdio::inherit())
-                .spawn()
-                .unwrap(),
+/// Creates a conversation and sends `content`: (conversation, reply).
+async fn send(api: &RestClient, content: &str) -> (String, String) {
+    let conversation = api
+        .call(
+            reqwest::Method::POST,
+            "/v1/conversations",
+            Some(json!({"title": "shutdown"})),
         )
-    }
-
-    /// Sends SIGTERM, as an orchestrator does.
-    fn terminate(&self) {
-        let sent = Command::new("kill")
-            .args(["-TERM", &self.0.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(sent.success());
-    }
-
-    /// The exit status, waiting at most until `deadline`.
-    async fn exit_by(&mut self, deadline: Instant) -> Option<ExitStatus> {
-        loop {
-            if let Some(status) = self.0.try_wait().unwrap() {
-                return Some(status);
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
+        .await;
+    let cid = conversation["id"].as_str().unwrap().to_owned();
+    let sent = api
+        .call(
+            reqwest::Method::POST,
+            &format!("/v1/conversations/{cid}/messages"),
+            Some(json!({"content": content})),
+        )
+        .await;
+    let mid = sent["reply"]["id"].as_str().unwrap().to_owned();
+    (cid, mid)
 }
 
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+/// The reply's events as NDJSON lines.
+async fn stream(api: &RestClient, cid: &str, mid: &str) -> NdJson {
+    api.stream(&format!("/v1/conversations/{cid}/messages/{mid}:stream"))
+        .await
 }
 
-/// Waits until `base` answers /readyz with 200.
-async fn wait_ready(http: &reqwest::Client, base: &str) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let ready = http.get(format!("{base}/readyz")).send().await;
-        if matches!(&ready, Ok(r) if r.status().is_success()) {
-            return;
-        }
-        assert!(Instant::now() < deadline, "{base} never became ready");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// A REST client of one instance, signed in.
-struct Api {
-    http: reqwest::Client,
-    base: String,
-    token: String,
-}
-
-impl Api {
-    async fn sign_in(base: String) -> Api {
-        let http = reqwest::Client::new();
-        wait_ready(&http, &base).await;
-        let login: Value = http
-            .post(format!("{base}/v1/auth:login"))
-            .json(&json!({"email": EMAIL, "password": PASSWORD}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let token = login["accessToken"].as_str().unwrap().to_owned();
-        Api { http, base, token }
-    }
-
-    async fn post(&self, path: &str, body: Value) -> reqwest::Result<reqwest::Response> {
-        self.http
-            .post(format!("{}{path}", self.base))
-            .bearer_auth(&self.token)
-            .json(&body)
-            .send()
-            .await
-    }
-
-    /// Creates a conversation and sends `content`: (conversation, reply).
-    async fn send(&self, content: &str) -> (String, String) {
-        let conversation: Value = self
-            .post("/v1/conversations", json!({"title": "shutdown"}))
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let cid = conversation["id"].as_str().unwrap().to_owned();
-        let sent: Value = self
-            .post(
-                &format!("/v1/conversations/{cid}/messages"),
-                json!({"content": content}),
-            )
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let mid = sent["reply"]["id"].as_str().unwrap().to_owned();
-        (cid, mid)
-    }
-
-    /// The reply's events as NDJSON lines.
-    async fn stream(&self, cid: &str, mid: &str) -> NdJson {
-        let response = self
-            .http
-            .get(format!(
-                "{}/v1/conversations/{cid}/messages/{mid}:stream",
-                self.base
-            ))
-            .bearer_auth(&self.token)
-            .header("accept", "application/x-ndjson")
-            .send()
-            .await
-            .unwrap();
-        assert!(response.status().is_success());
-        NdJson {
-            body: Box::pin(
-                response
-                    .bytes_stream()
-                    .map(|chunk| chunk.map(|b| b.to_vec())),
-            ),
-            buffer: Vec::new(),
-        }
-    }
-
-    /// The stored message `mid` of conversation `cid`.
-    async fn message(&self, cid: &str, mid: &str) -> Value {
-        let listed: Value = self
-            .http
-            .get(format!("{}/v1/conversations/{cid}/messages", self.base))
-            .bearer_auth(&self.token)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        listed["messages"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|message| message["id"] == mid)
-            .cloned()
-            .unwrap_or_else(|| panic!("no message {mid}: {listed}"))
-    }
-}
-
-/// The lines of an NDJSON response.
-struct NdJson {
-    body: futures::stream::BoxStream<'static, reqwest::Result<Vec<u8>>>,
-    buffer: Vec<u8>,
-}
-
-impl NdJson {
-    /// The next line; `None` when the response ended cleanly. Panics if the
-    /// connection is cut (a body error), which is what must not happen.
-    async fn next(&mut self) -> Option<Value> {
-        loop {
-            if let Some(end) = self.buffer.iter().position(|b| *b == b'\n') {
-                let line: Vec<u8> = self.buffer.drain(..=end).collect();
-                return Some(serde_json::from_slice(&line).unwrap());
-            }
-            match self.body.next().await {
-                Some(chunk) => self
-                    .buffer
-                    .extend_from_slice(&chunk.expect("the stream is ended, not cut")),
-                None => {
-                    assert!(self.buffer.is_empty(), "a partial line was left");
-                    return None;
-                }
-            }
-        }
-    }
+/// The stored message `mid` of conversation `cid`.
+async fn message(api: &RestClient, cid: &str, mid: &str) -> Value {
+    let listed = api
+        .call(
+            reqwest::Method::GET,
+            &format!("/v1/conversations/{cid}/messages"),
+            None,
+        )
+        .await;
+    listed["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|message| message["id"] == mid)
+        .cloned()
+        .unwrap_or_else(|| panic!("no message {mid}: {listed}"))
 }
 
 /// The status code of `GET {base}{path}`; panics if the connection is
@@ -260,38 +116,22 @@ async fn status_of(base: &str, path: &str) -> u16 {
 
 /// A new gRPC-Web call (ChatService.ListConversations, empty request):
 /// its `grpc-status`.
-async fn grpc_web_status(api: &Api) -> String {
-    let response = api
-        .http
-        .post(format!(
-            "{}/switchboard.v1.ChatService/ListConversations",
-            api.base
-        ))
-        .bearer_auth(&api.token)
-        .header("content-type", "application/grpc-web+proto")
-        .header("x-grpc-web", "1")
-        .body(vec![0u8, 0, 0, 0, 0])
-        .send()
+async fn grpc_web_status(api: &RestClient) -> String {
+    let response = grpc::request(
+        &api.http,
+        Wire::GrpcWeb,
+        &format!("{}/switchboard.v1.ChatService/ListConversations", api.base),
+    )
+    .bearer_auth(&api.token)
+    .body(grpc::frame(&[]))
+    .send()
+    .await
+    .expect("a new call is answered during the grace, not refused");
+    grpc::read_response(response, Wire::GrpcWeb)
         .await
-        .expect("a new call is answered during the grace, not refused");
-    let header = response
-        .headers()
-        .get("grpc-status")
-        .map(|v| v.to_str().unwrap().to_owned());
-    match header {
-        Some(status) => status,
-        None => {
-            // Not trailers-only: the status is in the trailer frame.
-            let body = response.bytes().await.unwrap();
-            let text = String::from_utf8_lossy(&body).to_string();
-            text.split("grpc-status:")
-                .nth(1)
-                .and_then(|rest| rest.split("\r\n").next())
-                .unwrap_or("")
-                .trim()
-                .to_owned()
-        }
-    }
+        .status
+        .code
+        .to_string()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -308,11 +148,11 @@ async fn serve_drains_on_sigterm_and_exits_within_its_grace() {
     let listen = format!("127.0.0.1:{port}");
     let mut server = Process::spawn(switchboard(dir.path(), &["serve", "--listen", &listen]));
     let base = format!("http://{listen}");
-    let api = Api::sign_in(base.clone()).await;
+    let api = sign_in(base.clone()).await;
 
     // A reply that stalls after two tokens: its stream stays open.
-    let (cid, mid) = api.send("hold on [dev:stall]").await;
-    let mut stream = api.stream(&cid, &mid).await;
+    let (cid, mid) = send(&api, "hold on [dev:stall]").await;
+    let mut stream = stream(&api, &cid, &mid).await;
     let mut deltas = 0;
     while deltas < 2 {
         let line = stream.next().await.expect("two pieces before the stall");
@@ -434,14 +274,14 @@ async fn a_worker_with_a_listener_drains_on_sigterm() {
     ));
     let worker_base = format!("http://{worker_listen}");
     wait_ready(&reqwest::Client::new(), &worker_base).await;
-    let api = Api::sign_in(format!("http://{api_listen}")).await;
+    let api = sign_in(format!("http://{api_listen}")).await;
 
     // A reply of about 30 tokens 40 ms apart: about 1.2 s of work, which
     // fits in the grace.
-    let (cid, mid) = api.send("a reply the worker finishes").await;
+    let (cid, mid) = send(&api, "a reply the worker finishes").await;
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let reply = api.message(&cid, &mid).await;
+        let reply = message(&api, &cid, &mid).await;
         if reply["status"] == "MESSAGE_STATUS_STREAMING" {
             break;
         }
@@ -464,7 +304,7 @@ async fn a_worker_with_a_listener_drains_on_sigterm() {
         .await
         .expect("the worker exits within its grace and the margin");
     assert!(status.success(), "exit status {status}");
-    let reply = api.message(&cid, &mid).await;
+    let reply = message(&api, &cid, &mid).await;
     assert_eq!(
         reply["status"], "MESSAGE_STATUS_COMPLETE",
         "the running job finished within the grace: {reply}"

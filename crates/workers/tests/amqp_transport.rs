@@ -1,6 +1,5 @@
 //! The AMQP job transport against the real RabbitMQ on 127.0.0.1:5672.
 
-mod tcp_proxy;
 mod transport_scenarios;
 
 use std::sync::Arc;
@@ -10,8 +9,8 @@ use chrono::Utc;
 use lapin::options::QueueDeleteOptions;
 use switchboard_core::error::Error;
 use switchboard_core::jobs::JobTransport;
+use switchboard_testkit::tcp_proxy::TcpProxy;
 use switchboard_workers::amqp::{AmqpTransport, AmqpTransportConfig};
-use tcp_proxy::TcpProxy;
 use transport_scenarios::{assert_nothing_within, receive_within};
 
 const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";

@@ -1,6 +1,5 @@
 //! The Redis job transport against the real Redis on 127.0.0.1:6379.
 
-mod tcp_proxy;
 mod transport_scenarios;
 
 use std::sync::Arc;
@@ -9,8 +8,8 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use switchboard_core::error::Error;
 use switchboard_core::jobs::JobTransport;
+use switchboard_testkit::tcp_proxy::TcpProxy;
 use switchboard_workers::redis::{RedisTransport, RedisTransportConfig};
-use tcp_proxy::TcpProxy;
 use transport_scenarios::{assert_nothing_within, receive_within};
 
 const REDIS_URL: &str = "redis://127.0.0.1:6379";

@@ -2,16 +2,16 @@
 //! on it ([`TestApp`]), and a macro that runs each scenario on both engines.
 //!
 //! PostgreSQL is reached at `SWITCHBOARD_TEST_POSTGRES_URL` (default
-//! `postgres://postgres@127.0.0.1:5432/postgres`); each test creates a
-//! database `sb_test_<uuid>` there and drops it afterwards. If PostgreSQL is
-//! not reachable the PostgreSQL tests fail, loudly: they are never skipped.
+//! `postgres://postgres@127.0.0.1:5432/postgres`); each test gets a
+//! [`ThrowawayPostgres`] database there, dropped afterwards. If PostgreSQL
+//! is not reachable the PostgreSQL tests fail, loudly: they are never
+//! skipped.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::StreamExt;
-use sqlx::Connection;
 use switchboard_app::Services;
 use switchboard_core::Result;
 use switchboard_core::chat::{
@@ -21,6 +21,7 @@ use switchboard_core::config::{Config, EngineConfig, QueueConfig, Secret};
 use switchboard_core::db::Database;
 use switchboard_core::identity::Principal;
 use switchboard_core::jobs::{Delivery, JobTransport, Jobs, RetryPolicy};
+use switchboard_testkit::ThrowawayPostgres;
 use tempfile::TempDir;
 
 /// Runs each named scenario `async fn name(db: TestDb)` as a test on SQLite
@@ -47,23 +48,20 @@ macro_rules! on_both_databases {
 }
 pub(crate) use on_both_databases;
 
-const DEFAULT_POSTGRES_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
-
 /// A fresh, empty database and the configuration that selects it; removed
 /// when dropped.
 pub(crate) struct TestDb {
     pub(crate) config: Config,
-    cleanup: Cleanup,
+    /// Held only to be dropped with the `TestDb`.
+    _cleanup: Cleanup,
 }
 
+/// What removes the database when the [`TestDb`] is dropped.
 enum Cleanup {
     /// Someone else's: another `TestDb` removes it.
     None,
     Sqlite(#[allow(dead_code)] TempDir),
-    Postgres {
-        admin_url: String,
-        name: String,
-    },
+    Postgres(#[allow(dead_code)] ThrowawayPostgres),
 }
 
 impl TestDb {
@@ -76,35 +74,20 @@ impl TestDb {
         });
         TestDb {
             config,
-            cleanup: Cleanup::Sqlite(dir),
+            _cleanup: Cleanup::Sqlite(dir),
         }
     }
 
     /// A new database on the PostgreSQL server of the test environment.
     pub(crate) async fn postgres() -> TestDb {
-        let admin_url = std::env::var("SWITCHBOARD_TEST_POSTGRES_URL")
-            .unwrap_or_else(|_| DEFAULT_POSTGRES_URL.to_owned());
-        let mut admin = sqlx::PgConnection::connect(&admin_url).await.unwrap_or_else(|err| {
-            panic!(
-                "\n\n*** PostgreSQL is not reachable at {admin_url}: {err}\n\
-                 *** These tests need a real PostgreSQL server; they are never skipped.\n\
-                 *** Start it (e.g. `service postgresql start` or `pg_ctlcluster 15 main start`)\n\
-                 *** or point SWITCHBOARD_TEST_POSTGRES_URL at one (trust auth, may CREATE DATABASE).\n\n"
-            )
-        });
-        let name = format!("sb_test_{}", uuid::Uuid::now_v7().simple());
-        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-            .execute(&mut admin)
-            .await
-            .expect("create the test database");
-        admin.close().await.ok();
+        let database = ThrowawayPostgres::create().await;
         let config = test_config(Config {
-            database_url: Some(Secret::new(database_url(&admin_url, &name))),
+            database_url: Some(Secret::new(database.url().to_owned())),
             ..Config::default()
         });
         TestDb {
             config,
-            cleanup: Cleanup::Postgres { admin_url, name },
+            _cleanup: Cleanup::Postgres(database),
         }
     }
 
@@ -113,7 +96,7 @@ impl TestDb {
     pub(crate) fn reopen(config: Config) -> TestDb {
         TestDb {
             config,
-            cleanup: Cleanup::None,
+            _cleanup: Cleanup::None,
         }
     }
 
@@ -123,50 +106,6 @@ impl TestDb {
         db.migrate().await.expect("migrate");
         db
     }
-}
-
-impl Drop for TestDb {
-    fn drop(&mut self) {
-        let Cleanup::Postgres { admin_url, name } = &self.cleanup else {
-            return;
-        };
-        let (admin_url, name) = (admin_url.clone(), name.clone());
-        // Drop cannot await, and the test's runtime may be gone or busy: use
-        // a thread with a runtime of its own. FORCE ends leftover connections.
-        let dropped = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            runtime.block_on(async {
-                let mut admin = sqlx::PgConnection::connect(&admin_url).await?;
-                sqlx::query(sqlx::AssertSqlSafe(format!(
-                    "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-                )))
-                .execute(&mut admin)
-                .await?;
-                admin.close().await
-            })?;
-            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
-        })
-        .join();
-        if !matches!(dropped, Ok(Ok(()))) {
-            eprintln!("warning: could not drop a test database: {dropped:?}");
-        }
-    }
-}
-
-/// The admin URL with its database replaced by `name`.
-fn database_url(admin_url: &str, name: &str) -> String {
-    let (base, query) = admin_url
-        .split_once('?')
-        .map_or((admin_url, ""), |(b, q)| (b, q));
-    let (server, _) = base.rsplit_once('/').expect("a PostgreSQL URL has a path");
-    let query = if query.is_empty() {
-        String::new()
-    } else {
-        format!("?{query}")
-    };
-    format!("{server}/{name}{query}")
 }
 
 /// Retries of reply jobs in tests: one attempt, unless a test asks for more.

@@ -11,15 +11,12 @@
 
 use switchboard_core::identity::Role;
 use switchboard_proto::v1;
+use switchboard_testkit::grpc::{self, GrpcStatus, Wire};
 
 use crate::support::{Account, TestApp};
 
 /// What a call was answered with, as a gRPC code and message.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Answer {
-    code: i32,
-    message: String,
-}
+type Answer = GrpcStatus;
 
 const UNAUTHENTICATED: i32 = 16;
 const PERMISSION_DENIED: i32 = 7;
@@ -39,69 +36,16 @@ fn refused_by_guard(answer: &Answer) -> bool {
                     .starts_with("this method is for administrators"))
 }
 
-/// The code of a gRPC or gRPC-Web answer to an empty request: an error
-/// before any message comes "trailers-only", in the headers; otherwise the
-/// body's trailer frame (gRPC-Web) says, and a plain 200 is OK.
+/// The status of a gRPC or gRPC-Web answer to an empty request, read off
+/// the wire by the test kit (a missing or unparsable `grpc-status` fails).
 async fn grpc_call(client: &reqwest::Client, url: &str, token: Option<&str>, web: bool) -> Answer {
-    let mut request = client
-        .post(url)
-        .header(
-            "content-type",
-            if web {
-                "application/grpc-web+proto"
-            } else {
-                "application/grpc"
-            },
-        )
-        .body(vec![0u8, 0, 0, 0, 0]);
-    if web {
-        request = request.header("x-grpc-web", "1");
-    } else {
-        request = request.header("te", "trailers");
-    }
+    let wire = if web { Wire::GrpcWeb } else { Wire::Grpc };
+    let mut request = grpc::request(client, wire, url).body(vec![0u8, 0, 0, 0, 0]);
     if let Some(token) = token {
         request = request.bearer_auth(token);
     }
     let response = request.send().await.expect("the call is sent");
-    let header = |name: &str| {
-        response
-            .headers()
-            .get(name)
-            .map(|value| value.to_str().unwrap_or_default().to_owned())
-    };
-    if let Some(code) = header("grpc-status") {
-        return Answer {
-            code: code.parse().expect("a numeric grpc-status"),
-            message: percent_decode(&header("grpc-message").unwrap_or_default()),
-        };
-    }
-    use http_body_util::BodyExt as _;
-    let collected = http::Response::from(response)
-        .into_body()
-        .collect()
-        .await
-        .expect("the answer's body is read");
-    // Native gRPC sends the status in HTTP/2 trailers; gRPC-Web in a
-    // trailer frame at the end of the body.
-    let trailers = collected.trailers().cloned();
-    let body = collected.to_bytes();
-    let text = String::from_utf8_lossy(&body);
-    let trailer = |name: &str| match &trailers {
-        Some(trailers) => trailers
-            .get(name)
-            .map(|v| v.to_str().unwrap_or_default().to_owned()),
-        None => text.lines().find_map(|line| {
-            line.split_once(&format!("{name}:"))
-                .map(|(_, v)| v.trim().to_owned())
-        }),
-    };
-    let code = trailer("grpc-status").unwrap_or_else(|| panic!("no grpc-status from {url}"));
-    Answer {
-        code: code
-            .parse()
-            .unwrap_or_else(|_| panic!("grpc-status {code:?} from {url} is not a number")),
-        message: percent_decode(&trailer("grpc-message").unwrap_or_default()),
-    }
+    grpc::read_response(response, wire).await.status
 }
 
 /// The codes an admitted call may end with, each for a stated reason: the
@@ -120,12 +64,6 @@ const EXPECTED_OF_ADMITTED: &[(i32, &str)] = &[
     (PERMISSION_DENIED, "PERMISSION_DENIED by the service"),
     (UNAUTHENTICATED, "UNAUTHENTICATED by the service"),
 ];
-
-fn percent_decode(text: &str) -> String {
-    percent_encoding::percent_decode_str(text)
-        .decode_utf8_lossy()
-        .into_owned()
-}
 
 /// The code of a REST answer: the google.rpc.Status body of an error, or 0.
 async fn rest_call(

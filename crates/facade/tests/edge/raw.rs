@@ -2,46 +2,17 @@
 //! gRPC and gRPC-Web bodies framed by hand, and HTTP/1.1 written on a bare
 //! TCP socket, so a test can send what no well-behaved client library would.
 
-use bytes::{BufMut, BytesMut};
+use switchboard_testkit::grpc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::support::TestApp;
 
-/// What a gRPC or gRPC-Web call was answered with.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct GrpcAnswer {
-    pub(crate) code: i32,
-    pub(crate) message: String,
-}
-
-/// How a gRPC body travels.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Wire {
-    /// Native gRPC over h2c.
-    Grpc,
-    /// gRPC-Web, binary, over HTTP/1.1.
-    GrpcWeb,
-    /// gRPC-Web, base64 text, over HTTP/1.1.
-    GrpcWebText,
-}
-
-impl Wire {
-    pub(crate) const ALL: [Wire; 3] = [Wire::Grpc, Wire::GrpcWeb, Wire::GrpcWebText];
-}
-
-/// One length-prefixed gRPC message frame around `message`.
-pub(crate) fn frame(message: &[u8]) -> Vec<u8> {
-    let mut body = BytesMut::new();
-    body.put_u8(0);
-    body.put_u32(message.len() as u32);
-    body.put_slice(message);
-    body.to_vec()
-}
-
+/// What a gRPC or gRPC-Web call was answered with, how a gRPC body travels,
+/// and its framing: the test kit's, shared with every suite.
+pub(crate) use switchboard_testkit::grpc::{GrpcStatus as GrpcAnswer, Wire, frame};
 /// Sends `body` (already framed; base64-encoded here for gRPC-Web text
 /// unless `encoded`) to the gRPC `method` with `headers` and returns the
-/// status: from the headers of a trailers-only answer, else from the
-/// trailer frame of a gRPC-Web body; a native answer with a message is 0.
+/// status as [`grpc::read_response`] reads it (a missing one fails).
 pub(crate) async fn grpc_call(
     app: &TestApp,
     wire: Wire,
@@ -74,19 +45,6 @@ pub(crate) async fn grpc_call_encoded(
             .expect("an h2c client"),
         _ => reqwest::Client::new(),
     };
-    let content_type = match wire {
-        Wire::Grpc => "application/grpc",
-        Wire::GrpcWeb => "application/grpc-web+proto",
-        Wire::GrpcWebText => "application/grpc-web-text",
-    };
-    let mut request = client
-        .post(app.url(method))
-        .header("content-type", content_type)
-        .body(body);
-    request = match wire {
-        Wire::Grpc => request.header("te", "trailers"),
-        _ => request.header("x-grpc-web", "1"),
-    };
     let mut header_map = reqwest::header::HeaderMap::new();
     for (name, value) in headers {
         header_map.append(
@@ -94,8 +52,9 @@ pub(crate) async fn grpc_call_encoded(
             value.parse().expect("a header value"),
         );
     }
-    let response = request
+    let response = grpc::request(&client, wire, &app.url(method))
         .headers(header_map)
+        .body(body)
         .send()
         .await
         .expect("the call is sent");
@@ -104,63 +63,7 @@ pub(crate) async fn grpc_call_encoded(
         200,
         "gRPC answers 200 whatever the status"
     );
-    let header = |name: &str| {
-        response
-            .headers()
-            .get(name)
-            .map(|value| value.to_str().unwrap_or_default().to_owned())
-    };
-    if let Some(code) = header("grpc-status") {
-        return GrpcAnswer {
-            code: code.parse().expect("a numeric grpc-status"),
-            message: percent_decode(&header("grpc-message").unwrap_or_default()),
-        };
-    }
-    let body = response.bytes().await.unwrap_or_default();
-    let body = if wire == Wire::GrpcWebText {
-        use base64::Engine as _;
-        // Each chunk the server wrote is padded base64 of its own.
-        let text = String::from_utf8_lossy(&body).into_owned();
-        let mut decoded = Vec::new();
-        for piece in text.split_inclusive('=') {
-            let piece = piece.trim_matches('=');
-            if piece.is_empty() {
-                continue;
-            }
-            let padded = format!("{piece}{}", "=".repeat((4 - piece.len() % 4) % 4));
-            decoded.extend(
-                base64::engine::general_purpose::STANDARD
-                    .decode(padded)
-                    .unwrap_or_default(),
-            );
-        }
-        decoded.into()
-    } else {
-        body
-    };
-    let text = String::from_utf8_lossy(&body);
-    let trailer = |name: &str| {
-        text.lines().find_map(|line| {
-            line.split_once(&format!("{name}:"))
-                .map(|(_, value)| value.trim().to_owned())
-        })
-    };
-    match trailer("grpc-status") {
-        Some(code) => GrpcAnswer {
-            code: code.parse().unwrap_or(2),
-            message: percent_decode(&trailer("grpc-message").unwrap_or_default()),
-        },
-        None => GrpcAnswer {
-            code: 0,
-            message: String::new(),
-        },
-    }
-}
-
-fn percent_decode(text: &str) -> String {
-    percent_encoding::percent_decode_str(text)
-        .decode_utf8_lossy()
-        .into_owned()
+    grpc::read_response(response, wire).await.status
 }
 
 /// Writes `head` (an HTTP/1.1 request head, without the blank line) on a

@@ -9,16 +9,16 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
 /// Forwards every connection to its target until cut or dropped.
-pub(crate) struct TcpProxy {
+pub struct TcpProxy {
     /// Where clients connect.
-    pub(crate) addr: SocketAddr,
+    pub addr: SocketAddr,
     connections: Arc<Mutex<Vec<JoinHandle<()>>>>,
     acceptor: JoinHandle<()>,
 }
 
 impl TcpProxy {
     /// Starts forwarding a fresh local port to `target` (such as "127.0.0.1:6379").
-    pub(crate) async fn start(target: &'static str) -> Self {
+    pub async fn start(target: &'static str) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let connections = Arc::new(Mutex::new(Vec::new()));
@@ -41,7 +41,7 @@ impl TcpProxy {
     }
 
     /// Closes every connection open now; new ones are still forwarded.
-    pub(crate) fn cut(&self) {
+    pub fn cut(&self) {
         for connection in self.connections.lock().unwrap().drain(..) {
             connection.abort();
         }
