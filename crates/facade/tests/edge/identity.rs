@@ -39,11 +39,9 @@ async fn audit_actions(app: &TestApp, admin: &Account, action: &str) -> Vec<Valu
 
 async fn a_new_user_registers_signs_in_and_chats_over_every_transport(app: &TestApp) {
     let (status, registered) = app
-        .rest(
-            "POST",
-            "/v1/auth:register",
+        .call_register(
             None,
-            Some(json!({"email": "New@Example.test", "password": PASSWORD, "displayName": "New"})),
+            json!({"email": "New@Example.test", "password": PASSWORD, "displayName": "New"}),
         )
         .await;
     assert_eq!(status, 200, "{registered}");
@@ -66,12 +64,7 @@ async fn a_new_user_registers_signs_in_and_chats_over_every_transport(app: &Test
 
     // REST: create and list.
     let (status, created) = app
-        .rest(
-            "POST",
-            "/v1/conversations",
-            Some(&token),
-            Some(json!({"title": "mine"})),
-        )
+        .create_conversation(Some(&token), json!({"title": "mine"}))
         .await;
     assert_eq!(status, 200, "{created}");
     let id = created["id"].as_str().unwrap().to_owned();
@@ -102,7 +95,7 @@ async fn a_new_user_registers_signs_in_and_chats_over_every_transport(app: &Test
     assert_eq!(listed.conversations.len(), 1);
     assert_eq!(listed.conversations[0].id, id);
     // And who am I.
-    let (status, me) = app.rest("GET", "/v1/me", Some(&token), None).await;
+    let (status, me) = app.get_me(Some(&token)).await;
     assert_eq!(
         (status, me["email"].as_str()),
         (200, Some("new@example.test"))
@@ -112,12 +105,7 @@ async fn a_new_user_registers_signs_in_and_chats_over_every_transport(app: &Test
 async fn another_user_never_sees_the_first_users_conversations(app: &TestApp) {
     let owner = &app.owner;
     let (_, conversation) = app
-        .rest(
-            "POST",
-            "/v1/conversations",
-            Some(&owner.access_token),
-            Some(json!({"title": "private"})),
-        )
+        .create_conversation(Some(&owner.access_token), json!({"title": "private"}))
         .await;
     let cid = conversation["id"].as_str().unwrap().to_owned();
     let (status, sent) = app
@@ -192,14 +180,7 @@ async fn another_user_never_sees_the_first_users_conversations(app: &TestApp) {
             assert_eq!(status, 404, "{rpc} over REST: {answer}");
             assert!(!answer.to_string().contains("secret"));
         }
-        let (status, listed) = app
-            .rest(
-                "GET",
-                "/v1/conversations",
-                Some(&intruder.access_token),
-                None,
-            )
-            .await;
+        let (status, listed) = app.list_conversations(Some(&intruder.access_token)).await;
         assert_eq!(status, 200);
         assert!(
             !listed.to_string().contains(&cid),
@@ -323,9 +304,7 @@ async fn every_forged_or_stale_credential_is_a_401_on_every_transport(app: &Test
     };
     // The control: a token signed like the server's is accepted.
     let (control, key) = sign_with_server_key(app, &claims(&|_| {})).await;
-    let (status, _) = app
-        .rest("GET", "/v1/conversations", Some(&control), None)
-        .await;
+    let (status, _) = app.list_conversations(Some(&control)).await;
     assert_eq!(
         status, 200,
         "the control token must work, or the cases below prove nothing"
@@ -379,12 +358,7 @@ async fn every_forged_or_stale_credential_is_a_401_on_every_transport(app: &Test
 
     // A revoked API key, and the token of a disabled user.
     let (_, key_created) = app
-        .rest(
-            "POST",
-            "/v1/me/api-keys",
-            Some(&owner.access_token),
-            Some(json!({"name": "soon revoked"})),
-        )
+        .create_api_key(Some(&owner.access_token), json!({"name": "soon revoked"}))
         .await;
     let revoked_key = key_created["secret"].as_str().unwrap().to_owned();
     let key_id = key_created["apiKey"]["id"].as_str().unwrap();
@@ -424,9 +398,7 @@ async fn every_forged_or_stale_credential_is_a_401_on_every_transport(app: &Test
         ("garbage", Some("not.a.token".into())),
     ];
     for (name, token) in &cases {
-        let (status, body) = app
-            .rest("GET", "/v1/conversations", token.as_deref(), None)
-            .await;
+        let (status, body) = app.list_conversations(token.as_deref()).await;
         assert_eq!(status, 401, "{name} over REST: {body}");
         let message = body["message"].as_str().unwrap();
         assert!(
@@ -467,43 +439,28 @@ async fn every_forged_or_stale_credential_is_a_401_on_every_transport(app: &Test
 async fn refresh_tokens_rotate_and_a_reused_one_ends_the_session(app: &TestApp) {
     let owner = &app.owner;
     let (status, fresh) = app
-        .rest(
-            "POST",
-            "/v1/auth:refresh",
-            None,
-            Some(json!({"refreshToken": owner.refresh_token})),
-        )
+        .call_refresh(None, json!({"refreshToken": owner.refresh_token}))
         .await;
     assert_eq!(status, 200, "{fresh}");
     let new_refresh = fresh["refreshToken"].as_str().unwrap();
     assert_ne!(new_refresh, owner.refresh_token, "refresh tokens rotate");
     let new_access = fresh["accessToken"].as_str().unwrap();
-    let (status, _) = app.rest("GET", "/v1/me", Some(new_access), None).await;
+    let (status, _) = app.get_me(Some(new_access)).await;
     assert_eq!(status, 200);
 
     // Someone replays the old one: refused, and the whole session ends.
     let (status, _) = app
-        .rest(
-            "POST",
-            "/v1/auth:refresh",
-            None,
-            Some(json!({"refreshToken": owner.refresh_token})),
-        )
+        .call_refresh(None, json!({"refreshToken": owner.refresh_token}))
         .await;
     assert_eq!(status, 401);
     let (status, _) = app
-        .rest(
-            "POST",
-            "/v1/auth:refresh",
-            None,
-            Some(json!({"refreshToken": new_refresh})),
-        )
+        .call_refresh(None, json!({"refreshToken": new_refresh}))
         .await;
     assert_eq!(
         status, 401,
         "the rotated token of a revoked session is dead too"
     );
-    let (status, _) = app.rest("GET", "/v1/me", Some(new_access), None).await;
+    let (status, _) = app.get_me(Some(new_access)).await;
     assert_eq!(status, 401, "so are the session's access tokens");
 
     let admin = app.account("auditor@example.test", Role::Admin).await;
@@ -515,39 +472,28 @@ async fn refresh_tokens_rotate_and_a_reused_one_ends_the_session(app: &TestApp) 
     // Logout ends a session at once.
     let second = app.account("leaver@example.test", Role::User).await;
     let (status, _) = app
-        .rest(
-            "POST",
-            "/v1/auth:logout",
-            None,
-            Some(json!({"refreshToken": second.refresh_token})),
-        )
+        .call_logout(None, json!({"refreshToken": second.refresh_token}))
         .await;
     assert_eq!(status, 200);
-    let (status, _) = app
-        .rest("GET", "/v1/me", Some(&second.access_token), None)
-        .await;
+    let (status, _) = app.get_me(Some(&second.access_token)).await;
     assert_eq!(status, 401);
 }
 
 async fn api_keys_are_shown_once_restricted_and_revocable(app: &TestApp) {
     let owner = &app.owner;
     let (status, created) = app
-        .rest(
-            "POST",
-            "/v1/me/api-keys",
+        .create_api_key(
             Some(&owner.access_token),
-            Some(json!({"name": "reader", "permissions": ["conversations.read"]})),
+            json!({"name": "reader", "permissions": ["conversations.read"]}),
         )
         .await;
     assert_eq!(status, 200, "{created}");
     let secret = created["secret"].as_str().unwrap().to_owned();
     assert!(secret.starts_with("sbk_"));
     let (status, refused) = app
-        .rest(
-            "POST",
-            "/v1/me/api-keys",
+        .create_api_key(
             Some(&owner.access_token),
-            Some(json!({"name": "greedy", "permissions": ["users.read"]})),
+            json!({"name": "greedy", "permissions": ["users.read"]}),
         )
         .await;
     assert_eq!(status, 400, "a key cannot exceed its owner: {refused}");
@@ -561,33 +507,19 @@ async fn api_keys_are_shown_once_restricted_and_revocable(app: &TestApp) {
         .await
         .unwrap();
     assert_eq!(response.status(), 200);
-    let (status, _) = app
-        .rest("GET", "/v1/conversations", Some(&secret), None)
-        .await;
+    let (status, _) = app.list_conversations(Some(&secret)).await;
     assert_eq!(status, 200);
     let (status, _) = app
-        .rest(
-            "POST",
-            "/v1/conversations",
-            Some(&secret),
-            Some(json!({"title": "x"})),
-        )
+        .create_conversation(Some(&secret), json!({"title": "x"}))
         .await;
     assert_eq!(status, 403);
     // A key never mints another key, restricted or not.
     let (status, body) = app
-        .rest(
-            "POST",
-            "/v1/me/api-keys",
-            Some(&secret),
-            Some(json!({"name": "child"})),
-        )
+        .create_api_key(Some(&secret), json!({"name": "child"}))
         .await;
     assert_eq!(status, 403, "{body}");
 
-    let (_, listed) = app
-        .rest("GET", "/v1/me/api-keys", Some(&owner.access_token), None)
-        .await;
+    let (_, listed) = app.list_api_keys(Some(&owner.access_token)).await;
     let keys = listed["apiKeys"].as_array().unwrap();
     assert_eq!(keys.len(), 1);
     assert!(
@@ -609,9 +541,7 @@ async fn api_keys_are_shown_once_restricted_and_revocable(app: &TestApp) {
         )
         .await;
     assert_eq!(status, 200);
-    let (status, _) = app
-        .rest("GET", "/v1/conversations", Some(&secret), None)
-        .await;
+    let (status, _) = app.list_conversations(Some(&secret)).await;
     assert_eq!(status, 401);
     let admin = app.account("keys-auditor@example.test", Role::Admin).await;
     assert_eq!(audit_actions(app, &admin, "api_key.create").await.len(), 1);
@@ -620,13 +550,8 @@ async fn api_keys_are_shown_once_restricted_and_revocable(app: &TestApp) {
 
 async fn sign_in_is_throttled_and_never_tells_which_accounts_exist(app: &TestApp) {
     let login = |email: &'static str, password: &'static str| async move {
-        app.rest(
-            "POST",
-            "/v1/auth:login",
-            None,
-            Some(json!({"email": email, "password": password})),
-        )
-        .await
+        app.call_login(None, json!({"email": email, "password": password}))
+            .await
     };
     let unknown = login("nobody@example.test", "wrong password here").await;
     let wrong = login("owner@example.test", "wrong password here").await;
@@ -673,14 +598,10 @@ async fn sign_in_is_throttled_and_never_tells_which_accounts_exist(app: &TestApp
 async fn admins_manage_users_and_read_an_audit_trail_that_detects_edits(app: &TestApp) {
     let admin = app.account("admin@example.test", Role::Admin).await;
     let bob = app.account("bob@example.test", Role::User).await;
-    let (status, users) = app
-        .rest("GET", "/v1/users", Some(&admin.access_token), None)
-        .await;
+    let (status, users) = app.list_users(Some(&admin.access_token)).await;
     assert_eq!(status, 200);
     assert_eq!(users["users"].as_array().unwrap().len(), 3);
-    let (status, _) = app
-        .rest("GET", "/v1/users", Some(&bob.access_token), None)
-        .await;
+    let (status, _) = app.list_users(Some(&bob.access_token)).await;
     assert_eq!(status, 403);
 
     let (status, promoted) = app
@@ -722,9 +643,7 @@ async fn admins_manage_users_and_read_an_audit_trail_that_detects_edits(app: &Te
         )
         .await;
     assert_eq!(status, 200);
-    let (status, _) = app
-        .rest("GET", "/v1/me", Some(&bob.access_token), None)
-        .await;
+    let (status, _) = app.get_me(Some(&bob.access_token)).await;
     assert_eq!(status, 401, "a deleted account's tokens die with it");
 
     let role_changes = audit_actions(app, &admin, "user.role_change").await;
@@ -795,9 +714,7 @@ async fn admins_manage_users_and_read_an_audit_trail_that_detects_edits(app: &Te
 async fn a_second_factor_guards_sign_in_and_recovery_codes_work_once(app: &TestApp) {
     let owner = &app.owner;
     let token = Some(owner.access_token.as_str());
-    let (status, enrolled) = app
-        .rest("POST", "/v1/me/totp:enroll", token, Some(json!({})))
-        .await;
+    let (status, enrolled) = app.enroll_totp(token, json!({})).await;
     assert_eq!(status, 200, "{enrolled}");
     assert!(
         enrolled["otpauthUri"]
@@ -806,24 +723,10 @@ async fn a_second_factor_guards_sign_in_and_recovery_codes_work_once(app: &TestA
             .starts_with("otpauth://totp/")
     );
     let secret = TotpSecret::from_base32(enrolled["secret"].as_str().unwrap()).unwrap();
-    let (status, _) = app
-        .rest(
-            "POST",
-            "/v1/me/totp:confirm",
-            token,
-            Some(json!({"code": "000000"})),
-        )
-        .await;
+    let (status, _) = app.confirm_totp(token, json!({"code": "000000"})).await;
     assert_eq!(status, 400, "a wrong code does not turn it on");
     let code = secret.code_at(now() as u64);
-    let (status, confirmed) = app
-        .rest(
-            "POST",
-            "/v1/me/totp:confirm",
-            token,
-            Some(json!({"code": code})),
-        )
-        .await;
+    let (status, confirmed) = app.confirm_totp(token, json!({"code": code})).await;
     assert_eq!(status, 200, "{confirmed}");
     let recovery: Vec<String> = confirmed["recoveryCodes"]
         .as_array()
@@ -834,11 +737,9 @@ async fn a_second_factor_guards_sign_in_and_recovery_codes_work_once(app: &TestA
     assert_eq!(recovery.len(), 10);
 
     let login = |second: &str| {
-        app.rest(
-            "POST",
-            "/v1/auth:login",
+        app.call_login(
             None,
-            Some(json!({"email": "owner@example.test", "password": PASSWORD, "totpCode": second})),
+            json!({"email": "owner@example.test", "password": PASSWORD, "totpCode": second}),
         )
     };
     let (status, body) = login("").await;
@@ -869,11 +770,9 @@ async fn bcrypt_hashes_from_the_old_system_are_rehashed_on_sign_in(app: &TestApp
                   VALUES ('01a229b8-41c2-7291-af9c-000000000001', 'legacy@example.test', '', 'user', $1, FALSE, FALSE, 0, 0)";
     on_database!(db, pool => sqlx::query(insert).bind(&hash).execute(pool).await.map(drop).unwrap());
     let (status, body) = app
-        .rest(
-            "POST",
-            "/v1/auth:login",
+        .call_login(
             None,
-            Some(json!({"email": "legacy@example.test", "password": PASSWORD})),
+            json!({"email": "legacy@example.test", "password": PASSWORD}),
         )
         .await;
     assert_eq!(status, 200, "{body}");
@@ -882,11 +781,9 @@ async fn bcrypt_hashes_from_the_old_system_are_rehashed_on_sign_in(app: &TestApp
     });
     assert!(stored.starts_with("$argon2id$"), "{stored}");
     let (status, _) = app
-        .rest(
-            "POST",
-            "/v1/auth:login",
+        .call_login(
             None,
-            Some(json!({"email": "legacy@example.test", "password": PASSWORD})),
+            json!({"email": "legacy@example.test", "password": PASSWORD}),
         )
         .await;
     assert_eq!(status, 200, "the new hash verifies");
@@ -897,7 +794,7 @@ async fn rotating_the_signing_key_logs_nobody_out(app: &TestApp) {
     let old_kid = app.services().identity().keys().signing_kid();
     let new_kid = app.services().identity().keys().rotate().await.unwrap();
     assert_ne!(old_kid, new_kid);
-    let (status, _) = app.rest("GET", "/v1/me", Some(&before), None).await;
+    let (status, _) = app.get_me(Some(&before)).await;
     assert_eq!(status, 200, "a token of the retired key still works");
     let (status, jwks) = app.rest("GET", "/.well-known/jwks.json", None, None).await;
     assert_eq!(status, 200);
@@ -918,22 +815,18 @@ async fn rotating_the_signing_key_logs_nobody_out(app: &TestApp) {
 async fn changing_the_password_ends_every_other_session(app: &TestApp) {
     let first = &app.owner;
     let login = |password: &'static str| {
-        app.rest(
-            "POST",
-            "/v1/auth:login",
+        app.call_login(
             None,
-            Some(json!({"email": "owner@example.test", "password": password})),
+            json!({"email": "owner@example.test", "password": password}),
         )
     };
     let (status, second) = login(PASSWORD).await;
     assert_eq!(status, 200);
     let second = second["accessToken"].as_str().unwrap().to_owned();
     let change = |current: &str| {
-        app.rest(
-            "POST",
-            "/v1/me/password:change",
+        app.change_password(
             Some(&second),
-            Some(json!({"currentPassword": current, "newPassword": "a brand new pass phrase"})),
+            json!({"currentPassword": current, "newPassword": "a brand new pass phrase"}),
         )
     };
     let (status, body) = change("not my password at all").await;
@@ -946,11 +839,9 @@ async fn changing_the_password_ends_every_other_session(app: &TestApp) {
     );
     let (status, body) = change(PASSWORD).await;
     assert_eq!(status, 200, "{body}");
-    let (status, _) = app
-        .rest("GET", "/v1/me", Some(&first.access_token), None)
-        .await;
+    let (status, _) = app.get_me(Some(&first.access_token)).await;
     assert_eq!(status, 401, "the other session ended");
-    let (status, _) = app.rest("GET", "/v1/me", Some(&second), None).await;
+    let (status, _) = app.get_me(Some(&second)).await;
     assert_eq!(status, 200, "the calling session stays");
     assert_eq!(login(PASSWORD).await.0, 401);
     assert_eq!(login("a brand new pass phrase").await.0, 200);
@@ -958,11 +849,9 @@ async fn changing_the_password_ends_every_other_session(app: &TestApp) {
 
 async fn nul_characters_are_refused_alike_on_both_databases(app: &TestApp) {
     let (status, body) = app
-        .rest(
-            "POST",
-            "/v1/auth:login",
+        .call_login(
             None,
-            Some(json!({"email": "a\u{0}b@example.test", "password": PASSWORD})),
+            json!({"email": "a\u{0}b@example.test", "password": PASSWORD}),
         )
         .await;
     assert_eq!(status, 400, "{body}");
@@ -987,34 +876,20 @@ async fn expired_sessions_are_purged_and_live_ones_kept(app: &TestApp) {
         left, 1,
         "the expired session's refresh token is deleted, the owner's kept"
     );
-    let (status, _) = app
-        .rest("GET", "/v1/me", Some(&leaving.access_token), None)
-        .await;
+    let (status, _) = app.get_me(Some(&leaving.access_token)).await;
     assert_eq!(status, 401);
     let (status, _) = app
-        .rest(
-            "POST",
-            "/v1/auth:refresh",
-            None,
-            Some(json!({"refreshToken": leaving.refresh_token})),
-        )
+        .call_refresh(None, json!({"refreshToken": leaving.refresh_token}))
         .await;
     assert_eq!(status, 401, "its refresh tokens went with it");
-    let (status, _) = app
-        .rest("GET", "/v1/me", Some(&app.owner.access_token), None)
-        .await;
+    let (status, _) = app.get_me(Some(&app.owner.access_token)).await;
     assert_eq!(status, 200, "a live session stays");
 }
 
 async fn api_keys_cannot_change_how_their_owner_signs_in(app: &TestApp) {
     let owner = &app.owner;
     let (status, created) = app
-        .rest(
-            "POST",
-            "/v1/me/api-keys",
-            Some(&owner.access_token),
-            Some(json!({"name": "unrestricted"})),
-        )
+        .create_api_key(Some(&owner.access_token), json!({"name": "unrestricted"}))
         .await;
     assert_eq!(status, 200, "{created}");
     let key = created["secret"].as_str().unwrap().to_owned();
@@ -1060,19 +935,10 @@ async fn api_keys_cannot_change_how_their_owner_signs_in(app: &TestApp) {
 async fn an_admin_resets_a_lost_second_factor_and_it_is_audited(app: &TestApp) {
     let owner = &app.owner;
     let token = Some(owner.access_token.as_str());
-    let (_, enrolled) = app
-        .rest("POST", "/v1/me/totp:enroll", token, Some(json!({})))
-        .await;
+    let (_, enrolled) = app.enroll_totp(token, json!({})).await;
     let secret = TotpSecret::from_base32(enrolled["secret"].as_str().unwrap()).unwrap();
     let code = secret.code_at(now() as u64);
-    let (status, _) = app
-        .rest(
-            "POST",
-            "/v1/me/totp:confirm",
-            token,
-            Some(json!({"code": code})),
-        )
-        .await;
+    let (status, _) = app.confirm_totp(token, json!({"code": code})).await;
     assert_eq!(status, 200);
     let (status, _) = app
         .login_from([127, 0, 0, 1], "owner@example.test", PASSWORD)
@@ -1083,12 +949,7 @@ async fn an_admin_resets_a_lost_second_factor_and_it_is_audited(app: &TestApp) {
     let reset = format!("/v1/users/{}:resetSecondFactor", owner.user_id);
     // Not with a key, not by a user, and not on oneself.
     let (_, admin_key) = app
-        .rest(
-            "POST",
-            "/v1/me/api-keys",
-            Some(&admin.access_token),
-            Some(json!({"name": "admin script"})),
-        )
+        .create_api_key(Some(&admin.access_token), json!({"name": "admin script"}))
         .await;
     let admin_key = admin_key["secret"].as_str().unwrap().to_owned();
     let (status, body) = app
@@ -1112,9 +973,7 @@ async fn an_admin_resets_a_lost_second_factor_and_it_is_audited(app: &TestApp) {
         .await;
     assert_eq!(status, 200, "{user}");
     assert_eq!(user["totpEnabled"], false);
-    let (status, body) = app
-        .rest("GET", "/v1/me", Some(&owner.access_token), None)
-        .await;
+    let (status, body) = app.get_me(Some(&owner.access_token)).await;
     assert_eq!(status, 401, "the account's sessions ended with it: {body}");
     let (status, body) = app
         .login_from([127, 0, 0, 1], "owner@example.test", PASSWORD)
@@ -1265,25 +1124,14 @@ async fn disabling_an_account_ends_its_sessions_for_good(app: &TestApp) {
             Some(json!({"disabled": disabled})),
         )
     };
-    let refresh = || {
-        app.rest(
-            "POST",
-            "/v1/auth:refresh",
-            None,
-            Some(json!({"refreshToken": doomed.refresh_token})),
-        )
-    };
+    let refresh = || app.call_refresh(None, json!({"refreshToken": doomed.refresh_token}));
     assert_eq!(set_disabled(true).await.0, 200);
-    let (status, _) = app
-        .rest("GET", "/v1/me", Some(&doomed.access_token), None)
-        .await;
+    let (status, _) = app.get_me(Some(&doomed.access_token)).await;
     assert_eq!(status, 401, "disabled: the access token is refused");
     assert_eq!(refresh().await.0, 401, "disabled: so is the refresh token");
 
     assert_eq!(set_disabled(false).await.0, 200);
-    let (status, _) = app
-        .rest("GET", "/v1/me", Some(&doomed.access_token), None)
-        .await;
+    let (status, _) = app.get_me(Some(&doomed.access_token)).await;
     assert_eq!(
         status, 401,
         "enabled again: the old access token stays dead"
@@ -1294,7 +1142,7 @@ async fn disabling_an_account_ends_its_sessions_for_good(app: &TestApp) {
         .await;
     assert_eq!(status, 200, "a fresh sign-in works: {body}");
     let fresh = body["accessToken"].as_str().unwrap();
-    let (status, _) = app.rest("GET", "/v1/me", Some(fresh), None).await;
+    let (status, _) = app.get_me(Some(fresh)).await;
     assert_eq!(status, 200);
 }
 
@@ -1382,22 +1230,11 @@ async fn an_admin_without_a_required_second_factor_may_only_manage_their_account
     })
     .await;
     let admin = app.account("strict@example.test", Role::Admin).await;
-    let (status, _) = app
-        .rest("GET", "/v1/users", Some(&admin.access_token), None)
-        .await;
+    let (status, _) = app.list_users(Some(&admin.access_token)).await;
     assert_eq!(status, 403);
-    let (status, _) = app
-        .rest("GET", "/v1/me", Some(&admin.access_token), None)
-        .await;
+    let (status, _) = app.get_me(Some(&admin.access_token)).await;
     assert_eq!(status, 200);
-    let (status, _) = app
-        .rest(
-            "POST",
-            "/v1/me/totp:enroll",
-            Some(&admin.access_token),
-            Some(json!({})),
-        )
-        .await;
+    let (status, _) = app.enroll_totp(Some(&admin.access_token), json!({})).await;
     assert_eq!(status, 200);
     app.stop().await;
 }
@@ -1453,9 +1290,7 @@ async fn rs256_signs_when_configured() {
     })
     .await;
     assert_eq!(jwt_part(&app.owner.access_token, 0)["alg"], "RS256");
-    let (status, _) = app
-        .rest("GET", "/v1/me", Some(&app.owner.access_token), None)
-        .await;
+    let (status, _) = app.get_me(Some(&app.owner.access_token)).await;
     assert_eq!(status, 200);
     let (_, jwks) = app.rest("GET", "/.well-known/jwks.json", None, None).await;
     assert_eq!(jwks["keys"][0]["kty"], "RSA");

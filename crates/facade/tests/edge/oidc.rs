@@ -113,7 +113,7 @@ async fn sign_in_with_the_provider_gives_a_working_session(backend: Backend) {
     assert_eq!(alice["user"]["role"], "USER_ROLE_ADMIN");
     assert_eq!(alice["user"]["identityProviders"][0], "test");
     let token = alice["accessToken"].as_str().unwrap();
-    let (status, users) = app.rest("GET", "/v1/users", Some(token), None).await;
+    let (status, users) = app.list_users(Some(token)).await;
     assert_eq!(status, 200, "{users}");
     let listed = users["users"].as_array().unwrap();
     let alice_listed = listed
@@ -164,11 +164,9 @@ async fn provider_tokens_are_accepted_as_bearer_tokens_when_they_verify(backend:
     let token = provider
         .client_credentials_token("service-a", "service-a-secret")
         .await;
-    let (status, listed) = app
-        .rest("GET", "/v1/conversations", Some(&token), None)
-        .await;
+    let (status, listed) = app.list_conversations(Some(&token)).await;
     assert_eq!(status, 200, "{listed}");
-    let (status, me) = app.rest("GET", "/v1/me", Some(&token), None).await;
+    let (status, me) = app.get_me(Some(&token)).await;
     assert_eq!(
         (status, me["role"].as_str()),
         (200, Some("USER_ROLE_OPERATOR"))
@@ -199,7 +197,7 @@ async fn provider_tokens_are_accepted_as_bearer_tokens_when_they_verify(backend:
         ("expired", expired),
         ("tampered", tampered),
     ] {
-        let (status, body) = app.rest("GET", "/v1/conversations", Some(&bad), None).await;
+        let (status, body) = app.list_conversations(Some(&bad)).await;
         assert_eq!(status, 401, "{name}: {body}");
     }
     app.stop().await;
@@ -210,11 +208,9 @@ async fn a_provider_sign_in_never_takes_over_a_registered_account(backend: Backe
     let app = app_with_provider(backend, &provider).await;
     // Someone registers alice's address before alice ever signs in.
     let (status, squatter) = app
-        .rest(
-            "POST",
-            "/v1/auth:register",
+        .call_register(
             None,
-            Some(json!({"email": "alice@example.test", "password": crate::support::PASSWORD})),
+            json!({"email": "alice@example.test", "password": crate::support::PASSWORD}),
         )
         .await;
     assert_eq!(status, 200, "{squatter}");
@@ -229,7 +225,7 @@ async fn a_provider_sign_in_never_takes_over_a_registered_account(backend: Backe
         .await;
     assert_eq!(status, 400, "not linked to the password account: {refused}");
     let token = squatter["accessToken"].as_str().unwrap();
-    let (_, me) = app.rest("GET", "/v1/me", Some(token), None).await;
+    let (_, me) = app.get_me(Some(token)).await;
     assert_eq!(me["role"], "USER_ROLE_USER", "the squatter gained nothing");
     assert_eq!(me["identityProviders"], json!([]));
     app.stop().await;

@@ -80,12 +80,7 @@ fn bearer(token: &str) -> Credential {
 /// A reply that sends two tokens and then nothing, until it is cancelled.
 async fn stalled_reply(app: &TestApp, token: &str) -> (String, String) {
     let (status, conversation) = app
-        .rest(
-            "POST",
-            "/v1/conversations",
-            Some(token),
-            Some(json!({"title": "stalled"})),
-        )
+        .create_conversation(Some(token), json!({"title": "stalled"}))
         .await;
     assert_eq!(status, 200, "{conversation}");
     let cid = conversation["id"].as_str().unwrap().to_owned();
@@ -104,11 +99,9 @@ async fn stalled_reply(app: &TestApp, token: &str) -> (String, String) {
 /// A new session of the owner; its access token.
 async fn sign_in_again(app: &TestApp) -> String {
     let (status, tokens) = app
-        .rest(
-            "POST",
-            "/v1/auth:login",
+        .call_login(
             None,
-            Some(json!({"email": "owner@example.test", "password": PASSWORD})),
+            json!({"email": "owner@example.test", "password": PASSWORD}),
         )
         .await;
     assert_eq!(status, 200, "{tokens}");
@@ -116,9 +109,7 @@ async fn sign_in_again(app: &TestApp) -> String {
 }
 
 async fn log_out(app: &TestApp, token: &str) {
-    let (status, body) = app
-        .rest("POST", "/v1/auth:logout", Some(token), Some(json!({})))
-        .await;
+    let (status, body) = app.call_logout(Some(token), json!({})).await;
     assert_eq!(status, 200, "{body}");
 }
 
@@ -352,11 +343,9 @@ async fn changing_the_password_ends_the_streams_of_the_other_sessions_only(app: 
     let ended = open_on_every_transport(app, &bearer(&first), &cid, &mid).await;
     let kept = open(app, Transport::Sse, bearer(&second), &cid, &mid).await;
     let (status, body) = app
-        .rest(
-            "POST",
-            "/v1/me/password:change",
+        .change_password(
             Some(&second),
-            Some(json!({"currentPassword": PASSWORD, "newPassword": "a brand new pass phrase"})),
+            json!({"currentPassword": PASSWORD, "newPassword": "a brand new pass phrase"}),
         )
         .await;
     assert_eq!(status, 200, "{body}");
@@ -380,12 +369,7 @@ async fn changing_the_password_ends_the_streams_of_the_other_sessions_only(app: 
 async fn revoking_an_api_key_ends_the_streams_it_opened(app: &TestApp) {
     let token = app.owner.access_token.clone();
     let (status, created) = app
-        .rest(
-            "POST",
-            "/v1/me/api-keys",
-            Some(&token),
-            Some(json!({"name": "streamer"})),
-        )
+        .create_api_key(Some(&token), json!({"name": "streamer"}))
         .await;
     assert_eq!(status, 200, "{created}");
     let secret = created["secret"].as_str().unwrap().to_owned();

@@ -343,6 +343,119 @@ impl TestApp {
         (status, json)
     }
 
+    // One typed call per RPC over REST, for tests that need the RPC done (its
+    // method and path written once); each answers the status and the JSON body.
+
+    /// GetMe (`GET /v1/me`), as `token`.
+    pub(crate) async fn get_me(&self, token: Option<&str>) -> (u16, serde_json::Value) {
+        self.rest("GET", "/v1/me", token, None).await
+    }
+
+    /// ListConversations (`GET /v1/conversations`), as `token`.
+    pub(crate) async fn list_conversations(&self, token: Option<&str>) -> (u16, serde_json::Value) {
+        self.rest("GET", "/v1/conversations", token, None).await
+    }
+
+    /// ListUsers (`GET /v1/users`), as `token`.
+    pub(crate) async fn list_users(&self, token: Option<&str>) -> (u16, serde_json::Value) {
+        self.rest("GET", "/v1/users", token, None).await
+    }
+
+    /// ListApiKeys (`GET /v1/me/api-keys`), as `token`.
+    pub(crate) async fn list_api_keys(&self, token: Option<&str>) -> (u16, serde_json::Value) {
+        self.rest("GET", "/v1/me/api-keys", token, None).await
+    }
+
+    /// CreateApiKey (`POST /v1/me/api-keys`) with `request`, as `token`.
+    pub(crate) async fn create_api_key(
+        &self,
+        token: Option<&str>,
+        request: serde_json::Value,
+    ) -> (u16, serde_json::Value) {
+        self.rest("POST", "/v1/me/api-keys", token, Some(request))
+            .await
+    }
+
+    /// Login (`POST /v1/auth:login`) with `request`, as `token`.
+    pub(crate) async fn call_login(
+        &self,
+        token: Option<&str>,
+        request: serde_json::Value,
+    ) -> (u16, serde_json::Value) {
+        self.rest("POST", "/v1/auth:login", token, Some(request))
+            .await
+    }
+
+    /// CreateConversation (`POST /v1/conversations`) with `request`, as `token`.
+    pub(crate) async fn create_conversation(
+        &self,
+        token: Option<&str>,
+        request: serde_json::Value,
+    ) -> (u16, serde_json::Value) {
+        self.rest("POST", "/v1/conversations", token, Some(request))
+            .await
+    }
+
+    /// Refresh (`POST /v1/auth:refresh`) with `request`, as `token`.
+    pub(crate) async fn call_refresh(
+        &self,
+        token: Option<&str>,
+        request: serde_json::Value,
+    ) -> (u16, serde_json::Value) {
+        self.rest("POST", "/v1/auth:refresh", token, Some(request))
+            .await
+    }
+
+    /// Logout (`POST /v1/auth:logout`) with `request`, as `token`.
+    pub(crate) async fn call_logout(
+        &self,
+        token: Option<&str>,
+        request: serde_json::Value,
+    ) -> (u16, serde_json::Value) {
+        self.rest("POST", "/v1/auth:logout", token, Some(request))
+            .await
+    }
+
+    /// EnrollTotp (`POST /v1/me/totp:enroll`) with `request`, as `token`.
+    pub(crate) async fn enroll_totp(
+        &self,
+        token: Option<&str>,
+        request: serde_json::Value,
+    ) -> (u16, serde_json::Value) {
+        self.rest("POST", "/v1/me/totp:enroll", token, Some(request))
+            .await
+    }
+
+    /// ConfirmTotp (`POST /v1/me/totp:confirm`) with `request`, as `token`.
+    pub(crate) async fn confirm_totp(
+        &self,
+        token: Option<&str>,
+        request: serde_json::Value,
+    ) -> (u16, serde_json::Value) {
+        self.rest("POST", "/v1/me/totp:confirm", token, Some(request))
+            .await
+    }
+
+    /// Register (`POST /v1/auth:register`) with `request`, as `token`.
+    pub(crate) async fn call_register(
+        &self,
+        token: Option<&str>,
+        request: serde_json::Value,
+    ) -> (u16, serde_json::Value) {
+        self.rest("POST", "/v1/auth:register", token, Some(request))
+            .await
+    }
+
+    /// ChangePassword (`POST /v1/me/password:change`) with `request`, as `token`.
+    pub(crate) async fn change_password(
+        &self,
+        token: Option<&str>,
+        request: serde_json::Value,
+    ) -> (u16, serde_json::Value) {
+        self.rest("POST", "/v1/me/password:change", token, Some(request))
+            .await
+    }
+
     /// POSTs `body` as JSON to `path` without credentials from the
     /// loopback address `source`; returns the status and the JSON body.
     pub(crate) async fn post_from(

@@ -71,12 +71,7 @@ fn seq(event: &Value) -> u64 {
 
 async fn send_message(app: &TestApp) -> (String, String) {
     let (status, conversation) = app
-        .rest(
-            "POST",
-            "/v1/conversations",
-            Some(&app.owner.access_token),
-            Some(json!({"title": "ws"})),
-        )
+        .create_conversation(Some(&app.owner.access_token), json!({"title": "ws"}))
         .await;
     assert_eq!(status, 200);
     let cid = conversation["id"].as_str().unwrap().to_owned();
@@ -179,12 +174,7 @@ async fn a_socket_of_a_session_that_logged_out_gets_no_new_subscriptions(app: &T
         .await
         .expect("the owner may connect");
     let (status, _) = app
-        .rest(
-            "POST",
-            "/v1/auth:logout",
-            Some(&app.owner.access_token),
-            Some(json!({})),
-        )
+        .call_logout(Some(&app.owner.access_token), json!({}))
         .await;
     assert_eq!(status, 200);
     let frame = json!({"subscribe": {"conversationId": cid, "messageId": reply}}).to_string();
@@ -217,12 +207,7 @@ async fn a_followed_conversation_announces_each_new_reply_and_streams_it(app: &T
         format!("Bearer {}", app.owner.access_token),
     );
     let (status, conversation) = app
-        .rest(
-            "POST",
-            "/v1/conversations",
-            Some(&app.owner.access_token),
-            Some(json!({"title": "followed"})),
-        )
+        .create_conversation(Some(&app.owner.access_token), json!({"title": "followed"}))
         .await;
     assert_eq!(status, 200);
     let cid = conversation["id"].as_str().unwrap().to_owned();
