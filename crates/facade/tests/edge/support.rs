@@ -10,11 +10,11 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use sqlx::Connection as _;
 use switchboard_app::Services;
 use switchboard_core::config::{Config, EngineConfig, Secret};
 use switchboard_core::identity::{RequestContext, Role};
 use switchboard_proto::v1::chat_service_client::ChatServiceClient;
+use switchboard_testkit::ThrowawayPostgres;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tonic::service::interceptor::InterceptedService;
@@ -70,8 +70,6 @@ macro_rules! on_both_databases {
 }
 pub(crate) use on_both_databases;
 
-const DEFAULT_POSTGRES_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
-
 /// Which database a test runs on.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Backend {
@@ -120,7 +118,7 @@ pub(crate) struct TestApp {
     server: Option<JoinHandle<std::io::Result<()>>>,
     services: Option<Services>,
     _data_dir: tempfile::TempDir,
-    postgres: Option<(String, String)>,
+    postgres: Option<ThrowawayPostgres>,
 }
 
 /// Starts a server with a fresh database and a dev engine that waits
@@ -156,9 +154,9 @@ pub(crate) async fn spawn_app_with(
     let postgres = match backend {
         Backend::Sqlite => None,
         Backend::Postgres => {
-            let (url, name) = create_postgres_database().await;
-            config.database_url = Some(Secret::new(url.clone()));
-            Some((admin_url(), name))
+            let database = ThrowawayPostgres::create().await;
+            config.database_url = Some(Secret::new(database.url().to_owned()));
+            Some(database)
         }
     };
     configure(&mut config);
@@ -244,32 +242,6 @@ pub(crate) async fn sign_in_new(services: &Services, email: &str, role: Role) ->
         access_token: tokens.access_token,
         refresh_token: tokens.refresh_token,
     }
-}
-
-fn admin_url() -> String {
-    std::env::var("SWITCHBOARD_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| DEFAULT_POSTGRES_URL.to_owned())
-}
-
-async fn create_postgres_database() -> (String, String) {
-    let admin = admin_url();
-    let mut connection = sqlx::PgConnection::connect(&admin).await.unwrap_or_else(|error| {
-        panic!(
-            "\n\n*** PostgreSQL is not reachable at {admin}: {error}\n\
-             *** These tests need the real PostgreSQL server and are never skipped:\n\
-             *** start it (pg_ctlcluster <version> main start) or set SWITCHBOARD_TEST_POSTGRES_URL.\n\n"
-        )
-    });
-    let name = format!("sb_edge_{}", uuid::Uuid::now_v7().simple());
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-        .execute(&mut connection)
-        .await
-        .expect("create the test database");
-    let _ = connection.close().await;
-    let base = admin
-        .rsplit_once('/')
-        .map_or(admin.as_str(), |(base, _)| base);
-    (format!("{base}/{name}"), name)
 }
 
 impl TestApp {
@@ -630,16 +602,8 @@ impl TestApp {
         if let Some(services) = self.services.take() {
             services.shutdown().await;
         }
-        if let Some((admin, name)) = self.postgres.take() {
-            let mut connection = sqlx::PgConnection::connect(&admin)
-                .await
-                .expect("PostgreSQL");
-            sqlx::query(sqlx::AssertSqlSafe(format!(
-                "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-            )))
-            .execute(&mut connection)
-            .await
-            .expect("drop the test database");
+        if let Some(database) = self.postgres.take() {
+            database.remove().await.expect("drop the test database");
         }
     }
 }
