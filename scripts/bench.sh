@@ -7,7 +7,7 @@
 #   BENCH_BINARY  default target/release/switchboard-bench (crates/bench)
 #   (just bench builds both: cargo build --release -p switchboard -p switchboard-bench)
 #
-# BENCH_SECTIONS picks the sections, in this order (default: "http chat queue memory"):
+# BENCH_SECTIONS picks the sections, in this order (default: "http chat queue memory growth"):
 #
 # http — one read RPC (ChatService.GetConversation) over native gRPC, gRPC-Web
 #   and REST, signed in (bearer JWT, and an API key for one REST row), then
@@ -59,6 +59,16 @@
 #   Dramatiq comes from .venv-tools (scripts/install-test-tools.sh --bench,
 #   run here if it is missing).
 #
+# growth — how read cost grows with what is stored: for each of BENCH_GROWTH_SIZES
+#   (default "10 10000 1000000") a fresh `switchboard serve` (SQLite), one
+#   registered user and one conversation made over REST, then the rest of the
+#   conversations (all the user's, older) written into its SQLite file while
+#   the server is stopped; then h2load (-c BENCH_GROWTH_C, default 4, -m 1,
+#   -n BENCH_GROWTH_N, default 4000) for GetConversation, ListConversations'
+#   first page and the page halfway down the list (its token found by walking
+#   the list). Target: at the largest size every p50 within 2x + 0.5 ms of the
+#   smallest size's. Block <!-- bench-growth:begin --> … <!-- bench-growth:end -->.
+#
 # memory — the server's resident memory under a burst of failed sign-ins:
 #   `switchboard serve` with the default configuration and a temporary SQLite
 #   data dir; its VmRSS (/proc/PID/status) once ready is the idle figure.
@@ -97,7 +107,7 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 BIN=${1:-$TARGET_DIR/release/switchboard}
 BENCH_BIN=${2:-$TARGET_DIR/release/switchboard-bench}
-SECTIONS=" ${BENCH_SECTIONS:-http chat queue memory} "
+SECTIONS=" ${BENCH_SECTIONS:-http chat queue memory growth} "
 N=${BENCH_N:-30000} C=${BENCH_C:-32} M=${BENCH_M:-10} ROUNDS=${BENCH_ROUNDS:-5} WARMUP=${BENCH_WARMUP:-5000}
 LOGIN_N=${BENCH_LOGIN_N:-400}
 CHAT_USERS=${BENCH_CHAT_USERS:-16} CHAT_TURNS=${BENCH_CHAT_TURNS:-20} CHAT_ROUNDS=${BENCH_CHAT_ROUNDS:-3}
@@ -105,6 +115,7 @@ QUEUE_JOBS=${BENCH_QUEUE_JOBS:-2000} QUEUE_CONCURRENCY=${BENCH_QUEUE_CONCURRENCY
 MEMORY_ATTEMPTS=${BENCH_MEMORY_ATTEMPTS:-200} MEMORY_ACCOUNTS=${BENCH_MEMORY_ACCOUNTS:-40}
 MEMORY_PEAK_MARGIN=${BENCH_MEMORY_PEAK_MARGIN_MIB:-24} MEMORY_SETTLED_MARGIN=${BENCH_MEMORY_SETTLED_MARGIN_MIB:-16}
 MEMORY_BEFORE_BIN=${BENCH_MEMORY_BEFORE_BIN:-}
+GROWTH_SIZES=${BENCH_GROWTH_SIZES:-10 10000 1000000} GROWTH_N=${BENCH_GROWTH_N:-4000} GROWTH_C=${BENCH_GROWTH_C:-4}
 REDIS=${BENCH_REDIS_URL:-redis://127.0.0.1:6379}
 AMQP=${BENCH_AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}
 PG=${BENCH_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/postgres}
@@ -146,7 +157,7 @@ if want chat || want queue || want memory; then
   [[ -x $BENCH_BIN ]] || die "$BENCH_BIN not found; build it with: cargo build --release -p switchboard-bench"
   BENCH_BIN=$(realpath "$BENCH_BIN")
 fi
-if want http; then
+if want http || want growth; then
   command -v h2load >/dev/null || bash "$ROOT/scripts/install-test-tools.sh" --bench >/dev/null || die "could not install h2load"
   command -v h2load >/dev/null || die "h2load is missing (scripts/install-test-tools.sh --bench)"
 fi
@@ -208,6 +219,7 @@ dirty=$(git -C "$ROOT" status --porcelain --untracked-files=no 2>/dev/null | gre
 machine() { echo "Run $(date -u +%Y-%m-%dT%H:%MZ) on commit $rev$dirty, $(nproc) cores ($cpu_model), load generator and servers on the same machine, load average $load before the run"; }
 VERDICT=PASS
 MEMORY_VERDICT=PASS
+GROWTH_VERDICT=PASS
 
 # ---------------------------------------------------------------- http
 bench_http() {
@@ -541,13 +553,120 @@ switchboard-bench logins --base-url http://127.0.0.1:PORT --pid \$! --attempts $
   rewrite_block bench-memory "$meta"$'\n\n'"$table"$'\n\n'"$bounds"$'\n\n'"$commands"
 }
 
+# ---------------------------------------------------------------- growth
+# growth_seed DB OWNER TOTAL: adds TOTAL - 1 conversations of OWNER to the stopped server's SQLite
+# file, older than the one the API created, in one transaction (python3's sqlite3: no CLI needed)
+growth_seed() {
+  python3 - "$1" "$2" "$3" <<'EOF'
+import sqlite3, sys, time
+db, owner, total = sys.argv[1], sys.argv[2], int(sys.argv[3])
+con = sqlite3.connect(db)
+start = int(time.time() * 1e6) - total * 1000 - 10_000_000   # a millisecond apart, all older
+con.execute("BEGIN")
+con.execute("""
+  WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?)
+  INSERT INTO conversations (id, owner_id, title, created_at, updated_at)
+  SELECT printf('%08x-0000-4000-8000-%012x', i, i), ?, 'seeded conversation ' || i, ? + i * 1000, ? + i * 1000 FROM n
+""", (total - 1, owner, start, start))
+con.commit()
+print(con.execute("SELECT count(*) FROM conversations WHERE owner_id = ?", (owner,)).fetchone()[0])
+EOF
+}
+
+# growth_deep_token BASE TOKEN TOTAL: the page token of the page that starts halfway down the
+# caller's list, reached by walking it with pages of up to 1000 (one keep-alive connection)
+growth_deep_token() {
+  python3 - "$1" "$2" "$3" <<'EOF'
+import http.client, json, sys, urllib.parse
+base, token, total = urllib.parse.urlparse(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+conn = http.client.HTTPConnection(base.hostname, base.port)
+half, seen, page_token = total // 2, 0, ""
+size = max(1, min(1000, half))
+while seen < half:
+    query = urllib.parse.urlencode({"pageSize": size, "pageToken": page_token})
+    conn.request("GET", f"/v1/conversations?{query}", headers={"authorization": f"Bearer {token}"})
+    answer = conn.getresponse()
+    body = json.loads(answer.read())
+    if answer.status != 200:
+        sys.exit(f"ListConversations answered {answer.status}: {body}")
+    seen += len(body.get("conversations", []))
+    page_token = body.get("nextPageToken", "")
+    if not page_token:
+        sys.exit(f"the list ended after {seen} conversations, before {half}")
+print(page_token)
+EOF
+}
+
+bench_growth() {
+  local sizes=($GROWTH_SIZES) size port base token owner id deep table="" row verdict=PASS meta commands
+  local -A P50
+  echo "bench: growth: GetConversation and ListConversations with ${sizes[*]} stored conversations of one user; h2load -t 1 -c $GROWTH_C -m 1 -n $GROWTH_N per figure"
+  # growth_measure NAME URL: h2load over h2c with the caller's token -> "req/s p50_ms p99_ms"
+  growth_measure() {
+    (cd "$TMP" && h2load -t 1 -c "$GROWTH_C" -m 1 -n "$GROWTH_N" --log-file="$TMP/growth.log" -H "authorization: Bearer $token" "$2") \
+      >"$TMP/h2load.out" 2>&1 || { cat "$TMP/h2load.out" >&2; die "growth: h2load failed for $1"; }
+    grep -q "status codes: $GROWTH_N 2xx" "$TMP/h2load.out" || { cat "$TMP/h2load.out" >&2; die "growth: $1: not every answer was 2xx"; }
+    awk -F'\t' '{print $3}' "$TMP/growth.log" | sort -n | awk -v rps="$(sed -n 's/^finished in .*, \([0-9.]*\) req\/s.*/\1/p' "$TMP/h2load.out")" '
+      {a[NR]=$1} END {printf "%.0f %.3f %.3f\n", rps, a[int(NR*0.50) > 0 ? int(NR*0.50) : 1]/1000, a[int(NR*0.99) > 0 ? int(NR*0.99) : 1]/1000}'
+  }
+  for size in "${sizes[@]}"; do
+    local dir=$TMP/growth-$size seed_s
+    port=$(free_port)
+    base=http://127.0.0.1:$port
+    start "growth-$size" RUST_LOG=warn -- serve --listen "127.0.0.1:$port" --data-dir "$dir"
+    wait_ready "$base" "$STARTED" "growth-$size"
+    token=$(register "$base") || die "growth: could not register"
+    owner=$(curl -sS --fail -H "authorization: Bearer $token" "$base/v1/me" | jq -er '.user.id // .id') || die "growth: no user id from /v1/me"
+    id=$(curl -sS --fail-with-body -H "authorization: Bearer $token" -H 'content-type: application/json' -d '{"title":"measured"}' "$base/v1/conversations" | jq -er .id) \
+      || die "growth: could not create a conversation"
+    stop_pid "$STARTED"
+    local t0=$EPOCHREALTIME
+    [[ $(growth_seed "$dir/switchboard.db" "$owner" "$size") == "$size" ]] || die "growth: seeding $size conversations failed"
+    seed_s=$(awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN {printf "%.1f", b - a}')
+    start "growth-$size" RUST_LOG=warn -- serve --listen "127.0.0.1:$port" --data-dir "$dir"
+    wait_ready "$base" "$STARTED" "growth-$size"
+    deep=$(growth_deep_token "$base" "$token" "$size") || die "growth: could not walk to the middle of the list"
+    local get first half
+    read -r -a get < <(growth_measure get "$base/v1/conversations/$id")
+    read -r -a first < <(growth_measure list-first "$base/v1/conversations?pageSize=50")
+    read -r -a half < <(growth_measure list-half "$base/v1/conversations?pageSize=50&pageToken=$deep")
+    stop_pid "$STARTED"
+    P50[$size]="${get[1]} ${first[1]} ${half[1]}"
+    printf 'bench: growth %8s conversations (seeded in %s s): GetConversation p50 %s ms p99 %s ms; first page p50 %s ms p99 %s ms; page halfway p50 %s ms p99 %s ms\n' \
+      "$size" "$seed_s" "${get[1]}" "${get[2]}" "${first[1]}" "${first[2]}" "${half[1]}" "${half[2]}"
+    table+=$'\n'"| $size | ${get[1]} / ${get[2]} ms | ${get[0]} | ${first[1]} / ${first[2]} ms | ${first[0]} | ${half[1]} / ${half[2]} ms | ${half[0]} |"
+    rm -rf "$dir"
+  done
+  # O(page): every p50 at the largest size within 2x (+ 0.5 ms) of the smallest size's
+  local small=(${P50[${sizes[0]}]}) large=(${P50[${sizes[-1]}]}) i
+  for i in 0 1 2; do
+    awk -v s="${small[$i]}" -v l="${large[$i]}" 'BEGIN {exit !(l <= 2 * s + 0.5)}' || verdict=FAIL
+  done
+  GROWTH_VERDICT=$verdict
+  table="| stored conversations (all of the caller's) | GetConversation p50 / p99 | req/s | ListConversations first page (50) p50 / p99 | req/s | page halfway down (50) p50 / p99 | req/s |
+| ---: | ---: | ---: | ---: | ---: | ---: | ---: |$table"
+  local target="Target: at ${sizes[-1]} conversations every p50 within 2x + 0.5 ms of the figure at ${sizes[0]} (reads and pages cost O(log n) and O(page), not O(n)): **$verdict**."
+  meta="$(machine). \`switchboard serve\` (SQLite) per size; one registered user, one conversation made over REST, then the rest added to its SQLite file (older, the same owner) while the server was stopped; \`h2load -t 1 -c $GROWTH_C -m 1 -n $GROWTH_N\` over h2c with the user's bearer token per figure, p50/p99 from its log."
+  commands="\`\`\`sh
+h2load -t 1 -c $GROWTH_C -m 1 -n $GROWTH_N -H 'authorization: Bearer TOKEN' http://127.0.0.1:PORT/v1/conversations/ID
+h2load -t 1 -c $GROWTH_C -m 1 -n $GROWTH_N -H 'authorization: Bearer TOKEN' 'http://127.0.0.1:PORT/v1/conversations?pageSize=50'
+h2load -t 1 -c $GROWTH_C -m 1 -n $GROWTH_N -H 'authorization: Bearer TOKEN' 'http://127.0.0.1:PORT/v1/conversations?pageSize=50&pageToken=HALFWAY'
+\`\`\`"
+  printf '\n%s\n\n%s\n\n%s\n\n' "$meta" "$table" "$target"
+  rewrite_block bench-growth "$meta"$'\n\n'"$table"$'\n\n'"$target"$'\n\n'"$commands"
+}
+
 want http && bench_http
 want chat && bench_chat
 want queue && bench_queue
 want memory && bench_memory
+want growth && bench_growth
 if [[ $VERDICT == FAIL && ${BENCH_STRICT:-0} == 1 ]]; then
   die "REST (h2c) is at $HTTP_PCT % of native gRPC, below the 85 % target"
 fi
 if [[ $MEMORY_VERDICT == FAIL && ${BENCH_STRICT:-0} == 1 ]]; then
   die "the memory bounds of a burst of failed sign-ins were not met"
+fi
+if [[ $GROWTH_VERDICT == FAIL && ${BENCH_STRICT:-0} == 1 ]]; then
+  die "reads grew with the number of stored conversations"
 fi
