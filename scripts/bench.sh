@@ -607,7 +607,8 @@ bench_growth() {
       >"$TMP/h2load.out" 2>&1 || { cat "$TMP/h2load.out" >&2; die "growth: h2load failed for $1"; }
     grep -q "status codes: $GROWTH_N 2xx" "$TMP/h2load.out" || { cat "$TMP/h2load.out" >&2; die "growth: $1: not every answer was 2xx"; }
     awk -F'\t' '{print $3}' "$TMP/growth.log" | sort -n | awk -v rps="$(sed -n 's/^finished in .*, \([0-9.]*\) req\/s.*/\1/p' "$TMP/h2load.out")" '
-      {a[NR]=$1} END {printf "%.0f %.3f %.3f\n", rps, a[int(NR*0.50) > 0 ? int(NR*0.50) : 1]/1000, a[int(NR*0.99) > 0 ? int(NR*0.99) : 1]/1000}'
+      {a[NR]=$1} END {i = int(NR*0.50); if (i < 1) i = 1; j = int(NR*0.99); if (j < 1) j = 1
+        printf "%.0f %.3f %.3f\n", rps, a[i]/1000, a[j]/1000}'
   }
   for size in "${sizes[@]}"; do
     local dir=$TMP/growth-$size seed_s
