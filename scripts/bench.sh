@@ -55,6 +55,14 @@
 #   with the same job count on the same Redis and RabbitMQ; every system runs
 #   200 warm-up jobs first. BENCH_QUEUE_ROUNDS interleaved rounds; the table
 #   gives each row's round with the median jobs/s.
+#   Rows marked enqueue_many use Jobs::enqueue_many (--enqueue-batch 500:
+#   one transaction and one broker round trip per 500 jobs); rows with
+#   BENCH_QUEUE_GROWN_ROWS (100,000) finished jobs already in the table are
+#   item 6's growth row. apalis (scripts/bench/apalis-peer, built here with
+#   its own target dir, or BENCH_QUEUE_APALIS_BIN) runs the same no-op job on
+#   the same Redis and PostgreSQL. PASS/FAIL: Switchboard >= 3x Dramatiq's
+#   jobs/s on Redis and RabbitMQ with job rows in PostgreSQL, printed for
+#   each way of enqueueing.
 #   Block <!-- bench-queue:begin --> … <!-- bench-queue:end -->.
 #   Dramatiq comes from .venv-tools (scripts/install-test-tools.sh --bench,
 #   run here if it is missing).
@@ -111,7 +119,9 @@ SECTIONS=" ${BENCH_SECTIONS:-http chat queue memory growth} "
 N=${BENCH_N:-30000} C=${BENCH_C:-32} M=${BENCH_M:-10} ROUNDS=${BENCH_ROUNDS:-5} WARMUP=${BENCH_WARMUP:-5000}
 LOGIN_N=${BENCH_LOGIN_N:-400}
 CHAT_USERS=${BENCH_CHAT_USERS:-16} CHAT_TURNS=${BENCH_CHAT_TURNS:-20} CHAT_ROUNDS=${BENCH_CHAT_ROUNDS:-3}
-QUEUE_JOBS=${BENCH_QUEUE_JOBS:-2000} QUEUE_CONCURRENCY=${BENCH_QUEUE_CONCURRENCY:-16} QUEUE_ROUNDS=${BENCH_QUEUE_ROUNDS:-5}
+QUEUE_JOBS=${BENCH_QUEUE_JOBS:-2000} QUEUE_CONCURRENCY=${BENCH_QUEUE_CONCURRENCY:-16} QUEUE_ROUNDS=${BENCH_QUEUE_ROUNDS:-3}
+QUEUE_GROWN_ROWS=${BENCH_QUEUE_GROWN_ROWS:-100000} QUEUE_APALIS_VERSION=1.0.0
+QUEUE_APALIS_BIN=${BENCH_QUEUE_APALIS_BIN:-}
 MEMORY_ATTEMPTS=${BENCH_MEMORY_ATTEMPTS:-200} MEMORY_ACCOUNTS=${BENCH_MEMORY_ACCOUNTS:-40}
 MEMORY_PEAK_MARGIN=${BENCH_MEMORY_PEAK_MARGIN_MIB:-24} MEMORY_SETTLED_MARGIN=${BENCH_MEMORY_SETTLED_MARGIN_MIB:-16}
 MEMORY_BEFORE_BIN=${BENCH_MEMORY_BEFORE_BIN:-}
@@ -436,12 +446,24 @@ switchboard-bench chat --base-url http://127.0.0.1:PORT --token TOKEN --users $C
 # ---------------------------------------------------------------- queue
 bench_queue() {
   local r backend broker out
+  # The apalis peer: its own cargo project and target directory (the first build takes minutes).
+  if [[ -z $QUEUE_APALIS_BIN ]]; then
+    echo "bench: queue: building the apalis peer (scripts/bench/apalis-peer)"
+    CARGO_TARGET_DIR=$TARGET_DIR/apalis-peer cargo build --release --quiet \
+      --manifest-path "$ROOT/scripts/bench/apalis-peer/Cargo.toml" || die "cannot build scripts/bench/apalis-peer"
+    QUEUE_APALIS_BIN=$TARGET_DIR/apalis-peer/release/apalis-peer
+  fi
   echo "bench: queue: $QUEUE_JOBS jobs per run, $QUEUE_ROUNDS rounds; switchboard concurrency $QUEUE_CONCURRENCY, Dramatiq 2 processes x 8 threads"
   for r in $(seq "$QUEUE_ROUNDS"); do
     # BACKEND[:ROWS][@PRODUCERS]
-    for variant in sqlite postgres postgres@16 redis:postgres redis:postgres@16 redis:sqlite \
-      amqp:postgres amqp:postgres@16 amqp:sqlite; do
-      local backend=${variant%%[:@]*} producers=1 args=()
+    # BACKEND[:ROWS][@PRODUCERS][+many: Jobs::enqueue_many, 500 a call][+grown: 100,000 finished rows first]
+    for variant in sqlite sqlite+many postgres postgres@16 postgres+many postgres+many+grown \
+      redis:postgres redis:postgres@16 redis:postgres+many redis:postgres+many+grown redis:sqlite \
+      amqp:postgres amqp:postgres@16 amqp:postgres+many amqp:sqlite; do
+      local backend=${variant%%[:@+]*} producers=1 args=()
+      [[ $variant == *+many* ]] && args+=(--enqueue-batch 500)
+      [[ $variant == *+grown* ]] && args+=(--seed-rows "$QUEUE_GROWN_ROWS")
+      variant=${variant%%+*}
       [[ $variant == *@* ]] && producers=${variant#*@}
       case $variant in
         redis:*) args=(--url "$REDIS") ;;
@@ -452,8 +474,17 @@ bench_queue() {
       out=$(SWITCHBOARD_BENCH_POSTGRES_URL=$PG "$BENCH_BIN" queue --backend "$backend" --jobs "$QUEUE_JOBS" \
         --concurrency "$QUEUE_CONCURRENCY" "${args[@]}") || die "switchboard-bench queue --backend $backend ${args[*]} failed"
       echo "$out" >>"$TMP/queue.jsonl"
-      jq -r --arg r "$r" '"bench: queue round \($r): \(.system) \(.broker) (rows: \(.rows), producers: \(.producers)): \(.jobs_per_s) jobs/s, enqueue \(.enqueue_s) s, total \(.total_s) s"' <<<"$out"
+      jq -r --arg r "$r" '"bench: queue round \($r): \(.system) \(.broker) (rows: \(.rows), producers: \(.producers), enqueue_many: \(.enqueue_batch), seeded: \(.seeded_rows)): \(.jobs_per_s) jobs/s, enqueue \(.enqueue_s) s, total \(.total_s) s"' <<<"$out"
     done
+    if [[ -x $QUEUE_APALIS_BIN ]]; then
+      for broker in redis postgres; do
+        local url=$REDIS; [[ $broker == postgres ]] && url=$PG
+        out=$("$QUEUE_APALIS_BIN" --backend "$broker" --jobs "$QUEUE_JOBS" --concurrency "$QUEUE_CONCURRENCY" --url "$url") \
+          || die "apalis-peer --backend $broker failed"
+        echo "$out" >>"$TMP/queue.jsonl"
+        jq -r --arg r "$r" '"bench: queue round \($r): \(.system) \(.broker): \(.jobs_per_s) jobs/s, enqueue \(.enqueue_s) s, total \(.total_s) s"' <<<"$out"
+      done
+    fi
     for broker in redis rabbitmq; do
       out=$("$PYTHON" "$ROOT/scripts/bench/dramatiq_bench.py" --broker "$broker" --jobs "$QUEUE_JOBS" \
         --redis-url "$REDIS" --amqp-url "$AMQP" 2>"$TMP/dramatiq.err") \
@@ -465,18 +496,37 @@ bench_queue() {
 
   local table versions meta commands dramatiq_version
   dramatiq_version=$(jq -rs 'map(select(.system == "dramatiq"))[0].dramatiq_version' "$TMP/queue.jsonl")
-  table="| system | broker | job rows | producers | workers | jobs | jobs/s (median of $QUEUE_ROUNDS) | enqueue s | total s |
-| --- | --- | --- | ---: | --- | ---: | ---: | ---: | ---: |"
-  table+=$'\n'$(jq -rs '
-    def order: {"switchboard": 0, "dramatiq": 1}[.system] * 100
-      + {"sqlite": 0, "postgres": 1, "redis": 2, "rabbitmq": 3}[.broker] * 10
-      + {"postgres": 0, "sqlite": 5}[.rows // "postgres"] + (.producers // 1) / 100;
-    def rows: {"sqlite": "SQLite", "postgres": "PostgreSQL"}[.rows // ""] // "none";
-    def workers: if .system == "switchboard" then "1 process, \(.concurrency) at once"
-      else "\(.processes) processes x \(.threads) threads" end;
-    group_by([.system, .broker, .rows, .producers]) | map(sort_by(.jobs_per_s) | .[(length - 1) / 2 | floor]) | sort_by(order)[]
-    | "| \(.system) | \(.broker) | \(rows) | \(.producers // 1) | \(workers) | \(.jobs) | \(.jobs_per_s) | \(.enqueue_s) | \(.total_s) |"' \
-    "$TMP/queue.jsonl")
+  # Every row is the median round of its group.
+  jq -s 'group_by([.system, .broker, .rows, .producers, .enqueue_batch, .seeded_rows])
+    | map(sort_by(.jobs_per_s) | .[(length - 1) / 2 | floor])' "$TMP/queue.jsonl" >"$TMP/queue-medians.json"
+  table="| system | broker | job rows | enqueue | rows already in the table | workers | jobs | jobs/s (median of $QUEUE_ROUNDS) | enqueue s | total s |
+| --- | --- | --- | --- | ---: | --- | ---: | ---: | ---: | ---: |"
+  table+=$'\n'$(jq -r '
+    def order: {"switchboard": 0, "apalis": 1, "dramatiq": 2}[.system] * 1000
+      + {"sqlite": 0, "postgres": 1, "redis": 2, "rabbitmq": 3}[.broker] * 100
+      + {"postgres": 0, "sqlite": 50}[.rows // "postgres"] + (.producers // 1) / 100
+      + (if (.enqueue_batch // 0) > 0 then 20 else 0 end) + (if (.seeded_rows // 0) > 0 then 30 else 0 end);
+    def rows: {"sqlite": "SQLite", "postgres": "PostgreSQL"}[.rows // ""] // (if .system == "apalis" then "apalis own" else "none" end);
+    def enqueue: if (.enqueue_batch // 0) > 0 then "enqueue_many, \(.enqueue_batch) a call"
+      elif (.producers // 1) > 1 then "one by one, \(.producers) tasks at once" else "one by one" end;
+    def workers: if .system == "dramatiq" then "\(.processes) processes x \(.threads) threads"
+      else "1 process, \(.concurrency) at once" end;
+    sort_by(order)[]
+    | "| \(.system) | \(.broker) | \(rows) | \(enqueue) | \(.seeded_rows // 0) | \(workers) | \(.jobs) | \(.jobs_per_s) | \(.enqueue_s) | \(.total_s) |"' \
+    "$TMP/queue-medians.json")
+  # The targets: Switchboard >= 3x Dramatiq on the same broker (job rows in PostgreSQL).
+  local verdicts
+  verdicts=$(jq -r '
+    def rate(f): (map(select(f)) | first | .jobs_per_s) // 0;
+    . as $all | ["redis", "rabbitmq"][] as $b
+    | ($all | rate(.system == "dramatiq" and .broker == $b)) as $d
+    | ($all | rate(.system == "switchboard" and .broker == $b and .rows == "postgres" and (.enqueue_batch // 0) == 0 and (.producers // 1) == 1 and (.seeded_rows // 0) == 0)) as $one
+    | ($all | rate(.system == "switchboard" and .broker == $b and .rows == "postgres" and (.enqueue_batch // 0) == 0 and (.producers // 1) > 1)) as $many_tasks
+    | ($all | rate(.system == "switchboard" and .broker == $b and .rows == "postgres" and (.enqueue_batch // 0) > 0 and (.seeded_rows // 0) == 0)) as $batch
+    | def verdict(x): if $d > 0 and x >= 3 * $d then "PASS" else "FAIL" end;
+      "bench: queue target \($b) (rows in PostgreSQL) >= 3x Dramatiq (\($d) jobs/s): enqueue_many \($batch) jobs/s \(verdict($batch)); one by one \($one) \(verdict($one)); 16 tasks \($many_tasks) \(verdict($many_tasks))"' \
+    "$TMP/queue-medians.json")
+  echo "$verdicts"
   versions="Redis $(redis-cli -u "$REDIS" info server 2>/dev/null | sed -n 's/^redis_version:\([^\r]*\).*/\1/p'), RabbitMQ $(rabbitmqctl version 2>/dev/null || echo '?'), PostgreSQL $(psql -tA "$PG" -c 'SHOW server_version' 2>/dev/null || echo '?'), Dramatiq $dramatiq_version"
   meta="$(machine); $versions. $QUEUE_JOBS no-op jobs per run after 200 warm-up jobs, enqueued one by one from one task (from 16 tasks at once where producers says 16); $QUEUE_ROUNDS interleaved rounds, each row the round with the median jobs/s."
   commands="\`\`\`sh
@@ -485,12 +535,16 @@ switchboard-bench queue --backend sqlite   --jobs $QUEUE_JOBS --concurrency $QUE
 switchboard-bench queue --backend postgres --jobs $QUEUE_JOBS --concurrency $QUEUE_CONCURRENCY  # and --producers 16
 switchboard-bench queue --backend redis    --jobs $QUEUE_JOBS --concurrency $QUEUE_CONCURRENCY --url $REDIS --rows postgres  # and --producers 16; or --rows sqlite
 switchboard-bench queue --backend amqp     --jobs $QUEUE_JOBS --concurrency $QUEUE_CONCURRENCY --url '$AMQP' --rows postgres  # and --producers 16; or --rows sqlite
+# enqueue_many rows: --enqueue-batch 500; grown table: --seed-rows $QUEUE_GROWN_ROWS
+# apalis $QUEUE_APALIS_VERSION on the same Redis and PostgreSQL (scripts/bench/apalis-peer, its own cargo project)
+apalis-peer --backend redis    --jobs $QUEUE_JOBS --concurrency $QUEUE_CONCURRENCY --url $REDIS
+apalis-peer --backend postgres --jobs $QUEUE_JOBS --concurrency $QUEUE_CONCURRENCY --url $PG
 # Dramatiq on the same brokers (2 worker processes x 8 threads)
 .venv-tools/bin/python scripts/bench/dramatiq_bench.py --broker redis    --jobs $QUEUE_JOBS
 .venv-tools/bin/python scripts/bench/dramatiq_bench.py --broker rabbitmq --jobs $QUEUE_JOBS
 \`\`\`"
   printf '\n%s\n\n%s\n\n' "$meta" "$table"
-  rewrite_block bench-queue "$meta"$'\n\n'"$table"$'\n\n'"$commands"
+  rewrite_block bench-queue "$meta"$'\n\n'"$table"$'\n\n'"${verdicts//bench: /}"$'\n\n'"$commands"
 }
 
 # ---------------------------------------------------------------- memory

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, anyhow, bail};
 use async_trait::async_trait;
 use serde::Serialize;
-use switchboard_core::db::Database;
+use switchboard_core::db::{Database, Pool};
 use switchboard_core::jobs::{
     Job, JobFailure, JobHandler, JobState, JobTransport, Jobs, NewJob, RetryPolicy,
 };
@@ -137,6 +137,15 @@ pub struct QueueOptions {
     /// enqueue.
     #[arg(long, default_value_t = 300)]
     pub timeout_secs: u64,
+    /// Enqueue with `Jobs::enqueue_many`, this many jobs a call (one
+    /// transaction and one broker round trip each), instead of one
+    /// `Jobs::enqueue` per job. 0, the default, enqueues one by one.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub enqueue_batch: usize,
+    /// Finished (succeeded) jobs put in the jobs table before the run, in
+    /// one statement, to measure the queue on a table that has grown.
+    #[arg(long, default_value_t = 0, value_name = "ROWS")]
+    pub seed_rows: usize,
 }
 
 /// What a `queue` run measured: the one JSON line it prints, in the shape
@@ -163,6 +172,10 @@ pub struct QueueReport {
     pub warmup: usize,
     /// Tasks that enqueued at once.
     pub producers: usize,
+    /// Jobs per `Jobs::enqueue_many` call; 0 when enqueued one by one.
+    pub enqueue_batch: usize,
+    /// Finished jobs already in the table when the run began.
+    pub seeded_rows: usize,
 }
 
 /// Runs the warm-up and the measured batch, then removes the run's
@@ -236,6 +249,8 @@ pub async fn run(options: &QueueOptions) -> anyhow::Result<QueueReport> {
         rows,
         warmup: options.warmup,
         producers: options.producers.max(1),
+        enqueue_batch: options.enqueue_batch,
+        seeded_rows: options.seed_rows,
     })
 }
 
@@ -274,6 +289,7 @@ async fn measure(
         .await
         .context("cannot open the database")?;
     db.migrate().await.context("cannot migrate the database")?;
+    seed_finished_jobs(&db, options.seed_rows).await?;
     let lease = Duration::from_secs(config.queue.lease_secs.max(1));
     // The AMQP transport is also kept by its own type, to be closed.
     let mut amqp = None;
@@ -331,28 +347,32 @@ async fn measure(
     let jobs = Jobs::new(db.clone(), transport);
     let timeout = Duration::from_secs(options.timeout_secs.max(1));
 
+    let enqueue = Enqueue {
+        producers: options.producers.max(1),
+        batch: options.enqueue_batch,
+    };
     let batches = async {
         if options.warmup > 0 {
-            batch(
-                &jobs,
-                &counter,
-                options.warmup,
-                0,
-                options.producers,
-                timeout,
-            )
-            .await
-            .context("warm-up")?;
+            batch(&jobs, &db, &counter, options.warmup, 0, enqueue, timeout)
+                .await
+                .context("warm-up")?;
         }
-        batch(
+        let measured = batch(
             &jobs,
+            &db,
             &counter,
             options.jobs,
             options.warmup,
-            options.producers,
+            enqueue,
             timeout,
         )
-        .await
+        .await?;
+        let succeeded = succeeded(&jobs).await?;
+        let expected = options.seed_rows + options.warmup + options.jobs;
+        if succeeded != expected {
+            bail!("{succeeded} jobs succeeded, not {expected}");
+        }
+        Ok(measured)
     }
     .await;
 
@@ -387,29 +407,52 @@ async fn start_consuming(transport: &dyn JobTransport) {
     }
 }
 
-/// Enqueues `count` jobs from `producers` tasks and waits until the rows of all
-/// of them (and the `before` jobs of earlier batches) say `succeeded`;
-/// `(enqueue time, total time)`.
+/// How a batch is enqueued.
+#[derive(Debug, Clone, Copy)]
+struct Enqueue {
+    /// Tasks enqueueing at once.
+    producers: usize,
+    /// Jobs per `Jobs::enqueue_many` call; 0 for one `Jobs::enqueue` each.
+    batch: usize,
+}
+
+/// Enqueues `count` jobs as `enqueue` says and waits until the handler has
+/// run for all of them (and the `before` jobs of earlier batches) and no
+/// row is left unfinished; `(enqueue time, total time)`.
 async fn batch(
     jobs: &Jobs,
+    db: &Database,
     counter: &Counter,
     count: usize,
     before: usize,
-    producers: usize,
+    enqueue: Enqueue,
     timeout: Duration,
 ) -> anyhow::Result<(Duration, Duration)> {
     let target = before + count;
+    let new_job = || NewJob {
+        kind: KIND,
+        payload: serde_json::json!({}),
+        max_attempts: RetryPolicy::default().max_attempts,
+    };
     let start = Instant::now();
-    // Producer p enqueues jobs p, p + producers, …, one after the other.
-    let producers = (0..producers.max(1)).map(|p| async move {
-        for _ in (p..count).step_by(producers.max(1)) {
-            jobs.enqueue(NewJob {
-                kind: KIND,
-                payload: serde_json::json!({}),
-                max_attempts: RetryPolicy::default().max_attempts,
-            })
-            .await
-            .context("cannot enqueue")?;
+    let step = enqueue.producers;
+    // Producer p enqueues jobs p, p + producers, …, one after the other or
+    // `batch` at a time.
+    let producers = (0..step).map(|p| async move {
+        let mine = (p..count).step_by(step).count();
+        if enqueue.batch == 0 {
+            for _ in 0..mine {
+                jobs.enqueue(new_job()).await.context("cannot enqueue")?;
+            }
+        } else {
+            let mut left = mine;
+            while left > 0 {
+                let n = left.min(enqueue.batch);
+                jobs.enqueue_many((0..n).map(|_| new_job()).collect())
+                    .await
+                    .context("cannot enqueue")?;
+                left -= n;
+            }
         }
         anyhow::Ok(())
     });
@@ -417,21 +460,73 @@ async fn batch(
     let enqueued = start.elapsed();
     let deadline = start + timeout;
     // The handlers first (no database reads while the jobs run), then the
-    // rows: a handler returns before its worker records the success.
+    // rows: a handler returns before its worker records the success. Only
+    // the unfinished rows are counted (through the partial indexes of
+    // due and running jobs), so the finished rows of a grown table cost
+    // the check nothing.
     counter.wait_for(target, deadline).await?;
     loop {
-        let succeeded = succeeded(jobs).await?;
-        if succeeded >= target {
+        let unfinished = unfinished(db).await?;
+        if unfinished == 0 {
             return Ok((enqueued, start.elapsed()));
         }
         if Instant::now() > deadline {
-            bail!(
-                "only {} of {count} jobs succeeded within {timeout:?}",
-                succeeded.saturating_sub(before)
-            );
+            bail!("{unfinished} of {count} jobs unfinished after {timeout:?}");
         }
-        tokio::time::sleep(Duration::from_millis(2)).await;
+        tokio::time::sleep(Duration::from_millis(1)).await;
     }
+}
+
+/// Rows not finished: queued, retrying or running.
+async fn unfinished(db: &Database) -> anyhow::Result<i64> {
+    let sql = "SELECT (SELECT COUNT(*) FROM jobs WHERE state IN ('queued', 'retrying')) \
+               + (SELECT COUNT(*) FROM jobs WHERE state = 'running')";
+    let n: i64 = match db.pool() {
+        Pool::Sqlite(pool) => sqlx::query_scalar(sql).fetch_one(pool).await?,
+        Pool::Postgres(pool) => sqlx::query_scalar(sql).fetch_one(pool).await?,
+    };
+    Ok(n)
+}
+
+/// Puts `rows` succeeded jobs in the table in one statement (PostgreSQL:
+/// `generate_series`; SQLite: a recursive CTE), then updates the planner's
+/// statistics, as autovacuum would on a table that grew over time.
+async fn seed_finished_jobs(db: &Database, rows: usize) -> anyhow::Result<()> {
+    if rows == 0 {
+        return Ok(());
+    }
+    let rows = i64::try_from(rows)?;
+    // A day ago, in the table's Unix microseconds.
+    let day_ago = std::time::SystemTime::now() - Duration::from_secs(86_400);
+    let at = i64::try_from(day_ago.duration_since(std::time::UNIX_EPOCH)?.as_micros())?;
+    let columns = "INSERT INTO jobs (id, kind, payload, state, attempts, max_attempts, run_at, \
+                   worker, created_at, updated_at, started_at, finished_at) ";
+    let values = "'seed-' || n, 'bench_seed', '{}', 'succeeded', 1, 5, $2 + n, 'seed', \
+                  $2 + n, $2 + n, $2 + n, $2 + n";
+    match db.pool() {
+        Pool::Postgres(pool) => {
+            let sql = format!("{columns} SELECT {values} FROM generate_series(1, $1::BIGINT) AS n");
+            sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(rows)
+                .bind(at)
+                .execute(pool)
+                .await?;
+            sqlx::query("ANALYZE jobs").execute(pool).await?;
+        }
+        Pool::Sqlite(pool) => {
+            let sql = format!(
+                "WITH RECURSIVE seq(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM seq WHERE n < $1) \
+                 {columns} SELECT {values} FROM seq"
+            );
+            sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(rows)
+                .bind(at)
+                .execute(pool)
+                .await?;
+            sqlx::query("ANALYZE jobs").execute(pool).await?;
+        }
+    }
+    Ok(())
 }
 
 /// Jobs whose row says `succeeded`.
@@ -518,6 +613,8 @@ mod tests {
             rows: None,
             postgres_url: DEFAULT_POSTGRES_URL.to_owned(),
             timeout_secs: 60,
+            enqueue_batch: 0,
+            seed_rows: 0,
         };
         let report = run(&options).await.expect("the run succeeds");
         assert_eq!(
@@ -542,6 +639,8 @@ mod tests {
             rows: Some(RowStore::Sqlite),
             postgres_url: DEFAULT_POSTGRES_URL.to_owned(),
             timeout_secs: 1,
+            enqueue_batch: 0,
+            seed_rows: 0,
         };
         let err = run(&options).await.expect_err("refused");
         assert!(err.to_string().contains("--rows"), "{err:#}");

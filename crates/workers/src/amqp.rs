@@ -2,8 +2,9 @@
 //!
 //! Job ids are persistent messages on the durable queue `{prefix}.jobs`,
 //! published with publisher confirms (`send` returns once the broker has
-//! taken responsibility for the message) and consumed with manual acks, at
-//! most `concurrency` unacknowledged per transport (the prefetch). A worker
+//! taken responsibility for the message; `send_many` publishes a batch and
+//! then awaits its confirms together) and consumed with manual acks, at
+//! most twice `concurrency` unacknowledged per transport (the prefetch). A worker
 //! that dies without acknowledging loses its connection, and the broker puts
 //! its unacknowledged messages back on the queue for the other workers.
 //!
@@ -41,7 +42,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
@@ -50,6 +51,7 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{
     Acker, BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, Consumer,
+    PublisherConfirm,
 };
 use tokio::sync::OnceCell;
 
@@ -77,8 +79,10 @@ pub struct AmqpTransportConfig {
     /// Prefix of every queue name, so that deployments (or tests) can share
     /// a broker.
     pub prefix: String,
-    /// How many deliveries this transport holds unacknowledged at most: the
-    /// number of jobs the worker runs at once.
+    /// The number of jobs the worker runs at once; the transport holds
+    /// twice as many deliveries unacknowledged at most (the prefetch: the
+    /// running jobs, and as many finished ones whose outcome is being
+    /// recorded).
     pub concurrency: u16,
 }
 
@@ -164,6 +168,14 @@ impl AmqpTransport {
         Ok(session)
     }
 
+    /// The consumer's prefetch: twice the concurrency, so that while the
+    /// worker records the outcomes of finished jobs (their deliveries are
+    /// acknowledged only once the outcome is committed) as many new ones are
+    /// already at hand.
+    fn prefetch(&self) -> u16 {
+        self.config.concurrency.saturating_mul(2)
+    }
+
     /// Throws `failed` away, so that the next call opens a new session.
     async fn forget(&self, failed: &Arc<Session>) {
         let mut current = self.session.lock().await;
@@ -220,6 +232,31 @@ impl Session {
     /// Publishes `job_id` to the job queue, or to its delay bucket, and
     /// waits for the broker's confirm.
     async fn publish(&self, job_id: &str, delay_ms: Option<u32>) -> Result<()> {
+        let (queue, confirm) = self.start_publish(job_id, delay_ms).await?;
+        confirmed(&queue, confirm.await.map_err(amqp_error)?)
+    }
+
+    /// Publishes every one of `job_ids` to the job queue, then waits for
+    /// all their confirms: the publishes are pipelined, not one round trip
+    /// each.
+    async fn publish_many(&self, job_ids: &[String]) -> Result<()> {
+        let mut confirms = Vec::with_capacity(job_ids.len());
+        for job_id in job_ids {
+            confirms.push(self.start_publish(job_id, None).await?);
+        }
+        for (queue, confirm) in confirms {
+            confirmed(&queue, confirm.await.map_err(amqp_error)?)?;
+        }
+        Ok(())
+    }
+
+    /// Publishes `job_id` (persistent, mandatory) to the job queue or its
+    /// delay bucket; returns the queue and the confirm still to come.
+    async fn start_publish(
+        &self,
+        job_id: &str,
+        delay_ms: Option<u32>,
+    ) -> Result<(String, PublisherConfirm)> {
         let mut properties = BasicProperties::default()
             .with_delivery_mode(PERSISTENT)
             .with_message_id(job_id.into());
@@ -230,7 +267,7 @@ impl Session {
             }
             None => self.jobs_queue.clone(),
         };
-        let confirmation = self
+        let confirm = self
             .publisher
             .basic_publish(
                 "".into(),
@@ -244,19 +281,8 @@ impl Session {
                 properties,
             )
             .await
-            .map_err(amqp_error)?
-            .await
             .map_err(amqp_error)?;
-        match confirmation {
-            Confirmation::Ack(None) => Ok(()),
-            Confirmation::Ack(Some(_)) => Err(Error::Unavailable(format!(
-                "rabbitmq has no queue {queue}; it is declared again on the next attempt"
-            ))),
-            Confirmation::Nack(_) => Err(Error::Unavailable(
-                "rabbitmq refused to store the job id; try again".to_owned(),
-            )),
-            Confirmation::NotRequested => Err(Error::internal("publisher confirms are off")),
-        }
+        Ok((queue, confirm))
     }
 
     /// The delay bucket queue of `delay_ms`, declared on first use.
@@ -291,25 +317,23 @@ impl Session {
     }
 
     /// Waits for the next message of the job queue, starting the consumer
-    /// on the first call.
-    async fn next_delivery(&self, prefetch: u16) -> Result<Delivery> {
+    /// on the first call, then takes up to `max` in all of those the
+    /// consumer already holds (prefetched), without waiting for more.
+    async fn next_deliveries(&self, prefetch: u16, max: usize) -> Result<Vec<Delivery>> {
         let (_channel, consumer) = self
             .consumer
             .get_or_try_init(|| self.start_consuming(prefetch))
             .await?;
+        let mut consumer = consumer.lock().await;
         // Cancel-safe: a message the stream has not yielded stays in it.
-        match consumer.lock().await.next().await {
-            Some(Ok(delivery)) => Ok(Delivery {
-                job_id: String::from_utf8_lossy(&delivery.data).into_owned(),
-                receipt: Box::new(AmqpReceipt {
-                    acker: delivery.acker,
-                }),
-            }),
-            Some(Err(err)) => Err(amqp_error(err)),
-            None => Err(Error::Unavailable(
-                "rabbitmq cancelled the job consumer".to_owned(),
-            )),
+        let mut deliveries = vec![job_delivery(consumer.next().await)?];
+        while deliveries.len() < max {
+            match consumer.next().now_or_never() {
+                Some(next) => deliveries.push(job_delivery(next)?),
+                None => break,
+            }
         }
+        Ok(deliveries)
     }
 
     async fn start_consuming(
@@ -357,9 +381,30 @@ impl JobTransport for AmqpTransport {
     }
 
     async fn receive(&self) -> Result<Delivery> {
+        let mut one = self.receive_many(1).await?;
+        Ok(one.swap_remove(0))
+    }
+
+    /// Publishes every id, then awaits all the confirms together.
+    async fn send_many(&self, job_ids: &[String]) -> Result<()> {
+        let session = self.session().await?;
+        let published = tokio::time::timeout(CONFIRM_TIMEOUT, session.publish_many(job_ids))
+            .await
+            .unwrap_or_else(|_| {
+                Err(Error::Unavailable(
+                    "rabbitmq did not confirm the job ids within 10 s".to_owned(),
+                ))
+            });
+        if published.is_err() {
+            self.forget(&session).await;
+        }
+        published
+    }
+
+    async fn receive_many(&self, max: usize) -> Result<Vec<Delivery>> {
         keep_receiving("rabbitmq", || async {
             let session = self.session().await?;
-            let received = session.next_delivery(self.config.concurrency).await;
+            let received = session.next_deliveries(self.prefetch(), max).await;
             if received.is_err() {
                 self.forget(&session).await;
             }
@@ -370,6 +415,22 @@ impl JobTransport for AmqpTransport {
 
     fn name(&self) -> &'static str {
         "amqp"
+    }
+}
+
+/// The job delivery of what the consumer yielded.
+fn job_delivery(next: Option<lapin::Result<lapin::message::Delivery>>) -> Result<Delivery> {
+    match next {
+        Some(Ok(delivery)) => Ok(Delivery {
+            job_id: String::from_utf8_lossy(&delivery.data).into_owned(),
+            receipt: Box::new(AmqpReceipt {
+                acker: delivery.acker,
+            }),
+        }),
+        Some(Err(err)) => Err(amqp_error(err)),
+        None => Err(Error::Unavailable(
+            "rabbitmq cancelled the job consumer".to_owned(),
+        )),
     }
 }
 
@@ -397,6 +458,20 @@ impl Receipt for AmqpReceipt {
     /// Nothing to do: see the module documentation on `consumer_timeout`.
     async fn keep_alive(&self) -> Result<()> {
         Ok(())
+    }
+}
+
+/// What the broker's `confirmation` of a publish to `queue` means.
+fn confirmed(queue: &str, confirmation: Confirmation) -> Result<()> {
+    match confirmation {
+        Confirmation::Ack(None) => Ok(()),
+        Confirmation::Ack(Some(_)) => Err(Error::Unavailable(format!(
+            "rabbitmq has no queue {queue}; it is declared again on the next attempt"
+        ))),
+        Confirmation::Nack(_) => Err(Error::Unavailable(
+            "rabbitmq refused to store the job id; try again".to_owned(),
+        )),
+        Confirmation::NotRequested => Err(Error::internal("publisher confirms are off")),
     }
 }
 

@@ -6,7 +6,6 @@
 use std::future::Future;
 use std::time::Duration;
 
-use switchboard_core::jobs::Delivery;
 use switchboard_core::{Error, Result};
 
 /// Calls `receive_once` until it yields a delivery. `Ok(None)` (nothing
@@ -14,13 +13,13 @@ use switchboard_core::{Error, Result};
 /// broker did not answer) waits first, 0.1 s after the first failure in a
 /// row, doubling, at most 5 s, and logs each failure; any other error is
 /// returned. Cancel-safe as far as `receive_once` is.
-pub(crate) async fn keep_receiving<F, Fut>(
+pub(crate) async fn keep_receiving<F, Fut, T>(
     broker: &'static str,
     mut receive_once: F,
-) -> Result<Delivery>
+) -> Result<T>
 where
     F: FnMut() -> Fut,
-    Fut: Future<Output = Result<Option<Delivery>>>,
+    Fut: Future<Output = Result<Option<T>>>,
 {
     let mut failures = 0;
     loop {
@@ -48,6 +47,7 @@ fn retry_delay(failures: u32) -> Duration {
 mod tests {
     use super::*;
     use std::sync::atomic::{AtomicU32, Ordering};
+    use switchboard_core::jobs::Delivery;
 
     #[test]
     fn waits_double_up_to_five_seconds() {

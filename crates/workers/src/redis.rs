@@ -207,9 +207,9 @@ impl RedisTransport {
         &self.shared.consumer
     }
 
-    /// Runs the due chores, then waits for a new entry; `None` if there was
-    /// none within the poll interval.
-    async fn next_entry(&self) -> RedisResult<Option<StreamId>> {
+    /// Runs the due chores, then waits for new entries, up to `max` of them
+    /// in one read; none if there was none within the poll interval.
+    async fn next_entries(&self, max: usize) -> RedisResult<Vec<StreamId>> {
         if self.chore_due(|chores| &mut chores.promote_at, self.poll_interval) {
             self.promote_due().await?;
         }
@@ -219,9 +219,9 @@ impl RedisTransport {
         if self.chore_due(|chores| &mut chores.claim_at, self.shared.lease / 2)
             && let Some(entry) = self.claim_expired().await?
         {
-            return Ok(Some(entry));
+            return Ok(vec![entry]);
         }
-        self.read_new().await
+        self.read_new(max).await
     }
 
     /// Whether the chore whose next time `slot` picks is due; if so, sets
@@ -292,8 +292,9 @@ impl RedisTransport {
         }
     }
 
-    /// Waits up to the poll interval for an entry no consumer has seen.
-    async fn read_new(&self) -> RedisResult<Option<StreamId>> {
+    /// Waits up to the poll interval for entries no consumer has seen, and
+    /// takes up to `max` of them (XREADGROUP … COUNT `max`).
+    async fn read_new(&self, max: usize) -> RedisResult<Vec<StreamId>> {
         let mut reader = self.reader.lock().await;
         let block_ms = u64::try_from(self.poll_interval.as_millis()).unwrap_or(u64::MAX);
         let reply: Option<StreamReadReply> = redis::cmd("XREADGROUP")
@@ -301,7 +302,7 @@ impl RedisTransport {
             .arg(GROUP)
             .arg(&self.shared.consumer)
             .arg("COUNT")
-            .arg(1)
+            .arg(max.max(1))
             .arg("BLOCK")
             .arg(block_ms)
             .arg("STREAMS")
@@ -311,7 +312,8 @@ impl RedisTransport {
             .await?;
         Ok(reply
             .and_then(|reply| reply.keys.into_iter().next())
-            .and_then(|key| key.ids.into_iter().next()))
+            .map(|key| key.ids)
+            .unwrap_or_default())
     }
 
     /// Removes consumers of processes that have gone from the group.
@@ -417,19 +419,44 @@ impl JobTransport for RedisTransport {
     /// after Redis handed an entry to this consumer, the entry stays pending
     /// and is claimed again (by any worker) once its lease expires.
     async fn receive(&self) -> Result<Delivery> {
+        let mut one = self.receive_many(1).await?;
+        Ok(one.swap_remove(0))
+    }
+
+    /// All XADDs in one pipeline: one round trip for every id.
+    async fn send_many(&self, job_ids: &[String]) -> Result<()> {
+        let shared = &self.shared;
+        let mut adds = redis::pipe();
+        for job_id in job_ids {
+            adds.cmd("XADD")
+                .arg(&shared.stream)
+                .arg("*")
+                .arg("job_id")
+                .arg(job_id)
+                .ignore();
+        }
+        let () = shared.retrying(&adds).await.map_err(redis_error)?;
+        Ok(())
+    }
+
+    /// Cancel-safe as [`receive`](JobTransport::receive) is.
+    async fn receive_many(&self, max: usize) -> Result<Vec<Delivery>> {
         keep_receiving("redis", || async {
-            let entry = match self.next_entry().await {
+            let entries = match self.next_entries(max).await {
                 Err(err) if err.code() == Some("NOGROUP") => {
                     // Redis lost the stream (a restart without persistence).
                     tracing::warn!(stream = %self.shared.stream, "job group missing; creating it again");
-                    self.shared.create_group().await.map(|()| None)
+                    self.shared.create_group().await.map(|()| Vec::new())
                 }
                 other => other.map_err(redis_error),
             }?;
-            match entry {
-                Some(entry) => self.delivery(entry).await,
-                None => Ok(None),
+            let mut deliveries = Vec::with_capacity(entries.len());
+            for entry in entries {
+                if let Some(delivery) = self.delivery(entry).await? {
+                    deliveries.push(delivery);
+                }
             }
+            Ok((!deliveries.is_empty()).then_some(deliveries))
         })
         .await
     }

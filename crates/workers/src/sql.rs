@@ -47,13 +47,30 @@ impl JobTransport for SqlTransport {
     }
 
     async fn receive(&self) -> Result<Delivery> {
+        let mut one = self.receive_many(1).await?;
+        Ok(one.swap_remove(0))
+    }
+
+    async fn send_many(&self, _job_ids: &[String]) -> Result<()> {
+        // The rows are the messages; one wake-up takes them in batches.
+        self.wake.notify_one();
+        Ok(())
+    }
+
+    /// Up to `max` due rows in one query; an idle worker waits for the next
+    /// `send` in this process (woken at once) or the poll interval.
+    async fn receive_many(&self, max: usize) -> Result<Vec<Delivery>> {
         loop {
             let notified = self.wake.notified();
-            if let Some(job_id) = store::next_due(&self.db, now()).await? {
-                return Ok(Delivery {
-                    job_id,
-                    receipt: Box::new(RowReceipt),
-                });
+            let ids = store::next_due_many(&self.db, now(), max).await?;
+            if !ids.is_empty() {
+                return Ok(ids
+                    .into_iter()
+                    .map(|job_id| Delivery {
+                        job_id,
+                        receipt: Box::new(RowReceipt),
+                    })
+                    .collect());
             }
             let _ = tokio::time::timeout(self.poll_interval, notified).await;
         }

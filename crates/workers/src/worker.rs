@@ -2,7 +2,7 @@
 //! under a renewed lease, and records the outcome: succeeded, retried after
 //! a backoff, or dead.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,7 +13,7 @@ use switchboard_core::jobs::{
 };
 use switchboard_core::shutdown::ShutdownSignal;
 use switchboard_core::tasks::AbortOnDrop;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio::task::JoinSet;
 
 /// How a [`Worker`] runs.
@@ -52,6 +52,18 @@ pub fn default_worker_name() -> String {
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "worker".to_owned());
     format!("{host}-{}", std::process::id())
+}
+
+/// The most jobs started by one update, or recorded by one.
+const MAX_BATCH: usize = 256;
+
+/// A successful attempt waiting to be recorded by `Worker::record_successes`.
+struct Completion {
+    job_id: String,
+    attempt: u32,
+    receipt: Arc<dyn Receipt>,
+    /// Told once the success is recorded and the delivery acknowledged.
+    recorded: oneshot::Sender<()>,
 }
 
 struct Registered {
@@ -128,34 +140,55 @@ impl Worker {
             concurrency = self.config.concurrency,
             "worker started"
         );
+        // Successes are recorded in batches by a task of their own: see
+        // `record_successes`.
+        let (completions, finished) = mpsc::unbounded_channel();
+        let completer = tokio::spawn(self.clone().record_successes(finished));
         loop {
             while running.try_join_next().is_some() {}
-            let permit = tokio::select! {
+            let first = tokio::select! {
                 permit = permits.clone().acquire_owned() => match permit {
                     Ok(permit) => permit,
                     Err(_) => break,
                 },
                 () = stop.requested() => break,
             };
+            // Every free slot is filled from one receive and one update.
+            let mut slots = vec![first];
+            while slots.len() < MAX_BATCH {
+                match permits.clone().try_acquire_owned() {
+                    Ok(permit) => slots.push(permit),
+                    Err(_) => break,
+                }
+            }
             // Only a stop interrupts a receive: the broker transports are
             // not safe to cancel in the middle of a delivery.
-            let delivery = tokio::select! {
-                delivery = self.transport.receive() => delivery,
+            let deliveries = tokio::select! {
+                deliveries = self.transport.receive_many(slots.len()) => deliveries,
                 () = stop.requested() => break,
             };
-            let delivery = match delivery {
-                Ok(delivery) => delivery,
+            let deliveries = match deliveries {
+                Ok(deliveries) => deliveries,
                 Err(err) => {
                     tracing::warn!(error = %err, "cannot take jobs; trying again in 1 s");
                     tokio::time::sleep(Duration::from_secs(1)).await;
                     continue;
                 }
             };
-            if let Some((job, receipt)) = self.take(delivery).await {
+            for (job, receipt) in self.take_many(deliveries).await {
+                // A transport hands out at most as many as asked for; were
+                // it more, the extra ones wait for a slot.
+                let permit = match slots.pop() {
+                    Some(permit) => permit,
+                    None => match permits.clone().acquire_owned().await {
+                        Ok(permit) => permit,
+                        Err(_) => break,
+                    },
+                };
                 let worker = self.clone();
+                let completions = completions.clone();
                 running.spawn(async move {
-                    worker.execute(job, receipt).await;
-                    drop(permit);
+                    worker.execute(job, receipt, permit, &completions).await;
                 });
             }
         }
@@ -171,25 +204,51 @@ impl Worker {
             );
             running.shutdown().await;
         }
+        // The completer records what is left and ends with the last sender.
+        drop(completions);
+        let _ = completer.await;
         tracing::info!(worker = %self.config.name, "worker stopped");
     }
 
-    /// Starts an attempt of the delivered job, or settles the delivery when
-    /// the job cannot be taken now.
-    async fn take(&self, delivery: Delivery) -> Option<(Job, Box<dyn Receipt>)> {
-        let Delivery { job_id, receipt } = delivery;
+    /// Starts an attempt of each delivered job that can be taken now, all
+    /// in one update; settles the other deliveries.
+    async fn take_many(&self, deliveries: Vec<Delivery>) -> Vec<(Job, Box<dyn Receipt>)> {
         let at = now();
         let lease_until = at + self.config.lease;
-        match store::start_attempt(&self.db, &job_id, &self.config.name, at, lease_until).await {
-            Ok(Some(job)) => return Some((job, receipt)),
-            Ok(None) => {}
+        let ids: Vec<String> = deliveries.iter().map(|d| d.job_id.clone()).collect();
+        let mut started: HashMap<String, Job> = match store::start_attempts(
+            &self.db,
+            &ids,
+            &self.config.name,
+            at,
+            lease_until,
+        )
+        .await
+        {
+            Ok(jobs) => jobs.into_iter().map(|job| (job.id.clone(), job)).collect(),
             Err(err) => {
-                tracing::warn!(%job_id, error = %err, "cannot start the job; it is tried again later");
-                self.postpone(&job_id, receipt.as_ref()).await;
+                tracing::warn!(count = ids.len(), error = %err, "cannot start the jobs; they are tried again later");
+                for delivery in &deliveries {
+                    self.postpone(&delivery.job_id, delivery.receipt.as_ref())
+                        .await;
+                }
                 tokio::time::sleep(Duration::from_millis(200)).await;
-                return None;
+                return Vec::new();
+            }
+        };
+        let mut taken = Vec::with_capacity(started.len());
+        for Delivery { job_id, receipt } in deliveries {
+            // A second copy of an id in the batch is not the one started.
+            match started.remove(&job_id) {
+                Some(job) => taken.push((job, receipt)),
+                None => self.settle_untaken(job_id, receipt).await,
             }
         }
+        taken
+    }
+
+    /// Settles the delivery of a job that could not be taken now.
+    async fn settle_untaken(&self, job_id: String, receipt: Box<dyn Receipt>) {
         // Not takeable now. A copy is kept for later when the job is waiting
         // out a backoff or held by a live lease (a duplicate delivery, or a
         // broker that redelivered before the lease ran out); a finished or
@@ -204,25 +263,33 @@ impl Worker {
             Err(err) => {
                 tracing::warn!(%job_id, error = %err, "cannot read the job; it is tried again later");
                 self.postpone(&job_id, receipt.as_ref()).await;
-                return None;
+                return;
             }
         };
         if let Some(at) = later
             && let Err(err) = self.transport.send(&job_id, Some(at)).await
         {
             tracing::warn!(%job_id, error = %err, "cannot postpone the job; leaving it unacknowledged");
-            return None;
+            return;
         }
         if let Err(err) = receipt.ack().await {
             tracing::warn!(%job_id, error = %err, "cannot acknowledge the delivery");
         }
-        None
     }
 
-    /// Runs one attempt under a renewed lease and records how it ended.
-    async fn execute(&self, job: Job, receipt: Box<dyn Receipt>) {
+    /// Runs one attempt under a renewed lease, frees its slot (`permit`)
+    /// and records how it ended: a success through the batched
+    /// `completions`, waiting until it is recorded, anything else at once.
+    async fn execute(
+        &self,
+        job: Job,
+        receipt: Box<dyn Receipt>,
+        permit: OwnedSemaphorePermit,
+        completions: &mpsc::UnboundedSender<Completion>,
+    ) {
         let receipt: Arc<dyn Receipt> = Arc::from(receipt);
         let Some(registered) = self.handlers.get(&job.kind) else {
+            drop(permit);
             let error = format!("no handler for jobs of kind {:?}", job.kind);
             self.record(&job, &AttemptEnd::Dead { error }, receipt)
                 .await;
@@ -239,6 +306,7 @@ impl Worker {
         let started = std::time::Instant::now();
         let result = registered.handler.run(&job, last_attempt).await;
         drop(renewal);
+        drop(permit);
         let end = match result {
             Ok(()) => AttemptEnd::Succeeded,
             Err(JobFailure::Retryable(error)) if !last_attempt => AttemptEnd::Retry {
@@ -265,9 +333,64 @@ impl Worker {
             AttemptEnd::Retry { error, run_at } => {
                 tracing::info!(job_id = %job.id, kind = %job.kind, attempts = job.attempts, %error, %run_at, "job will be retried");
             }
-            AttemptEnd::Succeeded => {}
+            AttemptEnd::Succeeded => {
+                let (recorded, done) = oneshot::channel();
+                let completion = Completion {
+                    job_id: job.id.clone(),
+                    attempt: job.attempts,
+                    receipt: receipt.clone(),
+                    recorded,
+                };
+                if completions.send(completion).is_ok() {
+                    let _ = done.await;
+                    return;
+                }
+            }
         }
         self.record(&job, &end, receipt).await;
+    }
+
+    /// Records the successes sent on `finished` in batches until every
+    /// sender is gone: it waits for one, takes every other one already
+    /// waiting (up to [`MAX_BATCH`]), marks them all succeeded in one
+    /// statement (one commit), and only then acknowledges their deliveries,
+    /// all at once (pipelined on the broker's connection). A crash before
+    /// the commit leaves the jobs running under leases that run out, and
+    /// they are taken again; no delivery is acknowledged before its row
+    /// says succeeded.
+    async fn record_successes(self: Arc<Self>, mut finished: mpsc::UnboundedReceiver<Completion>) {
+        let mut batch = Vec::with_capacity(MAX_BATCH);
+        while finished.recv_many(&mut batch, MAX_BATCH).await > 0 {
+            let attempts: Vec<(String, u32)> = batch
+                .iter()
+                .map(|done| (done.job_id.clone(), done.attempt))
+                .collect();
+            match store::finish_succeeded_many(&self.db, &attempts, now()).await {
+                Ok(recorded) => {
+                    let recorded: HashSet<String> = recorded.into_iter().collect();
+                    for done in batch.iter().filter(|done| !recorded.contains(&done.job_id)) {
+                        tracing::warn!(job_id = %done.job_id, "the job was taken over while it ran; its outcome is the newer attempt's");
+                    }
+                    let acks = batch.iter().map(|done| async move {
+                        if let Err(err) = done.receipt.ack().await {
+                            tracing::warn!(job_id = %done.job_id, error = %err, "cannot acknowledge the job");
+                        }
+                    });
+                    futures::future::join_all(acks).await;
+                }
+                Err(err) => {
+                    // The rows still say running: the jobs are taken again
+                    // once their leases run out (the handlers are idempotent).
+                    tracing::error!(count = batch.len(), error = %err, "cannot record the jobs' outcomes");
+                    for done in &batch {
+                        self.postpone(&done.job_id, done.receipt.as_ref()).await;
+                    }
+                }
+            }
+            for done in batch.drain(..) {
+                let _ = done.recorded.send(());
+            }
+        }
     }
 
     /// Stores the end of the attempt, hands a retry to the transport, and

@@ -72,6 +72,30 @@ impl Jobs {
         Ok(job)
     }
 
+    /// Stores many jobs in one transaction and hands their ids to the
+    /// transport together (one commit and, on Redis and RabbitMQ, one
+    /// round trip for all of them); returns them in the order given. Like
+    /// [`enqueue`](Self::enqueue), it returns once every row is committed
+    /// and the transport holds every id (or refused them, which is only
+    /// logged: workers send untaken jobs again).
+    ///
+    /// # Errors
+    ///
+    /// A database error; then no job of the batch is stored.
+    pub async fn enqueue_many(&self, jobs: Vec<NewJob>) -> Result<Vec<Job>> {
+        let at = now();
+        let jobs: Vec<Job> = jobs.into_iter().map(|job| job.into_job(at)).collect();
+        if jobs.is_empty() {
+            return Ok(jobs);
+        }
+        store::insert_many(&self.db, &jobs).await?;
+        let ids: Vec<String> = jobs.iter().map(|job| job.id.clone()).collect();
+        if let Err(err) = self.transport.send_many(&ids).await {
+            tracing::warn!(count = ids.len(), error = %err, "the queue did not take the jobs; they are sent again later");
+        }
+        Ok(jobs)
+    }
+
     /// Hands a stored job to the transport. A failure is logged, not
     /// returned: the row is committed, and workers send untaken jobs again.
     pub async fn dispatch(&self, job_id: &str) {

@@ -97,6 +97,47 @@ pub(crate) async fn insert(db: &Database, job: &Job) -> Result<()> {
     Ok(())
 }
 
+/// Rows per multi-row statement: [`insert_many`] binds nine values a row,
+/// and PostgreSQL takes at most 65,535 binds a statement (SQLite 32,766).
+const ROWS_PER_STATEMENT: usize = 500;
+
+/// The placeholders `($first, …)`, `count` of them numbered on from `first`,
+/// in groups of `width` (one group a row), separated by commas.
+fn placeholders(first: usize, count: usize, width: usize) -> String {
+    (0..count)
+        .map(|row| {
+            let binds: Vec<String> = (0..width)
+                .map(|col| format!("${}", first + row * width + col))
+                .collect();
+            format!("({})", binds.join(", "))
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Inserts `jobs` in one transaction (multi-row INSERTs of up to
+/// [`ROWS_PER_STATEMENT`] rows): one commit for all of them.
+pub(crate) async fn insert_many(db: &Database, jobs: &[Job]) -> Result<()> {
+    let payloads = jobs.iter().map(payload_text).collect::<Result<Vec<_>>>()?;
+    on_database!(db, pool => {
+        let mut tx = pool.begin().await?;
+        for (chunk, texts) in jobs.chunks(ROWS_PER_STATEMENT).zip(payloads.chunks(ROWS_PER_STATEMENT)) {
+            let sql = format!(
+                "INSERT INTO jobs (id, kind, payload, state, attempts, max_attempts, run_at, \
+                 created_at, updated_at) VALUES {}",
+                placeholders(1, chunk.len(), 9)
+            );
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for (job, payload) in chunk.iter().zip(texts) {
+                query = bind_insert!(query, job, payload.as_str());
+            }
+            query.execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+    });
+    Ok(())
+}
+
 /// One job.
 pub async fn get(db: &Database, id: &str) -> Result<Option<Job>> {
     let sql = concat!("SELECT ", job_columns!(), " FROM jobs WHERE id = $1");
@@ -150,6 +191,68 @@ pub async fn start_attempt(
             .await?
     });
     row.map(Job::try_from).transpose()
+}
+
+/// Up to `limit` ids of jobs a worker may take now, as [`next_due`] picks
+/// one: due queued or retrying jobs oldest first, or, when there are none,
+/// running ones whose lease ran out.
+pub async fn next_due_many(db: &Database, now: DateTime<Utc>, limit: usize) -> Result<Vec<String>> {
+    let due = "SELECT id FROM jobs WHERE state IN ('queued', 'retrying') AND run_at <= $1 \
+               ORDER BY run_at, id LIMIT $2";
+    let abandoned = "SELECT id FROM jobs WHERE state = 'running' AND lease_until < $1 \
+                     ORDER BY lease_until LIMIT $2";
+    let limit = i64::try_from(limit.max(1)).unwrap_or(i64::MAX);
+    let ids: Vec<String> = on_database!(db, pool => {
+        let ids: Vec<String> = sqlx::query_scalar(due).bind(micros(now)).bind(limit).fetch_all(pool).await?;
+        if ids.is_empty() {
+            sqlx::query_scalar(abandoned).bind(micros(now)).bind(limit).fetch_all(pool).await?
+        } else {
+            ids
+        }
+    });
+    Ok(ids)
+}
+
+/// Starts an attempt of each of the jobs `ids` that may be taken now, as
+/// [`start_attempt`] does for one, in one statement per
+/// [`ROWS_PER_STATEMENT`] ids; returns the jobs it started (in no
+/// particular order). An id listed twice is started once.
+pub async fn start_attempts(
+    db: &Database,
+    ids: &[String],
+    worker: &str,
+    now: DateTime<Utc>,
+    lease_until: DateTime<Utc>,
+) -> Result<Vec<Job>> {
+    let mut started = Vec::with_capacity(ids.len());
+    for chunk in ids.chunks(ROWS_PER_STATEMENT) {
+        let list: Vec<String> = (0..chunk.len()).map(|i| format!("${}", i + 4)).collect();
+        let sql = format!(
+            concat!(
+                "UPDATE jobs SET state = 'running', attempts = attempts + 1, lease_until = $1, \
+                 worker = $2, started_at = $3, updated_at = $3 \
+                 WHERE id IN ({}) AND ((state IN ('queued', 'retrying') AND run_at <= $3) \
+                                    OR (state = 'running' AND lease_until < $3)) \
+                 RETURNING ",
+                job_columns!()
+            ),
+            list.join(", ")
+        );
+        let rows: Vec<JobRow> = on_database!(db, pool => {
+            let mut query = sqlx::query_as(sqlx::AssertSqlSafe(sql.clone()))
+                .bind(micros(lease_until))
+                .bind(worker)
+                .bind(micros(now));
+            for id in chunk {
+                query = query.bind(id);
+            }
+            query.fetch_all(pool).await?
+        });
+        for row in rows {
+            started.push(Job::try_from(row)?);
+        }
+    }
+    Ok(started)
 }
 
 /// Extends the lease of attempt `attempt` of job `id`; false if the
@@ -236,6 +339,39 @@ pub async fn finish_attempt(
             .rows_affected()
     });
     Ok(n == 1)
+}
+
+/// Records that each attempt `(id, attempt)` of `attempts` succeeded, as
+/// [`finish_attempt`] does for one, in one statement per
+/// [`ROWS_PER_STATEMENT`] attempts (one commit); returns the ids whose
+/// attempt was still the running one (the others were taken over).
+pub async fn finish_succeeded_many(
+    db: &Database,
+    attempts: &[(String, u32)],
+    now: DateTime<Utc>,
+) -> Result<Vec<String>> {
+    let mut finished = Vec::with_capacity(attempts.len());
+    on_database!(db, pool => {
+        let mut tx = pool.begin().await?;
+        for chunk in attempts.chunks(ROWS_PER_STATEMENT) {
+            let matches: Vec<String> = (0..chunk.len())
+                .map(|i| format!("(id = ${} AND attempts = ${})", 2 + 2 * i, 3 + 2 * i))
+                .collect();
+            let sql = format!(
+                "UPDATE jobs SET state = 'succeeded', finished_at = $1, lease_until = NULL, \
+                 updated_at = $1 WHERE state = 'running' AND ({}) RETURNING id",
+                matches.join(" OR ")
+            );
+            let mut query = sqlx::query_scalar(sqlx::AssertSqlSafe(sql)).bind(micros(now));
+            for (id, attempt) in chunk {
+                query = query.bind(id).bind(i64::from(*attempt));
+            }
+            let ids: Vec<String> = query.fetch_all(&mut *tx).await?;
+            finished.extend(ids);
+        }
+        tx.commit().await?;
+    });
+    Ok(finished)
 }
 
 /// Dead jobs, newest first, after the keyset `(finished_at, id)` of the

@@ -43,6 +43,25 @@ pub trait JobTransport: Send + Sync {
     /// Waits for the next job id for this worker. Cancel-safe: dropping the
     /// future loses nothing.
     async fn receive(&self) -> Result<Delivery>;
+    /// Makes every one of `job_ids` deliverable now, returning once the
+    /// transport holds all of them durably. Transports that can send many
+    /// ids in one round trip (a Redis pipeline, RabbitMQ publishes whose
+    /// confirms are awaited together) override this; by default the ids are
+    /// sent one after the other.
+    async fn send_many(&self, job_ids: &[String]) -> Result<()> {
+        for job_id in job_ids {
+            self.send(job_id, None).await?;
+        }
+        Ok(())
+    }
+    /// Waits for the next job id like [`receive`](Self::receive), then
+    /// takes up to `max` in all (at least one) of those ready without
+    /// waiting, so that a worker with `max` free slots starts them
+    /// together. Cancel-safe as `receive` is. By default one id.
+    async fn receive_many(&self, max: usize) -> Result<Vec<Delivery>> {
+        let _ = max;
+        Ok(vec![self.receive().await?])
+    }
     /// The backend's name: `sqlite`, `postgres`, `redis` or `amqp`.
     fn name(&self) -> &'static str;
 }
