@@ -65,6 +65,8 @@ pub enum Invalidation {
     },
     /// Any number of conversations went (the retention task).
     AllConversations,
+    /// Any number of sessions went (the purge of expired ones).
+    AllCredentials,
 }
 
 /// Carries [`Invalidation`]s to the other instances.
@@ -281,6 +283,7 @@ impl Caches {
             }
             Invalidation::Conversation { id } => self.conversations.remove(id),
             Invalidation::AllConversations => self.conversations.clear(),
+            Invalidation::AllCredentials => self.credentials.clear(),
         }
     }
 
@@ -364,6 +367,7 @@ mod tests {
             },
             Invalidation::Conversation { id: "c".to_owned() },
             Invalidation::AllConversations,
+            Invalidation::AllCredentials,
         ];
         for invalidation in all {
             let json = serde_json::to_string(&invalidation).unwrap();

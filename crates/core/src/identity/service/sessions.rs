@@ -359,6 +359,9 @@ impl Identity {
             now - chrono::Duration::from_std(OIDC_LOGIN_TTL).unwrap_or_default(),
         )
         .await?;
-        store::purge_expired_sessions(&self.db, now).await
+        let purged = store::purge_expired_sessions(&self.db, now).await;
+        self.caches
+            .invalidate(crate::cache::Invalidation::AllCredentials);
+        purged
     }
 }
