@@ -7,6 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use switchboard_core::cache::Caches;
 use switchboard_core::chat::{
     Chat, DevEngine, EngineStatus, GENERATE_REPLY, ReplyEngine, ReplyGenerator, ReplyHub,
     ReplyJobHandler,
@@ -20,7 +21,7 @@ use switchboard_core::{Error, Result};
 use switchboard_engines::{
     GrpcEngine, GrpcEngineConfig, OpenAiEngine, OpenAiEngineConfig, ResilientEngine,
 };
-use switchboard_redis::{RedisRateCounters, RedisReplyBus};
+use switchboard_redis::{RedisInvalidations, RedisRateCounters, RedisReplyBus};
 use switchboard_workers::{
     AmqpTransport, AmqpTransportConfig, RedisTransport, RedisTransportConfig, Scheduler,
     SqlTransport, Worker, WorkerConfig,
@@ -146,8 +147,18 @@ impl Services {
             )),
             None => ReplyHub::default(),
         });
+        // One set of read caches for identity and chat; with Redis, every
+        // instance's invalidations reach every other's.
+        let caches = Arc::new(Caches::new());
+        if let Some(url) = &config.redis_url {
+            let bus =
+                RedisInvalidations::connect(url.expose(), &config.queue.prefix, &caches).await?;
+            caches.share_through(Arc::new(bus));
+        }
         let lease = Duration::from_secs(config.queue.lease_secs.max(1));
-        let generator = Arc::new(ReplyGenerator::new(db.clone(), hub.clone(), engine, lease));
+        let generator = Arc::new(
+            ReplyGenerator::new(db.clone(), hub.clone(), engine, lease).with_caches(caches.clone()),
+        );
         let reply_handler = Arc::new(ReplyJobHandler::new(generator.clone(), db.clone()));
         let transport = transport(config, &db).await?;
         let jobs = Arc::new(
@@ -161,12 +172,14 @@ impl Services {
             jobs.clone(),
             config.queue.generate_reply,
         )
-        .with_admission(Arc::new(move || admission.check()));
+        .with_admission(Arc::new(move || admission.check()))
+        .with_caches(caches.clone());
         if !startup.workers && hub.bus().is_none() {
             chat = chat.with_remote_generation();
         }
         let chat = Arc::new(chat);
         let mut identity = Identity::start(db.clone(), &config.auth).await?;
+        identity.use_caches(caches);
         if let Some(url) = &config.redis_url {
             let counters = RedisRateCounters::connect(url.expose(), &config.queue.prefix).await?;
             identity.share_login_throttle(Arc::new(counters));

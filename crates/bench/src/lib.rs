@@ -15,10 +15,14 @@
 //!   once against a running server, and the server's resident memory
 //!   before, at its peak and in the seconds after.
 //!
+//! * [`hello`]: a bare tonic hello-world server, the reference the
+//!   signed-in GetConversation is held to.
+//!
 //! The binary (`src/main.rs`) only parses arguments, sets up logging and
 //! prints what these modules return.
 
 pub mod chat;
+pub mod hello;
 pub mod logins;
 pub mod queue;
 mod scratch;

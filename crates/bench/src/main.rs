@@ -5,7 +5,7 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use switchboard_bench::{chat, logins, queue};
+use switchboard_bench::{chat, hello, logins, queue};
 use tracing_subscriber::EnvFilter;
 
 /// Load generators for Switchboard's benchmarks (scripts/bench.sh). Each
@@ -38,6 +38,14 @@ enum Command {
     /// peak_sampled_mib, peak_hwm_mib, at_end_mib and after_{1,3,5}s_mib;
     /// exits 1 unless every attempt was refused with 401.
     Logins(logins::LoginsOptions),
+    /// A bare tonic hello-world server (`helloworld.Greeter/SayHello`), the
+    /// reference the http section holds GetConversation to. Serves until
+    /// stopped.
+    Hello {
+        /// The address to listen on.
+        #[arg(long, default_value = "127.0.0.1:50051")]
+        listen: std::net::SocketAddr,
+    },
 }
 
 #[tokio::main]
@@ -59,6 +67,10 @@ async fn main() -> ExitCode {
 
 async fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
+        Command::Hello { listen } => {
+            hello::serve(listen).await?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Chat(options) => {
             let report = chat::run(&options).await?;
             println!("{}", serde_json::to_string(&report)?);

@@ -11,6 +11,7 @@
 //! [`identity::SharedRateCounters`]); the composition root
 //! (`switchboard-app`) builds the running whole from a [`config::Config`].
 
+pub mod cache;
 pub mod chat;
 pub mod config;
 pub mod db;

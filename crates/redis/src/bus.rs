@@ -44,7 +44,7 @@ const BACKLOG_BATCH: usize = 256;
 /// How often the Pub/Sub connection is pinged, and how long the answer may
 /// take: a connection that died silently (no reset) is noticed within twice
 /// this.
-const HEARTBEAT: Duration = Duration::from_secs(5);
+pub(crate) const HEARTBEAT: Duration = Duration::from_secs(5);
 
 /// How many times in a row a backlog read may fail before the subscriber's
 /// stream ends with the error.
@@ -516,6 +516,6 @@ impl Drop for Subscription {
 
 /// How long to wait after `failures` failed attempts in a row: 0.1 s,
 /// doubling, at most 5 s.
-fn retry_delay(failures: u32) -> Duration {
+pub(crate) fn retry_delay(failures: u32) -> Duration {
     Duration::from_millis(100 << failures.min(6)).min(Duration::from_secs(5))
 }

@@ -6,13 +6,19 @@
 //! * [`RedisRateCounters`], the login throttle's
 //!   [`SharedRateCounters`](switchboard_core::identity::SharedRateCounters):
 //!   N instances allow the sign-in attempts one does;
+//! * [`RedisInvalidations`], the read caches'
+//!   [`InvalidationBus`](switchboard_core::cache::InvalidationBus) on
+//!   Pub/Sub: a change on one instance is forgotten by every instance's
+//!   caches;
 //! * [`redis_error`], how a Redis failure reads as the domain's error, for
 //!   these and for the Redis job transport (`switchboard-workers`).
 
 mod bus;
+mod invalidation;
 mod throttle;
 
 pub use bus::{RedisReplyBus, RedisReplyBusConfig};
+pub use invalidation::RedisInvalidations;
 pub use throttle::RedisRateCounters;
 
 use switchboard_core::Error;

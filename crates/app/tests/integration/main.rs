@@ -4,6 +4,7 @@
 //! PostgreSQL database (see `support.rs` for how to reach PostgreSQL);
 //! `jobs.rs` runs the scheduler, `storage.rs` a database that cannot store.
 
+mod caches;
 mod chat;
 mod jobs;
 mod storage;

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use tokio::sync::oneshot;
 
+use crate::cache::{Caches, Invalidation};
 use crate::chat::engine::{EngineEvent, EngineRequest, ReplyEngine, Usage};
 use crate::chat::events::{self, CANCELLED_CODE, CANCELLED_MESSAGE, ReplyEventKind};
 use crate::chat::hub::{ReplyHub, ReplyPublisher};
@@ -40,6 +41,8 @@ pub struct ReplyGenerator {
     hub: Arc<ReplyHub>,
     engine: Arc<dyn ReplyEngine>,
     lease: Duration,
+    /// Told that a stored reply moved its conversation's `updated_at`.
+    caches: Arc<Caches>,
 }
 
 /// What [`ReplyGenerator::generate`] did.
@@ -107,7 +110,16 @@ impl ReplyGenerator {
             hub,
             engine,
             lease,
+            caches: Arc::new(Caches::new()),
         }
+    }
+
+    /// Invalidates the conversation of each stored reply in `caches` (the
+    /// chat service's, whose bus tells every instance).
+    #[must_use]
+    pub fn with_caches(mut self, caches: Arc<Caches>) -> Self {
+        self.caches = caches;
+        self
     }
 
     /// The engine.
@@ -300,7 +312,14 @@ impl ReplyGenerator {
                     }
                     None => return Err(Error::Unavailable(reason)),
                 },
-                other => return other,
+                other => {
+                    if let Ok(Some(message)) = &other {
+                        self.caches.invalidate(Invalidation::Conversation {
+                            id: message.conversation_id.clone(),
+                        });
+                    }
+                    return other;
+                }
             }
         }
     }

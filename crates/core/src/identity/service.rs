@@ -36,8 +36,9 @@ use std::time::Duration;
 use openidconnect::reqwest;
 use sha2::{Digest, Sha256};
 
+use crate::cache::{Caches, Invalidation};
 use crate::config::AuthConfig;
-use crate::db::Database;
+use crate::db::{Database, Tx};
 use crate::error::{Error, Result};
 use crate::identity::audit::{self, AuditOutcome, AuditRecord};
 use crate::identity::email::normalise_email;
@@ -67,6 +68,9 @@ pub struct Identity {
     oidc: OidcProviders,
     policy: PasswordPolicy,
     config: AuthConfig,
+    /// Who presents each credential, believed for a moment
+    /// ([`crate::cache`]); every change of an account invalidates it.
+    caches: Arc<Caches>,
 }
 
 /// The SHA-256 of `text`, lower-case hex: how refresh tokens and API keys
@@ -145,6 +149,30 @@ impl Identity {
         self.throttle.share_through(counters);
     }
 
+    /// Keeps who presents a credential in `caches` (shared with the chat
+    /// service and, through their bus, invalidated by every instance)
+    /// instead of caches of its own.
+    pub fn use_caches(&mut self, caches: Arc<Caches>) {
+        self.caches = caches;
+    }
+
+    /// The caches [`Identity::authenticate`] answers from.
+    pub fn caches(&self) -> &Arc<Caches> {
+        &self.caches
+    }
+
+    /// Commits a change of `user_id`'s sessions, keys, role, state or
+    /// second factor, then forgets what the caches hold about the account,
+    /// here and on every other instance, before the caller answers. Also
+    /// when the COMMIT failed: a failed COMMIT may still have been written.
+    async fn commit_account_change(&self, tx: Tx, user_id: &str) -> Result<()> {
+        let committed = tx.commit().await;
+        self.caches.invalidate(Invalidation::Account {
+            user_id: user_id.to_owned(),
+        });
+        committed
+    }
+
     /// The identity domain over `db`, with the keys stored there (the first
     /// one is generated on first start). Accounts stored before emails were
     /// normalised get their comparison key here.
@@ -185,6 +213,7 @@ impl Identity {
                 ..PasswordPolicy::default()
             },
             config: config.clone(),
+            caches: Arc::new(Caches::new()),
             db,
         })
     }

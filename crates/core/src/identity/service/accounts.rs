@@ -264,6 +264,6 @@ impl Identity {
             now,
         )
         .await?;
-        tx.commit().await
+        self.commit_account_change(tx, &row.id).await
     }
 }

@@ -224,7 +224,7 @@ impl Identity {
                 self.keep_an_admin(&mut tx).await?;
             }
         }
-        tx.commit().await?;
+        self.commit_account_change(tx, id).await?;
         self.user_with_links(self.fetch_user(id).await?).await
     }
 
@@ -277,7 +277,7 @@ impl Identity {
             now,
         )
         .await?;
-        tx.commit().await?;
+        self.commit_account_change(tx, id).await?;
         self.user_with_links(self.fetch_user(id).await?).await
     }
 
@@ -330,7 +330,7 @@ impl Identity {
         if row.role == Role::Admin.as_str() && !row.disabled {
             self.keep_an_admin(&mut tx).await?;
         }
-        tx.commit().await
+        self.commit_account_change(tx, id).await
     }
 
     /// Audit events, newest first.

@@ -203,6 +203,6 @@ impl Identity {
             now,
         )
         .await?;
-        tx.commit().await
+        self.commit_account_change(tx, &caller.user_id).await
     }
 }

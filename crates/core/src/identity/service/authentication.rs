@@ -2,7 +2,11 @@
 //! token of this server, an API key or a provider's token into the
 //! [`Principal`] every request carries.
 
+use std::time::{Duration, Instant};
+
 use chrono::Utc;
+
+use crate::cache::{ENTRY_TTL, ReadCache};
 
 use crate::error::{Error, Result};
 use crate::identity::jwt::Unverified;
@@ -16,6 +20,17 @@ use super::{Identity, sha256_hex};
 /// How often an API key's `last_used_at` is written at most.
 const KEY_TOUCH_INTERVAL: chrono::Duration = chrono::Duration::seconds(60);
 
+/// An accepted credential's principal, and until when the answer may be
+/// cached (`None`: not at all).
+type Accepted = (Principal, Option<Instant>);
+
+/// The moment `at` (Unix microseconds) on the monotonic clock; `None`
+/// stays `None`, a moment already past is now.
+fn instant_of(at: Option<i64>) -> Option<Instant> {
+    let left = at? - micros(Utc::now());
+    Some(Instant::now() + Duration::from_micros(u64::try_from(left).unwrap_or_default()))
+}
+
 impl Identity {
     /// Who presents `credential` (a bearer token, an API key, or a provider's
     /// token), or `None` when it is refused: bad signature, wrong algorithm,
@@ -26,8 +41,30 @@ impl Identity {
     ///
     /// Only for failures that are not the credential's fault (the database
     /// or a provider cannot be reached).
+    ///
+    /// An access token or API key accepted in the last moment is answered
+    /// from the credentials cache ([`crate::cache`]): every change of the
+    /// account invalidates it, and no entry outlives
+    /// [`ENTRY_TTL`](crate::cache::ENTRY_TTL), the token's expiry or the
+    /// session's or key's end.
     pub async fn authenticate(&self, credential: &str) -> Result<Option<Principal>> {
         let credential = credential.trim();
+        let cache = self.caches.credentials();
+        if let Some(principal) = cache.and_then(|cache| cache.get(credential)) {
+            return Ok(Some(principal));
+        }
+        let ticket = cache.map(ReadCache::ticket);
+        let found = self.authenticate_uncached(credential).await?;
+        if let (Some(cache), Some(ticket), Some((principal, Some(until)))) = (cache, ticket, &found)
+        {
+            cache.insert(ticket, credential, principal.clone(), Some(*until));
+        }
+        Ok(found.map(|(principal, _)| principal))
+    }
+
+    /// As [`Identity::authenticate`], from the database, with the moment
+    /// the answer may be believed until when it may be cached at all.
+    async fn authenticate_uncached(&self, credential: &str) -> Result<Option<Accepted>> {
         if credential.starts_with(API_KEY_PREFIX) {
             return self.authenticate_api_key(credential).await;
         }
@@ -38,7 +75,12 @@ impl Identity {
             return self.authenticate_access_token(credential).await;
         }
         match self.oidc.verify_bearer(credential).await {
-            Ok(Some(identity)) => self.authenticate_provider_identity(identity).await,
+            // A provider's token is not cached: its account is provisioned
+            // on each use.
+            Ok(Some(identity)) => Ok(self
+                .authenticate_provider_identity(identity)
+                .await?
+                .map(|principal| (principal, None))),
             Ok(None) => self.authenticate_access_token(credential).await,
             Err(OidcError::Discovery(message) | OidcError::Unreachable(message)) => {
                 tracing::warn!(%message, "identity provider unreachable while checking a bearer token");
@@ -53,7 +95,7 @@ impl Identity {
         }
     }
 
-    async fn authenticate_access_token(&self, token: &str) -> Result<Option<Principal>> {
+    async fn authenticate_access_token(&self, token: &str) -> Result<Option<Accepted>> {
         let claims = match self.keys.verify(token).await {
             Ok(claims) => claims,
             Err(error) => {
@@ -72,18 +114,25 @@ impl Identity {
             return Ok(None);
         }
         let role: Role = holder.role.parse()?;
-        Ok(Some(self.principal(
-            claims.sub,
-            role,
-            holder.totp_enabled,
-            Credential::AccessToken {
-                session_id: claims.sid,
-            },
-            None,
+        let until = [
+            Some(claims.exp.saturating_mul(1_000_000)),
+            holder.session_expires_at,
+        ];
+        Ok(Some((
+            self.principal(
+                claims.sub,
+                role,
+                holder.totp_enabled,
+                Credential::AccessToken {
+                    session_id: claims.sid,
+                },
+                None,
+            ),
+            instant_of(until.into_iter().flatten().min()),
         )))
     }
 
-    async fn authenticate_api_key(&self, key: &str) -> Result<Option<Principal>> {
+    async fn authenticate_api_key(&self, key: &str) -> Result<Option<Accepted>> {
         let Some(holder) = store::key_holder(&self.db, &sha256_hex(key)).await? else {
             return Ok(None);
         };
@@ -104,12 +153,15 @@ impl Identity {
             .split_whitespace()
             .map(str::to_owned)
             .collect();
-        Ok(Some(self.principal(
-            holder.user_id,
-            role,
-            holder.totp_enabled,
-            Credential::ApiKey { key_id: holder.id },
-            (!permissions.is_empty()).then_some(permissions),
+        Ok(Some((
+            self.principal(
+                holder.user_id,
+                role,
+                holder.totp_enabled,
+                Credential::ApiKey { key_id: holder.id },
+                (!permissions.is_empty()).then_some(permissions),
+            ),
+            Some(instant_of(holder.expires_at).unwrap_or_else(|| Instant::now() + ENTRY_TTL)),
         )))
     }
 

@@ -130,7 +130,7 @@ impl Identity {
             now,
         )
         .await?;
-        tx.commit().await?;
+        self.commit_account_change(tx, &row.id).await?;
         Ok(codes)
     }
 
@@ -181,7 +181,7 @@ impl Identity {
             now,
         )
         .await?;
-        tx.commit().await
+        self.commit_account_change(tx, &row.id).await
     }
 
     /// Checks a TOTP code or a recovery code inside `tx`, using it up.

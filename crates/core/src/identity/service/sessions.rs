@@ -264,7 +264,7 @@ impl Identity {
                 now,
             )
             .await?;
-            tx.commit().await?;
+            self.commit_account_change(tx, &found.user_id).await?;
             return Err(invalid());
         }
         if found.revoked_at.is_some() || found.expires_at < micros(now) {
@@ -343,7 +343,7 @@ impl Identity {
             now,
         )
         .await?;
-        tx.commit().await
+        self.commit_account_change(tx, &user_id).await
     }
 
     /// Deletes sessions that ended and sign-ins never completed; returns
@@ -359,6 +359,9 @@ impl Identity {
             now - chrono::Duration::from_std(OIDC_LOGIN_TTL).unwrap_or_default(),
         )
         .await?;
-        store::purge_expired_sessions(&self.db, now).await
+        let purged = store::purge_expired_sessions(&self.db, now).await;
+        self.caches
+            .invalidate(crate::cache::Invalidation::AllCredentials);
+        purged
     }
 }
