@@ -1,7 +1,7 @@
 //! Load generators behind the figures of `docs/benchmarks.md`, run by
 //! `scripts/bench.sh` (`just bench`).
 //!
-//! Three measurements, one module each, each ending in one JSON line:
+//! Four measurements, one module each, each ending in one JSON line:
 //!
 //! * [`chat`]: simulated users holding conversations with a running server
 //!   over REST, each turn a `SendMessage` followed by the reply's
@@ -14,11 +14,16 @@
 //! * [`logins`]: a burst of failed sign-ins from many loopback addresses at
 //!   once against a running server, and the server's resident memory
 //!   before, at its peak and in the seconds after.
+//! * [`connections`]: thousands of WebSocket or Server-Sent Events clients
+//!   following one reply, each checking every event it gets, with the
+//!   server's memory per connection and how long after the engine's last
+//!   token each client's `done` arrived.
 //!
 //! The binary (`src/main.rs`) only parses arguments, sets up logging and
 //! prints what these modules return.
 
 pub mod chat;
+pub mod connections;
 pub mod logins;
 pub mod queue;
 mod scratch;
