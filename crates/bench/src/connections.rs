@@ -523,7 +523,12 @@ async fn follow_sse(
             .read(&mut buffer)
             .await
             .context("reading the stream")?;
-        ensure!(read > 0, "the stream ended without `done`");
+        ensure!(
+            read > 0,
+            "the connection closed without `done`, after {} events (seq {})",
+            check.events,
+            check.last_seq
+        );
         let mut body = &buffer[..read];
         if chunks.in_body.is_none() {
             head.extend_from_slice(body);
@@ -551,6 +556,11 @@ async fn follow_sse(
                 return Ok(received);
             }
         }
+        ensure!(
+            !chunks.ended,
+            "the response body ended without `done`, after {} events",
+            check.events
+        );
     }
 }
 
@@ -579,6 +589,8 @@ struct Dechunker {
     in_body: Option<bool>,
     /// Bytes of an unfinished chunk (or its size line).
     pending: Vec<u8>,
+    /// Whether the last (empty) chunk has come.
+    ended: bool,
 }
 
 impl Dechunker {
@@ -599,7 +611,11 @@ impl Dechunker {
             let size_text = size_text.split(';').next().unwrap_or("").trim();
             let size = usize::from_str_radix(size_text, 16)
                 .with_context(|| format!("a bad chunk size {size_text:?}"))?;
-            ensure!(size > 0, "the stream ended without `done`");
+            if size == 0 {
+                // The last chunk: what came before it is still returned.
+                self.ended = true;
+                break;
+            }
             let data = line_end + 2;
             if rest.len() < data + size + 2 {
                 break;
@@ -758,11 +774,12 @@ mod tests {
     fn chunks_split_anywhere_come_out_whole() {
         let mut chunks = Dechunker {
             in_body: Some(true),
-            pending: Vec::new(),
+            ..Dechunker::default()
         };
         assert_eq!(chunks.push(b"5\r\nhel").unwrap(), b"");
         assert_eq!(chunks.push(b"lo\r\n3;x=1\r\n wo\r\n").unwrap(), b"hello wo");
-        assert!(chunks.push(b"0\r\n\r\n").is_err(), "the end is not `done`");
+        assert_eq!(chunks.push(b"1\r\n!\r\n0\r\n\r\n").unwrap(), b"!");
+        assert!(chunks.ended, "the last chunk ends the body");
     }
 
     #[test]
