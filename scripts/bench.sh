@@ -7,7 +7,7 @@
 #   BENCH_BINARY  default target/release/switchboard-bench (crates/bench)
 #   (just bench builds both: cargo build --release -p switchboard -p switchboard-bench)
 #
-# BENCH_SECTIONS picks the sections, in this order (default: "http chat queue memory growth"):
+# BENCH_SECTIONS picks the sections, in this order (default: "http chat queue memory growth connections"):
 #
 # http — one read RPC (ChatService.GetConversation) over native gRPC, gRPC-Web
 #   and REST, signed in (bearer JWT, and an API key for one REST row), then
@@ -99,6 +99,25 @@
 #   for comparison (rows without a verdict).
 #   Block <!-- bench-memory:begin --> … <!-- bench-memory:end -->.
 #
+# connections — open reply streams: for each transport in BENCH_CONNECTIONS_TRANSPORTS
+#   (ws sse) and each count in BENCH_CONNECTIONS_CLIENTS (2000 10000), a fresh `switchboard
+#   serve` (SQLite, temporary data dir) whose engine is `switchboard-bench connections`
+#   itself (engine.kind = openai at a local port: a first token at once, one a second while
+#   the clients connect, then BENCH_CONNECTIONS_TOKENS tokens back to back once every client
+#   has subscribed). A user registers; that many clients, each on its own connection from
+#   127.0.0.1-.4, follow the one reply: a /v1/ws subscription naming it, or StreamReply as
+#   Server-Sent Events. Every client checks its events (seqs 1, 2, … with no gap, deltas,
+#   usage, `done` whose text is the deltas joined and the engine's text). Memory per
+#   connection: server VmRSS with every client subscribed minus VmRSS before the first
+#   connected, over the clients. Latency: from the engine writing its last token to each
+#   client's `done` (p50, p99, last). Targets: every client complete and <= 40 KiB per
+#   connection in every row; the last `done` under 250 ms after the last token with 2,000
+#   clients of one reply; and, from the first server of the section, start-up (process
+#   start to /readyz 200) < 100 ms and idle VmRSS < 40 MiB. The server's open-files limit
+#   (it raises its soft limit to the hard one) is read from /proc/PID/limits. Prints
+#   PASS/FAIL (exit 1 on FAIL with BENCH_STRICT=1).
+#   Block <!-- bench-connections:begin --> … <!-- bench-connections:end -->.
+#
 # Environment: BENCH_N (requests per round, default 30000), BENCH_C (clients,
 # default 32), BENCH_M (streams per client, default 10), BENCH_ROUNDS (default 5),
 # BENCH_WARMUP (requests per warm-up, default 5000), BENCH_LOGIN_N (sign-ins,
@@ -108,6 +127,8 @@
 # BENCH_QUEUE_ROUNDS (default 5); BENCH_MEMORY_ATTEMPTS (default 200),
 # BENCH_MEMORY_ACCOUNTS (default 40), BENCH_MEMORY_PEAK_MARGIN_MIB (default 24),
 # BENCH_MEMORY_SETTLED_MARGIN_MIB (default 16), BENCH_MEMORY_BEFORE_BIN;
+# BENCH_CONNECTIONS_TRANSPORTS (default "ws sse"), BENCH_CONNECTIONS_CLIENTS (default
+# "2000 10000"), BENCH_CONNECTIONS_TOKENS (default 20);
 # BENCH_REDIS_URL (default
 # redis://127.0.0.1:6379), BENCH_AMQP_URL (default
 # amqp://guest:guest@127.0.0.1:5672/%2f), BENCH_POSTGRES_URL (a server where
@@ -118,7 +139,7 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 BIN=${1:-$TARGET_DIR/release/switchboard}
 BENCH_BIN=${2:-$TARGET_DIR/release/switchboard-bench}
-SECTIONS=" ${BENCH_SECTIONS:-http chat queue memory growth} "
+SECTIONS=" ${BENCH_SECTIONS:-http chat queue memory growth connections} "
 N=${BENCH_N:-30000} C=${BENCH_C:-16} M=${BENCH_M:-32} ROUNDS=${BENCH_ROUNDS:-5} WARMUP=${BENCH_WARMUP:-5000}
 LOGIN_N=${BENCH_LOGIN_N:-400}
 CHAT_USERS=${BENCH_CHAT_USERS:-16} CHAT_TURNS=${BENCH_CHAT_TURNS:-20} CHAT_ROUNDS=${BENCH_CHAT_ROUNDS:-3}
@@ -129,6 +150,8 @@ MEMORY_ATTEMPTS=${BENCH_MEMORY_ATTEMPTS:-200} MEMORY_ACCOUNTS=${BENCH_MEMORY_ACC
 MEMORY_PEAK_MARGIN=${BENCH_MEMORY_PEAK_MARGIN_MIB:-24} MEMORY_SETTLED_MARGIN=${BENCH_MEMORY_SETTLED_MARGIN_MIB:-16}
 MEMORY_BEFORE_BIN=${BENCH_MEMORY_BEFORE_BIN:-}
 GROWTH_SIZES=${BENCH_GROWTH_SIZES:-10 10000 1000000} GROWTH_N=${BENCH_GROWTH_N:-4000} GROWTH_C=${BENCH_GROWTH_C:-4}
+CONNECTIONS_TRANSPORTS=${BENCH_CONNECTIONS_TRANSPORTS:-ws sse} CONNECTIONS_CLIENTS=${BENCH_CONNECTIONS_CLIENTS:-2000 10000}
+CONNECTIONS_TOKENS=${BENCH_CONNECTIONS_TOKENS:-20}
 REDIS=${BENCH_REDIS_URL:-redis://127.0.0.1:6379}
 AMQP=${BENCH_AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}
 PG=${BENCH_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/postgres}
@@ -166,7 +189,7 @@ trap 'exit 130' INT TERM
 
 [[ -x $BIN ]] || die "$BIN not found; build it with: cargo build --release -p switchboard"
 BIN=$(realpath "$BIN")
-if want http || want chat || want queue || want memory; then
+if want http || want chat || want queue || want memory || want connections; then
   [[ -x $BENCH_BIN ]] || die "$BENCH_BIN not found; build it with: cargo build --release -p switchboard-bench"
   BENCH_BIN=$(realpath "$BENCH_BIN")
 fi
@@ -234,6 +257,7 @@ VERDICT=PASS
 HELLO_VERDICT=PASS
 MEMORY_VERDICT=PASS
 GROWTH_VERDICT=PASS
+CONNECTIONS_VERDICT=PASS
 
 # ---------------------------------------------------------------- http
 bench_http() {
@@ -741,11 +765,84 @@ h2load -t 1 -c $GROWTH_C -m 1 -n $GROWTH_N -H 'authorization: Bearer TOKEN' 'htt
   rewrite_block bench-growth "$meta"$'\n\n'"$table"$'\n\n'"$target"$'\n\n'"$commands"
 }
 
+# ---------------------------------------------------------------- connections
+# connections_run TRANSPORT CLIENTS: one server, one reply followed by CLIENTS clients; the
+# report appended to $TMP/connections.jsonl. The first server of the section also gives
+# the start-up time and idle VmRSS ($TMP/connections-startup.json).
+connections_run() {
+  local transport=$1 clients=$2 port eport base pid token t0 t1 name=connections-$1-$2 out
+  port=$(free_port)
+  eport=$(free_port)
+  base=http://127.0.0.1:$port
+  t0=$(date +%s%N)
+  start "$name" SWITCHBOARD_LOG_LEVEL=warn SWITCHBOARD_ENGINE__KIND=openai \
+    "SWITCHBOARD_ENGINE__OPENAI__BASE_URL=http://127.0.0.1:$eport/v1" SWITCHBOARD_ENGINE__OPENAI__MODEL=bench \
+    SWITCHBOARD_ENGINE__RESILIENCE__CALL_TIMEOUT_MS=600000 SWITCHBOARD_ENGINE__RESILIENCE__REPLY_DEADLINE_MS=600000 \
+    -- serve --listen "127.0.0.1:$port" --data-dir "$TMP/$name"
+  pid=$STARTED
+  # /readyz as fast as curl can ask: the start-up time is process start to the first 200.
+  for _ in $(seq 3000); do
+    [[ $(curl -s -o /dev/null -w '%{http_code}' --max-time 1 "$base/readyz" || true) == 200 ]] && break
+    kill -0 "$pid" 2>/dev/null || { tail -20 "$TMP/$name.log" >&2; die "$name exited during start-up"; }
+  done
+  t1=$(date +%s%N)
+  wait_ready "$base" "$pid" "$name"
+  if [[ ! -f $TMP/connections-startup.json ]]; then
+    jq -n --argjson ms "$(( (t1 - t0) / 1000000 ))" \
+      --argjson idle "$(awk '/^VmRSS:/ {printf "%.1f", $2 / 1024}' "/proc/$pid/status")" \
+      '{startup_ms: $ms, idle_mib: $idle}' >"$TMP/connections-startup.json"
+  fi
+  token=$(register "$base") || die "$name: could not register the bench user"
+  out=$(SWITCHBOARD_BENCH_TOKEN=$token "$BENCH_BIN" connections --base-url "$base" --pid "$pid" \
+    --engine-listen "127.0.0.1:$eport" --transport "$transport" --clients "$clients" \
+    --final-tokens "$CONNECTIONS_TOKENS") || { echo "$out" >&2; die "$name: switchboard-bench connections failed"; }
+  local nofile
+  nofile=$(awk '/^Max open files/ {print $4}' "/proc/$pid/limits")
+  stop_pid "$pid"
+  jq -c --arg nofile "$nofile" '. + {server_open_files: $nofile}' <<<"$out" >>"$TMP/connections.jsonl"
+  jq -r '"bench: connections \(.transport) x \(.clients): \(.complete) complete, \(.failed) failed; connected in \(.connect_s) s; \(.kib_per_connection) KiB per connection (VmRSS \(.rss_before_mib) -> \(.rss_open_mib) MiB); done after the last token p50 \(.done_after_last_token_ms.p50) ms, p99 \(.done_after_last_token_ms.p99) ms, last \(.last_done_after_last_token_ms) ms; open files: server \(.server_open_files), bench \(.open_files_limit)"' \
+    <(tail -1 "$TMP/connections.jsonl")
+}
+
+bench_connections() {
+  local transport clients table row verdict meta commands startup
+  echo "bench: connections: transports $CONNECTIONS_TRANSPORTS, clients $CONNECTIONS_CLIENTS, one reply each run"
+  for transport in $CONNECTIONS_TRANSPORTS; do
+    for clients in $CONNECTIONS_CLIENTS; do
+      connections_run "$transport" "$clients"
+    done
+  done
+  table="| transport | clients | complete | connected in | KiB per connection | \`done\` after the last token p50 | p99 | last | verdict |
+| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"
+  table+=$'\n'$(jq -r '
+    (if .failed == 0 and .kib_per_connection <= 40
+        and (.clients != 2000 or .last_done_after_last_token_ms < 250) then "PASS" else "FAIL" end) as $v
+    | "| \({"ws": "WebSocket (/v1/ws)", "sse": "SSE (StreamReply)"}[.transport]) | \(.clients) | \(.complete) | \(.connect_s) s | \(.kib_per_connection) | \(.done_after_last_token_ms.p50) ms | \(.done_after_last_token_ms.p99) ms | \(.last_done_after_last_token_ms) ms | \($v) |"' \
+    "$TMP/connections.jsonl")
+  startup=$(cat "$TMP/connections-startup.json")
+  verdict=$(jq -rs --argjson s "$startup" '
+    if all(.[]; .failed == 0 and .kib_per_connection <= 40 and (.clients != 2000 or .last_done_after_last_token_ms < 250))
+       and $s.startup_ms < 100 and $s.idle_mib < 40 then "PASS" else "FAIL" end' "$TMP/connections.jsonl")
+  CONNECTIONS_VERDICT=$verdict
+  local targets
+  targets=$(jq -r --arg v "$verdict" '"Start-up (process start to the first /readyz 200): \(.startup_ms) ms, target < 100 ms: \(if .startup_ms < 100 then "PASS" else "FAIL" end); idle VmRSS \(.idle_mib) MiB, target < 40 MiB: \(if .idle_mib < 40 then "PASS" else "FAIL" end). Rows: every client gets every event in order ending in `done`, <= 40 KiB of server memory per connection, and with 2,000 clients the last `done` < 250 ms after the engine'"'"'s last token. Overall: **\($v)**."' <<<"$startup")
+  meta="$(machine). One fresh \`switchboard serve\` (SQLite, temporary data dir) per row; its engine is \`switchboard-bench connections\` (OpenAI-compatible, a token a second while the clients connect, then $CONNECTIONS_TOKENS tokens back to back); every client on its own connection from 127.0.0.1-127.0.0.4, signed in with one user's bearer token, following the same reply. Memory: server VmRSS with every client subscribed minus VmRSS before the first connected, over the clients."
+  commands="\`\`\`sh
+SWITCHBOARD_ENGINE__KIND=openai SWITCHBOARD_ENGINE__OPENAI__BASE_URL=http://127.0.0.1:EPORT/v1 SWITCHBOARD_ENGINE__OPENAI__MODEL=bench \\
+  switchboard serve --listen 127.0.0.1:PORT --data-dir DIR &
+switchboard-bench connections --base-url http://127.0.0.1:PORT --token TOKEN --pid \$! --engine-listen 127.0.0.1:EPORT \\
+  --transport ws --clients 10000 --final-tokens $CONNECTIONS_TOKENS   # or --transport sse
+\`\`\`"
+  printf '\n%s\n\n%s\n\n%s\n\n' "$meta" "$table" "$targets"
+  rewrite_block bench-connections "$meta"$'\n\n'"$table"$'\n\n'"$targets"$'\n\n'"$commands"
+}
+
 want http && bench_http
 want chat && bench_chat
 want queue && bench_queue
 want memory && bench_memory
 want growth && bench_growth
+want connections && bench_connections
 if [[ $HELLO_VERDICT == FAIL && ${BENCH_STRICT:-0} == 1 ]]; then
   die "signed-in GetConversation over native gRPC is at $HELLO_PCT % of the bare tonic server, below the 50 % target"
 fi
@@ -757,4 +854,7 @@ if [[ $MEMORY_VERDICT == FAIL && ${BENCH_STRICT:-0} == 1 ]]; then
 fi
 if [[ $GROWTH_VERDICT == FAIL && ${BENCH_STRICT:-0} == 1 ]]; then
   die "reads grew with the number of stored conversations"
+fi
+if [[ $CONNECTIONS_VERDICT == FAIL && ${BENCH_STRICT:-0} == 1 ]]; then
+  die "the open-connections targets were not met"
 fi

@@ -1,7 +1,7 @@
 //! Load generators behind the figures of `docs/benchmarks.md`, run by
 //! `scripts/bench.sh` (`just bench`).
 //!
-//! Three measurements, one module each, each ending in one JSON line:
+//! Four measurements, one module each, each ending in one JSON line:
 //!
 //! * [`chat`]: simulated users holding conversations with a running server
 //!   over REST, each turn a `SendMessage` followed by the reply's
@@ -14,6 +14,10 @@
 //! * [`logins`]: a burst of failed sign-ins from many loopback addresses at
 //!   once against a running server, and the server's resident memory
 //!   before, at its peak and in the seconds after.
+//! * [`connections`]: thousands of WebSocket or Server-Sent Events clients
+//!   following one reply, each checking every event it gets, with the
+//!   server's memory per connection and how long after the engine's last
+//!   token each client's `done` arrived.
 //!
 //! * [`hello`]: a bare tonic hello-world server, the reference the
 //!   signed-in GetConversation is held to.
@@ -22,6 +26,7 @@
 //! prints what these modules return.
 
 pub mod chat;
+pub mod connections;
 pub mod hello;
 pub mod logins;
 pub mod queue;

@@ -101,7 +101,7 @@ pub struct LoginsReport {
 }
 
 /// A field of `/proc/PID/status` such as `VmRSS`, in KiB.
-fn status_kib(pid: u32, field: &str) -> anyhow::Result<u64> {
+pub(crate) fn status_kib(pid: u32, field: &str) -> anyhow::Result<u64> {
     let path = format!("/proc/{pid}/status");
     let status = std::fs::read_to_string(&path).with_context(|| format!("cannot read {path}"))?;
     status
@@ -112,13 +112,13 @@ fn status_kib(pid: u32, field: &str) -> anyhow::Result<u64> {
 }
 
 /// KiB as MiB with one decimal.
-fn mib(kib: u64) -> f64 {
+pub(crate) fn mib(kib: u64) -> f64 {
     round(kib as f64 / 1024.0, 1)
 }
 
 /// The address `offset` after `first`, refusing anything outside
 /// 127.0.0.0/8.
-fn loopback_plus(first: Ipv4Addr, offset: u32) -> anyhow::Result<IpAddr> {
+pub(crate) fn loopback_plus(first: Ipv4Addr, offset: u32) -> anyhow::Result<IpAddr> {
     let address = u32::from(first)
         .checked_add(offset)
         .map(Ipv4Addr::from)

@@ -5,7 +5,7 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use switchboard_bench::{chat, hello, logins, queue};
+use switchboard_bench::{chat, connections, hello, logins, queue};
 use tracing_subscriber::EnvFilter;
 
 /// Load generators for Switchboard's benchmarks (scripts/bench.sh). Each
@@ -46,6 +46,14 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:50051")]
         listen: std::net::SocketAddr,
     },
+    /// Many WebSocket or SSE clients following one reply of a running
+    /// server whose engine this process plays (engine.kind = openai at
+    /// --engine-listen). Prints clients, complete, failed, connect_s,
+    /// rss_before_mib, rss_open_mib, kib_per_connection,
+    /// done_after_last_token_ms {p50, p99} and
+    /// last_done_after_last_token_ms; exits 1 unless every client got every
+    /// event in order, ending with the right `done`.
+    Connections(connections::ConnectionsOptions),
 }
 
 #[tokio::main]
@@ -101,6 +109,21 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             eprintln!(
                 "switchboard-bench: FAIL: not every sign-in was refused with 401: {}",
                 report.unexpected.join(", ")
+            );
+            Ok(ExitCode::FAILURE)
+        }
+        Command::Connections(options) => {
+            let report = connections::run(&options).await?;
+            println!("{}", serde_json::to_string(&report)?);
+            if report.failed == 0 {
+                return Ok(ExitCode::SUCCESS);
+            }
+            for error in &report.error_samples {
+                eprintln!("switchboard-bench: {error}");
+            }
+            eprintln!(
+                "switchboard-bench: FAIL: {} of {} clients did not get every event",
+                report.failed, report.clients
             );
             Ok(ExitCode::FAILURE)
         }

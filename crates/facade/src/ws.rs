@@ -77,6 +77,17 @@ const OUTGOING_FRAMES: usize = 64;
 /// Subscriptions one socket may hold at once.
 const MAX_SUBSCRIPTIONS: usize = 32;
 
+/// The read buffer a socket starts with. Client frames are small JSON
+/// (a subscription is well under 1 KiB), and the buffer grows for a larger
+/// frame; tungstenite's default, 128 KiB zero-filled at the first read, was
+/// most of a socket's memory (148 KiB of server memory per open socket).
+const READ_BUFFER_BYTES: usize = 4 * 1024;
+
+/// The largest client frame accepted. Every frame the client may send is a
+/// subscription or an unsubscription of a few ids; tungstenite's default
+/// (64 MiB) would let one socket make the server buffer that much.
+const MAX_CLIENT_FRAME_BYTES: usize = 64 * 1024;
+
 /// A frame from the client.
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -225,6 +236,12 @@ pub(crate) async fn upgrade(chat: Arc<Chat>, drain: Drain, request: Request) -> 
     };
     upgrade
         .protocols([SUBPROTOCOL])
+        .read_buffer_size(READ_BUFFER_BYTES)
+        // Each frame is written and flushed as it is sent; nothing waits to
+        // fill a buffer.
+        .write_buffer_size(0)
+        .max_message_size(MAX_CLIENT_FRAME_BYTES)
+        .max_frame_size(MAX_CLIENT_FRAME_BYTES)
         .on_upgrade(move |socket| async move {
             let socket_session = Session {
                 chat,

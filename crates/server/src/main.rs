@@ -224,6 +224,7 @@ fn init_logging(config: &Config) -> anyhow::Result<()> {
 
 async fn serve(config: Config, workers: bool) -> anyhow::Result<()> {
     init_logging(&config)?;
+    raise_open_files_limit();
     // Bind first: a port already taken fails before anything else starts.
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -255,6 +256,32 @@ async fn serve(config: Config, workers: bool) -> anyhow::Result<()> {
     services.shutdown().await;
     tracing::info!("shut down");
     Ok(())
+}
+
+/// Raises the open-files soft limit (RLIMIT_NOFILE) to the hard limit, so
+/// the number of open connections is bounded by what the operator allows
+/// rather than by the soft default (often 1024), and logs the limit the
+/// process has. A limit that cannot be raised is logged and kept.
+fn raise_open_files_limit() {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    let hard = limit.maximum;
+    if limit.current != hard {
+        let raised = Rlimit {
+            current: hard,
+            maximum: hard,
+        };
+        if let Err(err) = setrlimit(Resource::Nofile, raised) {
+            tracing::warn!(error = %err, soft = ?limit.current, hard = ?hard, "cannot raise the open-files limit to its hard limit");
+        }
+    }
+    let limit = getrlimit(Resource::Nofile);
+    let show = |value: Option<u64>| value.map_or_else(|| "unlimited".to_owned(), |n| n.to_string());
+    tracing::info!(
+        open_files = %show(limit.current),
+        hard = %show(limit.maximum),
+        "open-files limit (RLIMIT_NOFILE): one per connection, plus the database's and the process's own"
+    );
 }
 
 async fn worker(config: Config, listen: Option<SocketAddr>) -> anyhow::Result<()> {
