@@ -332,6 +332,38 @@ pub(crate) async fn history(db: &Database, before: &Message, limit: u32) -> Resu
     Ok(history)
 }
 
+/// [`history`] of the reply `reply_id`, found by its id: the position is
+/// read in the same statement, so this can run beside the claim of the
+/// reply instead of after it. Empty if there is no such reply.
+pub(crate) async fn history_of_reply(
+    db: &Database,
+    conversation_id: &str,
+    reply_id: &str,
+    limit: u32,
+) -> Result<Vec<Message>> {
+    let sql = concat!(
+        "SELECT ",
+        message_columns!(),
+        " FROM messages \
+         WHERE conversation_id = $1 AND status = 'complete' \
+           AND EXISTS (SELECT 1 FROM messages r WHERE r.id = $2 AND r.conversation_id = $1 \
+             AND (messages.created_at < r.created_at \
+               OR (messages.created_at = r.created_at AND messages.id < r.id))) \
+         ORDER BY created_at DESC, id DESC LIMIT $3"
+    );
+    let rows: Vec<MessageRow> = on_database!(db, pool => {
+        sqlx::query_as(sql)
+            .bind(conversation_id)
+            .bind(reply_id)
+            .bind(i64::from(limit))
+            .fetch_all(pool)
+            .await?
+    });
+    let mut history = messages(rows)?;
+    history.reverse();
+    Ok(history)
+}
+
 /// Stores a user's message and the pending reply, and touches the
 /// conversation, in one transaction; false if the owner has no such
 /// conversation (nothing is written then).
