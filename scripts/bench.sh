@@ -393,7 +393,7 @@ bench_chat() {
   pid=$STARTED
   wait_ready "$base" "$pid" chat-redis-api
   # Started after the API process has migrated the database. "worker started" is logged at info.
-  start chat-redis-worker "${vars[@]}" SWITCHBOARD_LOG_LEVEL=warn,switchboard_core::jobs::worker=info -- worker --data-dir "$TMP/chat-redis"
+  start chat-redis-worker "${vars[@]}" SWITCHBOARD_LOG_LEVEL=warn,switchboard_workers::worker=info -- worker --data-dir "$TMP/chat-redis"
   worker=$STARTED
   for _ in $(seq 300); do
     grep -q 'worker started' "$TMP/chat-redis-worker.log" && break
