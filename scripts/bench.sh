@@ -143,6 +143,7 @@ SECTIONS=" ${BENCH_SECTIONS:-http chat queue memory growth connections} "
 N=${BENCH_N:-30000} C=${BENCH_C:-16} M=${BENCH_M:-32} ROUNDS=${BENCH_ROUNDS:-5} WARMUP=${BENCH_WARMUP:-5000}
 LOGIN_N=${BENCH_LOGIN_N:-400}
 CHAT_USERS=${BENCH_CHAT_USERS:-16} CHAT_TURNS=${BENCH_CHAT_TURNS:-20} CHAT_ROUNDS=${BENCH_CHAT_ROUNDS:-3}
+CHAT_ONE_TURNS=${BENCH_CHAT_ONE_TURNS:-200} CHAT_EMBEDDED_MIN=1400 CHAT_REDIS_MIN=816
 QUEUE_JOBS=${BENCH_QUEUE_JOBS:-2000} QUEUE_CONCURRENCY=${BENCH_QUEUE_CONCURRENCY:-16} QUEUE_ROUNDS=${BENCH_QUEUE_ROUNDS:-3}
 QUEUE_GROWN_ROWS=${BENCH_QUEUE_GROWN_ROWS:-100000} QUEUE_APALIS_VERSION=1.0.0
 QUEUE_APALIS_BIN=${BENCH_QUEUE_APALIS_BIN:-}
@@ -258,6 +259,7 @@ HELLO_VERDICT=PASS
 MEMORY_VERDICT=PASS
 GROWTH_VERDICT=PASS
 CONNECTIONS_VERDICT=PASS
+CHAT_VERDICT=PASS
 
 # ---------------------------------------------------------------- http
 bench_http() {
@@ -415,18 +417,27 @@ Target: REST (h2c) throughput within 15 % of native gRPC: **$VERDICT** (REST at 
 }
 
 # ---------------------------------------------------------------- chat
-# chat_rounds MODE BASE TOKEN: a warm-up, then CHAT_ROUNDS measured runs into $TMP/chat.MODE.jsonl
+# chat_rounds MODE BASE TOKEN USERS TURNS PID…: a warm-up, then CHAT_ROUNDS measured runs of USERS x
+# TURNS into $TMP/chat.MODE.jsonl, each with the CPU time (user+system, /proc/PID/stat) the server
+# processes PID… spent over the round divided by its turns (server_cpu_ms_per_turn)
 chat_rounds() {
-  local mode=$1 base=$2 r
-  SWITCHBOARD_BENCH_TOKEN=$3 "$BENCH_BIN" chat --base-url "$base" --users "$CHAT_USERS" --turns 2 >/dev/null \
+  local mode=$1 base=$2 token=$3 users=$4 turns=$5 r before after tick
+  shift 5
+  tick=$(getconf CLK_TCK)
+  chat_cpu_ticks() { local pid sum=0; for pid in "$@"; do sum=$((sum + $(awk '{print $14 + $15}' "/proc/$pid/stat"))); done; echo "$sum"; }
+  SWITCHBOARD_BENCH_TOKEN=$token "$BENCH_BIN" chat --base-url "$base" --users "$users" --turns 2 >/dev/null \
     || die "chat $mode: the warm-up failed"
   for r in $(seq "$CHAT_ROUNDS"); do
-    SWITCHBOARD_BENCH_TOKEN=$3 "$BENCH_BIN" chat --base-url "$base" --users "$CHAT_USERS" --turns "$CHAT_TURNS" \
+    before=$(chat_cpu_ticks "$@")
+    SWITCHBOARD_BENCH_TOKEN=$token "$BENCH_BIN" chat --base-url "$base" --users "$users" --turns "$turns" \
       >"$TMP/chat.out" || die "chat $mode: round $r failed"
-    jq -c --arg mode "$mode" '. + {mode: $mode}' "$TMP/chat.out" >>"$TMP/chat.$mode.jsonl"
+    after=$(chat_cpu_ticks "$@")
+    jq -c --arg mode "$mode" --argjson ticks "$((after - before))" --argjson hz "$tick" \
+      '. + {mode: $mode, server_cpu_ms_per_turn: ((if .turns > 0 then $ticks / $hz * 1000 / .turns else null end) | if . then (. * 1000 | round / 1000) else . end)}' \
+      "$TMP/chat.out" >>"$TMP/chat.$mode.jsonl"
     jq -r --arg r "$r" --arg mode "$mode" \
-      '"bench: chat \($mode) round \($r): \(.turns) turns in \(.seconds) s, \(.turns_per_s) turns/s, first token p50 \(.first_token_ms.p50) ms p99 \(.first_token_ms.p99) ms, turn p50 \(.turn_ms.p50) ms p99 \(.turn_ms.p99) ms"' \
-      "$TMP/chat.out"
+      '"bench: chat \($mode) round \($r): \(.turns) turns in \(.seconds) s, \(.turns_per_s) turns/s, first token p50 \(.first_token_ms.p50) ms p99 \(.first_token_ms.p99) ms, turn p50 \(.turn_ms.p50) ms p99 \(.turn_ms.p99) ms; CPU per turn: server \(.server_cpu_ms_per_turn) ms, load generator \(.client_cpu_ms_per_turn) ms"' \
+      <(tail -1 "$TMP/chat.$mode.jsonl")
   done
 }
 
@@ -441,7 +452,9 @@ bench_chat() {
   wait_ready "$base" "$pid" chat-embedded
   token=$(register "$base") || die "chat embedded: could not register the bench user"
   echo "bench: chat embedded: serve (SQLite, in-process workers) on $base; $CHAT_USERS users x $CHAT_TURNS turns, $CHAT_ROUNDS rounds"
-  chat_rounds embedded "$base" "$token"
+  chat_rounds embedded "$base" "$token" "$CHAT_USERS" "$CHAT_TURNS" "$pid"
+  echo "bench: chat embedded, one user: 1 user x $CHAT_ONE_TURNS turns, $CHAT_ROUNDS rounds"
+  chat_rounds one-user "$base" "$token" 1 "$CHAT_ONE_TURNS" "$pid"
   stop_pid "$pid"
 
   # redis: API process and worker process, Redis streams and reply bus, PostgreSQL
@@ -456,7 +469,7 @@ bench_chat() {
   pid=$STARTED
   wait_ready "$base" "$pid" chat-redis-api
   # Started after the API process has migrated the database. "worker started" is logged at info.
-  start chat-redis-worker "${vars[@]}" SWITCHBOARD_LOG_LEVEL=warn,switchboard_core::jobs::worker=info -- worker --data-dir "$TMP/chat-redis"
+  start chat-redis-worker "${vars[@]}" SWITCHBOARD_LOG_LEVEL=warn,switchboard_workers::worker=info -- worker --data-dir "$TMP/chat-redis"
   worker=$STARTED
   for _ in $(seq 300); do
     grep -q 'worker started' "$TMP/chat-redis-worker.log" && break
@@ -466,23 +479,36 @@ bench_chat() {
   grep -q 'worker started' "$TMP/chat-redis-worker.log" || die "the chat worker did not start within 60 s"
   token=$(register "$base") || die "chat redis: could not register the bench user"
   echo "bench: chat redis: serve --no-workers + 1 worker process (PostgreSQL, Redis streams and reply bus) on $base"
-  chat_rounds redis "$base" "$token"
+  chat_rounds redis "$base" "$token" "$CHAT_USERS" "$CHAT_TURNS" "$pid" "$worker"
   stop_pid "$worker"
   stop_pid "$pid"
 
-  local table mode row meta commands
-  table="| mode | turns/s (median of $CHAT_ROUNDS) | first token p50 | first token p99 | turn p50 | turn p99 | turns |
-| --- | ---: | ---: | ---: | ---: | ---: | ---: |"
-  for mode in embedded redis; do
+  local table mode row meta commands label verdicts=() verdict
+  table="| mode | turns/s (median of $CHAT_ROUNDS) | first token p50 | first token p99 | turn p50 | turn p99 | server CPU per turn | load generator CPU per turn | turns |
+| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+  for mode in embedded one-user redis; do
     row=$(jq -s 'sort_by(.turns_per_s) | .[(length - 1) / 2 | floor]' "$TMP/chat.$mode.jsonl")
     case $mode in
-      embedded) label="embedded: \`serve\`, SQLite, in-process workers" ;;
-      redis) label="Redis: \`serve --no-workers\` + 1 \`worker\`, PostgreSQL" ;;
+      embedded) label="embedded: \`serve\`, SQLite, in-process workers, $CHAT_USERS users x $CHAT_TURNS turns" ;;
+      one-user) label="embedded, 1 user x $CHAT_ONE_TURNS turns" ;;
+      redis) label="Redis: \`serve --no-workers\` + 1 \`worker\`, PostgreSQL, $CHAT_USERS users x $CHAT_TURNS turns" ;;
     esac
     table+=$'\n'$(jq -r --arg name "$label" \
-      '"| \($name) | \(.turns_per_s) | \(.first_token_ms.p50) ms | \(.first_token_ms.p99) ms | \(.turn_ms.p50) ms | \(.turn_ms.p99) ms | \(.turns) |"' <<<"$row")
+      '"| \($name) | \(.turns_per_s) | \(.first_token_ms.p50) ms | \(.first_token_ms.p99) ms | \(.turn_ms.p50) ms | \(.turn_ms.p99) ms | \(.server_cpu_ms_per_turn) ms | \(.client_cpu_ms_per_turn) ms | \(.turns) |"' <<<"$row")
+    case $mode in
+      embedded) verdict=$(jq -r --argjson min "$CHAT_EMBEDDED_MIN" 'if .turns_per_s >= $min then "PASS" else "FAIL" end' <<<"$row")
+        verdicts+=("embedded, $CHAT_USERS users: >= $CHAT_EMBEDDED_MIN turns/s (4x the 350 before issue 11): **$verdict** ($(jq -r .turns_per_s <<<"$row"))") ;;
+      one-user) verdict=$(jq -r 'if .first_token_ms.p50 < 1 then "PASS" else "FAIL" end' <<<"$row")
+        verdicts+=("embedded, 1 user: first-token p50 < 1 ms: **$verdict** ($(jq -r .first_token_ms.p50 <<<"$row") ms)") ;;
+      redis) verdict=$(jq -r --argjson min "$CHAT_REDIS_MIN" 'if .turns_per_s >= $min then "PASS" else "FAIL" end' <<<"$row")
+        verdicts+=("scaled out, $CHAT_USERS users: >= $CHAT_REDIS_MIN turns/s (3x the 272 before issue 11): **$verdict** ($(jq -r .turns_per_s <<<"$row"))") ;;
+    esac
+    echo "bench: chat target: ${verdicts[-1]//\*\*/}"
+    [[ $verdict == PASS ]] || CHAT_VERDICT=FAIL
   done
-  meta="$(machine). Dev engine with \`SWITCHBOARD_ENGINE__TOKEN_DELAY_MS=0\`; $CHAT_USERS users x $CHAT_TURNS turns per round over HTTP/1.1 keep-alive, $CHAT_ROUNDS rounds per mode after a warm-up ($CHAT_USERS x 2 turns); the row is the round with the median turns/s."
+  local targets
+  targets=$(printf -- '- %s\n' "${verdicts[@]}")
+  meta="$(machine). Dev engine with \`SWITCHBOARD_ENGINE__TOKEN_DELAY_MS=0\`; over HTTP/1.1 keep-alive, $CHAT_ROUNDS rounds per row after a warm-up (2 turns per user); each row is the round with the median turns/s. CPU per turn: the server processes' user+system time (/proc/PID/stat) over the round divided by its turns, and the load generator's own (/proc/self/stat)."
   commands="\`\`\`sh
 # embedded
 SWITCHBOARD_ENGINE__TOKEN_DELAY_MS=0 switchboard serve --listen 127.0.0.1:PORT --data-dir DIR
@@ -492,9 +518,10 @@ export SWITCHBOARD_ENGINE__TOKEN_DELAY_MS=0 DATABASE_URL=${PG%/*}/DB REDIS_URL=$
 switchboard serve --no-workers --listen 127.0.0.1:PORT --data-dir DIR & switchboard worker --data-dir DIR &
 # each figure (TOKEN: the access token of a registered user)
 switchboard-bench chat --base-url http://127.0.0.1:PORT --token TOKEN --users $CHAT_USERS --turns $CHAT_TURNS
+switchboard-bench chat --base-url http://127.0.0.1:PORT --token TOKEN --users 1 --turns $CHAT_ONE_TURNS
 \`\`\`"
-  printf '\n%s\n\n%s\n\n' "$meta" "$table"
-  rewrite_block bench-chat "$meta"$'\n\n'"$table"$'\n\n'"$commands"
+  printf '\n%s\n\n%s\n\nTargets:\n%s\n\n' "$meta" "$table" "$targets"
+  rewrite_block bench-chat "$meta"$'\n\n'"$table"$'\n\n'"Targets:"$'\n'"$targets"$'\n\n'"$commands"
 }
 
 # ---------------------------------------------------------------- queue
@@ -848,6 +875,9 @@ if [[ $HELLO_VERDICT == FAIL && ${BENCH_STRICT:-0} == 1 ]]; then
 fi
 if [[ $VERDICT == FAIL && ${BENCH_STRICT:-0} == 1 ]]; then
   die "REST (h2c) is at $HTTP_PCT % of native gRPC, below the 85 % target"
+fi
+if [[ $CHAT_VERDICT == FAIL && ${BENCH_STRICT:-0} == 1 ]]; then
+  die "a chat target was not met"
 fi
 if [[ $MEMORY_VERDICT == FAIL && ${BENCH_STRICT:-0} == 1 ]]; then
   die "the memory bounds of a burst of failed sign-ins were not met"

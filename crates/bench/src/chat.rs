@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, anyhow, bail};
 use futures::StreamExt;
 use serde::Serialize;
+use serde::de::IgnoredAny;
 use serde_json::{Value, json};
 use tokio::sync::Barrier;
 
@@ -73,6 +74,11 @@ pub struct ChatReport {
     pub users: usize,
     /// Turns each user took (`users × turns_per_user` = `turns + errors`).
     pub turns_per_user: usize,
+    /// The load generator's own CPU time (user + system, all threads) over
+    /// the measured turns, divided by the turns that ended with `done`, in
+    /// milliseconds: it shares the cores with the server, so its cost is
+    /// part of every figure.
+    pub client_cpu_ms_per_turn: Option<f64>,
     /// `HTTP/1.1` or `h2c`.
     pub http: &'static str,
     /// The first few errors, for the operator; not printed in the JSON.
@@ -111,6 +117,7 @@ pub async fn run(options: &ChatOptions) -> anyhow::Result<ChatReport> {
         .collect();
     start.wait().await;
     let started = Instant::now();
+    let cpu_before = own_cpu_seconds();
     let mut first_tokens = Vec::new();
     let mut turn_times = Vec::new();
     let mut errors = 0;
@@ -128,6 +135,12 @@ pub async fn run(options: &ChatOptions) -> anyhow::Result<ChatReport> {
     }
     let seconds = started.elapsed().as_secs_f64();
     let turns = turn_times.len();
+    let client_cpu_ms_per_turn = match (cpu_before, own_cpu_seconds()) {
+        (Some(before), Some(after)) if turns > 0 => {
+            Some(round((after - before) * 1000.0 / turns as f64, 3))
+        }
+        _ => None,
+    };
     Ok(ChatReport {
         turns,
         seconds: round(seconds, 3),
@@ -137,6 +150,7 @@ pub async fn run(options: &ChatOptions) -> anyhow::Result<ChatReport> {
         errors,
         users: options.users,
         turns_per_user: options.turns,
+        client_cpu_ms_per_turn,
         http: if options.h2c { "h2c" } else { "HTTP/1.1" },
         error_samples,
     })
@@ -232,15 +246,15 @@ impl User {
                 if event.event.as_deref() == Some("error") {
                     bail!("the stream failed: {}", event.data);
                 }
-                let event: Value = serde_json::from_str(&event.data)
+                let event: StreamEvent = serde_json::from_str(&event.data)
                     .with_context(|| format!("an event that is not JSON: {}", event.data))?;
-                if event.get("delta").is_some() && first_token.is_none() {
+                if event.delta.is_some() && first_token.is_none() {
                     first_token = Some(sent.elapsed());
                 }
-                if let Some(error) = event.get("error") {
+                if let Some(error) = event.error {
                     bail!("the reply failed: {error}");
                 }
-                if event.get("done").is_some() {
+                if event.done.is_some() {
                     let done = sent.elapsed();
                     return Ok(TurnTimes {
                         // A reply with no text has no delta: its first
@@ -270,6 +284,30 @@ impl User {
             .await
             .with_context(|| format!("the answer of POST {url} is not JSON"))
     }
+}
+
+/// This process's user + system CPU time so far, in seconds, from
+/// `/proc/self/stat` (fields 14 and 15, in USER_HZ ticks, which Linux fixes
+/// at 100 a second for user space); `None` where there is no such file.
+fn own_cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // The command name may hold spaces; the fields after it do not.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    // Field 3 (state) is the first after the name: utime is field 14.
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) as f64 / 100.0)
+}
+
+/// The fields of a StreamReply event the bench looks at. The others, and
+/// what `delta` and `done` hold, are skipped without being built: the load
+/// generator shares the cores with the server, so it reads no more than it
+/// needs.
+#[derive(serde::Deserialize)]
+struct StreamEvent {
+    delta: Option<IgnoredAny>,
+    done: Option<IgnoredAny>,
+    error: Option<Value>,
 }
 
 /// `response` if its status is 2xx, else an error with its status and the

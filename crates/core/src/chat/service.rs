@@ -15,7 +15,7 @@ use crate::chat::model::{
     self, Conversation, ConversationPatch, Message, MessageStatus, Role, SentMessage,
 };
 use crate::chat::queue::{GENERATE_REPLY, ReplyJob};
-use crate::chat::store::{self, StoredMessage};
+use crate::chat::store::{self, OwnedMessage, StoredMessage};
 use crate::db::Database;
 use crate::error::{Error, Result};
 use crate::identity::Principal;
@@ -675,11 +675,21 @@ impl Chat {
         conversation_id: &str,
         message_id: &str,
     ) -> Result<StoredMessage> {
-        self.get_conversation(who, conversation_id).await?;
-        known_id(message_id, "reply")?;
-        match store::get_message(&self.db, conversation_id, message_id).await? {
-            Some(stored) if store::is_reply(&stored.message) => Ok(stored),
-            _ => Err(Error::NotFound { what: "reply" }),
+        if known_id(message_id, "reply").is_err() {
+            // The conversation is checked first, as for any other id.
+            self.get_conversation(who, conversation_id).await?;
+            return Err(Error::NotFound { what: "reply" });
+        }
+        known_id(conversation_id, "conversation")?;
+        // The owner check and the message in one statement.
+        match store::get_owned_message(&self.db, &who.user_id, conversation_id, message_id).await? {
+            OwnedMessage::NoConversation => Err(Error::NotFound {
+                what: "conversation",
+            }),
+            OwnedMessage::Found(stored) if store::is_reply(&stored.message) => Ok(*stored),
+            OwnedMessage::Found(_) | OwnedMessage::NoMessage => {
+                Err(Error::NotFound { what: "reply" })
+            }
         }
     }
 }

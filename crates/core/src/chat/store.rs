@@ -332,6 +332,38 @@ pub(crate) async fn history(db: &Database, before: &Message, limit: u32) -> Resu
     Ok(history)
 }
 
+/// [`history`] of the reply `reply_id`, found by its id: the position is
+/// read in the same statement, so this can run beside the claim of the
+/// reply instead of after it. Empty if there is no such reply.
+pub(crate) async fn history_of_reply(
+    db: &Database,
+    conversation_id: &str,
+    reply_id: &str,
+    limit: u32,
+) -> Result<Vec<Message>> {
+    let sql = concat!(
+        "SELECT ",
+        message_columns!(),
+        " FROM messages \
+         WHERE conversation_id = $1 AND status = 'complete' \
+           AND EXISTS (SELECT 1 FROM messages r WHERE r.id = $2 AND r.conversation_id = $1 \
+             AND (messages.created_at < r.created_at \
+               OR (messages.created_at = r.created_at AND messages.id < r.id))) \
+         ORDER BY created_at DESC, id DESC LIMIT $3"
+    );
+    let rows: Vec<MessageRow> = on_database!(db, pool => {
+        sqlx::query_as(sql)
+            .bind(conversation_id)
+            .bind(reply_id)
+            .bind(i64::from(limit))
+            .fetch_all(pool)
+            .await?
+    });
+    let mut history = messages(rows)?;
+    history.reverse();
+    Ok(history)
+}
+
 /// Stores a user's message and the pending reply, and touches the
 /// conversation, in one transaction; false if the owner has no such
 /// conversation (nothing is written then).
@@ -344,8 +376,10 @@ pub(crate) async fn insert_turn(
 ) -> Result<bool> {
     let payload = payload_text(job)?;
     let touch = "UPDATE conversations SET updated_at = $1 WHERE id = $2 AND owner_id = $3";
+    // Both messages in one statement: one round trip fewer per turn.
     let insert = "INSERT INTO messages (id, conversation_id, role, content, status, \
-                  created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7)";
+                  created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7), \
+                  ($8, $9, $10, $11, $12, $13, $14)";
     // The UPDATE comes first: it checks ownership before anything is
     // inserted.
     let mut tx = db.begin().await?;
@@ -358,18 +392,18 @@ pub(crate) async fn insert_turn(
             .await?
             .rows_affected();
         if touched == 1 {
+            let mut query = sqlx::query(insert);
             for m in [message, reply] {
-                sqlx::query(insert)
+                query = query
                     .bind(&m.id)
                     .bind(&m.conversation_id)
                     .bind(m.role.as_str())
                     .bind(&m.content)
                     .bind(m.status.as_str())
                     .bind(m.created_at.timestamp_micros())
-                    .bind(m.updated_at.timestamp_micros())
-                    .execute(&mut *conn)
-                    .await?;
+                    .bind(m.updated_at.timestamp_micros());
             }
+            query.execute(&mut *conn).await?;
             bind_insert!(sqlx::query(INSERT_JOB), job, &payload).execute(&mut *conn).await?;
         }
         touched == 1
@@ -397,6 +431,91 @@ pub(crate) async fn get_message(
         sqlx::query_as(sql).bind(id).bind(conversation_id).fetch_optional(pool).await?
     });
     row.map(StoredMessage::try_from).transpose()
+}
+
+/// What [`get_owned_message`] found.
+pub(crate) enum OwnedMessage {
+    /// The owner has no such conversation.
+    NoConversation,
+    /// The conversation is the owner's, but has no message with that id.
+    NoMessage,
+    /// The message.
+    Found(Box<StoredMessage>),
+}
+
+/// One message of one of `owner_id`'s conversations, with its replay data,
+/// in one statement: the conversation's ownership and the message are read
+/// together (a LEFT JOIN), so a missing conversation and a missing message
+/// are still told apart.
+pub(crate) async fn get_owned_message(
+    db: &Database,
+    owner_id: &str,
+    conversation_id: &str,
+    id: &str,
+) -> Result<OwnedMessage> {
+    let sql = "SELECT m.id, c.id AS conversation_id, m.role, m.content, m.status, \
+               m.delta_lengths, m.error_code, m.error_message, m.created_at, m.updated_at, \
+               m.attempt, m.prompt_tokens, m.completion_tokens \
+               FROM conversations c LEFT JOIN messages m \
+               ON m.id = $1 AND m.conversation_id = c.id \
+               WHERE c.id = $2 AND c.owner_id = $3";
+    let row: Option<OwnedMessageRow> = on_database!(db, pool => {
+        sqlx::query_as(sql)
+            .bind(id)
+            .bind(conversation_id)
+            .bind(owner_id)
+            .fetch_optional(pool)
+            .await?
+    });
+    let Some(row) = row else {
+        return Ok(OwnedMessage::NoConversation);
+    };
+    let Some(message) = row.into_message_row() else {
+        return Ok(OwnedMessage::NoMessage);
+    };
+    Ok(OwnedMessage::Found(Box::new(StoredMessage::try_from(
+        message,
+    )?)))
+}
+
+/// A [`MessageRow`] read through an outer join: every message column may
+/// be NULL (no such message).
+#[derive(FromRow)]
+struct OwnedMessageRow {
+    id: Option<String>,
+    conversation_id: String,
+    role: Option<String>,
+    content: Option<String>,
+    status: Option<String>,
+    delta_lengths: Option<String>,
+    error_code: Option<String>,
+    error_message: Option<String>,
+    created_at: Option<i64>,
+    updated_at: Option<i64>,
+    attempt: Option<i64>,
+    prompt_tokens: Option<i64>,
+    completion_tokens: Option<i64>,
+}
+
+impl OwnedMessageRow {
+    /// The message's row, or `None` when the join found no message.
+    fn into_message_row(self) -> Option<MessageRow> {
+        Some(MessageRow {
+            id: self.id?,
+            conversation_id: self.conversation_id,
+            role: self.role?,
+            content: self.content?,
+            status: self.status?,
+            delta_lengths: self.delta_lengths,
+            error_code: self.error_code,
+            error_message: self.error_message,
+            created_at: self.created_at?,
+            updated_at: self.updated_at?,
+            attempt: self.attempt?,
+            prompt_tokens: self.prompt_tokens,
+            completion_tokens: self.completion_tokens,
+        })
+    }
 }
 
 /// Starts a new attempt at a reply: a pending reply, or a streaming one
