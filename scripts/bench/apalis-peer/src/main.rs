@@ -39,8 +39,50 @@ struct Noop {
 struct Counter(AtomicUsize);
 
 async fn noop(_job: Noop, counter: Data<Arc<Counter>>) -> Result<(), BoxDynError> {
+    let counter: &Counter = &counter;
     counter.0.fetch_add(1, Ordering::AcqRel);
     Ok(())
+}
+
+/// Starts a worker on `$backend`, pushes through `$sink` (a handle on
+/// the same queue), runs the warm-up and the measured batch; evaluates to
+/// `(enqueue time, total time)` of the measured one. A macro, not a generic
+/// function: apalis's backend, sink and codec bounds are long to spell out.
+macro_rules! measure {
+    ($backend:expr, $sink:expr, $options:expr, $counter:expr) => {{
+        let options: &Options = $options;
+        let counter: &Arc<Counter> = $counter;
+        let backend = $backend;
+        let mut sink = $sink;
+        let worker = WorkerBuilder::new("apalis-peer")
+            .backend(backend)
+            .concurrency(options.concurrency)
+            .parallelize(tokio::spawn)
+            .data(counter.clone())
+            .build(noop);
+        // The worker's future is driven beside the pushes in this task (it
+        // is not `Send` for every lifetime, so it cannot be spawned).
+        let running = worker.run();
+        tokio::pin!(running);
+        let batches = async {
+            let mut batches = Vec::new();
+            for (first, count) in [(0, options.warmup), (options.warmup, options.jobs)] {
+                let start = Instant::now();
+                for n in first..first + count {
+                    sink.push(Noop { n }).await.expect("cannot push a job");
+                }
+                let enqueued = start.elapsed();
+                wait_for(counter, first + count, start).await;
+                batches.push((enqueued, start.elapsed()));
+            }
+            batches
+        };
+        let batches = tokio::select! {
+            outcome = &mut running => panic!("the apalis worker stopped: {:?}", outcome.err()),
+            batches = batches => batches,
+        };
+        batches[1]
+    }};
 }
 
 /// What the command line asks for.
@@ -160,39 +202,6 @@ async fn main() {
     );
     // The worker task still runs; the process ends here.
     std::process::exit(0);
-}
-
-/// Starts a worker on `$backend`, pushes through `$sink` (a handle on
-/// the same queue), runs the warm-up and the measured batch; evaluates to
-/// `(enqueue time, total time)` of the measured one. A macro, not a generic
-/// function: apalis's backend, sink and codec bounds are long to spell out.
-macro_rules! measure {
-    ($backend:expr, $sink:expr, $options:expr, $counter:expr) => {{
-        let options: &Options = $options;
-        let counter: &Arc<Counter> = $counter;
-        let mut sink = $sink;
-        let worker = WorkerBuilder::new("apalis-peer")
-            .backend($backend)
-            .concurrency(options.concurrency)
-            .parallelize(tokio::spawn)
-            .data(counter.clone())
-            .build(noop);
-        let running = tokio::spawn(async move {
-            let _ = worker.run().await;
-        });
-        let mut batches = Vec::new();
-        for (first, count) in [(0, options.warmup), (options.warmup, options.jobs)] {
-            let start = Instant::now();
-            for n in first..first + count {
-                sink.push(Noop { n }).await.expect("cannot push a job");
-            }
-            let enqueued = start.elapsed();
-            wait_for(counter, first + count, start).await;
-            batches.push((enqueued, start.elapsed()));
-        }
-        running.abort();
-        batches[1]
-    }};
 }
 
 /// Waits until the handler has run `target` times in all.
