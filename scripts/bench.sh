@@ -271,7 +271,8 @@ bench_http() {
   # The sign-in throttle is opened wide: the Login row measures the work of a
   # sign-in, not the throttle.
   start http-server SWITCHBOARD_ENGINE__TOKEN_DELAY_MS=0 \
-    SWITCHBOARD_AUTH__LOGIN_ATTEMPTS_PER_ACCOUNT=1000000 SWITCHBOARD_AUTH__LOGIN_ATTEMPTS_PER_ADDRESS=1000000 \
+    SWITCHBOARD_AUTH__LOGIN_ATTEMPTS_PER_ACCOUNT=1000000 SWITCHBOARD_AUTH__LOGIN_ATTEMPTS_PER_ACCOUNT_CEILING=1000000 \
+    SWITCHBOARD_AUTH__LOGIN_ATTEMPTS_PER_ADDRESS=1000000 \
     RUST_LOG="${RUST_LOG:-warn}" -- serve --listen "$addr" --data-dir "$TMP/http-data"
   SERVER_PID=$STARTED
   wait_ready "$base" "$SERVER_PID" http-server
