@@ -548,8 +548,8 @@ bench_queue() {
       variant=${variant%%+*}
       [[ $variant == *@* ]] && producers=${variant#*@}
       case $variant in
-        redis:*) args=(--url "$REDIS") ;;
-        amqp:*) args=(--url "$AMQP") ;;
+        redis:*) args+=(--url "$REDIS") ;;
+        amqp:*) args+=(--url "$AMQP") ;;
       esac
       [[ $variant == *:* ]] && { local rows=${variant#*:}; args+=(--rows "${rows%@*}"); }
       args+=(--producers "$producers")
