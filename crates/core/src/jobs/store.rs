@@ -9,7 +9,7 @@ use sqlx::FromRow;
 use crate::db::{Database, from_micros, micros};
 use crate::error::{Error, Result};
 use crate::jobs::model::{Job, JobState};
-use crate::on_database;
+use crate::{on_database, on_tx};
 
 /// The columns of a `JobRow`, as a literal for `concat!`.
 macro_rules! job_columns {
@@ -119,8 +119,10 @@ fn placeholders(first: usize, count: usize, width: usize) -> String {
 /// [`ROWS_PER_STATEMENT`] rows): one commit for all of them.
 pub(crate) async fn insert_many(db: &Database, jobs: &[Job]) -> Result<()> {
     let payloads = jobs.iter().map(payload_text).collect::<Result<Vec<_>>>()?;
-    on_database!(db, pool => {
-        let mut tx = pool.begin().await?;
+    // Our own transaction (`Database::begin`), not the pool's: a COMMIT that
+    // fails on a full disk must not send the connection back inside it.
+    let mut tx = db.begin().await?;
+    on_tx!(&mut tx, conn => {
         for (chunk, texts) in jobs.chunks(ROWS_PER_STATEMENT).zip(payloads.chunks(ROWS_PER_STATEMENT)) {
             let sql = format!(
                 "INSERT INTO jobs (id, kind, payload, state, attempts, max_attempts, run_at, \
@@ -131,10 +133,10 @@ pub(crate) async fn insert_many(db: &Database, jobs: &[Job]) -> Result<()> {
             for (job, payload) in chunk.iter().zip(texts) {
                 query = bind_insert!(query, job, payload.as_str());
             }
-            query.execute(&mut *tx).await?;
+            query.execute(&mut *conn).await?;
         }
-        tx.commit().await?;
     });
+    tx.commit().await?;
     Ok(())
 }
 
@@ -351,8 +353,9 @@ pub async fn finish_succeeded_many(
     now: DateTime<Utc>,
 ) -> Result<Vec<String>> {
     let mut finished = Vec::with_capacity(attempts.len());
-    on_database!(db, pool => {
-        let mut tx = pool.begin().await?;
+    // Our own transaction, as in `insert_many`.
+    let mut tx = db.begin().await?;
+    on_tx!(&mut tx, conn => {
         for chunk in attempts.chunks(ROWS_PER_STATEMENT) {
             let matches: Vec<String> = (0..chunk.len())
                 .map(|i| format!("(id = ${} AND attempts = ${})", 2 + 2 * i, 3 + 2 * i))
@@ -366,11 +369,11 @@ pub async fn finish_succeeded_many(
             for (id, attempt) in chunk {
                 query = query.bind(id).bind(i64::from(*attempt));
             }
-            let ids: Vec<String> = query.fetch_all(&mut *tx).await?;
+            let ids: Vec<String> = query.fetch_all(&mut *conn).await?;
             finished.extend(ids);
         }
-        tx.commit().await?;
     });
+    tx.commit().await?;
     Ok(finished)
 }
 
