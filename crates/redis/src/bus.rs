@@ -36,6 +36,7 @@ use tokio::task::JoinHandle;
 use switchboard_core::chat::ReplyBus;
 use switchboard_core::{Error, Result};
 
+use crate::pubsub::keep_subscribed;
 use crate::redis_error;
 
 /// How many backlog events one read fetches.
@@ -377,45 +378,31 @@ impl FanOut {
     }
 }
 
-/// The Pub/Sub task: subscribes, relays, and re-subscribes after a loss.
-/// The first attempt's outcome goes to `ready`; if it failed, the task ends.
+/// The Pub/Sub task: subscribes, relays, and re-subscribes after a loss
+/// (see [`keep_subscribed`]).
 async fn listen(
     client: redis::Client,
     channel: String,
     fan_out: Arc<FanOut>,
     ready: oneshot::Sender<Result<()>>,
 ) {
-    let mut ready = Some(ready);
-    let mut failures = 0;
-    loop {
-        let subscribed = match client.get_async_pubsub().await {
-            Ok(mut pubsub) => pubsub.subscribe(&channel).await.map(|()| pubsub),
-            Err(err) => Err(err),
-        };
-        match subscribed {
-            Ok(pubsub) => {
-                failures = 0;
-                // Subscribers re-read what they may have missed meanwhile.
-                fan_out.subscriptions.send_modify(|count| *count += 1);
-                if let Some(ready) = ready.take() {
-                    let _ = ready.send(Ok(()));
-                } else {
-                    tracing::info!(%channel, "reply event subscription restored");
-                }
-                let reason = fan_out.relay(pubsub).await;
-                tracing::warn!(%channel, %reason, "lost the reply event subscription; reconnecting");
-            }
-            Err(err) => {
-                if let Some(ready) = ready.take() {
-                    let _ = ready.send(Err(redis_error(err)));
-                    return;
-                }
-                tracing::warn!(%channel, error = %err, "cannot subscribe to reply events; retrying");
-            }
-        }
-        tokio::time::sleep(retry_delay(failures)).await;
-        failures += 1;
-    }
+    let counted = Arc::clone(&fan_out);
+    keep_subscribed(
+        client,
+        channel,
+        "reply event",
+        ready,
+        move || {
+            // Subscribers re-read what they may have missed meanwhile.
+            counted.subscriptions.send_modify(|count| *count += 1);
+            true
+        },
+        |pubsub| {
+            let fan_out = &fan_out;
+            async move { Some(fan_out.relay(pubsub).await) }
+        },
+    )
+    .await;
 }
 
 impl Subscription {

@@ -25,7 +25,8 @@ use tokio::task::JoinHandle;
 use switchboard_core::cache::{Caches, Invalidation, InvalidationBus};
 use switchboard_core::{Error, Result};
 
-use crate::bus::{HEARTBEAT, retry_delay};
+use crate::bus::HEARTBEAT;
+use crate::pubsub::keep_subscribed;
 use crate::redis_error;
 
 /// One message on the channel.
@@ -191,8 +192,8 @@ async fn relay(pubsub: PubSub, origin: &str, caches: &Weak<Caches>) -> Option<St
 }
 
 /// The Pub/Sub task: subscribes (the caches go live), applies, and on a
-/// loss takes the caches out of use until it has subscribed again. The
-/// first attempt's outcome goes to `ready`; if it failed, the task ends.
+/// loss takes the caches out of use until it has subscribed again (see
+/// [`keep_subscribed`]).
 async fn listen(
     client: redis::Client,
     channel: String,
@@ -200,44 +201,22 @@ async fn listen(
     caches: Weak<Caches>,
     ready: oneshot::Sender<Result<()>>,
 ) {
-    let mut ready = Some(ready);
-    let mut failures = 0;
-    loop {
-        let subscribed = match client.get_async_pubsub().await {
-            Ok(mut pubsub) => pubsub.subscribe(&channel).await.map(|()| pubsub),
-            Err(err) => Err(err),
-        };
-        match subscribed {
-            Ok(pubsub) => {
-                failures = 0;
-                let Some(live) = caches.upgrade() else {
-                    return;
-                };
-                live.set_live(true);
-                drop(live);
-                if let Some(ready) = ready.take() {
-                    let _ = ready.send(Ok(()));
-                } else {
-                    tracing::info!(%channel, "cache invalidation subscription restored");
-                }
-                let Some(reason) = relay(pubsub, &origin, &caches).await else {
-                    return;
-                };
-                let Some(lost) = caches.upgrade() else {
-                    return;
-                };
-                lost.set_live(false);
-                tracing::warn!(%channel, %reason, "lost the cache invalidation subscription; caches off until it is back");
+    let live = caches.clone();
+    keep_subscribed(
+        client,
+        channel,
+        "cache invalidation",
+        ready,
+        move || live.upgrade().map(|caches| caches.set_live(true)).is_some(),
+        |pubsub| {
+            let (origin, caches) = (&origin, &caches);
+            async move {
+                let reason = relay(pubsub, origin, caches).await?;
+                // Nothing is believed until the subscription is back.
+                caches.upgrade()?.set_live(false);
+                Some(reason)
             }
-            Err(err) => {
-                if let Some(ready) = ready.take() {
-                    let _ = ready.send(Err(redis_error(err)));
-                    return;
-                }
-                tracing::warn!(%channel, error = %err, "cannot subscribe to cache invalidations; retrying");
-            }
-        }
-        tokio::time::sleep(retry_delay(failures)).await;
-        failures += 1;
-    }
+        },
+    )
+    .await;
 }

@@ -15,6 +15,7 @@
 
 mod bus;
 mod invalidation;
+mod pubsub;
 mod throttle;
 
 pub use bus::{RedisReplyBus, RedisReplyBusConfig};
