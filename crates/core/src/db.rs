@@ -8,6 +8,10 @@
 //! code against whichever pool is configured; each arm is type-checked for
 //! its own driver.
 //!
+//! For a SQLite file, the hot paths of a chat turn bypass sqlx and run on
+//! direct connections of our own ([`direct`]), and every write of the
+//! process, direct or through sqlx, takes one write gate first.
+//!
 //! Migrations are embedded, one set per engine (`migrations/sqlite`,
 //! `migrations/postgres`). The migrator ignores applied migrations it does
 //! not know, so a database that a newer version migrated still starts an
@@ -30,7 +34,10 @@ use sqlx::sqlite::{
 use crate::config::{Config, DatabaseTarget, SqliteLocation};
 use crate::error::{Error, Result};
 
+pub mod direct;
 mod sqlite_file;
+
+use direct::{Direct, WriteGate};
 
 /// How long a caller waits for a pooled connection before the database
 /// counts as unavailable.
@@ -54,6 +61,9 @@ const PROBE_BYTES: u32 = 64 * 1024;
 #[derive(Debug, Clone)]
 pub struct Database {
     pool: Pool,
+    /// Direct connections and the write gate, for a SQLite file; `None`
+    /// for PostgreSQL and in-memory SQLite. See [`direct`].
+    direct: Option<Arc<Direct>>,
     /// The SQLite file, for its permissions and its filesystem's free space;
     /// `None` for PostgreSQL and in-memory SQLite.
     sqlite_file: Option<PathBuf>,
@@ -99,8 +109,10 @@ pub enum DatabaseKind {
 /// # }
 /// ```
 ///
-/// Writes of more than one statement go through [`Database::begin`] and
-/// [`on_tx!`] instead, never through the pool's own `begin`: see [`Tx`].
+/// This is the pool for reads. A single-statement write goes through
+/// [`on_writer!`]; writes of more than one statement go through
+/// [`Database::begin`] and [`on_tx!`], never through the pool's own
+/// `begin`: see [`Tx`].
 #[macro_export]
 macro_rules! on_database {
     ($db:expr, $pool:ident => $body:expr) => {
@@ -109,6 +121,22 @@ macro_rules! on_database {
             $crate::db::Pool::Postgres($pool) => $body,
         }
     };
+}
+
+/// [`on_database!`] for a single-statement write: the body runs holding
+/// the process's write gate ([`Database::write_gate`]), so it never meets
+/// another writer of this process inside SQLite. A write sent through
+/// [`on_database!`] instead is still correct, only slower when writers meet
+/// (it waits in SQLite's busy handler).
+#[macro_export]
+macro_rules! on_writer {
+    ($db:expr, $pool:ident => $body:expr) => {{
+        let _gate = $db.write_gate().await;
+        match $db.pool() {
+            $crate::db::Pool::Sqlite($pool) => $body,
+            $crate::db::Pool::Postgres($pool) => $body,
+        }
+    }};
 }
 
 /// The current time, truncated to what the database keeps (microseconds),
@@ -170,6 +198,8 @@ where
 {
     /// Always `Some` until [`TxConnection::commit`] or `drop` takes it.
     conn: Option<PoolConnection<DB>>,
+    /// The write gate (SQLite), held until the transaction has ended.
+    gate: Option<WriteGate>,
 }
 
 /// Runs the same code on the connection of a [`Tx`]: `$conn` is bound to
@@ -203,8 +233,15 @@ where
     /// drops the guard, whose rollback runs after the statement the driver
     /// still finishes, so the pool never gets back a connection that a
     /// late BEGIN left inside a transaction.
-    async fn begin(conn: PoolConnection<DB>, begin: &'static str) -> Result<Self> {
-        let mut tx = Self { conn: Some(conn) };
+    async fn begin(
+        conn: PoolConnection<DB>,
+        gate: Option<WriteGate>,
+        begin: &'static str,
+    ) -> Result<Self> {
+        let mut tx = Self {
+            conn: Some(conn),
+            gate,
+        };
         if let Err(err) = sqlx::raw_sql(begin).execute(&mut *tx).await {
             // Not in a transaction: the connection goes back as it is.
             tx.conn.take();
@@ -284,8 +321,10 @@ where
             return;
         };
         // Dropped without a commit: roll back before the connection is
-        // reused. Drop cannot await, so a task does it; without a runtime
-        // (the process is ending) closing the connection rolls back.
+        // reused, and before the next writer is let in. Drop cannot await,
+        // so a task does it; without a runtime (the process is ending)
+        // closing the connection rolls back.
+        let gate = self.gate.take();
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => {
                 runtime.spawn(async move {
@@ -293,6 +332,8 @@ where
                         tracing::warn!(error = %err, "ROLLBACK failed; the connection is closed");
                         conn.close_on_drop();
                     }
+                    drop(conn);
+                    drop(gate);
                 });
             }
             Err(_) => conn.close_on_drop(),
@@ -376,9 +417,24 @@ fn sqlite_file(options: &SqliteConnectOptions) -> Option<PathBuf> {
 }
 
 impl Database {
-    /// The pool, for [`on_database!`].
+    /// The pool for reads, for [`on_database!`].
     pub fn pool(&self) -> &Pool {
         &self.pool
+    }
+
+    /// The direct SQLite connections ([`direct`]), for a SQLite file.
+    pub fn direct(&self) -> Option<&Direct> {
+        self.direct.as_deref()
+    }
+
+    /// Takes the process's write gate (see [`direct`]) for a SQLite file;
+    /// `None`, at once, otherwise. Every writer of this process holds it
+    /// while it writes.
+    pub async fn write_gate(&self) -> Option<WriteGate> {
+        match &self.direct {
+            Some(direct) => Some(direct.gate().await),
+            None => None,
+        }
     }
 
     /// Begins a transaction.
@@ -390,10 +446,12 @@ impl Database {
     pub async fn begin(&self) -> Result<Tx> {
         Ok(match &self.pool {
             Pool::Sqlite(pool) => {
-                Tx::Sqlite(TxConnection::begin(pool.acquire().await?, "BEGIN IMMEDIATE").await?)
+                let gate = self.write_gate().await;
+                let conn = pool.acquire().await?;
+                Tx::Sqlite(TxConnection::begin(conn, gate, "BEGIN IMMEDIATE").await?)
             }
             Pool::Postgres(pool) => {
-                Tx::Postgres(TxConnection::begin(pool.acquire().await?, "BEGIN").await?)
+                Tx::Postgres(TxConnection::begin(pool.acquire().await?, None, "BEGIN").await?)
             }
         })
     }
@@ -440,7 +498,11 @@ impl Database {
                     .map(|bytes| Arc::new(AtomicU64::new(bytes)));
                 let mut pool = SqlitePoolOptions::new()
                     .max_connections(config.database_max_connections)
-                    .acquire_timeout(ACQUIRE_TIMEOUT);
+                    .acquire_timeout(ACQUIRE_TIMEOUT)
+                    // A connection to a local file does not go away by
+                    // itself: pinging it before each use was a hand-off to
+                    // its thread and back for nothing.
+                    .test_before_acquire(false);
                 if let Some(cap) = &page_cap {
                     // max_page_count belongs to the connection, not the file:
                     // set it on every connection when it opens and each time
@@ -464,8 +526,19 @@ impl Database {
                     .connect_with(options)
                     .await
                     .map_err(|e| Error::Unavailable(format!("cannot open SQLite database: {e}")))?;
+                // An in-memory database lives in its connections: it has no
+                // file for direct connections to open.
+                let direct = match &file {
+                    Some(file) => Some(Arc::new(Direct::open(
+                        file.clone(),
+                        page_cap.clone(),
+                        SQLITE_BUSY_TIMEOUT,
+                    )?)),
+                    None => None,
+                };
                 Ok(Database {
                     pool: Pool::Sqlite(pool),
+                    direct,
                     sqlite_file: file,
                     page_cap,
                     last_probe: Arc::default(),
@@ -475,6 +548,11 @@ impl Database {
                 let pool = PgPoolOptions::new()
                     .max_connections(config.database_max_connections)
                     .acquire_timeout(ACQUIRE_TIMEOUT)
+                    // No ping (a round trip) before each use: sqlx pings a
+                    // connection when it comes back to the pool already, and
+                    // one that died in between fails its query, which is
+                    // answered UNAVAILABLE and retried by the client.
+                    .test_before_acquire(false)
                     .connect(url.expose())
                     .await
                     .map_err(|e| {
@@ -482,6 +560,7 @@ impl Database {
                     })?;
                 Ok(Database {
                     pool: Pool::Postgres(pool),
+                    direct: None,
                     sqlite_file: None,
                     page_cap: None,
                     last_probe: Arc::default(),
@@ -522,6 +601,7 @@ impl Database {
     ///
     /// [`Error::Internal`] if a migration fails or an applied one was edited.
     pub async fn migrate(&self) -> Result<()> {
+        let _gate = self.write_gate().await;
         match &self.pool {
             Pool::Sqlite(pool) => {
                 let mut migrator = sqlx::migrate!("./migrations/sqlite");

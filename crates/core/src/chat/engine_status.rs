@@ -19,7 +19,7 @@ use crate::shutdown::ShutdownSignal;
 use crate::chat::breaker::{BreakerState, CircuitBreaker};
 use crate::db::{Database, from_micros, micros, now};
 use crate::error::{Error, Result};
-use crate::on_database;
+use crate::{on_database, on_writer};
 
 /// How often an API-only process reads the workers' reports.
 const REFRESH_INTERVAL: Duration = Duration::from_secs(1);
@@ -188,7 +188,7 @@ async fn write_report(db: &Database, worker: &str, state: ReportedState) -> Resu
         ReportedState::Open { until } => Some(micros(until)),
         _ => None,
     };
-    on_database!(db, pool => {
+    on_writer!(db, pool => {
         sqlx::query(sql)
             .bind(worker)
             .bind(state.as_str())

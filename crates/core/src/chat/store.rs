@@ -9,11 +9,13 @@ use sqlx::FromRow;
 use crate::chat::engine::Usage;
 use crate::chat::model::{Conversation, Message, MessageStatus, Role};
 use crate::db::Database;
+use crate::db::direct::numbered;
 use crate::error::{Error, Result};
 use crate::jobs::Job;
-use crate::jobs::store::{INSERT_JOB, bind_insert, payload_text};
+use crate::jobs::store::{INSERT_JOB, bind_insert, direct_job_params, payload_text};
 use crate::paging::Cursor;
-use crate::{on_database, on_tx};
+use crate::{on_database, on_tx, on_writer};
+use rusqlite::OptionalExtension as _;
 
 /// The columns of a `ConversationRow`, as a literal for `concat!`.
 macro_rules! conversation_columns {
@@ -58,6 +60,27 @@ struct MessageRow {
     attempt: i64,
     prompt_tokens: Option<i64>,
     completion_tokens: Option<i64>,
+}
+
+impl MessageRow {
+    /// A row of [`message_columns!`] read on a direct connection.
+    fn from_direct(row: &rusqlite::Row<'_>) -> rusqlite::Result<Self> {
+        Ok(Self {
+            id: row.get(0)?,
+            conversation_id: row.get(1)?,
+            role: row.get(2)?,
+            content: row.get(3)?,
+            status: row.get(4)?,
+            delta_lengths: row.get(5)?,
+            error_code: row.get(6)?,
+            error_message: row.get(7)?,
+            created_at: row.get(8)?,
+            updated_at: row.get(9)?,
+            attempt: row.get(10)?,
+            prompt_tokens: row.get(11)?,
+            completion_tokens: row.get(12)?,
+        })
+    }
 }
 
 /// A message with what the database keeps beside it for replaying a reply.
@@ -149,7 +172,7 @@ fn messages(rows: Vec<MessageRow>) -> Result<Vec<Message>> {
 pub(crate) async fn insert_conversation(db: &Database, c: &Conversation) -> Result<()> {
     let sql = "INSERT INTO conversations (id, owner_id, title, created_at, updated_at) \
                VALUES ($1, $2, $3, $4, $5)";
-    on_database!(db, pool => {
+    on_writer!(db, pool => {
         sqlx::query(sql)
             .bind(&c.id)
             .bind(&c.owner_id)
@@ -218,7 +241,7 @@ pub(crate) async fn update_title(
          WHERE id = $3 AND owner_id = $4 RETURNING ",
         conversation_columns!()
     );
-    let row: Option<ConversationRow> = on_database!(db, pool => {
+    let row: Option<ConversationRow> = on_writer!(db, pool => {
         sqlx::query_as(sql)
             .bind(title)
             .bind(now.timestamp_micros())
@@ -351,14 +374,27 @@ pub(crate) async fn history_of_reply(
                OR (messages.created_at = r.created_at AND messages.id < r.id))) \
          ORDER BY created_at DESC, id DESC LIMIT $3"
     );
-    let rows: Vec<MessageRow> = on_database!(db, pool => {
-        sqlx::query_as(sql)
-            .bind(conversation_id)
-            .bind(reply_id)
-            .bind(i64::from(limit))
-            .fetch_all(pool)
+    let rows: Vec<MessageRow> = if let Some(direct) = db.direct() {
+        direct
+            .read(|conn| {
+                conn.prepare_cached(&numbered(sql))?
+                    .query_map(
+                        rusqlite::params![conversation_id, reply_id, i64::from(limit)],
+                        MessageRow::from_direct,
+                    )?
+                    .collect()
+            })
             .await?
-    });
+    } else {
+        on_database!(db, pool => {
+            sqlx::query_as(sql)
+                .bind(conversation_id)
+                .bind(reply_id)
+                .bind(i64::from(limit))
+                .fetch_all(pool)
+                .await?
+        })
+    };
     let mut history = messages(rows)?;
     history.reverse();
     Ok(history)
@@ -382,6 +418,51 @@ pub(crate) async fn insert_turn(
                   ($8, $9, $10, $11, $12, $13, $14)";
     // The UPDATE comes first: it checks ownership before anything is
     // inserted.
+    if let Some(direct) = db.direct() {
+        let (touch, insert, insert_job) = (numbered(touch), numbered(insert), numbered(INSERT_JOB));
+        return direct
+            .write(|tx| {
+                let touched = tx.prepare_cached(&touch)?.execute(rusqlite::params![
+                    reply.created_at.timestamp_micros(),
+                    &message.conversation_id,
+                    owner_id
+                ])?;
+                if touched != 1 {
+                    return Ok(false);
+                }
+                let row = |m: &Message| {
+                    (
+                        m.id.clone(),
+                        m.conversation_id.clone(),
+                        m.role.as_str(),
+                        m.status.as_str(),
+                        m.created_at.timestamp_micros(),
+                        m.updated_at.timestamp_micros(),
+                    )
+                };
+                let (a, b) = (row(message), row(reply));
+                tx.prepare_cached(&insert)?.execute(rusqlite::params![
+                    a.0,
+                    a.1,
+                    a.2,
+                    &message.content,
+                    a.3,
+                    a.4,
+                    a.5,
+                    b.0,
+                    b.1,
+                    b.2,
+                    &reply.content,
+                    b.3,
+                    b.4,
+                    b.5,
+                ])?;
+                tx.prepare_cached(&insert_job)?
+                    .execute(direct_job_params!(job, &payload))?;
+                Ok(true)
+            })
+            .await;
+    }
     let mut tx = db.begin().await?;
     let inserted = on_tx!(&mut tx, conn => {
         let touched = sqlx::query(touch)
@@ -459,14 +540,40 @@ pub(crate) async fn get_owned_message(
                FROM conversations c LEFT JOIN messages m \
                ON m.id = $1 AND m.conversation_id = c.id \
                WHERE c.id = $2 AND c.owner_id = $3";
-    let row: Option<OwnedMessageRow> = on_database!(db, pool => {
-        sqlx::query_as(sql)
-            .bind(id)
-            .bind(conversation_id)
-            .bind(owner_id)
-            .fetch_optional(pool)
+    let row: Option<OwnedMessageRow> = if let Some(direct) = db.direct() {
+        direct
+            .read(|conn| {
+                conn.prepare_cached(&numbered(sql))?
+                    .query_row(rusqlite::params![id, conversation_id, owner_id], |row| {
+                        Ok(OwnedMessageRow {
+                            id: row.get(0)?,
+                            conversation_id: row.get(1)?,
+                            role: row.get(2)?,
+                            content: row.get(3)?,
+                            status: row.get(4)?,
+                            delta_lengths: row.get(5)?,
+                            error_code: row.get(6)?,
+                            error_message: row.get(7)?,
+                            created_at: row.get(8)?,
+                            updated_at: row.get(9)?,
+                            attempt: row.get(10)?,
+                            prompt_tokens: row.get(11)?,
+                            completion_tokens: row.get(12)?,
+                        })
+                    })
+                    .optional()
+            })
             .await?
-    });
+    } else {
+        on_database!(db, pool => {
+            sqlx::query_as(sql)
+                .bind(id)
+                .bind(conversation_id)
+                .bind(owner_id)
+                .fetch_optional(pool)
+                .await?
+        })
+    };
     let Some(row) = row else {
         return Ok(OwnedMessage::NoConversation);
     };
@@ -536,14 +643,32 @@ pub(crate) async fn claim_reply(
            AND (status = 'pending' OR (status = 'streaming' AND lease_until < $2)) RETURNING ",
         message_columns!()
     );
-    let row: Option<MessageRow> = on_database!(db, pool => {
-        sqlx::query_as(sql)
-            .bind(lease_until.timestamp_micros())
-            .bind(now.timestamp_micros())
-            .bind(id)
-            .fetch_optional(pool)
+    let row: Option<MessageRow> = if let Some(direct) = db.direct() {
+        let sql = numbered(sql);
+        direct
+            .write(|tx| {
+                tx.prepare_cached(&sql)?
+                    .query_row(
+                        rusqlite::params![
+                            lease_until.timestamp_micros(),
+                            now.timestamp_micros(),
+                            id
+                        ],
+                        MessageRow::from_direct,
+                    )
+                    .optional()
+            })
             .await?
-    });
+    } else {
+        on_writer!(db, pool => {
+            sqlx::query_as(sql)
+                .bind(lease_until.timestamp_micros())
+                .bind(now.timestamp_micros())
+                .bind(id)
+                .fetch_optional(pool)
+                .await?
+        })
+    };
     row.map(StoredMessage::try_from).transpose()
 }
 
@@ -558,7 +683,7 @@ pub(crate) async fn renew_reply(
 ) -> Result<Option<bool>> {
     let sql = "UPDATE messages SET lease_until = $1 \
                WHERE id = $2 AND attempt = $3 AND status = 'streaming' RETURNING cancel_requested";
-    let cancel = on_database!(db, pool => {
+    let cancel = on_writer!(db, pool => {
         sqlx::query_scalar(sql)
             .bind(lease_until.timestamp_micros())
             .bind(id)
@@ -580,7 +705,7 @@ pub(crate) async fn release_reply(
 ) -> Result<bool> {
     let sql = "UPDATE messages SET status = 'pending', content = '', lease_until = NULL, \
                updated_at = $1 WHERE id = $2 AND attempt = $3 AND status = 'streaming'";
-    let n = on_database!(db, pool => {
+    let n = on_writer!(db, pool => {
         sqlx::query(sql)
             .bind(now.timestamp_micros())
             .bind(id)
@@ -599,7 +724,7 @@ pub(crate) async fn reopen_failed(db: &Database, id: &str, now: DateTime<Utc>) -
                error_code = NULL, error_message = NULL, prompt_tokens = NULL, \
                completion_tokens = NULL, cancel_requested = $3, updated_at = $1 \
                WHERE id = $2 AND role = 'assistant' AND status = 'failed'";
-    let n = on_database!(db, pool => {
+    let n = on_writer!(db, pool => {
         sqlx::query(sql)
             .bind(now.timestamp_micros())
             .bind(id)
@@ -614,7 +739,7 @@ pub(crate) async fn reopen_failed(db: &Database, id: &str, now: DateTime<Utc>) -
 /// Asks whoever streams a reply to stop; false if it is not streaming.
 pub(crate) async fn request_cancel(db: &Database, id: &str) -> Result<bool> {
     let sql = "UPDATE messages SET cancel_requested = $1 WHERE id = $2 AND status = 'streaming'";
-    let n = on_database!(db, pool => {
+    let n = on_writer!(db, pool => {
         sqlx::query(sql).bind(true).bind(id).execute(pool).await?.rows_affected()
     });
     Ok(n == 1)
@@ -631,7 +756,7 @@ pub(crate) async fn rate_reply(
 ) -> Result<bool> {
     let sql = "UPDATE messages SET rating = $1, feedback = $2, rated_at = $3 \
                WHERE id = $4 AND conversation_id = $5 AND role = 'assistant'";
-    let n = on_database!(db, pool => {
+    let n = on_writer!(db, pool => {
         sqlx::query(sql)
             .bind(rating)
             .bind(comment)
@@ -652,7 +777,7 @@ pub(crate) async fn delete_conversations_before(
     before: DateTime<Utc>,
 ) -> Result<u64> {
     let sql = "DELETE FROM conversations WHERE updated_at < $1";
-    let n = on_database!(db, pool => {
+    let n = on_writer!(db, pool => {
         sqlx::query(sql).bind(before.timestamp_micros()).execute(pool).await?.rows_affected()
     });
     Ok(n)
@@ -678,6 +803,41 @@ pub(crate) async fn finish_reply(
     let touch = "UPDATE conversations SET updated_at = $1 WHERE id = $2";
     let lengths = serde_json::to_string(ending.delta_lengths).map_err(Error::internal)?;
     let (code, message) = ending.error.unzip();
+    if let Some(direct) = db.direct() {
+        let (sql, touch) = (numbered(sql), numbered(touch));
+        let row = direct
+            .write(|tx| {
+                let row = tx
+                    .prepare_cached(&sql)?
+                    .query_row(
+                        rusqlite::params![
+                            ending.content,
+                            &lengths,
+                            ending.status.as_str(),
+                            code,
+                            message,
+                            now.timestamp_micros(),
+                            id,
+                            ending.usage.map(|u| i64::from(u.prompt_tokens)),
+                            ending.usage.map(|u| i64::from(u.completion_tokens)),
+                            i64::from(attempt),
+                        ],
+                        MessageRow::from_direct,
+                    )
+                    .optional()?;
+                if let Some(row) = &row {
+                    tx.prepare_cached(&touch)?.execute(rusqlite::params![
+                        now.timestamp_micros(),
+                        &row.conversation_id
+                    ])?;
+                }
+                Ok(row)
+            })
+            .await?;
+        return row
+            .map(|row| StoredMessage::try_from(row).map(|s| s.message))
+            .transpose();
+    }
     let mut tx = db.begin().await?;
     let row: Option<MessageRow> = on_tx!(&mut tx, conn => {
         let row: Option<MessageRow> = sqlx::query_as(sql)
@@ -721,7 +881,7 @@ pub(crate) async fn cancel_pending(
                error_code = 'CANCELLED', error_message = $1, updated_at = $2, \
                attempt = CASE WHEN attempt > 0 THEN attempt + 1 ELSE attempt END \
                WHERE id = $3 AND status = 'pending' RETURNING attempt";
-    let attempt: Option<i64> = on_database!(db, pool => {
+    let attempt: Option<i64> = on_writer!(db, pool => {
         sqlx::query_scalar(sql)
             .bind(message)
             .bind(now.timestamp_micros())

@@ -11,7 +11,7 @@ use crate::db::{Database, Tx};
 use crate::error::{Error, Result};
 use crate::identity::Role;
 use crate::paging::Cursor;
-use crate::{on_database, on_tx};
+use crate::{on_database, on_tx, on_writer};
 
 /// The columns of a [`UserRow`], as a literal for `concat!`.
 macro_rules! user_columns {
@@ -116,7 +116,7 @@ pub(crate) async fn users_without_email_key(db: &Database) -> Result<Vec<(String
 /// account holds that key already.
 pub(crate) async fn set_email_key(db: &Database, id: &str, email_key: &str) -> Result<bool> {
     let sql = "UPDATE users SET email_key = $1 WHERE id = $2 AND email_key IS NULL";
-    let result = on_database!(db, pool => {
+    let result = on_writer!(db, pool => {
         sqlx::query(sql).bind(email_key).bind(id).execute(pool).await.map(drop)
     });
     match result {
@@ -523,7 +523,7 @@ pub(crate) async fn key_holder(db: &Database, secret_hash: &str) -> Result<Optio
 
 pub(crate) async fn touch_api_key(db: &Database, id: &str, now: DateTime<Utc>) -> Result<()> {
     let sql = "UPDATE api_keys SET last_used_at = $1 WHERE id = $2";
-    on_database!(db, pool => {
+    on_writer!(db, pool => {
         sqlx::query(sql).bind(micros(now)).bind(id).execute(pool).await?;
     });
     Ok(())
@@ -664,7 +664,7 @@ pub(crate) struct OidcLoginRow {
 pub(crate) async fn insert_oidc_login(db: &Database, row: &OidcLoginRow) -> Result<()> {
     let sql = "INSERT INTO oidc_logins (state, provider, nonce, pkce_verifier, redirect_uri, \
                created_at) VALUES ($1, $2, $3, $4, $5, $6)";
-    on_database!(db, pool => {
+    on_writer!(db, pool => {
         sqlx::query(sql)
             .bind(&row.state)
             .bind(&row.provider)
@@ -683,13 +683,13 @@ pub(crate) async fn insert_oidc_login(db: &Database, row: &OidcLoginRow) -> Resu
 pub(crate) async fn take_oidc_login(db: &Database, state: &str) -> Result<Option<OidcLoginRow>> {
     let sql = "DELETE FROM oidc_logins WHERE state = $1 \
                RETURNING state, provider, nonce, pkce_verifier, redirect_uri, created_at";
-    Ok(on_database!(db, pool => sqlx::query_as(sql).bind(state).fetch_optional(pool).await?))
+    Ok(on_writer!(db, pool => sqlx::query_as(sql).bind(state).fetch_optional(pool).await?))
 }
 
 /// Deletes sign-ins started before `before` and never completed.
 pub(crate) async fn purge_oidc_logins(db: &Database, before: DateTime<Utc>) -> Result<u64> {
     let sql = "DELETE FROM oidc_logins WHERE created_at < $1";
-    Ok(on_database!(db, pool => {
+    Ok(on_writer!(db, pool => {
         sqlx::query(sql).bind(micros(before)).execute(pool).await?.rows_affected()
     }))
 }

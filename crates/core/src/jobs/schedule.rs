@@ -14,7 +14,7 @@ use sqlx::FromRow;
 
 use crate::db::{Database, from_micros, micros, now};
 use crate::error::Result;
-use crate::on_database;
+use crate::{on_database, on_writer};
 
 /// A task run on a schedule.
 #[async_trait]
@@ -70,7 +70,7 @@ pub async fn register(
                  next_run_at = CASE WHEN schedules.cron = excluded.cron \
                                THEN schedules.next_run_at ELSE excluded.next_run_at END, \
                  updated_at = excluded.updated_at";
-    on_database!(db, pool => {
+    on_writer!(db, pool => {
         sqlx::query(sql)
             .bind(name)
             .bind(expression)
@@ -111,7 +111,7 @@ pub async fn claim_tick(
 ) -> Result<bool> {
     let claim = "UPDATE schedules SET next_run_at = $1, updated_at = $2 \
                  WHERE name = $3 AND next_run_at = $4";
-    let won = on_database!(db, pool => {
+    let won = on_writer!(db, pool => {
         sqlx::query(claim)
             .bind(micros(next))
             .bind(micros(now()))
@@ -141,7 +141,7 @@ pub async fn record_run(
         Ok(summary) => (Some(summary), None),
         Err(error) => (None, Some(error)),
     };
-    on_database!(db, pool => {
+    on_writer!(db, pool => {
         sqlx::query(record)
             .bind(micros(now()))
             .bind(summary)

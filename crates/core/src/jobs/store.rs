@@ -6,10 +6,11 @@
 use chrono::{DateTime, Utc};
 use sqlx::FromRow;
 
+use crate::db::direct::numbered;
 use crate::db::{Database, from_micros, micros};
 use crate::error::{Error, Result};
 use crate::jobs::model::{Job, JobState};
-use crate::{on_database, on_tx};
+use crate::{on_database, on_tx, on_writer};
 
 /// The columns of a `JobRow`, as a literal for `concat!`.
 macro_rules! job_columns {
@@ -40,6 +41,25 @@ macro_rules! bind_insert {
 }
 pub(crate) use bind_insert;
 
+/// The parameters of [`INSERT_JOB`] for a direct SQLite statement, in the
+/// order of [`bind_insert`].
+macro_rules! direct_job_params {
+    ($job:expr, $payload:expr) => {
+        rusqlite::params![
+            &$job.id,
+            &$job.kind,
+            $payload,
+            $job.state.as_str(),
+            i64::from($job.attempts),
+            i64::from($job.max_attempts),
+            $crate::db::micros($job.run_at),
+            $crate::db::micros($job.created_at),
+            $crate::db::micros($job.updated_at),
+        ]
+    };
+}
+pub(crate) use direct_job_params;
+
 #[derive(FromRow)]
 struct JobRow {
     id: String,
@@ -56,6 +76,28 @@ struct JobRow {
     updated_at: i64,
     started_at: Option<i64>,
     finished_at: Option<i64>,
+}
+
+impl JobRow {
+    /// A row of [`job_columns!`] read on a direct connection.
+    fn from_direct(row: &rusqlite::Row<'_>) -> rusqlite::Result<Self> {
+        Ok(Self {
+            id: row.get(0)?,
+            kind: row.get(1)?,
+            payload: row.get(2)?,
+            state: row.get(3)?,
+            attempts: row.get(4)?,
+            max_attempts: row.get(5)?,
+            last_error: row.get(6)?,
+            run_at: row.get(7)?,
+            lease_until: row.get(8)?,
+            worker: row.get(9)?,
+            created_at: row.get(10)?,
+            updated_at: row.get(11)?,
+            started_at: row.get(12)?,
+            finished_at: row.get(13)?,
+        })
+    }
 }
 
 impl TryFrom<JobRow> for Job {
@@ -91,7 +133,7 @@ pub(crate) fn payload_text(job: &Job) -> Result<String> {
 /// Inserts `job` on its own (jobs not tied to another write).
 pub(crate) async fn insert(db: &Database, job: &Job) -> Result<()> {
     let payload = payload_text(job)?;
-    on_database!(db, pool => {
+    on_writer!(db, pool => {
         bind_insert!(sqlx::query(INSERT_JOB), job, &payload).execute(pool).await?;
     });
     Ok(())
@@ -183,7 +225,7 @@ pub async fn start_attempt(
          RETURNING ",
         job_columns!()
     );
-    let row: Option<JobRow> = on_database!(db, pool => {
+    let row: Option<JobRow> = on_writer!(db, pool => {
         sqlx::query_as(sql)
             .bind(micros(lease_until))
             .bind(worker)
@@ -204,6 +246,24 @@ pub async fn next_due_many(db: &Database, now: DateTime<Utc>, limit: usize) -> R
     let abandoned = "SELECT id FROM jobs WHERE state = 'running' AND lease_until < $1 \
                      ORDER BY lease_until LIMIT $2";
     let limit = i64::try_from(limit.max(1)).unwrap_or(i64::MAX);
+    if let Some(direct) = db.direct() {
+        let (due, abandoned) = (numbered(due), numbered(abandoned));
+        return direct
+            .read(|conn| {
+                let ids = |sql: &str| -> rusqlite::Result<Vec<String>> {
+                    conn.prepare_cached(sql)?
+                        .query_map(rusqlite::params![micros(now), limit], |row| row.get(0))?
+                        .collect()
+                };
+                let due = ids(&due)?;
+                if due.is_empty() {
+                    ids(&abandoned)
+                } else {
+                    Ok(due)
+                }
+            })
+            .await;
+    }
     let ids: Vec<String> = on_database!(db, pool => {
         let ids: Vec<String> = sqlx::query_scalar(due).bind(micros(now)).bind(limit).fetch_all(pool).await?;
         if ids.is_empty() {
@@ -227,6 +287,7 @@ pub async fn start_attempts(
     lease_until: DateTime<Utc>,
 ) -> Result<Vec<Job>> {
     let mut started = Vec::with_capacity(ids.len());
+    let (lease_micros, now_micros) = (micros(lease_until), micros(now));
     for chunk in ids.chunks(ROWS_PER_STATEMENT) {
         let list: Vec<String> = (0..chunk.len()).map(|i| format!("${}", i + 4)).collect();
         let sql = format!(
@@ -240,7 +301,24 @@ pub async fn start_attempts(
             ),
             list.join(", ")
         );
-        let rows: Vec<JobRow> = on_database!(db, pool => {
+        if let Some(direct) = db.direct() {
+            let sql = numbered(&sql);
+            let rows = direct
+                .write(|tx| {
+                    let mut params: Vec<&dyn rusqlite::ToSql> =
+                        vec![&lease_micros, &worker, &now_micros];
+                    params.extend(chunk.iter().map(|id| id as &dyn rusqlite::ToSql));
+                    tx.prepare_cached(&sql)?
+                        .query_map(params.as_slice(), JobRow::from_direct)?
+                        .collect::<rusqlite::Result<Vec<JobRow>>>()
+                })
+                .await?;
+            for row in rows {
+                started.push(Job::try_from(row)?);
+            }
+            continue;
+        }
+        let rows: Vec<JobRow> = on_writer!(db, pool => {
             let mut query = sqlx::query_as(sqlx::AssertSqlSafe(sql.clone()))
                 .bind(micros(lease_until))
                 .bind(worker)
@@ -267,7 +345,7 @@ pub async fn renew(
 ) -> Result<bool> {
     let sql = "UPDATE jobs SET lease_until = $1 \
                WHERE id = $2 AND attempts = $3 AND state = 'running'";
-    let n = on_database!(db, pool => {
+    let n = on_writer!(db, pool => {
         sqlx::query(sql)
             .bind(micros(lease_until))
             .bind(id)
@@ -327,7 +405,7 @@ pub async fn finish_attempt(
                run_at = COALESCE($3, run_at), finished_at = $4, lease_until = NULL, \
                updated_at = $5 \
                WHERE id = $6 AND attempts = $7 AND state = 'running'";
-    let n = on_database!(db, pool => {
+    let n = on_writer!(db, pool => {
         sqlx::query(sql)
             .bind(state.as_str())
             .bind(error)
@@ -353,18 +431,43 @@ pub async fn finish_succeeded_many(
     now: DateTime<Utc>,
 ) -> Result<Vec<String>> {
     let mut finished = Vec::with_capacity(attempts.len());
+    let statement = |n: usize| {
+        let matches: Vec<String> = (0..n)
+            .map(|i| format!("(id = ${} AND attempts = ${})", 2 + 2 * i, 3 + 2 * i))
+            .collect();
+        format!(
+            "UPDATE jobs SET state = 'succeeded', finished_at = $1, lease_until = NULL, \
+             updated_at = $1 WHERE state = 'running' AND ({}) RETURNING id",
+            matches.join(" OR ")
+        )
+    };
+    if let Some(direct) = db.direct() {
+        let now = micros(now);
+        return direct
+            .write(|tx| {
+                let mut finished = Vec::with_capacity(attempts.len());
+                for chunk in attempts.chunks(ROWS_PER_STATEMENT) {
+                    let numbers: Vec<i64> = chunk.iter().map(|(_, a)| i64::from(*a)).collect();
+                    let mut params: Vec<&dyn rusqlite::ToSql> = vec![&now];
+                    for ((id, _), attempt) in chunk.iter().zip(&numbers) {
+                        params.push(id);
+                        params.push(attempt);
+                    }
+                    let mut ids = tx
+                        .prepare_cached(&numbered(&statement(chunk.len())))?
+                        .query_map(params.as_slice(), |row| row.get(0))?
+                        .collect::<rusqlite::Result<Vec<String>>>()?;
+                    finished.append(&mut ids);
+                }
+                Ok(finished)
+            })
+            .await;
+    }
     // Our own transaction, as in `insert_many`.
     let mut tx = db.begin().await?;
     on_tx!(&mut tx, conn => {
         for chunk in attempts.chunks(ROWS_PER_STATEMENT) {
-            let matches: Vec<String> = (0..chunk.len())
-                .map(|i| format!("(id = ${} AND attempts = ${})", 2 + 2 * i, 3 + 2 * i))
-                .collect();
-            let sql = format!(
-                "UPDATE jobs SET state = 'succeeded', finished_at = $1, lease_until = NULL, \
-                 updated_at = $1 WHERE state = 'running' AND ({}) RETURNING id",
-                matches.join(" OR ")
-            );
+            let sql = statement(chunk.len());
             let mut query = sqlx::query_scalar(sqlx::AssertSqlSafe(sql)).bind(micros(now));
             for (id, attempt) in chunk {
                 query = query.bind(id).bind(i64::from(*attempt));
@@ -419,7 +522,7 @@ pub(crate) async fn requeue_dead(
          lease_until = NULL, updated_at = $1 WHERE id = $2 AND state = 'dead' RETURNING ",
         job_columns!()
     );
-    let row: Option<JobRow> = on_database!(db, pool => {
+    let row: Option<JobRow> = on_writer!(db, pool => {
         sqlx::query_as(sql).bind(micros(now)).bind(id).fetch_optional(pool).await?
     });
     row.map(Job::try_from).transpose()
@@ -428,7 +531,7 @@ pub(crate) async fn requeue_dead(
 /// Deletes a dead job; false if there is no dead job `id`.
 pub(crate) async fn delete_dead(db: &Database, id: &str) -> Result<bool> {
     let sql = "DELETE FROM jobs WHERE id = $1 AND state = 'dead'";
-    let n = on_database!(db, pool => {
+    let n = on_writer!(db, pool => {
         sqlx::query(sql).bind(id).execute(pool).await?.rows_affected()
     });
     Ok(n == 1)
@@ -454,7 +557,7 @@ pub async fn stale_queued(db: &Database, before: DateTime<Utc>, limit: u32) -> R
 /// Deletes succeeded jobs that finished before `before`; returns how many.
 pub(crate) async fn purge_succeeded(db: &Database, before: DateTime<Utc>) -> Result<u64> {
     let sql = "DELETE FROM jobs WHERE state = 'succeeded' AND finished_at < $1";
-    let n = on_database!(db, pool => {
+    let n = on_writer!(db, pool => {
         sqlx::query(sql).bind(micros(before)).execute(pool).await?.rows_affected()
     });
     Ok(n)

@@ -1,0 +1,307 @@
+//! SQLite statements run on the calling task's own thread: the hot paths
+//! of a chat turn (storing the turn, taking its job, claiming, reading the
+//! history, finishing the reply, recording the job) on connections of our
+//! own, opened with `rusqlite` over the same SQLite library sqlx links.
+//!
+//! sqlx-sqlite runs each connection on a thread of its own and hands every
+//! statement to it over a channel, and its pool pings a connection when it
+//! is returned: each statement costs two or three hand-offs between
+//! threads, futex waits and wake-ups that on a small machine cost more than
+//! SQLite's own work, and a transaction holds SQLite's write lock across
+//! all of them. Here a statement is a function call, a transaction holds
+//! the lock only while SQLite works, and nothing waits on a thread.
+//!
+//! [`Direct`] also owns the process's write gate. SQLite lets one
+//! connection write at a time; a writer that finds the lock taken sleeps in
+//! SQLite's busy handler (1, 2, 5, 10 … 100 ms between tries) even when the
+//! lock is free again microseconds later, and a direct writer must never
+//! sleep on a runtime thread. So every write of this process, direct or
+//! through sqlx ([`Database::begin`](super::Database::begin),
+//! [`on_writer!`](crate::on_writer)), first takes the gate, an async mutex
+//! that hands itself to the next writer in turn the moment it is released.
+//! Only another process writing the same file can still hold SQLite's lock:
+//! a direct connection then answers SQLITE_BUSY at once (its busy timeout
+//! is zero), and [`Direct::write`] waits asynchronously and tries again, up
+//! to the database's busy timeout.
+//!
+//! Checkpoints: SQLite checkpoints the WAL inside the COMMIT that grows it
+//! past 1,000 pages, with an fsync, which would block a runtime thread for
+//! milliseconds. The direct writer has automatic checkpoints off; every
+//! [`CHECKPOINT_EVERY`] of its commits a task runs a passive checkpoint on
+//! a blocking thread instead (readers and writers go on meanwhile).
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags, TransactionBehavior};
+use tokio::sync::OwnedMutexGuard;
+
+use crate::error::{Error, Result};
+
+/// The write gate, held: no other writer of this process runs meanwhile.
+pub type WriteGate = OwnedMutexGuard<Connection>;
+
+/// How many direct commits between two checkpoints of the WAL.
+const CHECKPOINT_EVERY: u64 = 200;
+
+/// The first wait after SQLITE_BUSY (another process holds the lock); it
+/// doubles up to [`MAX_BUSY_WAIT`].
+const FIRST_BUSY_WAIT: Duration = Duration::from_millis(1);
+
+/// The longest wait between two tries of a write another process blocks.
+const MAX_BUSY_WAIT: Duration = Duration::from_millis(50);
+
+/// How many idle reader connections are kept.
+const MAX_IDLE_READERS: usize = 8;
+
+/// Direct SQLite connections to one database file: the writer (which is
+/// also the write gate) and a few readers.
+pub struct Direct {
+    file: PathBuf,
+    /// The one direct writer, behind the process's write gate.
+    writer: Arc<tokio::sync::Mutex<Connection>>,
+    /// Idle reader connections; one is opened when none is idle.
+    readers: Mutex<Vec<Connection>>,
+    /// `database_sqlite_max_bytes`, shared with the sqlx pool.
+    page_cap: Option<Arc<AtomicU64>>,
+    /// How long a write waits for another process's lock before it fails.
+    busy_timeout: Duration,
+    /// Commits of the direct writer, for scheduling checkpoints.
+    commits: AtomicU64,
+}
+
+impl std::fmt::Debug for Direct {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Direct")
+            .field("file", &self.file)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Whether a rusqlite error is SQLITE_BUSY or SQLITE_LOCKED: another
+/// process holds the lock.
+fn is_busy(err: &rusqlite::Error) -> bool {
+    matches!(
+        err.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+    )
+}
+
+/// `sql` with sqlx's `$N` placeholders as SQLite's `?N`, which bind at
+/// index N (SQLite numbers `$N` names by first appearance instead), so the
+/// statements of the sqlx paths are reused here as they are.
+pub fn numbered(sql: &str) -> String {
+    let mut out = String::with_capacity(sql.len());
+    let mut chars = sql.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '$' && chars.peek().is_some_and(char::is_ascii_digit) {
+            out.push('?');
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+impl Direct {
+    /// Opens the writer on `file`, an existing database in WAL mode (the
+    /// sqlx pool has opened and migrated it). `busy_timeout` bounds the
+    /// wait for another process's lock.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Unavailable`] if the file cannot be opened.
+    pub(super) fn open(
+        file: PathBuf,
+        page_cap: Option<Arc<AtomicU64>>,
+        busy_timeout: Duration,
+    ) -> Result<Self> {
+        let writer = open_connection(&file)?;
+        writer
+            .pragma_update(None, "wal_autocheckpoint", 0)
+            .map_err(|e| unavailable(&e))?;
+        Ok(Self {
+            file,
+            writer: Arc::new(tokio::sync::Mutex::new(writer)),
+            readers: Mutex::new(Vec::new()),
+            page_cap,
+            busy_timeout,
+            commits: AtomicU64::new(0),
+        })
+    }
+
+    /// Takes the write gate, waiting for the writer before it in turn.
+    pub async fn gate(&self) -> WriteGate {
+        self.writer.clone().lock_owned().await
+    }
+
+    /// Runs `work` in one `BEGIN IMMEDIATE` transaction on the direct
+    /// writer, under the write gate, and commits it; rolled back if `work`
+    /// fails. `work` may run again when another process held the lock, so
+    /// it must not have effects outside the transaction.
+    ///
+    /// # Errors
+    ///
+    /// The database error, as [`Error`] (the transaction is rolled back);
+    /// [`Error::Unavailable`] after the busy timeout.
+    pub async fn write<T>(
+        &self,
+        mut work: impl FnMut(&rusqlite::Transaction<'_>) -> rusqlite::Result<T>,
+    ) -> Result<T> {
+        let deadline = tokio::time::Instant::now() + self.busy_timeout;
+        let mut wait = FIRST_BUSY_WAIT;
+        loop {
+            let mut conn = self.gate().await;
+            if let Some(cap) = &self.page_cap {
+                apply_size_cap(&conn, cap.load(Ordering::Relaxed)).map_err(|e| from_sqlite(&e))?;
+            }
+            let outcome = run_transaction(&mut conn, &mut work);
+            if !conn.is_autocommit() {
+                // A failed COMMIT or ROLLBACK left the transaction open:
+                // this connection must not write again.
+                tracing::warn!("a direct SQLite transaction did not end; the writer is reopened");
+                *conn = open_connection(&self.file)?;
+                conn.pragma_update(None, "wal_autocheckpoint", 0)
+                    .map_err(|e| unavailable(&e))?;
+            }
+            drop(conn);
+            match outcome {
+                Ok(value) => {
+                    self.committed();
+                    return Ok(value);
+                }
+                Err(err) if is_busy(&err) && tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(MAX_BUSY_WAIT);
+                }
+                Err(err) => return Err(from_sqlite(&err)),
+            }
+        }
+    }
+
+    /// Runs `work` on a direct reader connection (WAL readers see the last
+    /// commit and never wait for the writer).
+    ///
+    /// # Errors
+    ///
+    /// The database error, as [`Error`].
+    pub async fn read<T>(
+        &self,
+        mut work: impl FnMut(&Connection) -> rusqlite::Result<T>,
+    ) -> Result<T> {
+        let deadline = tokio::time::Instant::now() + self.busy_timeout;
+        let mut wait = FIRST_BUSY_WAIT;
+        loop {
+            let idle = self
+                .readers
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .pop();
+            let conn = match idle {
+                Some(conn) => conn,
+                None => open_connection(&self.file)?,
+            };
+            let outcome = work(&conn);
+            {
+                let mut readers = self
+                    .readers
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                if readers.len() < MAX_IDLE_READERS && conn.is_autocommit() {
+                    readers.push(conn);
+                }
+            }
+            match outcome {
+                Ok(value) => return Ok(value),
+                // A reader waits only while WAL recovery runs elsewhere.
+                Err(err) if is_busy(&err) && tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(MAX_BUSY_WAIT);
+                }
+                Err(err) => return Err(from_sqlite(&err)),
+            }
+        }
+    }
+
+    /// Counts a commit, and every [`CHECKPOINT_EVERY`] schedules a passive
+    /// checkpoint on a blocking thread.
+    fn committed(&self) {
+        let n = self.commits.fetch_add(1, Ordering::Relaxed) + 1;
+        if !n.is_multiple_of(CHECKPOINT_EVERY) {
+            return;
+        }
+        let file = self.file.clone();
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        runtime.spawn_blocking(move || {
+            let checkpoint = open_connection(&file).and_then(|conn| {
+                conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+                    .map_err(|e| unavailable(&e))
+            });
+            if let Err(err) = checkpoint {
+                tracing::warn!(error = %err, "cannot checkpoint the SQLite WAL");
+            }
+        });
+    }
+}
+
+/// BEGIN IMMEDIATE, `work`, COMMIT; ROLLBACK when `work` fails.
+fn run_transaction<T>(
+    conn: &mut Connection,
+    work: &mut impl FnMut(&rusqlite::Transaction<'_>) -> rusqlite::Result<T>,
+) -> rusqlite::Result<T> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let value = work(&tx)?;
+    tx.commit()?;
+    Ok(value)
+}
+
+/// Opens a direct connection to `file` as the sqlx pool's are set up:
+/// foreign keys on, `synchronous=NORMAL`; no busy timeout (a busy database
+/// is waited for asynchronously by the caller).
+fn open_connection(file: &std::path::Path) -> Result<Connection> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+        | OpenFlags::SQLITE_OPEN_NO_MUTEX
+        | OpenFlags::SQLITE_OPEN_URI;
+    let conn = Connection::open_with_flags(file, flags).map_err(|e| unavailable(&e))?;
+    conn.busy_timeout(Duration::ZERO)
+        .and_then(|()| conn.pragma_update(None, "foreign_keys", true))
+        .and_then(|()| conn.pragma_update(None, "synchronous", "NORMAL"))
+        .map_err(|e| unavailable(&e))?;
+    conn.set_prepared_statement_cache_capacity(64);
+    Ok(conn)
+}
+
+/// Sets `max_page_count` to hold the database under `bytes`.
+fn apply_size_cap(conn: &Connection, bytes: u64) -> rusqlite::Result<()> {
+    let page_size: i64 = conn.query_row("PRAGMA page_size", [], |row| row.get(0))?;
+    let pages = (bytes / u64::try_from(page_size).unwrap_or(4096).max(512)).max(1);
+    conn.query_row(&format!("PRAGMA max_page_count = {pages}"), [], |_| Ok(()))
+}
+
+fn unavailable(err: &rusqlite::Error) -> Error {
+    Error::Unavailable(format!("cannot open SQLite database: {err}"))
+}
+
+/// A rusqlite error as [`Error`], as [`From<sqlx::Error>`](Error) maps the
+/// same SQLite codes: full or read-only is UNAVAILABLE with the reason,
+/// busy or locked is UNAVAILABLE, anything else INTERNAL.
+pub fn from_sqlite(err: &rusqlite::Error) -> Error {
+    match err.sqlite_error_code() {
+        Some(rusqlite::ErrorCode::DiskFull) => storage_problem(err, "is full"),
+        Some(rusqlite::ErrorCode::ReadOnly) => storage_problem(err, "is read-only"),
+        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) => {
+            tracing::warn!(error = %err, "database unavailable");
+            Error::Unavailable("the database is unavailable; try again".to_owned())
+        }
+        _ => Error::internal(format!("SQLite: {err}")),
+    }
+}
+
+fn storage_problem(err: &rusqlite::Error, problem: &str) -> Error {
+    tracing::error!(error = %err, "database cannot store data");
+    Error::Unavailable(format!("the database {problem}; try again later"))
+}
