@@ -8,8 +8,8 @@ use sqlx::FromRow;
 
 use crate::chat::engine::Usage;
 use crate::chat::model::{Conversation, Message, MessageStatus, Role};
-use crate::db::Database;
 use crate::db::direct::numbered;
+use crate::db::{Database, Pool};
 use crate::error::{Error, Result};
 use crate::jobs::Job;
 use crate::jobs::store::{INSERT_JOB, bind_insert, direct_job_params, payload_text};
@@ -463,6 +463,37 @@ pub(crate) async fn insert_turn(
             })
             .await;
     }
+    if let Pool::Postgres(pool) = db.pool() {
+        // One statement is one transaction and one round trip: the
+        // inserts see the conversation's UPDATE and run only if it matched.
+        let sql = "WITH touched AS (UPDATE conversations SET updated_at = $1 \
+                     WHERE id = $2 AND owner_id = $3 RETURNING id), \
+                   inserted AS (INSERT INTO messages (id, conversation_id, role, content, status, \
+                     created_at, updated_at) \
+                     SELECT v.* FROM (VALUES ($4, $2, $5, $6, $7, $8, $9), \
+                       ($10, $2, $11, $12, $13, $14, $15)) \
+                       AS v(id, conversation_id, role, content, status, created_at, updated_at) \
+                     WHERE EXISTS (SELECT 1 FROM touched)), \
+                   job AS (INSERT INTO jobs (id, kind, payload, state, attempts, max_attempts, \
+                     run_at, created_at, updated_at) \
+                     SELECT $16, $17, $18, $19, $20, $21, $22, $23, $24 FROM touched) \
+                   SELECT COUNT(*) FROM touched";
+        let mut query = sqlx::query_scalar::<_, i64>(sql)
+            .bind(reply.created_at.timestamp_micros())
+            .bind(&message.conversation_id)
+            .bind(owner_id);
+        for m in [message, reply] {
+            query = query
+                .bind(&m.id)
+                .bind(m.role.as_str())
+                .bind(&m.content)
+                .bind(m.status.as_str())
+                .bind(m.created_at.timestamp_micros())
+                .bind(m.updated_at.timestamp_micros());
+        }
+        let touched = bind_insert!(query, job, &payload).fetch_one(pool).await?;
+        return Ok(touched == 1);
+    }
     let mut tx = db.begin().await?;
     let inserted = on_tx!(&mut tx, conn => {
         let touched = sqlx::query(touch)
@@ -833,6 +864,35 @@ pub(crate) async fn finish_reply(
                 }
                 Ok(row)
             })
+            .await?;
+        return row
+            .map(|row| StoredMessage::try_from(row).map(|s| s.message))
+            .transpose();
+    }
+    if let Pool::Postgres(pool) = db.pool() {
+        // The reply and its conversation in one statement: one round trip.
+        let sql = concat!(
+            "WITH r AS (UPDATE messages SET content = $1, delta_lengths = $2, status = $3, \
+               error_code = $4, error_message = $5, updated_at = $6, prompt_tokens = $8, \
+               completion_tokens = $9, lease_until = NULL \
+               WHERE id = $7 AND status = 'streaming' AND attempt = $10 RETURNING ",
+            message_columns!(),
+            "), t AS (UPDATE conversations SET updated_at = $6 \
+               WHERE id IN (SELECT conversation_id FROM r)) \
+             SELECT * FROM r"
+        );
+        let row: Option<MessageRow> = sqlx::query_as(sql)
+            .bind(ending.content)
+            .bind(&lengths)
+            .bind(ending.status.as_str())
+            .bind(code)
+            .bind(message)
+            .bind(now.timestamp_micros())
+            .bind(id)
+            .bind(ending.usage.map(|u| i64::from(u.prompt_tokens)))
+            .bind(ending.usage.map(|u| i64::from(u.completion_tokens)))
+            .bind(i64::from(attempt))
+            .fetch_optional(pool)
             .await?;
         return row
             .map(|row| StoredMessage::try_from(row).map(|s| s.message))

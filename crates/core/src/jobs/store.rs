@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use sqlx::FromRow;
 
 use crate::db::direct::numbered;
-use crate::db::{Database, from_micros, micros};
+use crate::db::{Database, Pool, from_micros, micros};
 use crate::error::{Error, Result};
 use crate::jobs::model::{Job, JobState};
 use crate::{on_database, on_tx, on_writer};
@@ -288,6 +288,26 @@ pub async fn start_attempts(
 ) -> Result<Vec<Job>> {
     let mut started = Vec::with_capacity(ids.len());
     let (lease_micros, now_micros) = (micros(lease_until), micros(now));
+    if let Pool::Postgres(pool) = db.pool() {
+        // The ids as one array: one statement text (and one prepared plan)
+        // whatever their number.
+        let sql = concat!(
+            "UPDATE jobs SET state = 'running', attempts = attempts + 1, lease_until = $1, \
+             worker = $2, started_at = $3, updated_at = $3 \
+             WHERE id = ANY($4) AND ((state IN ('queued', 'retrying') AND run_at <= $3) \
+                                  OR (state = 'running' AND lease_until < $3)) \
+             RETURNING ",
+            job_columns!()
+        );
+        let rows: Vec<JobRow> = sqlx::query_as(sql)
+            .bind(lease_micros)
+            .bind(worker)
+            .bind(now_micros)
+            .bind(ids)
+            .fetch_all(pool)
+            .await?;
+        return rows.into_iter().map(Job::try_from).collect();
+    }
     for chunk in ids.chunks(ROWS_PER_STATEMENT) {
         let list: Vec<String> = (0..chunk.len()).map(|i| format!("${}", i + 4)).collect();
         let sql = format!(
@@ -462,6 +482,35 @@ pub async fn finish_succeeded_many(
                 Ok(finished)
             })
             .await;
+    }
+    if let Pool::Postgres(pool) = db.pool() {
+        // As arrays: one statement (one commit, one prepared plan) for any
+        // number of attempts.
+        let sql = "UPDATE jobs SET state = 'succeeded', finished_at = $1, lease_until = NULL, \
+                   updated_at = $1 FROM unnest($2::text[], $3::bigint[]) AS a(id, attempts) \
+                   WHERE jobs.id = a.id AND jobs.attempts = a.attempts \
+                     AND jobs.state = 'running' RETURNING jobs.id";
+        let (ids, numbers): (Vec<&str>, Vec<i64>) = attempts
+            .iter()
+            .map(|(id, attempt)| (id.as_str(), i64::from(*attempt)))
+            .unzip();
+        return Ok(sqlx::query_scalar(sql)
+            .bind(micros(now))
+            .bind(ids)
+            .bind(numbers)
+            .fetch_all(pool)
+            .await?);
+    }
+    if attempts.len() <= ROWS_PER_STATEMENT {
+        // One statement commits by itself: no BEGIN and COMMIT round trips.
+        let sql = statement(attempts.len());
+        return Ok(on_writer!(db, pool => {
+            let mut query = sqlx::query_scalar(sqlx::AssertSqlSafe(sql)).bind(micros(now));
+            for (id, attempt) in attempts {
+                query = query.bind(id).bind(i64::from(*attempt));
+            }
+            query.fetch_all(pool).await?
+        }));
     }
     // Our own transaction, as in `insert_many`.
     let mut tx = db.begin().await?;
