@@ -76,6 +76,37 @@ static PUBLISH: LazyLock<Script> = LazyLock::new(|| {
     )
 });
 
+/// [`PUBLISH`] for several events at once: ARGV[1] the trim length,
+/// ARGV[2] the expiry, ARGV[3] the channel, then four values per event
+/// (entry id, seq, event, announcement). An event whose entry is there
+/// already (a retried publish) is skipped; returns 1, or 0, having stopped
+/// there, if the stream is past an event's seq without holding it.
+static PUBLISH_MANY: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+        local added = 0
+        for b = 4, #ARGV, 4 do
+            local entry = redis.pcall('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], ARGV[b],
+                                      'seq', ARGV[b + 1], 'event', ARGV[b + 2])
+            if type(entry) == 'table' and entry.err then
+                if not string.find(entry.err, 'equal or smaller', 1, true) then
+                    return redis.error_reply(entry.err)
+                end
+                if not redis.call('XRANGE', KEYS[1], ARGV[b], ARGV[b])[1] then
+                    if added > 0 then redis.call('EXPIRE', KEYS[1], ARGV[2]) end
+                    return 0
+                end
+            else
+                redis.call('PUBLISH', ARGV[3], ARGV[b + 3])
+                added = added + 1
+            end
+        end
+        if added > 0 then redis.call('EXPIRE', KEYS[1], ARGV[2]) end
+        return 1
+        ",
+    )
+});
+
 /// Settings of a [`RedisReplyBus`].
 #[derive(Debug, Clone)]
 pub struct RedisReplyBusConfig {
@@ -265,6 +296,50 @@ impl ReplyBus for RedisReplyBus {
         match outcome {
             0 => Err(Error::FailedPrecondition(format!(
                 "reply {reply_id} already has an event after seq {seq}"
+            ))),
+            _ => Ok(()),
+        }
+    }
+
+    /// All of `events` in one script call: one round trip for the events
+    /// that queued up while the last publish was on its way.
+    ///
+    /// # Errors
+    ///
+    /// As [`RedisReplyBus::publish`].
+    async fn publish_many(&self, reply_id: &str, events: &[(u32, String)]) -> Result<()> {
+        if let [(seq, event_json)] = events {
+            return self.publish(reply_id, *seq, event_json).await;
+        }
+        let mut publish = PUBLISH_MANY.prepare_invoke();
+        publish
+            .key(self.inner.stream_key(reply_id))
+            .arg(self.inner.config.max_events)
+            .arg(self.inner.config.retention.as_secs().max(1))
+            .arg(&self.inner.channel);
+        for (seq, event_json) in events {
+            let announcement = serde_json::to_string(&Announcement {
+                reply_id,
+                seq: *seq,
+                event: event_json,
+            })
+            .map_err(Error::internal)?;
+            publish
+                .arg(format!("{seq}-1"))
+                .arg(*seq)
+                .arg(event_json)
+                .arg(announcement);
+        }
+        let mut conn = self.inner.commands.clone();
+        let outcome: u8 = match publish.invoke_async(&mut conn).await {
+            Err(err) if err.is_connection_dropped() || err.is_io_error() => {
+                publish.invoke_async(&mut conn).await.map_err(redis_error)?
+            }
+            outcome => outcome.map_err(redis_error)?,
+        };
+        match outcome {
+            0 => Err(Error::FailedPrecondition(format!(
+                "reply {reply_id} already has events after the ones published"
             ))),
             _ => Ok(()),
         }

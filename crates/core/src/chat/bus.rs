@@ -26,6 +26,20 @@ pub trait ReplyBus: Send + Sync + std::fmt::Debug {
     /// be reached.
     async fn publish(&self, reply_id: &str, seq: u32, event_json: &str) -> Result<()>;
 
+    /// [`ReplyBus::publish`] of several events of `reply_id`, in the order
+    /// given (their seqs growing): a bus may send them all at once. Each
+    /// event is published once, also when the call is retried.
+    ///
+    /// # Errors
+    ///
+    /// As [`ReplyBus::publish`], for the first event that fails.
+    async fn publish_many(&self, reply_id: &str, events: &[(u32, String)]) -> Result<()> {
+        for (seq, event_json) in events {
+            self.publish(reply_id, *seq, event_json).await?;
+        }
+        Ok(())
+    }
+
     /// The events of `reply_id` with a seq above `after_seq`, in order,
     /// each once: the backlog first, then live ones as they are published.
     /// The stream does not end by itself (the caller knows which event is

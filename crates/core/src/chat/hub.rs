@@ -53,6 +53,9 @@ const NEW_REPLY_HINTS: usize = 256;
 /// How often publishing an event to the bus is tried.
 const BUS_ATTEMPTS: u32 = 3;
 
+/// At most this many events go to the bus in one publish.
+const FORWARD_BATCH: usize = 256;
+
 /// How often expired logs are looked for.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -76,11 +79,83 @@ struct LogState {
 #[derive(Debug)]
 pub(crate) struct ReplyPublisher {
     log: Arc<ReplyLog>,
-    /// The bus and the reply id, when events go to other instances too.
-    forward: Option<(Arc<dyn ReplyBus>, String)>,
+    /// The queue of the task that publishes this attempt's events to the
+    /// bus, when events go to other instances too ([`Forwarder`]).
+    forward: Option<Forwarder>,
     /// The seq of the last event this publisher appended (or of the event
     /// before its first).
     last_seq: std::sync::atomic::AtomicU32,
+}
+
+/// Publishes one attempt's events to the bus from a task of its own, so
+/// the generator does not wait for a round trip to the bus per token: the
+/// events that queue up while one publish is on its way go in the next, all
+/// at once ([`ReplyBus::publish_many`]), in order. The final event waits
+/// until everything before it and itself are published.
+#[derive(Debug)]
+struct Forwarder {
+    queue: Mutex<Option<tokio::sync::mpsc::UnboundedSender<(u32, String)>>>,
+    task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl Forwarder {
+    fn start(bus: Arc<dyn ReplyBus>, reply_id: String) -> Self {
+        let (queue, mut events) = tokio::sync::mpsc::unbounded_channel::<(u32, String)>();
+        let task = tokio::spawn(async move {
+            let mut batch = Vec::new();
+            while events.recv_many(&mut batch, FORWARD_BATCH).await > 0 {
+                publish_with_retries(bus.as_ref(), &reply_id, &batch).await;
+                batch.clear();
+            }
+        });
+        Self {
+            queue: Mutex::new(Some(queue)),
+            task: Mutex::new(Some(task)),
+        }
+    }
+
+    /// Queues an event for the bus.
+    fn send(&self, seq: u32, kind: &ReplyEventKind) {
+        if let Some(queue) = lock(&self.queue).as_ref() {
+            let _ = queue.send((seq, wire::encode(kind)));
+        }
+    }
+
+    /// Closes the queue and waits until the task has published it all.
+    async fn finish(&self) {
+        lock(&self.queue).take();
+        let task = lock(&self.task).take();
+        if let Some(task) = task {
+            let _ = task.await;
+        }
+    }
+}
+
+/// Publishes `events` of `reply_id` to the bus, trying a few times over a
+/// blip. A failure is logged: subscribers elsewhere then get the reply from
+/// the database once it has finished.
+async fn publish_with_retries(bus: &dyn ReplyBus, reply_id: &str, events: &[(u32, String)]) {
+    let first = events.first().map_or(0, |(seq, _)| *seq);
+    for attempt in 1..=BUS_ATTEMPTS {
+        match bus.publish_many(reply_id, events).await {
+            Ok(()) => return,
+            Err(Error::Unavailable(reason)) if attempt < BUS_ATTEMPTS => {
+                tracing::warn!(%reply_id, seq = first, %reason, "cannot publish the reply events; retrying");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(err) => {
+                tracing::warn!(%reply_id, seq = first, error = %err, "cannot publish the reply events");
+                return;
+            }
+        }
+    }
+}
+
+/// Locks `mutex`, also when a panic poisoned it (what it guards stays whole).
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// The events of one reply, as a stream that ends after the final event
@@ -153,7 +228,10 @@ impl ReplyHub {
         let base = attempt_base(attempt);
         let publisher = ReplyPublisher {
             log,
-            forward: self.bus.clone().map(|bus| (bus, reply_id.to_owned())),
+            forward: self
+                .bus
+                .clone()
+                .map(|bus| Forwarder::start(bus, reply_id.to_owned())),
             last_seq: std::sync::atomic::AtomicU32::new(base),
         };
         if attempt > 1 {
@@ -162,7 +240,7 @@ impl ReplyHub {
                 seq: base,
                 kind: reset.clone(),
             });
-            publisher.forward(base, &reset).await;
+            publisher.forward(base, &reset);
         }
         publisher
     }
@@ -362,8 +440,12 @@ impl ReplyPublisher {
     }
 
     async fn append(&self, kind: ReplyEventKind) -> u32 {
+        let terminal = matches!(kind, ReplyEventKind::Done(_) | ReplyEventKind::Error { .. });
         let seq = self.push_next(kind.clone());
-        self.forward(seq, &kind).await;
+        self.forward(seq, &kind);
+        if terminal && let Some(forwarder) = &self.forward {
+            forwarder.finish().await;
+        }
         seq
     }
 
@@ -377,26 +459,10 @@ impl ReplyPublisher {
         seq
     }
 
-    /// Publishes the event to the bus, if there is one, trying a few times
-    /// over a blip. A failure is logged: subscribers elsewhere then get the
-    /// reply from the database once it has finished.
-    async fn forward(&self, seq: u32, kind: &ReplyEventKind) {
-        let Some((bus, reply_id)) = &self.forward else {
-            return;
-        };
-        let json = wire::encode(kind);
-        for attempt in 1..=BUS_ATTEMPTS {
-            match bus.publish(reply_id, seq, &json).await {
-                Ok(()) => return,
-                Err(Error::Unavailable(reason)) if attempt < BUS_ATTEMPTS => {
-                    tracing::warn!(%reply_id, seq, %reason, "cannot publish the reply event; retrying");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                Err(err) => {
-                    tracing::warn!(%reply_id, seq, error = %err, "cannot publish the reply event");
-                    return;
-                }
-            }
+    /// Queues the event for the bus, if there is one.
+    fn forward(&self, seq: u32, kind: &ReplyEventKind) {
+        if let Some(forwarder) = &self.forward {
+            forwarder.send(seq, kind);
         }
     }
 
