@@ -29,6 +29,9 @@ use tokio::sync::Barrier;
 use crate::sse::SseReader;
 use crate::stats::{Percentiles, round};
 
+/// How long a turn waits, after `done`, for the server to end the stream.
+const DRAIN_AFTER_DONE: Duration = Duration::from_secs(1);
+
 /// How many error messages are kept for the report's stderr lines.
 const ERRORS_SHOWN: usize = 5;
 
@@ -256,6 +259,14 @@ impl User {
                 }
                 if event.done.is_some() {
                     let done = sent.elapsed();
+                    // The server ends the stream after `done`: read it to
+                    // its end, as a browser does, so the connection goes
+                    // back to the pool for the next turn instead of being
+                    // closed (a new connection per turn otherwise).
+                    let _ = tokio::time::timeout(DRAIN_AFTER_DONE, async {
+                        while let Some(Ok(_)) = body.next().await {}
+                    })
+                    .await;
                     return Ok(TurnTimes {
                         // A reply with no text has no delta: its first
                         // token is its end.
