@@ -254,6 +254,31 @@ impl RedisReplyBus {
     }
 }
 
+impl RedisReplyBus {
+    /// Runs a [`PUBLISH`] or [`PUBLISH_MANY`] invocation, once more if the
+    /// connection had dropped (the manager has reconnected since; the
+    /// scripts skip what a first try wrote). A 0 from the script (the
+    /// stream is past the events) is [`Error::FailedPrecondition`] with
+    /// `conflict`'s words.
+    async fn run_publish(
+        &self,
+        publish: &redis::ScriptInvocation<'_>,
+        conflict: impl FnOnce() -> String,
+    ) -> Result<()> {
+        let mut conn = self.inner.commands.clone();
+        let outcome: u8 = match publish.invoke_async(&mut conn).await {
+            Err(err) if err.is_connection_dropped() || err.is_io_error() => {
+                publish.invoke_async(&mut conn).await.map_err(redis_error)?
+            }
+            outcome => outcome.map_err(redis_error)?,
+        };
+        match outcome {
+            0 => Err(Error::FailedPrecondition(conflict())),
+            _ => Ok(()),
+        }
+    }
+}
+
 #[async_trait::async_trait]
 impl ReplyBus for RedisReplyBus {
     /// Appends event `seq` of `reply_id` to its backlog and announces it to
@@ -285,20 +310,10 @@ impl ReplyBus for RedisReplyBus {
             .arg(self.inner.config.retention.as_secs().max(1))
             .arg(&self.inner.channel)
             .arg(announcement);
-        let mut conn = self.inner.commands.clone();
-        let outcome: u8 = match publish.invoke_async(&mut conn).await {
-            // The connection had dropped; the manager has reconnected since.
-            Err(err) if err.is_connection_dropped() || err.is_io_error() => {
-                publish.invoke_async(&mut conn).await.map_err(redis_error)?
-            }
-            outcome => outcome.map_err(redis_error)?,
-        };
-        match outcome {
-            0 => Err(Error::FailedPrecondition(format!(
-                "reply {reply_id} already has an event after seq {seq}"
-            ))),
-            _ => Ok(()),
-        }
+        self.run_publish(&publish, || {
+            format!("reply {reply_id} already has an event after seq {seq}")
+        })
+        .await
     }
 
     /// All of `events` in one script call: one round trip for the events
@@ -330,19 +345,10 @@ impl ReplyBus for RedisReplyBus {
                 .arg(event_json)
                 .arg(announcement);
         }
-        let mut conn = self.inner.commands.clone();
-        let outcome: u8 = match publish.invoke_async(&mut conn).await {
-            Err(err) if err.is_connection_dropped() || err.is_io_error() => {
-                publish.invoke_async(&mut conn).await.map_err(redis_error)?
-            }
-            outcome => outcome.map_err(redis_error)?,
-        };
-        match outcome {
-            0 => Err(Error::FailedPrecondition(format!(
-                "reply {reply_id} already has events after the ones published"
-            ))),
-            _ => Ok(()),
-        }
+        self.run_publish(&publish, || {
+            format!("reply {reply_id} already has events after the ones published")
+        })
+        .await
     }
 
     /// The events of `reply_id` with a seq above `after_seq`, in order,

@@ -571,44 +571,36 @@ pub(crate) async fn get_owned_message(
                FROM conversations c LEFT JOIN messages m \
                ON m.id = $1 AND m.conversation_id = c.id \
                WHERE c.id = $2 AND c.owner_id = $3";
-    let row: Option<OwnedMessageRow> = if let Some(direct) = db.direct() {
+    // `None`: no such conversation of the owner; `Some(None)`: no such
+    // message in it.
+    let found: Option<Option<MessageRow>> = if let Some(direct) = db.direct() {
         direct
             .read(|conn| {
                 conn.prepare_cached(&numbered(sql))?
                     .query_row(rusqlite::params![id, conversation_id, owner_id], |row| {
-                        Ok(OwnedMessageRow {
-                            id: row.get(0)?,
-                            conversation_id: row.get(1)?,
-                            role: row.get(2)?,
-                            content: row.get(3)?,
-                            status: row.get(4)?,
-                            delta_lengths: row.get(5)?,
-                            error_code: row.get(6)?,
-                            error_message: row.get(7)?,
-                            created_at: row.get(8)?,
-                            updated_at: row.get(9)?,
-                            attempt: row.get(10)?,
-                            prompt_tokens: row.get(11)?,
-                            completion_tokens: row.get(12)?,
-                        })
+                        match row.get::<_, Option<String>>(0)? {
+                            Some(_) => MessageRow::from_direct(row).map(Some),
+                            None => Ok(None),
+                        }
                     })
                     .optional()
             })
             .await?
     } else {
-        on_database!(db, pool => {
+        let row: Option<OwnedMessageRow> = on_database!(db, pool => {
             sqlx::query_as(sql)
                 .bind(id)
                 .bind(conversation_id)
                 .bind(owner_id)
                 .fetch_optional(pool)
                 .await?
-        })
+        });
+        row.map(OwnedMessageRow::into_message_row)
     };
-    let Some(row) = row else {
+    let Some(found) = found else {
         return Ok(OwnedMessage::NoConversation);
     };
-    let Some(message) = row.into_message_row() else {
+    let Some(message) = found else {
         return Ok(OwnedMessage::NoMessage);
     };
     Ok(OwnedMessage::Found(Box::new(StoredMessage::try_from(
