@@ -861,6 +861,22 @@ pub(crate) async fn finish_reply(
             .map(|row| StoredMessage::try_from(row).map(|s| s.message))
             .transpose();
     }
+    // The binds of the reply's UPDATE ($1 … $10), on either sqlx driver.
+    macro_rules! bind_ending {
+        ($query:expr) => {
+            $query
+                .bind(ending.content)
+                .bind(&lengths)
+                .bind(ending.status.as_str())
+                .bind(code)
+                .bind(message)
+                .bind(now.timestamp_micros())
+                .bind(id)
+                .bind(ending.usage.map(|u| i64::from(u.prompt_tokens)))
+                .bind(ending.usage.map(|u| i64::from(u.completion_tokens)))
+                .bind(i64::from(attempt))
+        };
+    }
     if let Pool::Postgres(pool) = db.pool() {
         // The reply and its conversation in one statement: one round trip.
         let sql = concat!(
@@ -873,17 +889,7 @@ pub(crate) async fn finish_reply(
                WHERE id IN (SELECT conversation_id FROM r)) \
              SELECT * FROM r"
         );
-        let row: Option<MessageRow> = sqlx::query_as(sql)
-            .bind(ending.content)
-            .bind(&lengths)
-            .bind(ending.status.as_str())
-            .bind(code)
-            .bind(message)
-            .bind(now.timestamp_micros())
-            .bind(id)
-            .bind(ending.usage.map(|u| i64::from(u.prompt_tokens)))
-            .bind(ending.usage.map(|u| i64::from(u.completion_tokens)))
-            .bind(i64::from(attempt))
+        let row: Option<MessageRow> = bind_ending!(sqlx::query_as(sql))
             .fetch_optional(pool)
             .await?;
         return row
@@ -892,17 +898,7 @@ pub(crate) async fn finish_reply(
     }
     let mut tx = db.begin().await?;
     let row: Option<MessageRow> = on_tx!(&mut tx, conn => {
-        let row: Option<MessageRow> = sqlx::query_as(sql)
-            .bind(ending.content)
-            .bind(&lengths)
-            .bind(ending.status.as_str())
-            .bind(code)
-            .bind(message)
-            .bind(now.timestamp_micros())
-            .bind(id)
-            .bind(ending.usage.map(|u| i64::from(u.prompt_tokens)))
-            .bind(ending.usage.map(|u| i64::from(u.completion_tokens)))
-            .bind(i64::from(attempt))
+        let row: Option<MessageRow> = bind_ending!(sqlx::query_as(sql))
             .fetch_optional(&mut *conn)
             .await?;
         if let Some(row) = &row {
