@@ -91,7 +91,9 @@ fn is_busy(err: &rusqlite::Error) -> bool {
 
 /// `sql` with sqlx's `$N` placeholders as SQLite's `?N`, which bind at
 /// index N (SQLite numbers `$N` names by first appearance instead), so the
-/// statements of the sqlx paths are reused here as they are.
+/// statements of the sqlx paths are reused here as they are. (A `$` and
+/// digits inside a string literal would be changed too; no statement of
+/// ours has one.)
 pub fn numbered(sql: &str) -> String {
     let mut out = String::with_capacity(sql.len());
     let mut chars = sql.chars().peekable();
@@ -304,4 +306,120 @@ pub fn from_sqlite(err: &rusqlite::Error) -> Error {
 fn storage_problem(err: &rusqlite::Error, problem: &str) -> Error {
     tracing::error!(error = %err, "database cannot store data");
     Error::Unavailable(format!("the database {problem}; try again later"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A WAL database with one table, and a [`Direct`] on it waiting at
+    /// most `busy_timeout` for another connection's lock.
+    fn database(busy_timeout: Duration) -> (tempfile::TempDir, Direct) {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let file = dir.path().join("test.db");
+        let setup = Connection::open(&file).expect("open the database");
+        setup
+            .pragma_update(None, "journal_mode", "WAL")
+            .expect("WAL mode");
+        setup
+            .execute_batch("CREATE TABLE notes (id INTEGER PRIMARY KEY, text TEXT NOT NULL)")
+            .expect("create the table");
+        let direct = Direct::open(file, None, busy_timeout).expect("open the direct connections");
+        (dir, direct)
+    }
+
+    async fn count(direct: &Direct) -> i64 {
+        direct
+            .read(|conn| conn.query_row("SELECT COUNT(*) FROM notes", [], |row| row.get(0)))
+            .await
+            .expect("count the rows")
+    }
+
+    #[test]
+    fn numbered_placeholders_bind_at_their_number() {
+        assert_eq!(
+            numbered("a = $1 AND b IN ($12, $2) AND c = '$' AND d = $x"),
+            "a = ?1 AND b IN (?12, ?2) AND c = '$' AND d = $x"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_write_waits_for_another_process_lock_then_commits() {
+        let (dir, direct) = database(Duration::from_secs(5));
+        // Another process's writer, as far as SQLite can tell: a
+        // connection of its own holding the write lock.
+        let other = Connection::open(dir.path().join("test.db")).expect("open");
+        other
+            .execute_batch("BEGIN IMMEDIATE")
+            .expect("take the lock");
+        let write = direct.write(|tx| tx.execute("INSERT INTO notes (text) VALUES ('a')", []));
+        tokio::pin!(write);
+        assert!(
+            tokio::time::timeout(Duration::from_millis(100), &mut write)
+                .await
+                .is_err(),
+            "the write went through while another connection held the lock"
+        );
+        other.execute_batch("COMMIT").expect("release the lock");
+        let inserted = tokio::time::timeout(Duration::from_secs(2), write)
+            .await
+            .expect("the write goes on once the lock is free")
+            .expect("the write commits");
+        assert_eq!(inserted, 1);
+        assert_eq!(count(&direct).await, 1);
+    }
+
+    #[tokio::test]
+    async fn a_lock_held_past_the_busy_timeout_is_unavailable() {
+        let (dir, direct) = database(Duration::from_millis(100));
+        let other = Connection::open(dir.path().join("test.db")).expect("open");
+        other
+            .execute_batch("BEGIN IMMEDIATE")
+            .expect("take the lock");
+        let err = direct
+            .write(|tx| tx.execute("INSERT INTO notes (text) VALUES ('a')", []))
+            .await
+            .expect_err("the lock is never released");
+        assert!(matches!(err, Error::Unavailable(_)), "{err:?}");
+        other.execute_batch("ROLLBACK").expect("release the lock");
+        assert_eq!(count(&direct).await, 0);
+    }
+
+    #[tokio::test]
+    async fn a_failed_write_leaves_nothing_and_the_writer_goes_on() {
+        let (_dir, direct) = database(Duration::from_secs(5));
+        let err = direct
+            .write(|tx| {
+                tx.execute("INSERT INTO notes (text) VALUES ('kept?')", [])?;
+                tx.execute("INSERT INTO missing (text) VALUES ('x')", [])
+            })
+            .await
+            .expect_err("the second statement fails");
+        assert!(matches!(err, Error::Internal(_)), "{err:?}");
+        assert_eq!(count(&direct).await, 0, "the first insert was rolled back");
+        direct
+            .write(|tx| tx.execute("INSERT INTO notes (text) VALUES ('b')", []))
+            .await
+            .expect("the next write commits");
+        assert_eq!(count(&direct).await, 1);
+    }
+
+    #[tokio::test]
+    async fn writers_of_the_process_take_the_gate_in_turn() {
+        let (_dir, direct) = database(Duration::from_secs(5));
+        let gate = direct.gate().await;
+        let write = direct.write(|tx| tx.execute("INSERT INTO notes (text) VALUES ('a')", []));
+        tokio::pin!(write);
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), &mut write)
+                .await
+                .is_err(),
+            "the write did not wait for the gate"
+        );
+        drop(gate);
+        write
+            .await
+            .expect("the write commits once the gate is free");
+        assert_eq!(count(&direct).await, 1);
+    }
 }
