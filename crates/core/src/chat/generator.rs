@@ -154,14 +154,19 @@ impl ReplyGenerator {
     /// One attempt at the reply of `job`: see [`ReplyGenerator::generate`].
     async fn attempt(&self, job: &ReplyJob, last_attempt: bool) -> Result<GenerateOutcome> {
         // The first claim and the history are read at once (the history
-        // does not change with the claim): one database round trip less
-        // before the first token. A claim that has to wait for an earlier
+        // does not change with the claim; on PostgreSQL in one statement):
+        // one database round trip less before the first token. A claim that has to wait for an earlier
         // attempt's lease reads the history again after it.
         let now = store::now();
-        let (first, history) = tokio::join!(
-            store::claim_reply(&self.db, &job.reply_id, now, now + self.lease),
-            store::history_of_reply(&self.db, &job.conversation_id, &job.reply_id, HISTORY_LIMIT),
-        );
+        let (first, history) = store::claim_reply_with_history(
+            &self.db,
+            &job.conversation_id,
+            &job.reply_id,
+            now,
+            now + self.lease,
+            HISTORY_LIMIT,
+        )
+        .await;
         let (claimed, history) = match first? {
             Some(claimed) => (claimed, history),
             None => {

@@ -24,6 +24,19 @@ macro_rules! conversation_columns {
     };
 }
 
+/// The `FROM` … `LIMIT` of [`history_of_reply`]: `$1` the conversation,
+/// `$2` the reply, `$3` the limit; newest first.
+macro_rules! history_of_reply_from {
+    () => {
+        " FROM messages \
+         WHERE conversation_id = $1 AND status = 'complete' \
+           AND EXISTS (SELECT 1 FROM messages r WHERE r.id = $2 AND r.conversation_id = $1 \
+             AND (messages.created_at < r.created_at \
+               OR (messages.created_at = r.created_at AND messages.id < r.id))) \
+         ORDER BY created_at DESC, id DESC LIMIT $3"
+    };
+}
+
 /// The columns of a `MessageRow`, as a literal for `concat!`.
 macro_rules! message_columns {
     () => {
@@ -364,16 +377,7 @@ pub(crate) async fn history_of_reply(
     reply_id: &str,
     limit: u32,
 ) -> Result<Vec<Message>> {
-    let sql = concat!(
-        "SELECT ",
-        message_columns!(),
-        " FROM messages \
-         WHERE conversation_id = $1 AND status = 'complete' \
-           AND EXISTS (SELECT 1 FROM messages r WHERE r.id = $2 AND r.conversation_id = $1 \
-             AND (messages.created_at < r.created_at \
-               OR (messages.created_at = r.created_at AND messages.id < r.id))) \
-         ORDER BY created_at DESC, id DESC LIMIT $3"
-    );
+    let sql = concat!("SELECT ", message_columns!(), history_of_reply_from!());
     let rows: Vec<MessageRow> = if let Some(direct) = db.direct() {
         direct
             .read(|conn| {
@@ -693,6 +697,74 @@ pub(crate) async fn claim_reply(
         })
     };
     row.map(StoredMessage::try_from).transpose()
+}
+
+/// [`claim_reply`] and [`history_of_reply`] at once, for the first claim of
+/// an attempt: on PostgreSQL one statement (one round trip, the history
+/// read in the snapshot the claim's UPDATE sees, where the reply is still
+/// what it was: the history never holds it); elsewhere both side by side.
+pub(crate) async fn claim_reply_with_history(
+    db: &Database,
+    conversation_id: &str,
+    id: &str,
+    now: DateTime<Utc>,
+    lease_until: DateTime<Utc>,
+    limit: u32,
+) -> (Result<Option<StoredMessage>>, Result<Vec<Message>>) {
+    let Pool::Postgres(pool) = db.pool() else {
+        return tokio::join!(
+            claim_reply(db, id, now, lease_until),
+            history_of_reply(db, conversation_id, id, limit),
+        );
+    };
+    #[derive(FromRow)]
+    struct ClaimOrHistoryRow {
+        claimed: bool,
+        #[sqlx(flatten)]
+        message: MessageRow,
+    }
+    let sql = concat!(
+        "WITH claimed AS (UPDATE messages SET status = 'streaming', content = '', \
+           attempt = attempt + 1, lease_until = $4, updated_at = $5 \
+           WHERE id = $2 AND role = 'assistant' \
+             AND (status = 'pending' OR (status = 'streaming' AND lease_until < $5)) \
+           RETURNING ",
+        message_columns!(),
+        ") SELECT TRUE AS claimed, ",
+        message_columns!(),
+        " FROM claimed UNION ALL (SELECT FALSE AS claimed, ",
+        message_columns!(),
+        history_of_reply_from!(),
+        ")"
+    );
+    let rows: Vec<ClaimOrHistoryRow> = match sqlx::query_as(sql)
+        .bind(conversation_id)
+        .bind(id)
+        .bind(i64::from(limit))
+        .bind(lease_until.timestamp_micros())
+        .bind(now.timestamp_micros())
+        .fetch_all(pool)
+        .await
+    {
+        Ok(rows) => rows,
+        // The claim's error is the one that counts: without a claim the
+        // history is not used.
+        Err(err) => return (Err(err.into()), Ok(Vec::new())),
+    };
+    let mut claimed = None;
+    let mut history = Vec::with_capacity(rows.len());
+    for row in rows {
+        if row.claimed {
+            claimed = Some(row.message);
+        } else {
+            history.push(row.message);
+        }
+    }
+    let history = messages(history).map(|mut history| {
+        history.reverse();
+        history
+    });
+    (claimed.map(StoredMessage::try_from).transpose(), history)
 }
 
 /// Extends the lease of attempt `attempt` at a reply. `None` if the attempt
