@@ -389,12 +389,18 @@ async fn apply_size_cap(conn: &mut sqlx::SqliteConnection, bytes: u64) -> sqlx::
     let page_size: i64 = sqlx::query_scalar("PRAGMA page_size")
         .fetch_one(&mut *conn)
         .await?;
-    let pages = (bytes / u64::try_from(page_size).unwrap_or(4096).max(512)).max(1);
-    let pragma = format!("PRAGMA max_page_count = {pages}");
+    let pragma = max_page_count_pragma(bytes, page_size);
     sqlx::raw_sql(sqlx::AssertSqlSafe(pragma))
         .execute(&mut *conn)
         .await
         .map(drop)
+}
+
+/// The `PRAGMA max_page_count` that holds a database of `page_size`-byte
+/// pages under `bytes` (at least one page).
+fn max_page_count_pragma(bytes: u64, page_size: i64) -> String {
+    let pages = (bytes / u64::try_from(page_size).unwrap_or(4096).max(512)).max(1);
+    format!("PRAGMA max_page_count = {pages}")
 }
 
 /// Bytes free to unprivileged writers on the filesystem holding `file`.

@@ -180,19 +180,52 @@ impl From<sqlx::Error> for Error {
             // Either way it is the input's fault, not the server's.
             return Self::invalid_argument("", "text must not contain NUL characters");
         }
-        if let Some(problem) = storage_problem(&err) {
-            // The disk (or the configured size cap) is full, or the disk
-            // fails: nothing was stored, and the write may work once the
-            // operator frees space. Readiness reports the same.
-            tracing::error!(error = %err, "database cannot store data");
-            return Self::Unavailable(format!("the database {problem}; try again later"));
+        let code = database_code(&err);
+        if let Some(problem) = code.and_then(storage_problem) {
+            return Self::storage_unavailable(&err, problem);
         }
-        if is_transient(&err) {
-            // Worth retrying; the client learns that much and no more.
-            tracing::warn!(error = %err, "database unavailable");
-            return Self::Unavailable("the database is unavailable; try again".to_owned());
+        if matches!(
+            err,
+            sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_)
+        ) || code.is_some_and(is_transient)
+        {
+            return Self::transient_unavailable(&err);
         }
         Self::Internal(Box::new(err))
+    }
+}
+
+/// The errors of the direct SQLite connections (`db::direct`), by the same
+/// SQLite codes as [`From<sqlx::Error>`](Error).
+impl From<rusqlite::Error> for Error {
+    fn from(err: rusqlite::Error) -> Self {
+        let code = err
+            .sqlite_error()
+            .and_then(|e| u32::try_from(e.extended_code).ok())
+            .map(|code| DatabaseCode::Sqlite(code & 0xff));
+        if let Some(problem) = code.and_then(storage_problem) {
+            return Self::storage_unavailable(&err, problem);
+        }
+        if code.is_some_and(is_transient) {
+            return Self::transient_unavailable(&err);
+        }
+        Self::Internal(Box::new(err))
+    }
+}
+
+impl Error {
+    /// The disk (or the configured size cap) is full, or the disk fails:
+    /// nothing was stored, and the write may work once the operator frees
+    /// space. Readiness reports the same.
+    fn storage_unavailable(err: &dyn std::fmt::Display, problem: &str) -> Self {
+        tracing::error!(error = %err, "database cannot store data");
+        Self::Unavailable(format!("the database {problem}; try again later"))
+    }
+
+    /// Worth retrying; the client learns that much and no more.
+    fn transient_unavailable(err: &dyn std::fmt::Display) -> Self {
+        tracing::warn!(error = %err, "database unavailable");
+        Self::Unavailable("the database is unavailable; try again".to_owned())
     }
 }
 
@@ -200,6 +233,7 @@ impl From<sqlx::Error> for Error {
 /// whose low byte is the primary code; PostgreSQL's are five-character
 /// SQLSTATEs (most of them digits too, so the engine cannot be told from
 /// the text).
+#[derive(Clone, Copy)]
 enum DatabaseCode<'a> {
     Sqlite(u32),
     Postgres(&'a str),
@@ -224,8 +258,8 @@ fn database_code(err: &sqlx::Error) -> Option<DatabaseCode<'_>> {
 /// COMMIT may come after the commit record was written, so the outcome is
 /// unknown and the error stays INTERNAL rather than inviting a retry that
 /// could store the write twice.
-fn storage_problem(err: &sqlx::Error) -> Option<&'static str> {
-    match database_code(err)? {
+fn storage_problem(code: DatabaseCode<'_>) -> Option<&'static str> {
+    match code {
         DatabaseCode::Sqlite(13) | DatabaseCode::Postgres("53100") => Some("is full"),
         DatabaseCode::Sqlite(8) | DatabaseCode::Postgres("25006") => Some("is read-only"),
         DatabaseCode::Postgres("53200") => Some("is out of memory"),
@@ -233,29 +267,18 @@ fn storage_problem(err: &sqlx::Error) -> Option<&'static str> {
     }
 }
 
-/// Whether a database error goes away by itself: no connection or pool,
-/// SQLite busy or locked past its timeout, PostgreSQL out of connections,
-/// a serialization failure or deadlock, or a server shutting down.
-fn is_transient(err: &sqlx::Error) -> bool {
-    match err {
-        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => true,
-        _ => match database_code(err) {
-            // 5 SQLITE_BUSY, 6 SQLITE_LOCKED.
-            Some(DatabaseCode::Sqlite(code)) => matches!(code, 5 | 6),
-            Some(DatabaseCode::Postgres(code)) => matches!(
-                code,
-                "53300"
-                    | "40001"
-                    | "40P01"
-                    | "57P01"
-                    | "57P02"
-                    | "57P03"
-                    | "08000"
-                    | "08003"
-                    | "08006"
-            ),
-            None => false,
-        },
+/// Whether a database error code goes away by itself: SQLite busy or
+/// locked past its timeout, PostgreSQL out of connections, a serialization
+/// failure or deadlock, a server shutting down or a lost connection (no
+/// connection or pool at all is told by sqlx's own variants).
+fn is_transient(code: DatabaseCode<'_>) -> bool {
+    match code {
+        // 5 SQLITE_BUSY, 6 SQLITE_LOCKED.
+        DatabaseCode::Sqlite(code) => matches!(code, 5 | 6),
+        DatabaseCode::Postgres(code) => matches!(
+            code,
+            "53300" | "40001" | "40P01" | "57P01" | "57P02" | "57P03" | "08000" | "08003" | "08006"
+        ),
     }
 }
 

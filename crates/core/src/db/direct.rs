@@ -120,13 +120,9 @@ impl Direct {
         page_cap: Option<Arc<AtomicU64>>,
         busy_timeout: Duration,
     ) -> Result<Self> {
-        let writer = open_connection(&file)?;
-        writer
-            .pragma_update(None, "wal_autocheckpoint", 0)
-            .map_err(|e| unavailable(&e))?;
         Ok(Self {
+            writer: Arc::new(tokio::sync::Mutex::new(open_writer(&file)?)),
             file,
-            writer: Arc::new(tokio::sync::Mutex::new(writer)),
             readers: Mutex::new(Vec::new()),
             page_cap,
             busy_timeout,
@@ -152,21 +148,18 @@ impl Direct {
         &self,
         mut work: impl FnMut(&rusqlite::Transaction<'_>) -> rusqlite::Result<T>,
     ) -> Result<T> {
-        let deadline = tokio::time::Instant::now() + self.busy_timeout;
-        let mut wait = FIRST_BUSY_WAIT;
+        let mut busy = BusyWait::new(self.busy_timeout);
         loop {
             let mut conn = self.gate().await;
             if let Some(cap) = &self.page_cap {
-                apply_size_cap(&conn, cap.load(Ordering::Relaxed)).map_err(|e| from_sqlite(&e))?;
+                apply_size_cap(&conn, cap.load(Ordering::Relaxed))?;
             }
             let outcome = run_transaction(&mut conn, &mut work);
             if !conn.is_autocommit() {
                 // A failed COMMIT or ROLLBACK left the transaction open:
                 // this connection must not write again.
                 tracing::warn!("a direct SQLite transaction did not end; the writer is reopened");
-                *conn = open_connection(&self.file)?;
-                conn.pragma_update(None, "wal_autocheckpoint", 0)
-                    .map_err(|e| unavailable(&e))?;
+                *conn = open_writer(&self.file)?;
             }
             drop(conn);
             match outcome {
@@ -174,11 +167,7 @@ impl Direct {
                     self.committed();
                     return Ok(value);
                 }
-                Err(err) if is_busy(&err) && tokio::time::Instant::now() < deadline => {
-                    tokio::time::sleep(wait).await;
-                    wait = (wait * 2).min(MAX_BUSY_WAIT);
-                }
-                Err(err) => return Err(from_sqlite(&err)),
+                Err(err) => busy.wait_or_fail(err).await?,
             }
         }
     }
@@ -193,8 +182,7 @@ impl Direct {
         &self,
         mut work: impl FnMut(&Connection) -> rusqlite::Result<T>,
     ) -> Result<T> {
-        let deadline = tokio::time::Instant::now() + self.busy_timeout;
-        let mut wait = FIRST_BUSY_WAIT;
+        let mut busy = BusyWait::new(self.busy_timeout);
         loop {
             let idle = self
                 .readers
@@ -218,11 +206,7 @@ impl Direct {
             match outcome {
                 Ok(value) => return Ok(value),
                 // A reader waits only while WAL recovery runs elsewhere.
-                Err(err) if is_busy(&err) && tokio::time::Instant::now() < deadline => {
-                    tokio::time::sleep(wait).await;
-                    wait = (wait * 2).min(MAX_BUSY_WAIT);
-                }
-                Err(err) => return Err(from_sqlite(&err)),
+                Err(err) => busy.wait_or_fail(err).await?,
             }
         }
     }
@@ -240,13 +224,40 @@ impl Direct {
         };
         runtime.spawn_blocking(move || {
             let checkpoint = open_connection(&file).and_then(|conn| {
-                conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
-                    .map_err(|e| unavailable(&e))
+                Ok(conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))?)
             });
             if let Err(err) = checkpoint {
                 tracing::warn!(error = %err, "cannot checkpoint the SQLite WAL");
             }
         });
+    }
+}
+
+/// The waits of one call between tries of a statement another process's
+/// lock keeps from running: from [`FIRST_BUSY_WAIT`], doubling up to
+/// [`MAX_BUSY_WAIT`], until the busy timeout.
+struct BusyWait {
+    deadline: tokio::time::Instant,
+    wait: Duration,
+}
+
+impl BusyWait {
+    fn new(busy_timeout: Duration) -> Self {
+        Self {
+            deadline: tokio::time::Instant::now() + busy_timeout,
+            wait: FIRST_BUSY_WAIT,
+        }
+    }
+
+    /// Waits before the next try if `err` is SQLITE_BUSY or SQLITE_LOCKED
+    /// and the busy timeout has not run out; otherwise `err`, as [`Error`].
+    async fn wait_or_fail(&mut self, err: rusqlite::Error) -> Result<()> {
+        if !is_busy(&err) || tokio::time::Instant::now() >= self.deadline {
+            return Err(err.into());
+        }
+        tokio::time::sleep(self.wait).await;
+        self.wait = (self.wait * 2).min(MAX_BUSY_WAIT);
+        Ok(())
     }
 }
 
@@ -268,44 +279,36 @@ fn open_connection(file: &std::path::Path) -> Result<Connection> {
     let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
         | OpenFlags::SQLITE_OPEN_NO_MUTEX
         | OpenFlags::SQLITE_OPEN_URI;
-    let conn = Connection::open_with_flags(file, flags).map_err(|e| unavailable(&e))?;
+    let conn = Connection::open_with_flags(file, flags).map_err(|e| cannot_open(&e))?;
     conn.busy_timeout(Duration::ZERO)
         .and_then(|()| conn.pragma_update(None, "foreign_keys", true))
         .and_then(|()| conn.pragma_update(None, "synchronous", "NORMAL"))
-        .map_err(|e| unavailable(&e))?;
+        .map_err(|e| cannot_open(&e))?;
     conn.set_prepared_statement_cache_capacity(64);
     Ok(conn)
+}
+
+/// [`open_connection`] for the direct writer: automatic checkpoints off
+/// (see the module documentation).
+fn open_writer(file: &std::path::Path) -> Result<Connection> {
+    let writer = open_connection(file)?;
+    writer
+        .pragma_update(None, "wal_autocheckpoint", 0)
+        .map_err(|e| cannot_open(&e))?;
+    Ok(writer)
 }
 
 /// Sets `max_page_count` to hold the database under `bytes`.
 fn apply_size_cap(conn: &Connection, bytes: u64) -> rusqlite::Result<()> {
     let page_size: i64 = conn.query_row("PRAGMA page_size", [], |row| row.get(0))?;
-    let pages = (bytes / u64::try_from(page_size).unwrap_or(4096).max(512)).max(1);
-    conn.query_row(&format!("PRAGMA max_page_count = {pages}"), [], |_| Ok(()))
+    conn.query_row(&super::max_page_count_pragma(bytes, page_size), [], |_| {
+        Ok(())
+    })
 }
 
-fn unavailable(err: &rusqlite::Error) -> Error {
+/// A connection that cannot be opened or set up: the database is unavailable.
+fn cannot_open(err: &rusqlite::Error) -> Error {
     Error::Unavailable(format!("cannot open SQLite database: {err}"))
-}
-
-/// A rusqlite error as [`Error`], as [`From<sqlx::Error>`](Error) maps the
-/// same SQLite codes: full or read-only is UNAVAILABLE with the reason,
-/// busy or locked is UNAVAILABLE, anything else INTERNAL.
-pub fn from_sqlite(err: &rusqlite::Error) -> Error {
-    match err.sqlite_error_code() {
-        Some(rusqlite::ErrorCode::DiskFull) => storage_problem(err, "is full"),
-        Some(rusqlite::ErrorCode::ReadOnly) => storage_problem(err, "is read-only"),
-        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) => {
-            tracing::warn!(error = %err, "database unavailable");
-            Error::Unavailable("the database is unavailable; try again".to_owned())
-        }
-        _ => Error::internal(format!("SQLite: {err}")),
-    }
-}
-
-fn storage_problem(err: &rusqlite::Error, problem: &str) -> Error {
-    tracing::error!(error = %err, "database cannot store data");
-    Error::Unavailable(format!("the database {problem}; try again later"))
 }
 
 #[cfg(test)]
