@@ -51,39 +51,20 @@ pub(crate) const HEARTBEAT: Duration = Duration::from_secs(5);
 /// stream ends with the error.
 const BACKLOG_ATTEMPTS: u32 = 5;
 
-/// Appends event ARGV[3] with seq ARGV[2] as entry ARGV[1] of the stream
-/// KEYS[1], trimmed to about ARGV[4] entries and expiring ARGV[5] seconds
-/// later, then announces ARGV[7] on channel ARGV[6]. Returns 1 if it did;
-/// 2, doing nothing, if the stream's last entry is this seq already (a
-/// retried publish); 0, doing nothing, if the stream is past this seq.
+/// Appends events to the stream KEYS[1], trimmed to about ARGV[1] entries
+/// and expiring ARGV[2] seconds after the last, announcing each on channel
+/// ARGV[3]; the events follow, four values each (entry id `{seq}-1`, seq,
+/// event, announcement), their seqs growing. Returns 0, doing nothing, if
+/// the stream is already past the last of them (a newer attempt's events);
+/// otherwise 1, having skipped the events whose entries are there already
+/// (a retried publish).
 static PUBLISH: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
-        local added = redis.pcall('XADD', KEYS[1], 'MAXLEN', '~', ARGV[4], ARGV[1],
-                                  'seq', ARGV[2], 'event', ARGV[3])
-        if type(added) == 'table' and added.err then
-            if not string.find(added.err, 'equal or smaller', 1, true) then
-                return redis.error_reply(added.err)
-            end
-            local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)[1]
-            if last and last[1] == ARGV[1] then return 2 end
+        local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)[1]
+        if last and tonumber(string.match(last[1], '^%d+')) > tonumber(ARGV[#ARGV - 2]) then
             return 0
         end
-        redis.call('EXPIRE', KEYS[1], ARGV[5])
-        redis.call('PUBLISH', ARGV[6], ARGV[7])
-        return 1
-        ",
-    )
-});
-
-/// [`PUBLISH`] for several events at once: ARGV[1] the trim length,
-/// ARGV[2] the expiry, ARGV[3] the channel, then four values per event
-/// (entry id, seq, event, announcement). An event whose entry is there
-/// already (a retried publish) is skipped; returns 1, or 0, having stopped
-/// there, if the stream is past an event's seq without holding it.
-static PUBLISH_MANY: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"
         local added = 0
         for b = 4, #ARGV, 4 do
             local entry = redis.pcall('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], ARGV[b],
@@ -93,7 +74,6 @@ static PUBLISH_MANY: LazyLock<Script> = LazyLock::new(|| {
                     return redis.error_reply(entry.err)
                 end
                 if not redis.call('XRANGE', KEYS[1], ARGV[b], ARGV[b])[1] then
-                    if added > 0 then redis.call('EXPIRE', KEYS[1], ARGV[2]) end
                     return 0
                 end
             else
@@ -255,16 +235,32 @@ impl RedisReplyBus {
 }
 
 impl RedisReplyBus {
-    /// Runs a [`PUBLISH`] or [`PUBLISH_MANY`] invocation, once more if the
+    /// Runs [`PUBLISH`] for `events` (seqs growing), once more if the
     /// connection had dropped (the manager has reconnected since; the
-    /// scripts skip what a first try wrote). A 0 from the script (the
-    /// stream is past the events) is [`Error::FailedPrecondition`] with
-    /// `conflict`'s words.
-    async fn run_publish(
-        &self,
-        publish: &redis::ScriptInvocation<'_>,
-        conflict: impl FnOnce() -> String,
-    ) -> Result<()> {
+    /// script skips what a first try wrote).
+    async fn publish_events(&self, reply_id: &str, events: &[(u32, &str)]) -> Result<()> {
+        let Some(&(last_seq, _)) = events.last() else {
+            return Ok(());
+        };
+        let mut publish = PUBLISH.prepare_invoke();
+        publish
+            .key(self.inner.stream_key(reply_id))
+            .arg(self.inner.config.max_events)
+            .arg(self.inner.config.retention.as_secs().max(1))
+            .arg(&self.inner.channel);
+        for &(seq, event) in events {
+            let announcement = serde_json::to_string(&Announcement {
+                reply_id,
+                seq,
+                event,
+            })
+            .map_err(Error::internal)?;
+            publish
+                .arg(format!("{seq}-1"))
+                .arg(seq)
+                .arg(event)
+                .arg(announcement);
+        }
         let mut conn = self.inner.commands.clone();
         let outcome: u8 = match publish.invoke_async(&mut conn).await {
             Err(err) if err.is_connection_dropped() || err.is_io_error() => {
@@ -273,7 +269,9 @@ impl RedisReplyBus {
             outcome => outcome.map_err(redis_error)?,
         };
         match outcome {
-            0 => Err(Error::FailedPrecondition(conflict())),
+            0 => Err(Error::FailedPrecondition(format!(
+                "reply {reply_id} already has an event after seq {last_seq}"
+            ))),
             _ => Ok(()),
         }
     }
@@ -294,26 +292,7 @@ impl ReplyBus for RedisReplyBus {
     /// already has an event after `seq`: seqs must grow.
     /// [`Error::Unavailable`] if Redis cannot be reached.
     async fn publish(&self, reply_id: &str, seq: u32, event_json: &str) -> Result<()> {
-        let announcement = serde_json::to_string(&Announcement {
-            reply_id,
-            seq,
-            event: event_json,
-        })
-        .map_err(Error::internal)?;
-        let mut publish = PUBLISH.prepare_invoke();
-        publish
-            .key(self.inner.stream_key(reply_id))
-            .arg(format!("{seq}-1"))
-            .arg(seq)
-            .arg(event_json)
-            .arg(self.inner.config.max_events)
-            .arg(self.inner.config.retention.as_secs().max(1))
-            .arg(&self.inner.channel)
-            .arg(announcement);
-        self.run_publish(&publish, || {
-            format!("reply {reply_id} already has an event after seq {seq}")
-        })
-        .await
+        self.publish_events(reply_id, &[(seq, event_json)]).await
     }
 
     /// All of `events` in one script call: one round trip for the events
@@ -321,34 +300,13 @@ impl ReplyBus for RedisReplyBus {
     ///
     /// # Errors
     ///
-    /// As [`RedisReplyBus::publish`].
+    /// As [`RedisReplyBus::publish`], for the last of `events`.
     async fn publish_many(&self, reply_id: &str, events: &[(u32, String)]) -> Result<()> {
-        if let [(seq, event_json)] = events {
-            return self.publish(reply_id, *seq, event_json).await;
-        }
-        let mut publish = PUBLISH_MANY.prepare_invoke();
-        publish
-            .key(self.inner.stream_key(reply_id))
-            .arg(self.inner.config.max_events)
-            .arg(self.inner.config.retention.as_secs().max(1))
-            .arg(&self.inner.channel);
-        for (seq, event_json) in events {
-            let announcement = serde_json::to_string(&Announcement {
-                reply_id,
-                seq: *seq,
-                event: event_json,
-            })
-            .map_err(Error::internal)?;
-            publish
-                .arg(format!("{seq}-1"))
-                .arg(*seq)
-                .arg(event_json)
-                .arg(announcement);
-        }
-        self.run_publish(&publish, || {
-            format!("reply {reply_id} already has events after the ones published")
-        })
-        .await
+        let events: Vec<(u32, &str)> = events
+            .iter()
+            .map(|(seq, event_json)| (*seq, event_json.as_str()))
+            .collect();
+        self.publish_events(reply_id, &events).await
     }
 
     /// The events of `reply_id` with a seq above `after_seq`, in order,

@@ -94,9 +94,14 @@ pub(crate) struct ReplyPublisher {
 /// until everything before it and itself are published.
 #[derive(Debug)]
 struct Forwarder {
-    queue: Mutex<Option<tokio::sync::mpsc::UnboundedSender<(u32, String)>>>,
-    task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// The queue and the task draining it; taken by [`Forwarder::finish`].
+    running: Mutex<Option<ForwarderTask>>,
 }
+
+type ForwarderTask = (
+    tokio::sync::mpsc::UnboundedSender<(u32, String)>,
+    tokio::task::JoinHandle<()>,
+);
 
 impl Forwarder {
     fn start(bus: Arc<dyn ReplyBus>, reply_id: String) -> Self {
@@ -109,23 +114,22 @@ impl Forwarder {
             }
         });
         Self {
-            queue: Mutex::new(Some(queue)),
-            task: Mutex::new(Some(task)),
+            running: Mutex::new(Some((queue, task))),
         }
     }
 
     /// Queues an event for the bus.
     fn send(&self, seq: u32, kind: &ReplyEventKind) {
-        if let Some(queue) = lock(&self.queue).as_ref() {
+        if let Some((queue, _)) = lock(&self.running).as_ref() {
             let _ = queue.send((seq, wire::encode(kind)));
         }
     }
 
     /// Closes the queue and waits until the task has published it all.
     async fn finish(&self) {
-        lock(&self.queue).take();
-        let task = lock(&self.task).take();
-        if let Some(task) = task {
+        let running = lock(&self.running).take();
+        if let Some((queue, task)) = running {
+            drop(queue);
             let _ = task.await;
         }
     }
