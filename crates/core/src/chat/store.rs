@@ -434,32 +434,21 @@ pub(crate) async fn insert_turn(
                 if touched != 1 {
                     return Ok(false);
                 }
-                let row = |m: &Message| {
-                    (
-                        m.id.clone(),
-                        m.conversation_id.clone(),
-                        m.role.as_str(),
-                        m.status.as_str(),
-                        m.created_at.timestamp_micros(),
-                        m.updated_at.timestamp_micros(),
-                    )
-                };
-                let (a, b) = (row(message), row(reply));
                 tx.prepare_cached(&insert)?.execute(rusqlite::params![
-                    a.0,
-                    a.1,
-                    a.2,
+                    &message.id,
+                    &message.conversation_id,
+                    message.role.as_str(),
                     &message.content,
-                    a.3,
-                    a.4,
-                    a.5,
-                    b.0,
-                    b.1,
-                    b.2,
+                    message.status.as_str(),
+                    message.created_at.timestamp_micros(),
+                    message.updated_at.timestamp_micros(),
+                    &reply.id,
+                    &reply.conversation_id,
+                    reply.role.as_str(),
                     &reply.content,
-                    b.3,
-                    b.4,
-                    b.5,
+                    reply.status.as_str(),
+                    reply.created_at.timestamp_micros(),
+                    reply.updated_at.timestamp_micros(),
                 ])?;
                 tx.prepare_cached(&insert_job)?
                     .execute(direct_job_params!(job, &payload))?;

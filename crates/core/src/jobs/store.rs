@@ -20,6 +20,23 @@ macro_rules! job_columns {
     };
 }
 
+/// The UPDATE of [`start_attempts`], `$ids` saying which ids (`$4` on):
+/// `$1` the lease, `$2` the worker, `$3` now.
+macro_rules! start_attempts_sql {
+    ($ids:literal) => {
+        concat!(
+            "UPDATE jobs SET state = 'running', attempts = attempts + 1, lease_until = $1, \
+             worker = $2, started_at = $3, updated_at = $3 \
+             WHERE id ",
+            $ids,
+            " AND ((state IN ('queued', 'retrying') AND run_at <= $3) \
+                 OR (state = 'running' AND lease_until < $3)) \
+             RETURNING ",
+            job_columns!()
+        )
+    };
+}
+
 /// Inserts a job row; the binds are those of [`bind_insert`].
 pub(crate) const INSERT_JOB: &str = "INSERT INTO jobs (id, kind, payload, state, attempts, \
      max_attempts, run_at, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)";
@@ -286,20 +303,11 @@ pub async fn start_attempts(
     now: DateTime<Utc>,
     lease_until: DateTime<Utc>,
 ) -> Result<Vec<Job>> {
-    let mut started = Vec::with_capacity(ids.len());
     let (lease_micros, now_micros) = (micros(lease_until), micros(now));
     if let Pool::Postgres(pool) = db.pool() {
         // The ids as one array: one statement text (and one prepared plan)
         // whatever their number.
-        let sql = concat!(
-            "UPDATE jobs SET state = 'running', attempts = attempts + 1, lease_until = $1, \
-             worker = $2, started_at = $3, updated_at = $3 \
-             WHERE id = ANY($4) AND ((state IN ('queued', 'retrying') AND run_at <= $3) \
-                                  OR (state = 'running' AND lease_until < $3)) \
-             RETURNING ",
-            job_columns!()
-        );
-        let rows: Vec<JobRow> = sqlx::query_as(sql)
+        let rows: Vec<JobRow> = sqlx::query_as(start_attempts_sql!("= ANY($4)"))
             .bind(lease_micros)
             .bind(worker)
             .bind(now_micros)
@@ -308,46 +316,34 @@ pub async fn start_attempts(
             .await?;
         return rows.into_iter().map(Job::try_from).collect();
     }
+    let mut started = Vec::with_capacity(ids.len());
     for chunk in ids.chunks(ROWS_PER_STATEMENT) {
         let list: Vec<String> = (0..chunk.len()).map(|i| format!("${}", i + 4)).collect();
-        let sql = format!(
-            concat!(
-                "UPDATE jobs SET state = 'running', attempts = attempts + 1, lease_until = $1, \
-                 worker = $2, started_at = $3, updated_at = $3 \
-                 WHERE id IN ({}) AND ((state IN ('queued', 'retrying') AND run_at <= $3) \
-                                    OR (state = 'running' AND lease_until < $3)) \
-                 RETURNING ",
-                job_columns!()
-            ),
-            list.join(", ")
-        );
-        if let Some(direct) = db.direct() {
+        let sql = format!(start_attempts_sql!("IN ({})"), list.join(", "));
+        let rows: Vec<JobRow> = if let Some(direct) = db.direct() {
             let sql = numbered(&sql);
-            let rows = direct
+            direct
                 .write(|tx| {
                     let mut params: Vec<&dyn rusqlite::ToSql> =
                         vec![&lease_micros, &worker, &now_micros];
                     params.extend(chunk.iter().map(|id| id as &dyn rusqlite::ToSql));
                     tx.prepare_cached(&sql)?
                         .query_map(params.as_slice(), JobRow::from_direct)?
-                        .collect::<rusqlite::Result<Vec<JobRow>>>()
+                        .collect()
                 })
-                .await?;
-            for row in rows {
-                started.push(Job::try_from(row)?);
-            }
-            continue;
-        }
-        let rows: Vec<JobRow> = on_writer!(db, pool => {
-            let mut query = sqlx::query_as(sqlx::AssertSqlSafe(sql.clone()))
-                .bind(micros(lease_until))
-                .bind(worker)
-                .bind(micros(now));
-            for id in chunk {
-                query = query.bind(id);
-            }
-            query.fetch_all(pool).await?
-        });
+                .await?
+        } else {
+            on_writer!(db, pool => {
+                let mut query = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+                    .bind(lease_micros)
+                    .bind(worker)
+                    .bind(now_micros);
+                for id in chunk {
+                    query = query.bind(id);
+                }
+                query.fetch_all(pool).await?
+            })
+        };
         for row in rows {
             started.push(Job::try_from(row)?);
         }
@@ -450,7 +446,6 @@ pub async fn finish_succeeded_many(
     attempts: &[(String, u32)],
     now: DateTime<Utc>,
 ) -> Result<Vec<String>> {
-    let mut finished = Vec::with_capacity(attempts.len());
     let statement = |n: usize| {
         let matches: Vec<String> = (0..n)
             .map(|i| format!("(id = ${} AND attempts = ${})", 2 + 2 * i, 3 + 2 * i))
@@ -501,18 +496,8 @@ pub async fn finish_succeeded_many(
             .fetch_all(pool)
             .await?);
     }
-    if attempts.len() <= ROWS_PER_STATEMENT {
-        // One statement commits by itself: no BEGIN and COMMIT round trips.
-        let sql = statement(attempts.len());
-        return Ok(on_writer!(db, pool => {
-            let mut query = sqlx::query_scalar(sqlx::AssertSqlSafe(sql)).bind(micros(now));
-            for (id, attempt) in attempts {
-                query = query.bind(id).bind(i64::from(*attempt));
-            }
-            query.fetch_all(pool).await?
-        }));
-    }
     // Our own transaction, as in `insert_many`.
+    let mut finished = Vec::with_capacity(attempts.len());
     let mut tx = db.begin().await?;
     on_tx!(&mut tx, conn => {
         for chunk in attempts.chunks(ROWS_PER_STATEMENT) {
