@@ -195,6 +195,10 @@ impl Services {
                 WorkerConfig {
                     name: worker_name,
                     concurrency: config.engine.max_concurrent_replies.max(1),
+                    // A reply lasts as long as its engine call: one waiting
+                    // here for a slot would keep its user waiting while
+                    // another worker may be idle.
+                    prefetch: 0,
                     lease,
                     ..WorkerConfig::default()
                 },

@@ -291,6 +291,13 @@ async fn measure(
     db.migrate().await.context("cannot migrate the database")?;
     seed_finished_jobs(&db, options.seed_rows).await?;
     let lease = Duration::from_secs(config.queue.lease_secs.max(1));
+    // The library's defaults but for these: prefetch as many as run.
+    let worker_config = WorkerConfig {
+        name: format!("bench-{}", std::process::id()),
+        concurrency: options.concurrency.max(1),
+        lease,
+        ..WorkerConfig::default()
+    };
     // The AMQP transport is also kept by its own type, to be closed.
     let mut amqp = None;
     let transport: Arc<dyn JobTransport> = match broker {
@@ -313,7 +320,7 @@ async fn measure(
                 AmqpTransport::connect(AmqpTransportConfig {
                     url: url.clone(),
                     prefix: prefix.clone(),
-                    concurrency: u16::try_from(options.concurrency).unwrap_or(u16::MAX),
+                    concurrency: u16::try_from(worker_config.most_taken()).unwrap_or(u16::MAX),
                 })
                 .await
                 .context("cannot connect to RabbitMQ")?,
@@ -323,17 +330,11 @@ async fn measure(
         }
     };
     let counter = Arc::new(Counter::default());
-    let worker = Worker::new(
-        db.clone(),
-        transport.clone(),
-        WorkerConfig {
-            name: format!("bench-{}", std::process::id()),
-            concurrency: options.concurrency.max(1),
-            lease,
-            ..WorkerConfig::default()
-        },
-    )
-    .handle(KIND, RetryPolicy::default(), counter.clone());
+    let worker = Worker::new(db.clone(), transport.clone(), worker_config).handle(
+        KIND,
+        RetryPolicy::default(),
+        counter.clone(),
+    );
     let stop = Shutdown::new();
     // Both steps work around a start-up race of the worker; see
     // `start_consuming`.

@@ -79,9 +79,10 @@ pub struct AmqpTransportConfig {
     /// Prefix of every queue name, so that deployments (or tests) can share
     /// a broker.
     pub prefix: String,
-    /// The number of jobs the worker runs at once; the transport holds
-    /// twice as many deliveries unacknowledged at most (the prefetch: the
-    /// running jobs, and as many finished ones whose outcome is being
+    /// The number of jobs the worker holds at once
+    /// (`WorkerConfig::most_taken`: running and prefetched); the transport
+    /// holds twice as many deliveries unacknowledged at most (the prefetch:
+    /// those jobs, and as many finished ones whose outcome is being
     /// recorded).
     pub concurrency: u16,
 }

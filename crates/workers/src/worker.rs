@@ -24,6 +24,15 @@ pub struct WorkerConfig {
     pub name: String,
     /// Jobs run at once.
     pub concurrency: usize,
+    /// Jobs started ahead of a free slot, at most: each batch then takes
+    /// the slots freed while the last one was being taken, not only those
+    /// free when it began, so short jobs are started and recorded in fewer,
+    /// larger updates (Dramatiq and Celery prefetch the same way). A
+    /// prefetched job's row says running and its lease is renewed while it
+    /// waits; a stop runs it like the running ones, within the grace. 0
+    /// turns it off, as long jobs in a deployment of several workers want:
+    /// a job waiting here for a slot is not run by an idle worker elsewhere.
+    pub prefetch: usize,
     /// How long an attempt holds its job without renewing; the worker
     /// renews every third of it. A job whose worker died is taken again
     /// once its lease runs out.
@@ -39,9 +48,18 @@ impl Default for WorkerConfig {
         Self {
             name: default_worker_name(),
             concurrency: 16,
+            prefetch: 16,
             lease: Duration::from_secs(10),
             resend_after: Duration::from_secs(300),
         }
+    }
+}
+
+impl WorkerConfig {
+    /// The most jobs the worker holds at once: running, and prefetched
+    /// (what a broker transport's own prefetch is sized from).
+    pub fn most_taken(&self) -> usize {
+        self.concurrency.max(1) + self.prefetch
     }
 }
 
@@ -64,6 +82,24 @@ struct Completion {
     receipt: Arc<dyn Receipt>,
     /// Told once the success is recorded and the delivery acknowledged.
     recorded: oneshot::Sender<()>,
+}
+
+/// A job whose attempt `take_many` started, on its way to a slot.
+struct Started {
+    job: Job,
+    receipt: Box<dyn Receipt>,
+    /// Its place among the jobs taken (running or prefetched), held until
+    /// the attempt ends.
+    taken: OwnedSemaphorePermit,
+}
+
+/// What a running attempt holds until its handler returns (freed by
+/// dropping them).
+struct Slots {
+    /// Its place among the jobs taken.
+    _taken: OwnedSemaphorePermit,
+    /// Its place among the jobs running.
+    _running: OwnedSemaphorePermit,
 }
 
 struct Registered {
@@ -110,11 +146,14 @@ impl Worker {
     }
 
     /// Takes and runs jobs until `stop` is requested; then stops taking jobs
-    /// and waits up to `grace` for the running ones. Jobs still running
-    /// after that are abandoned: their leases run out and another worker (or
-    /// this one, after a restart) takes them again.
+    /// and waits up to `grace` for the ones it has started, running or
+    /// prefetched. Jobs not done after that are abandoned: their leases run
+    /// out and another worker (or this one, after a restart) takes them
+    /// again.
     pub async fn run(self: Arc<Self>, stop: ShutdownSignal, grace: Duration) {
-        let permits = Arc::new(Semaphore::new(self.config.concurrency.max(1)));
+        let concurrency = self.config.concurrency.max(1);
+        let taken = Arc::new(Semaphore::new(self.config.most_taken()));
+        let running_slots = Arc::new(Semaphore::new(concurrency));
         let mut running = JoinSet::new();
         let broker = !matches!(self.transport.name(), "sqlite" | "postgres");
         // The ids a broker may have lost are sent again from a task of its
@@ -137,69 +176,46 @@ impl Worker {
         tracing::info!(
             worker = %self.config.name,
             transport = self.transport.name(),
-            concurrency = self.config.concurrency,
+            concurrency,
+            prefetch = self.config.prefetch,
             "worker started"
         );
         // Successes are recorded in batches by a task of their own: see
         // `record_successes`.
         let (completions, finished) = mpsc::unbounded_channel();
         let completer = tokio::spawn(self.clone().record_successes(finished));
-        loop {
-            while running.try_join_next().is_some() {}
-            let first = tokio::select! {
-                permit = permits.clone().acquire_owned() => match permit {
-                    Ok(permit) => permit,
-                    Err(_) => break,
-                },
-                () = stop.requested() => break,
+        // Jobs are taken by a task of their own (`take_jobs`) and arrive
+        // here started; the channel closes once that task has stopped and
+        // every job it started has arrived.
+        let (started_tx, mut started) = mpsc::unbounded_channel();
+        tokio::spawn(self.clone().take_jobs(taken, stop.clone(), started_tx));
+        let deadline = {
+            let feed = self.feed(&mut started, &running_slots, &mut running, &completions);
+            tokio::pin!(feed);
+            // The feed ends only after a stop, once the taker has stopped.
+            let fed = tokio::select! {
+                () = &mut feed => true,
+                () = stop.requested() => false,
             };
-            // Every free slot is filled from one receive and one update.
-            let mut slots = vec![first];
-            while slots.len() < MAX_BATCH {
-                match permits.clone().try_acquire_owned() {
-                    Ok(permit) => slots.push(permit),
-                    Err(_) => break,
-                }
+            let deadline = tokio::time::Instant::now() + grace;
+            if !fed {
+                // The jobs started before the stop still get slots.
+                let _ = tokio::time::timeout_at(deadline, &mut feed).await;
             }
-            // Only a stop interrupts a receive: the broker transports are
-            // not safe to cancel in the middle of a delivery.
-            let deliveries = tokio::select! {
-                deliveries = self.transport.receive_many(slots.len()) => deliveries,
-                () = stop.requested() => break,
-            };
-            let deliveries = match deliveries {
-                Ok(deliveries) => deliveries,
-                Err(err) => {
-                    tracing::warn!(error = %err, "cannot take jobs; trying again in 1 s");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    continue;
-                }
-            };
-            for (job, receipt) in self.take_many(deliveries).await {
-                // A transport hands out at most as many as asked for; were
-                // it more, the extra ones wait for a slot.
-                let permit = match slots.pop() {
-                    Some(permit) => permit,
-                    None => match permits.clone().acquire_owned().await {
-                        Ok(permit) => permit,
-                        Err(_) => break,
-                    },
-                };
-                let worker = self.clone();
-                let completions = completions.clone();
-                running.spawn(async move {
-                    worker.execute(job, receipt, permit, &completions).await;
-                });
-            }
-        }
-        let drained = tokio::time::timeout(grace, async {
+            deadline
+        };
+        let drained = tokio::time::timeout_at(deadline, async {
             while running.join_next().await.is_some() {}
         })
         .await
         .is_ok();
-        if !drained {
+        let mut waiting = 0;
+        while started.try_recv().is_ok() {
+            waiting += 1;
+        }
+        if !drained || waiting > 0 {
             tracing::warn!(
-                abandoned = running.len(),
+                abandoned = running.len() + waiting,
                 "jobs still running after the grace period were stopped; they run again once their leases run out"
             );
             running.shutdown().await;
@@ -208,6 +224,113 @@ impl Worker {
         drop(completions);
         let _ = completer.await;
         tracing::info!(worker = %self.config.name, "worker stopped");
+    }
+
+    /// Gives each job arriving on `started` a running slot and runs it, until
+    /// the channel closes. A job's lease is renewed from its arrival, while it
+    /// waits for a slot (a prefetched job) and while it runs.
+    async fn feed(
+        self: &Arc<Self>,
+        started: &mut mpsc::UnboundedReceiver<Started>,
+        running_slots: &Arc<Semaphore>,
+        running: &mut JoinSet<()>,
+        completions: &mpsc::UnboundedSender<Completion>,
+    ) {
+        while let Some(Started {
+            job,
+            receipt,
+            taken,
+        }) = started.recv().await
+        {
+            while running.try_join_next().is_some() {}
+            let receipt: Arc<dyn Receipt> = Arc::from(receipt);
+            let renewal = AbortOnDrop(tokio::spawn(renew_lease(
+                self.db.clone(),
+                job.id.clone(),
+                job.attempts,
+                self.config.lease,
+                receipt.clone(),
+            )));
+            let Ok(slot) = running_slots.clone().acquire_owned().await else {
+                return;
+            };
+            let slots = Slots {
+                _taken: taken,
+                _running: slot,
+            };
+            let worker = self.clone();
+            let completions = completions.clone();
+            running.spawn(async move {
+                worker
+                    .execute(job, receipt, slots, renewal, &completions)
+                    .await;
+            });
+        }
+    }
+
+    /// Takes jobs until `stop` is requested, each with a place among the
+    /// `taken` ones: waits for a free place, takes every other place free
+    /// by the time the tasks about to free theirs have run, receives as many
+    /// deliveries in one call, starts them in one update (`take_many`) and
+    /// hands them to `started`.
+    async fn take_jobs(
+        self: Arc<Self>,
+        taken: Arc<Semaphore>,
+        stop: ShutdownSignal,
+        started: mpsc::UnboundedSender<Started>,
+    ) {
+        loop {
+            let first = tokio::select! {
+                place = taken.clone().acquire_owned() => match place {
+                    Ok(place) => place,
+                    Err(_) => return,
+                },
+                () = stop.requested() => return,
+            };
+            // One yield lets the attempts that have just ended give their
+            // places back: without it, batches of short jobs alternate
+            // between all the places and the one freed first.
+            tokio::task::yield_now().await;
+            let mut places = vec![first];
+            while places.len() < MAX_BATCH {
+                match taken.clone().try_acquire_owned() {
+                    Ok(place) => places.push(place),
+                    Err(_) => break,
+                }
+            }
+            // Only a stop interrupts a receive: the broker transports are
+            // not safe to cancel in the middle of a delivery.
+            let deliveries = tokio::select! {
+                deliveries = self.transport.receive_many(places.len()) => deliveries,
+                () = stop.requested() => return,
+            };
+            let deliveries = match deliveries {
+                Ok(deliveries) => deliveries,
+                Err(err) => {
+                    tracing::warn!(error = %err, "cannot take jobs; trying again in 1 s");
+                    tokio::select! {
+                        () = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                        () = stop.requested() => return,
+                    }
+                }
+            };
+            for (job, receipt) in self.take_many(deliveries).await {
+                // A transport hands out at most as many as asked for; were
+                // it more, the extra ones wait for a place.
+                let place = match places.pop() {
+                    Some(place) => place,
+                    None => match taken.clone().acquire_owned().await {
+                        Ok(place) => place,
+                        Err(_) => return,
+                    },
+                };
+                let _ = started.send(Started {
+                    job,
+                    receipt,
+                    taken: place,
+                });
+            }
+        }
     }
 
     /// Starts an attempt of each delivered job that can be taken now, all
@@ -277,36 +400,30 @@ impl Worker {
         }
     }
 
-    /// Runs one attempt under a renewed lease, frees its slot (`permit`)
-    /// and records how it ended: a success through the batched
+    /// Runs one attempt (its lease renewed by `renewal`), frees its
+    /// `slots` and records how it ended: a success through the batched
     /// `completions`, waiting until it is recorded, anything else at once.
     async fn execute(
         &self,
         job: Job,
-        receipt: Box<dyn Receipt>,
-        permit: OwnedSemaphorePermit,
+        receipt: Arc<dyn Receipt>,
+        slots: Slots,
+        renewal: AbortOnDrop,
         completions: &mpsc::UnboundedSender<Completion>,
     ) {
-        let receipt: Arc<dyn Receipt> = Arc::from(receipt);
         let Some(registered) = self.handlers.get(&job.kind) else {
-            drop(permit);
+            drop(renewal);
+            drop(slots);
             let error = format!("no handler for jobs of kind {:?}", job.kind);
             self.record(&job, &AttemptEnd::Dead { error }, receipt)
                 .await;
             return;
         };
-        let renewal = AbortOnDrop(tokio::spawn(renew_lease(
-            self.db.clone(),
-            job.id.clone(),
-            job.attempts,
-            self.config.lease,
-            receipt.clone(),
-        )));
         let last_attempt = job.attempts >= job.max_attempts;
         let started = std::time::Instant::now();
         let result = registered.handler.run(&job, last_attempt).await;
         drop(renewal);
-        drop(permit);
+        drop(slots);
         let end = match result {
             Ok(()) => AttemptEnd::Succeeded,
             Err(JobFailure::Retryable(error)) if !last_attempt => AttemptEnd::Retry {
