@@ -406,13 +406,11 @@ impl Chat {
         message_id: &str,
         after_seq: u32,
     ) -> Result<ReplyStream> {
-        let stored = self.find_reply(who, conversation_id, message_id).await?;
-        if stored.message.status.is_finished() {
-            return replayed(&stored, after_seq);
-        }
         if let Some(bus) = self.hub.bus() {
-            // Follow the bus (registered first), then look again: a reply
-            // that finished in between is replayed from the database.
+            // Follow the bus (registered at once, and dropped again if the
+            // reply is not the caller's), then read the reply once: one
+            // that finished before, or in between, is replayed from the
+            // database, and otherwise the bus has every event from here on.
             let live = bus.subscribe(message_id, after_seq);
             let stored = self.find_reply(who, conversation_id, message_id).await?;
             if stored.message.status.is_finished() {
@@ -424,6 +422,10 @@ impl Chat {
                 message_id,
                 after_seq,
             ));
+        }
+        let stored = self.find_reply(who, conversation_id, message_id).await?;
+        if stored.message.status.is_finished() {
+            return replayed(&stored, after_seq);
         }
         if self.remote_generation {
             return Ok(self.when_stored(who, conversation_id, message_id, after_seq));
