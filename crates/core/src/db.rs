@@ -35,9 +35,11 @@ use crate::config::{Config, DatabaseTarget, SqliteLocation};
 use crate::error::{Error, Result};
 
 pub mod direct;
+pub mod kept;
 mod sqlite_file;
 
 use direct::{Direct, WriteGate};
+use kept::Kept;
 
 /// How long a caller waits for a pooled connection before the database
 /// counts as unavailable.
@@ -64,6 +66,9 @@ pub struct Database {
     /// Direct connections and the write gate, for a SQLite file; `None`
     /// for PostgreSQL and in-memory SQLite. See [`direct`].
     direct: Option<Arc<Direct>>,
+    /// Connections kept for single statements, for PostgreSQL; see
+    /// [`kept`].
+    kept: Option<Arc<Kept>>,
     /// The SQLite file, for its permissions and its filesystem's free space;
     /// `None` for PostgreSQL and in-memory SQLite.
     sqlite_file: Option<PathBuf>,
@@ -121,6 +126,22 @@ macro_rules! on_database {
             $crate::db::Pool::Postgres($pool) => $body,
         }
     };
+}
+
+/// Runs `$body`, one statement on `$conn` (a `&mut PgConnection`) that
+/// evaluates to a `sqlx::Result`, on a connection of `$kept` ([`kept`]),
+/// and keeps the connection again if it succeeded; `?` on taking one.
+#[macro_export]
+macro_rules! on_kept {
+    ($kept:expr, $conn:ident => $body:expr) => {{
+        let mut kept_connection = $kept.take().await?;
+        let $conn: &mut sqlx::PgConnection = &mut kept_connection;
+        let result = $body;
+        if result.is_ok() {
+            kept_connection.keep();
+        }
+        result
+    }};
 }
 
 /// [`on_database!`] for a single-statement write: the body runs holding
@@ -433,6 +454,12 @@ impl Database {
         self.direct.as_deref()
     }
 
+    /// The connections kept for single statements ([`kept`]), for
+    /// PostgreSQL.
+    pub fn kept(&self) -> Option<&Kept> {
+        self.kept.as_deref()
+    }
+
     /// Takes the process's write gate (see [`direct`]) for a SQLite file;
     /// `None`, at once, otherwise. Every writer of this process holds it
     /// while it writes.
@@ -543,6 +570,7 @@ impl Database {
                     None => None,
                 };
                 Ok(Database {
+                    kept: None,
                     pool: Pool::Sqlite(pool),
                     direct,
                     sqlite_file: file,
@@ -565,6 +593,10 @@ impl Database {
                         Error::Unavailable(format!("cannot connect to PostgreSQL: {e}"))
                     })?;
                 Ok(Database {
+                    kept: Some(Arc::new(Kept::new(
+                        pool.clone(),
+                        config.database_max_connections,
+                    ))),
                     pool: Pool::Postgres(pool),
                     direct: None,
                     sqlite_file: None,
@@ -711,6 +743,10 @@ impl Database {
 
     /// Closes the pool, waiting for connections in use to be returned.
     pub async fn close(&self) {
+        if let Some(kept) = &self.kept {
+            // The pool's close waits for every connection to come back.
+            kept.release_all();
+        }
         on_database!(self, pool => pool.close().await);
     }
 }

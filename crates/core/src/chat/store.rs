@@ -8,13 +8,13 @@ use sqlx::FromRow;
 
 use crate::chat::engine::Usage;
 use crate::chat::model::{Conversation, Message, MessageStatus, Role};
+use crate::db::Database;
 use crate::db::direct::numbered;
-use crate::db::{Database, Pool};
 use crate::error::{Error, Result};
 use crate::jobs::Job;
 use crate::jobs::store::{INSERT_JOB, bind_insert, direct_job_params, payload_text};
 use crate::paging::Cursor;
-use crate::{on_database, on_tx, on_writer};
+use crate::{on_database, on_kept, on_tx, on_writer};
 use rusqlite::OptionalExtension as _;
 
 /// The columns of a `ConversationRow`, as a literal for `concat!`.
@@ -456,7 +456,7 @@ pub(crate) async fn insert_turn(
             })
             .await;
     }
-    if let Pool::Postgres(pool) = db.pool() {
+    if let Some(kept) = db.kept() {
         // One statement is one transaction and one round trip: the
         // inserts see the conversation's UPDATE and run only if it matched.
         let sql = "WITH touched AS (UPDATE conversations SET updated_at = $1 \
@@ -484,7 +484,8 @@ pub(crate) async fn insert_turn(
                 .bind(m.created_at.timestamp_micros())
                 .bind(m.updated_at.timestamp_micros());
         }
-        let touched = bind_insert!(query, job, &payload).fetch_one(pool).await?;
+        let touched =
+            on_kept!(kept, conn => bind_insert!(query, job, &payload).fetch_one(conn).await)?;
         return Ok(touched == 1);
     }
     let mut tx = db.begin().await?;
@@ -580,14 +581,25 @@ pub(crate) async fn get_owned_message(
             })
             .await?
     } else {
-        let row: Option<OwnedMessageRow> = on_database!(db, pool => {
-            sqlx::query_as(sql)
-                .bind(id)
-                .bind(conversation_id)
-                .bind(owner_id)
-                .fetch_optional(pool)
-                .await?
-        });
+        let row: Option<OwnedMessageRow> = if let Some(kept) = db.kept() {
+            on_kept!(kept, conn => {
+                sqlx::query_as(sql)
+                    .bind(id)
+                    .bind(conversation_id)
+                    .bind(owner_id)
+                    .fetch_optional(conn)
+                    .await
+            })?
+        } else {
+            on_database!(db, pool => {
+                sqlx::query_as(sql)
+                    .bind(id)
+                    .bind(conversation_id)
+                    .bind(owner_id)
+                    .fetch_optional(pool)
+                    .await?
+            })
+        };
         row.map(OwnedMessageRow::into_message_row)
     };
     let Some(found) = found else {
@@ -700,7 +712,7 @@ pub(crate) async fn claim_reply_with_history(
     lease_until: DateTime<Utc>,
     limit: u32,
 ) -> (Result<Option<StoredMessage>>, Result<Vec<Message>>) {
-    let Pool::Postgres(pool) = db.pool() else {
+    let Some(kept) = db.kept() else {
         return tokio::join!(
             claim_reply(db, id, now, lease_until),
             history_of_reply(db, conversation_id, id, limit),
@@ -726,19 +738,24 @@ pub(crate) async fn claim_reply_with_history(
         history_of_reply_from!(),
         ")"
     );
-    let rows: Vec<ClaimOrHistoryRow> = match sqlx::query_as(sql)
-        .bind(conversation_id)
-        .bind(id)
-        .bind(i64::from(limit))
-        .bind(lease_until.timestamp_micros())
-        .bind(now.timestamp_micros())
-        .fetch_all(pool)
-        .await
-    {
+    // The claim's error is the one that counts (the `?`s in here): without
+    // a claim the history is not used.
+    let taken: Result<Vec<ClaimOrHistoryRow>> = async {
+        Ok(on_kept!(kept, conn => {
+            sqlx::query_as(sql)
+                .bind(conversation_id)
+                .bind(id)
+                .bind(i64::from(limit))
+                .bind(lease_until.timestamp_micros())
+                .bind(now.timestamp_micros())
+                .fetch_all(conn)
+                .await
+        })?)
+    }
+    .await;
+    let rows = match taken {
         Ok(rows) => rows,
-        // The claim's error is the one that counts: without a claim the
-        // history is not used.
-        Err(err) => return (Err(err.into()), Ok(Vec::new())),
+        Err(err) => return (Err(err), Ok(Vec::new())),
     };
     let mut claimed = None;
     let mut history = Vec::with_capacity(rows.len());
@@ -938,7 +955,7 @@ pub(crate) async fn finish_reply(
                 .bind(i64::from(attempt))
         };
     }
-    if let Pool::Postgres(pool) = db.pool() {
+    if let Some(kept) = db.kept() {
         // The reply and its conversation in one statement: one round trip.
         let sql = concat!(
             "WITH r AS (UPDATE messages SET content = $1, delta_lengths = $2, status = $3, \
@@ -950,9 +967,8 @@ pub(crate) async fn finish_reply(
                WHERE id IN (SELECT conversation_id FROM r)) \
              SELECT * FROM r"
         );
-        let row: Option<MessageRow> = bind_ending!(sqlx::query_as(sql))
-            .fetch_optional(pool)
-            .await?;
+        let row: Option<MessageRow> =
+            on_kept!(kept, conn => bind_ending!(sqlx::query_as(sql)).fetch_optional(conn).await)?;
         return row
             .map(|row| StoredMessage::try_from(row).map(|s| s.message))
             .transpose();

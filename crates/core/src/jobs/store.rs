@@ -7,10 +7,10 @@ use chrono::{DateTime, Utc};
 use sqlx::FromRow;
 
 use crate::db::direct::numbered;
-use crate::db::{Database, Pool, from_micros, micros};
+use crate::db::{Database, from_micros, micros};
 use crate::error::{Error, Result};
 use crate::jobs::model::{Job, JobState};
-use crate::{on_database, on_tx, on_writer};
+use crate::{on_database, on_kept, on_tx, on_writer};
 
 /// The columns of a `JobRow`, as a literal for `concat!`.
 macro_rules! job_columns {
@@ -311,16 +311,18 @@ pub async fn start_attempts(
     lease_until: DateTime<Utc>,
 ) -> Result<Vec<Job>> {
     let (lease_micros, now_micros) = (micros(lease_until), micros(now));
-    if let Pool::Postgres(pool) = db.pool() {
+    if let Some(kept) = db.kept() {
         // The ids as one array: one statement text (and one prepared plan)
         // whatever their number.
-        let rows: Vec<JobRow> = sqlx::query_as(start_attempts_sql!("= ANY($4)"))
-            .bind(lease_micros)
-            .bind(worker)
-            .bind(now_micros)
-            .bind(ids)
-            .fetch_all(pool)
-            .await?;
+        let rows: Vec<JobRow> = on_kept!(kept, conn => {
+            sqlx::query_as(start_attempts_sql!("= ANY($4)"))
+                .bind(lease_micros)
+                .bind(worker)
+                .bind(now_micros)
+                .bind(ids)
+                .fetch_all(conn)
+                .await
+        })?;
         return rows.into_iter().map(Job::try_from).collect();
     }
     let mut started = Vec::with_capacity(ids.len());
@@ -485,7 +487,7 @@ pub async fn finish_succeeded_many(
             })
             .await;
     }
-    if let Pool::Postgres(pool) = db.pool() {
+    if let Some(kept) = db.kept() {
         // As arrays: one statement (one commit, one prepared plan) for any
         // number of attempts.
         let sql = "UPDATE jobs SET state = 'succeeded', finished_at = $1, lease_until = NULL, \
@@ -496,12 +498,14 @@ pub async fn finish_succeeded_many(
             .iter()
             .map(|(id, attempt)| (id.as_str(), i64::from(*attempt)))
             .unzip();
-        return Ok(sqlx::query_scalar(sql)
-            .bind(micros(now))
-            .bind(ids)
-            .bind(numbers)
-            .fetch_all(pool)
-            .await?);
+        return Ok(on_kept!(kept, conn => {
+            sqlx::query_scalar(sql)
+                .bind(micros(now))
+                .bind(ids)
+                .bind(numbers)
+                .fetch_all(conn)
+                .await
+        })?);
     }
     // Our own transaction, as in `insert_many`.
     let mut finished = Vec::with_capacity(attempts.len());
