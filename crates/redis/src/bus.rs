@@ -28,7 +28,7 @@ use futures::stream::{self, BoxStream, StreamExt};
 use redis::Script;
 use redis::aio::{ConnectionManager, PubSub};
 use redis::streams::StreamRangeReply;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::{broadcast, oneshot, watch};
 use tokio::task::JoinHandle;
@@ -52,12 +52,14 @@ pub(crate) const HEARTBEAT: Duration = Duration::from_secs(5);
 const BACKLOG_ATTEMPTS: u32 = 5;
 
 /// Appends events to the stream KEYS[1], trimmed to about ARGV[1] entries
-/// and expiring ARGV[2] seconds after the last, announcing each on channel
-/// ARGV[3]; the events follow, four values each (entry id `{seq}-1`, seq,
-/// event, announcement), their seqs growing. Returns 0, doing nothing, if
-/// the stream is already past the last of them (a newer attempt's events);
-/// otherwise 1, having skipped the events whose entries are there already
-/// (a retried publish).
+/// and expiring ARGV[2] seconds after the last, and announces the ones it
+/// added in one message on channel ARGV[3], whose JSON is ARGV[4] (the
+/// opening, up to the events array), the added events' `[seq, event]`
+/// pairs, and `]}`; the events follow from ARGV[5], four values each (entry
+/// id `{seq}-1`, seq, event, event as a JSON string), their seqs growing.
+/// Returns 0, doing nothing, if the stream is already past the last of
+/// them (a newer attempt's events); otherwise 1, having skipped the events
+/// whose entries are there already (a retried publish).
 static PUBLISH: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
@@ -65,8 +67,8 @@ static PUBLISH: LazyLock<Script> = LazyLock::new(|| {
         if last and tonumber(string.match(last[1], '^%d+')) > tonumber(ARGV[#ARGV - 2]) then
             return 0
         end
-        local added = 0
-        for b = 4, #ARGV, 4 do
+        local added = {}
+        for b = 5, #ARGV, 4 do
             local entry = redis.pcall('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], ARGV[b],
                                       'seq', ARGV[b + 1], 'event', ARGV[b + 2])
             if type(entry) == 'table' and entry.err then
@@ -77,11 +79,13 @@ static PUBLISH: LazyLock<Script> = LazyLock::new(|| {
                     return 0
                 end
             else
-                redis.call('PUBLISH', ARGV[3], ARGV[b + 3])
-                added = added + 1
+                added[#added + 1] = '[' .. ARGV[b + 1] .. ',' .. ARGV[b + 3] .. ']'
             end
         end
-        if added > 0 then redis.call('EXPIRE', KEYS[1], ARGV[2]) end
+        if #added > 0 then
+            redis.call('PUBLISH', ARGV[3], ARGV[4] .. table.concat(added, ',') .. ']}')
+            redis.call('EXPIRE', KEYS[1], ARGV[2])
+        end
         return 1
         ",
     )
@@ -155,12 +159,38 @@ struct FanOut {
 /// An event as it travels on a reply's local channel: its seq and JSON.
 type LiveEvent = (u32, Arc<str>);
 
-/// What `{prefix}:reply-events` carries.
-#[derive(Serialize, Deserialize)]
-struct Announcement<S> {
-    reply_id: S,
-    seq: u32,
-    event: S,
+/// What `{prefix}:reply-events` carries: the events of one publish, in
+/// order, each `[seq, event JSON as a string]`. (Before, one message per
+/// event, `{"reply_id", "seq", "event"}`; still read, so a process of the
+/// previous release publishing during a rolling upgrade is followed.)
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Announcement {
+    Events {
+        reply_id: String,
+        events: Vec<(u32, String)>,
+    },
+    Event {
+        reply_id: String,
+        seq: u32,
+        event: String,
+    },
+}
+
+impl Announcement {
+    /// The reply and its events, in order, that `payload` announces.
+    fn parse(payload: &str) -> Result<(String, Vec<(u32, String)>)> {
+        Ok(
+            match serde_json::from_str::<Announcement>(payload).map_err(Error::internal)? {
+                Announcement::Events { reply_id, events } => (reply_id, events),
+                Announcement::Event {
+                    reply_id,
+                    seq,
+                    event,
+                } => (reply_id, vec![(seq, event)]),
+            },
+        )
+    }
 }
 
 /// One subscriber's position in one reply.
@@ -242,24 +272,24 @@ impl RedisReplyBus {
         let Some(&(last_seq, _)) = events.last() else {
             return Ok(());
         };
+        let opening = format!(
+            "{{\"reply_id\":{},\"events\":[",
+            serde_json::to_string(reply_id).map_err(Error::internal)?
+        );
         let mut publish = PUBLISH.prepare_invoke();
         publish
             .key(self.inner.stream_key(reply_id))
             .arg(self.inner.config.max_events)
             .arg(self.inner.config.retention.as_secs().max(1))
-            .arg(&self.inner.channel);
+            .arg(&self.inner.channel)
+            .arg(opening);
         for &(seq, event) in events {
-            let announcement = serde_json::to_string(&Announcement {
-                reply_id,
-                seq,
-                event,
-            })
-            .map_err(Error::internal)?;
+            let quoted = serde_json::to_string(event).map_err(Error::internal)?;
             publish
                 .arg(format!("{seq}-1"))
                 .arg(seq)
                 .arg(event)
-                .arg(announcement);
+                .arg(quoted);
         }
         let mut conn = self.inner.commands.clone();
         let outcome: u8 = match publish.invoke_async(&mut conn).await {
@@ -377,20 +407,22 @@ impl FanOut {
 
     /// Hands one announcement to the local subscribers of its reply, if any.
     fn dispatch(&self, message: &redis::Msg) {
-        let announcement = message
+        let announced = message
             .get_payload::<String>()
             .map_err(redis_error)
-            .and_then(|payload| {
-                serde_json::from_str::<Announcement<String>>(&payload).map_err(Error::internal)
-            });
-        match announcement {
-            Ok(announcement) => {
-                if let Some(sender) = self.lock().get(&announcement.reply_id) {
-                    // Err only if every receiver went since the lookup.
-                    let _ = sender.send((announcement.seq, announcement.event.into()));
-                }
+            .and_then(|payload| Announcement::parse(&payload));
+        let (reply_id, events) = match announced {
+            Ok(announced) => announced,
+            Err(err) => {
+                tracing::warn!(error = %err, "ignoring a malformed reply event");
+                return;
             }
-            Err(err) => tracing::warn!(error = %err, "ignoring a malformed reply event"),
+        };
+        if let Some(sender) = self.lock().get(&reply_id) {
+            for (seq, event) in events {
+                // Err only if every receiver went since the lookup.
+                let _ = sender.send((seq, event.into()));
+            }
         }
     }
 
@@ -544,4 +576,38 @@ impl Drop for Subscription {
 /// doubling, at most 5 s.
 pub(crate) fn retry_delay(failures: u32) -> Duration {
     Duration::from_millis(100 << failures.min(6)).min(Duration::from_secs(5))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Announcement;
+
+    #[test]
+    fn an_announcement_carries_its_events_in_order() {
+        let payload =
+            r#"{"reply_id":"r1","events":[[3,"{\"kind\":\"delta\"}"],[4,"{\"kind\":\"done\"}"]]}"#;
+        let (reply_id, events) = Announcement::parse(payload).expect("parses");
+        assert_eq!(reply_id, "r1");
+        assert_eq!(
+            events,
+            vec![
+                (3, r#"{"kind":"delta"}"#.to_owned()),
+                (4, r#"{"kind":"done"}"#.to_owned())
+            ]
+        );
+    }
+
+    #[test]
+    fn the_previous_releases_one_event_announcement_is_still_read() {
+        let payload = r#"{"reply_id":"r1","seq":7,"event":"{\"kind\":\"done\"}"}"#;
+        let (reply_id, events) = Announcement::parse(payload).expect("parses");
+        assert_eq!(reply_id, "r1");
+        assert_eq!(events, vec![(7, r#"{"kind":"done"}"#.to_owned())]);
+    }
+
+    #[test]
+    fn a_malformed_announcement_is_an_error() {
+        assert!(Announcement::parse(r#"{"reply_id":"r1"}"#).is_err());
+        assert!(Announcement::parse("not json").is_err());
+    }
 }
