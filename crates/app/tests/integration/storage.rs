@@ -6,7 +6,9 @@
 //! its rows survive a restart; a failed write leaves nothing behind; writes
 //! work again as soon as there is room, on every pooled connection;
 //! readiness says "not writable" while the database is full; a damaged file
-//! stops the start with a message that says so.
+//! stops the start with a message that says so. Beside them, the
+//! PostgreSQL connections kept for single statements (`db::kept`): used
+//! again only after a clean statement, never more than half the pool.
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -189,6 +191,57 @@ async fn a_postgresql_commit_that_fails_stores_nothing_and_poisons_no_connection
     for id in after.iter().chain([&conversation.id]) {
         assert!(stored.contains(id), "conversation {id} is stored");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kept_postgresql_connections_are_reused_and_never_starve_the_pool() {
+    let test_db = TestDb::postgres().await;
+    let db = test_db.connect().await;
+    let kept = db.kept().expect("PostgreSQL keeps connections");
+    let backend = "SELECT pg_backend_pid()";
+
+    let mut conn = kept.take().await.unwrap();
+    let first: i32 = sqlx::query_scalar(backend)
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap();
+    conn.keep();
+    let mut conn = kept.take().await.unwrap();
+    let again: i32 = sqlx::query_scalar(backend)
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap();
+    assert_eq!(first, again, "a connection given back clean is used again");
+    // A failed statement: the connection goes back to the pool, tested,
+    // and the next one works.
+    let failed = sqlx::query("SELECT 1 / 0").execute(&mut *conn).await;
+    assert!(failed.is_err());
+    drop(conn);
+    let mut conn = kept.take().await.unwrap();
+    let works: i32 = sqlx::query_scalar("SELECT 1")
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap();
+    assert_eq!(works, 1);
+    conn.keep();
+
+    // Every connection of the pool taken and given back clean: only half
+    // are kept, and the pool still serves everything else.
+    let size = test_db.config.database_max_connections as usize;
+    let taken = futures::future::join_all((0..size).map(|_| kept.take())).await;
+    for conn in taken {
+        conn.expect("the pool has a connection for each").keep();
+    }
+    tokio::time::timeout(Duration::from_secs(5), async {
+        let tx = db.begin().await.expect("a transaction beside the kept");
+        tx.commit().await.expect("commits");
+    })
+    .await
+    .expect("the pool is not starved by the kept connections");
+    // Closing gives the kept ones back, or the pool's close would wait.
+    tokio::time::timeout(Duration::from_secs(5), db.close())
+        .await
+        .expect("the database closes");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
