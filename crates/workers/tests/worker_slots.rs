@@ -85,19 +85,50 @@ impl Drop for Scratch {
     }
 }
 
-fn worker(db: &Database, transport: Arc<dyn JobTransport>, handler: Arc<Holding>) -> Arc<Worker> {
-    let config = WorkerConfig {
-        name: "slots-test".to_owned(),
-        concurrency: 2,
-        prefetch: 2,
-        lease: Duration::from_secs(10),
-        ..WorkerConfig::default()
-    };
-    Arc::new(Worker::new(db.clone(), transport, config).handle(
-        KIND,
-        RetryPolicy::default(),
-        handler,
-    ))
+/// A running worker (concurrency 2, prefetch 2) over `count` queued jobs
+/// that each hold their slot for `hold`.
+struct Running {
+    _scratch: Scratch,
+    jobs: Jobs,
+    handler: Arc<Holding>,
+    stop: Shutdown,
+    worker: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    async fn start(count: usize, hold: Duration) -> Self {
+        let scratch = Scratch::new().await;
+        let transport: Arc<dyn JobTransport> = Arc::new(SqlTransport::new(
+            scratch.db.clone(),
+            Duration::from_millis(50),
+        ));
+        let jobs = Jobs::new(scratch.db.clone(), transport.clone());
+        jobs.enqueue_many((0..count).map(|_| new_job()).collect())
+            .await
+            .expect("enqueue");
+        let handler = Holding::new(hold);
+        let config = WorkerConfig {
+            name: "slots-test".to_owned(),
+            concurrency: 2,
+            prefetch: 2,
+            lease: Duration::from_secs(10),
+            ..WorkerConfig::default()
+        };
+        let worker = Worker::new(scratch.db.clone(), transport, config).handle(
+            KIND,
+            RetryPolicy::default(),
+            handler.clone(),
+        );
+        let stop = Shutdown::new();
+        let worker = tokio::spawn(Arc::new(worker).run(stop.signal(), Duration::from_secs(5)));
+        Self {
+            _scratch: scratch,
+            jobs,
+            handler,
+            stop,
+            worker,
+        }
+    }
 }
 
 fn new_job() -> NewJob {
@@ -119,32 +150,23 @@ async fn count(jobs: &Jobs, state: JobState) -> u64 {
 
 #[tokio::test]
 async fn prefetch_never_runs_more_jobs_than_the_concurrency() {
-    let scratch = Scratch::new().await;
-    let transport: Arc<dyn JobTransport> = Arc::new(SqlTransport::new(
-        scratch.db.clone(),
-        Duration::from_millis(50),
-    ));
-    let jobs = Jobs::new(scratch.db.clone(), transport.clone());
-    jobs.enqueue_many((0..20).map(|_| new_job()).collect())
-        .await
-        .expect("enqueue");
-    let handler = Holding::new(Duration::from_millis(20));
-    let stop = Shutdown::new();
-    let running = tokio::spawn(
-        worker(&scratch.db, transport, handler.clone()).run(stop.signal(), Duration::from_secs(5)),
-    );
+    let run = Running::start(20, Duration::from_millis(20)).await;
     tokio::time::timeout(Duration::from_secs(20), async {
-        while count(&jobs, JobState::Succeeded).await < 20 {
+        while count(&run.jobs, JobState::Succeeded).await < 20 {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     })
     .await
     .expect("all 20 jobs succeed");
-    stop.begin();
-    running.await.expect("the worker stops");
-    assert_eq!(handler.ran.load(Ordering::SeqCst), 20, "each job ran once");
+    run.stop.begin();
+    run.worker.await.expect("the worker stops");
     assert_eq!(
-        handler.most.load(Ordering::SeqCst),
+        run.handler.ran.load(Ordering::SeqCst),
+        20,
+        "each job ran once"
+    );
+    assert_eq!(
+        run.handler.most.load(Ordering::SeqCst),
         2,
         "two at once, never more, though four were taken"
     );
@@ -152,31 +174,19 @@ async fn prefetch_never_runs_more_jobs_than_the_concurrency() {
 
 #[tokio::test]
 async fn a_stop_runs_the_started_jobs_and_leaves_the_rest_queued() {
-    let scratch = Scratch::new().await;
-    let transport: Arc<dyn JobTransport> = Arc::new(SqlTransport::new(
-        scratch.db.clone(),
-        Duration::from_millis(50),
-    ));
-    let jobs = Jobs::new(scratch.db.clone(), transport.clone());
-    jobs.enqueue_many((0..10).map(|_| new_job()).collect())
-        .await
-        .expect("enqueue");
-    let handler = Holding::new(Duration::from_millis(300));
-    let stop = Shutdown::new();
-    let running = tokio::spawn(
-        worker(&scratch.db, transport, handler.clone()).run(stop.signal(), Duration::from_secs(5)),
-    );
-    handler.first_started.notified().await;
+    let run = Running::start(10, Duration::from_millis(300)).await;
+    run.handler.first_started.notified().await;
     // Two running, two prefetched by now (one batch of four).
     tokio::time::sleep(Duration::from_millis(50)).await;
-    stop.begin();
-    tokio::time::timeout(Duration::from_secs(10), running)
+    run.stop.begin();
+    tokio::time::timeout(Duration::from_secs(10), run.worker)
         .await
         .expect("the worker stops within the grace")
         .expect("the worker task");
-    let ran = handler.ran.load(Ordering::SeqCst);
+    let jobs = &run.jobs;
+    let ran = run.handler.ran.load(Ordering::SeqCst);
     assert_eq!(ran, 4, "the two running and the two prefetched jobs ran");
-    assert_eq!(count(&jobs, JobState::Succeeded).await, 4);
-    assert_eq!(count(&jobs, JobState::Running).await, 0, "none abandoned");
-    assert_eq!(count(&jobs, JobState::Queued).await, 6, "the rest untaken");
+    assert_eq!(count(jobs, JobState::Succeeded).await, 4);
+    assert_eq!(count(jobs, JobState::Running).await, 0, "none abandoned");
+    assert_eq!(count(jobs, JobState::Queued).await, 6, "the rest untaken");
 }
