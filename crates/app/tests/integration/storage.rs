@@ -242,6 +242,28 @@ async fn kept_postgresql_connections_are_reused_and_never_starve_the_pool() {
     tokio::time::timeout(Duration::from_secs(5), db.close())
         .await
         .expect("the database closes");
+
+    // A pool of one keeps nothing: its only connection stays the pool's.
+    let config = switchboard_core::config::Config {
+        database_max_connections: 1,
+        ..test_db.config.clone()
+    };
+    let single = Database::connect(&config).await.expect("connect");
+    let kept = single.kept().expect("PostgreSQL keeps connections");
+    let mut conn = kept.take().await.unwrap();
+    let one: i32 = sqlx::query_scalar("SELECT 1")
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap();
+    assert_eq!(one, 1);
+    conn.keep();
+    tokio::time::timeout(Duration::from_secs(5), async {
+        let tx = single.begin().await.expect("the pool's one connection");
+        tx.commit().await.expect("commits");
+    })
+    .await
+    .expect("a pool of one is not starved");
+    single.close().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -37,10 +37,10 @@ pub struct Kept {
 }
 
 impl Kept {
-    /// Keeps up to half of `pool`'s connections (at least one) for
-    /// single statements.
+    /// Keeps up to half of `pool`'s connections for single statements
+    /// (none of a pool of one: its only connection must stay the pool's).
     pub(crate) fn new(pool: PgPool, max_connections: u32) -> Self {
-        let most = usize::try_from(max_connections / 2).unwrap_or(1).max(1);
+        let most = usize::try_from(max_connections / 2).unwrap_or(0);
         Self {
             pool,
             idle: Mutex::new(Vec::with_capacity(most)),
