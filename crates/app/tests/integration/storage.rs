@@ -238,10 +238,19 @@ async fn kept_postgresql_connections_are_reused_and_never_starve_the_pool() {
     })
     .await
     .expect("the pool is not starved by the kept connections");
-    // Closing gives the kept ones back, or the pool's close would wait.
-    tokio::time::timeout(Duration::from_secs(5), db.close())
+    // Closing gives the kept ones back, or the pool's close would wait,
+    // and also the one still in use when the close began.
+    let in_use = kept.take().await.unwrap();
+    let closing = tokio::spawn({
+        let db = db.clone();
+        async move { db.close().await }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    in_use.keep();
+    tokio::time::timeout(Duration::from_secs(5), closing)
         .await
-        .expect("the database closes");
+        .expect("the database closes")
+        .unwrap();
 
     // A pool of one keeps nothing: its only connection stays the pool's.
     let config = switchboard_core::config::Config {

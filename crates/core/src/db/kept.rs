@@ -31,9 +31,18 @@ use crate::error::Result;
 #[derive(Debug)]
 pub struct Kept {
     pool: PgPool,
-    idle: Mutex<Vec<PoolConnection<Postgres>>>,
+    idle: Mutex<Idle>,
     /// The most kept idle at once.
     most: usize,
+}
+
+/// The kept connections not in use, and whether keeping has stopped.
+#[derive(Debug, Default)]
+struct Idle {
+    connections: Vec<PoolConnection<Postgres>>,
+    /// Set by [`Kept::release_all`]: from then on every connection goes
+    /// back to the pool, or the pool's close would wait for it for ever.
+    released: bool,
 }
 
 impl Kept {
@@ -43,7 +52,7 @@ impl Kept {
         let most = usize::try_from(max_connections / 2).unwrap_or(0);
         Self {
             pool,
-            idle: Mutex::new(Vec::with_capacity(most)),
+            idle: Mutex::new(Idle::default()),
             most,
         }
     }
@@ -55,7 +64,7 @@ impl Kept {
     ///
     /// [`crate::Error::Unavailable`] if the pool has no connection to give.
     pub async fn take(&self) -> Result<KeptConnection<'_>> {
-        let idle = self.lock().pop();
+        let idle = self.lock().connections.pop();
         let conn = match idle {
             Some(conn) => conn,
             None => self.pool.acquire().await?,
@@ -67,13 +76,16 @@ impl Kept {
         })
     }
 
-    /// Gives every idle kept connection back to the pool (before the pool
-    /// is closed, which waits for them).
+    /// Gives every idle kept connection back to the pool and keeps none
+    /// from now on, including those in use now (before the pool is closed,
+    /// which waits for all of them).
     pub(crate) fn release_all(&self) {
-        self.lock().clear();
+        let mut idle = self.lock();
+        idle.released = true;
+        idle.connections.clear();
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<PoolConnection<Postgres>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Idle> {
         self.idle.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
@@ -116,8 +128,8 @@ impl Drop for KeptConnection<'_> {
         };
         if self.clean {
             let mut idle = self.kept.lock();
-            if idle.len() < self.kept.most {
-                idle.push(conn);
+            if !idle.released && idle.connections.len() < self.kept.most {
+                idle.connections.push(conn);
                 return;
             }
         }
