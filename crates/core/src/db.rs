@@ -130,18 +130,23 @@ macro_rules! on_database {
 
 /// Runs `$body`, one statement on `$conn` (a `&mut PgConnection`) that
 /// evaluates to a `sqlx::Result`, on a connection of `$kept` ([`kept`]),
-/// and keeps the connection again if it succeeded; `?` on taking one.
+/// keeping the connection again if it succeeded. Evaluates to the crate's
+/// `Result`: the statement's outcome, or the error of taking a connection.
 #[macro_export]
 macro_rules! on_kept {
-    ($kept:expr, $conn:ident => $body:expr) => {{
-        let mut kept_connection = $kept.take().await?;
-        let $conn: &mut sqlx::PgConnection = &mut kept_connection;
-        let result = $body;
-        if result.is_ok() {
-            kept_connection.keep();
+    ($kept:expr, $conn:ident => $body:expr) => {
+        match $kept.take().await {
+            Err(err) => Err(err),
+            Ok(mut kept_connection) => {
+                let $conn: &mut sqlx::PgConnection = &mut kept_connection;
+                let result = $body;
+                if result.is_ok() {
+                    kept_connection.keep();
+                }
+                result.map_err($crate::Error::from)
+            }
         }
-        result
-    }};
+    };
 }
 
 /// [`on_database!`] for a single-statement write: the body runs holding

@@ -16,6 +16,7 @@ use std::time::Duration;
 use switchboard_core::Error;
 use switchboard_core::chat::Chat;
 use switchboard_core::db::Database;
+use switchboard_core::db::kept::Kept;
 use switchboard_core::identity::Role;
 use switchboard_core::on_database;
 
@@ -193,6 +194,29 @@ async fn a_postgresql_commit_that_fails_stores_nothing_and_poisons_no_connection
     }
 }
 
+/// Asserts that a connection taken from `kept` answers a statement, and
+/// gives it back clean.
+async fn a_kept_connection_works(kept: &Kept) {
+    let mut conn = kept.take().await.unwrap();
+    let one: i32 = sqlx::query_scalar("SELECT 1")
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap();
+    assert_eq!(one, 1);
+    conn.keep();
+}
+
+/// Asserts that a transaction on `db` gets a connection and commits within
+/// 5 s (the pool is not starved), `context` saying where.
+async fn a_transaction_commits(db: &Database, context: &str) {
+    tokio::time::timeout(Duration::from_secs(5), async {
+        let tx = db.begin().await.expect("a transaction gets a connection");
+        tx.commit().await.expect("commits");
+    })
+    .await
+    .unwrap_or_else(|_| panic!("the pool is starved {context}"));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kept_postgresql_connections_are_reused_and_never_starve_the_pool() {
     let test_db = TestDb::postgres().await;
@@ -217,13 +241,7 @@ async fn kept_postgresql_connections_are_reused_and_never_starve_the_pool() {
     let failed = sqlx::query("SELECT 1 / 0").execute(&mut *conn).await;
     assert!(failed.is_err());
     drop(conn);
-    let mut conn = kept.take().await.unwrap();
-    let works: i32 = sqlx::query_scalar("SELECT 1")
-        .fetch_one(&mut *conn)
-        .await
-        .unwrap();
-    assert_eq!(works, 1);
-    conn.keep();
+    a_kept_connection_works(kept).await;
 
     // Every connection of the pool taken and given back clean: only half
     // are kept, and the pool still serves everything else.
@@ -232,12 +250,7 @@ async fn kept_postgresql_connections_are_reused_and_never_starve_the_pool() {
     for conn in taken {
         conn.expect("the pool has a connection for each").keep();
     }
-    tokio::time::timeout(Duration::from_secs(5), async {
-        let tx = db.begin().await.expect("a transaction beside the kept");
-        tx.commit().await.expect("commits");
-    })
-    .await
-    .expect("the pool is not starved by the kept connections");
+    a_transaction_commits(&db, "beside the kept connections").await;
     // Closing gives the kept ones back, or the pool's close would wait,
     // and also the one still in use when the close began.
     let in_use = kept.take().await.unwrap();
@@ -259,19 +272,8 @@ async fn kept_postgresql_connections_are_reused_and_never_starve_the_pool() {
     };
     let single = Database::connect(&config).await.expect("connect");
     let kept = single.kept().expect("PostgreSQL keeps connections");
-    let mut conn = kept.take().await.unwrap();
-    let one: i32 = sqlx::query_scalar("SELECT 1")
-        .fetch_one(&mut *conn)
-        .await
-        .unwrap();
-    assert_eq!(one, 1);
-    conn.keep();
-    tokio::time::timeout(Duration::from_secs(5), async {
-        let tx = single.begin().await.expect("the pool's one connection");
-        tx.commit().await.expect("commits");
-    })
-    .await
-    .expect("a pool of one is not starved");
+    a_kept_connection_works(kept).await;
+    a_transaction_commits(&single, "in a pool of one").await;
     single.close().await;
 }
 

@@ -738,23 +738,20 @@ pub(crate) async fn claim_reply_with_history(
         history_of_reply_from!(),
         ")"
     );
-    // The claim's error is the one that counts (the `?`s in here): without
-    // a claim the history is not used.
-    let taken: Result<Vec<ClaimOrHistoryRow>> = async {
-        Ok(on_kept!(kept, conn => {
-            sqlx::query_as(sql)
-                .bind(conversation_id)
-                .bind(id)
-                .bind(i64::from(limit))
-                .bind(lease_until.timestamp_micros())
-                .bind(now.timestamp_micros())
-                .fetch_all(conn)
-                .await
-        })?)
-    }
-    .await;
+    let taken: Result<Vec<ClaimOrHistoryRow>> = on_kept!(kept, conn => {
+        sqlx::query_as(sql)
+            .bind(conversation_id)
+            .bind(id)
+            .bind(i64::from(limit))
+            .bind(lease_until.timestamp_micros())
+            .bind(now.timestamp_micros())
+            .fetch_all(conn)
+            .await
+    });
     let rows = match taken {
         Ok(rows) => rows,
+        // The claim's error is the one that counts: without a claim the
+        // history is not used.
         Err(err) => return (Err(err), Ok(Vec::new())),
     };
     let mut claimed = None;

@@ -498,14 +498,14 @@ pub async fn finish_succeeded_many(
             .iter()
             .map(|(id, attempt)| (id.as_str(), i64::from(*attempt)))
             .unzip();
-        return Ok(on_kept!(kept, conn => {
+        return on_kept!(kept, conn => {
             sqlx::query_scalar(sql)
                 .bind(micros(now))
                 .bind(ids)
                 .bind(numbers)
                 .fetch_all(conn)
                 .await
-        })?);
+        });
     }
     // Our own transaction, as in `insert_many`.
     let mut finished = Vec::with_capacity(attempts.len());
