@@ -107,7 +107,96 @@ pub struct Config {
     pub engine: EngineConfig,
     /// Table `auth`: accounts, tokens, sign-in limits and identity providers.
     pub auth: AuthConfig,
+    /// Table `telemetry`: traces exported over OTLP.
+    pub telemetry: TelemetryConfig,
 }
+
+/// Traces exported to an OpenTelemetry collector over OTLP (table
+/// `telemetry`). Off unless an endpoint is configured, and then costing
+/// nothing: no span beyond the logs' own is made and no trace context is
+/// stored. The standard OpenTelemetry variables set these keys and win over
+/// the file; `SWITCHBOARD_TELEMETRY__*` wins over both. `OTEL_SDK_DISABLED=true`
+/// or `OTEL_TRACES_EXPORTER=none` turns tracing off whatever is configured,
+/// `OTEL_EXPORTER_OTLP_HEADERS` (and `_TRACES_HEADERS`) add headers to each
+/// export, and `OTEL_RESOURCE_ATTRIBUTES` adds resource attributes.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct TelemetryConfig {
+    /// Key `telemetry.otlp_endpoint`: the collector's base URL, such as
+    /// `http://collector:4318` for HTTP (`/v1/traces` is added) or
+    /// `http://collector:4317` for gRPC. Unset: tracing is off. Default
+    /// none; variable `OTEL_EXPORTER_OTLP_ENDPOINT`.
+    pub otlp_endpoint: Option<String>,
+    /// Key `telemetry.otlp_traces_endpoint`: the full URL traces are sent
+    /// to, used as it is; wins over `otlp_endpoint`. Default none; variable
+    /// `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`.
+    pub otlp_traces_endpoint: Option<String>,
+    /// Key `telemetry.otlp_protocol`: `http/protobuf` or `grpc`. Default
+    /// `http/protobuf` (the specification's); variables
+    /// `OTEL_EXPORTER_OTLP_PROTOCOL`, `OTEL_EXPORTER_OTLP_TRACES_PROTOCOL`
+    /// (the latter wins).
+    pub otlp_protocol: OtlpProtocol,
+    /// Key `telemetry.service_name`: the `service.name` resource attribute.
+    /// Default `switchboard`; variable `OTEL_SERVICE_NAME`.
+    pub service_name: String,
+    /// Key `telemetry.sampler`: `always_on`, `always_off`, `traceidratio`,
+    /// `parentbased_always_on`, `parentbased_always_off` or
+    /// `parentbased_traceidratio`. Default `parentbased_always_on`;
+    /// variable `OTEL_TRACES_SAMPLER`.
+    pub sampler: String,
+    /// Key `telemetry.sampler_arg`: the ratio (0 to 1) of the
+    /// `traceidratio` samplers. Default `1`; variable
+    /// `OTEL_TRACES_SAMPLER_ARG`.
+    pub sampler_arg: f64,
+    /// Key `telemetry.resource_attributes`: more resource attributes (such
+    /// as `deployment.environment.name`); `OTEL_RESOURCE_ATTRIBUTES` wins
+    /// over them. Default none.
+    pub resource_attributes: std::collections::BTreeMap<String, String>,
+}
+
+/// How spans travel to the collector.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+pub enum OtlpProtocol {
+    /// Protobuf over HTTP (`POST /v1/traces`).
+    #[default]
+    #[serde(rename = "http/protobuf")]
+    HttpProtobuf,
+    /// The OTLP gRPC service.
+    #[serde(rename = "grpc")]
+    Grpc,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        Self {
+            otlp_endpoint: None,
+            otlp_traces_endpoint: None,
+            otlp_protocol: OtlpProtocol::default(),
+            service_name: "switchboard".to_owned(),
+            sampler: "parentbased_always_on".to_owned(),
+            sampler_arg: 1.0,
+            resource_attributes: std::collections::BTreeMap::new(),
+        }
+    }
+}
+
+/// The standard OpenTelemetry variables and the keys they set, in the
+/// order they are merged (a later one wins).
+const OTEL_VARIABLES: [(&str, &str); 7] = [
+    ("OTEL_EXPORTER_OTLP_ENDPOINT", "telemetry.otlp_endpoint"),
+    (
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+        "telemetry.otlp_traces_endpoint",
+    ),
+    ("OTEL_EXPORTER_OTLP_PROTOCOL", "telemetry.otlp_protocol"),
+    (
+        "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+        "telemetry.otlp_protocol",
+    ),
+    ("OTEL_SERVICE_NAME", "telemetry.service_name"),
+    ("OTEL_TRACES_SAMPLER", "telemetry.sampler"),
+    ("OTEL_TRACES_SAMPLER_ARG", "telemetry.sampler_arg"),
+];
 
 /// Configuration of identity and access (table `auth`).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -485,6 +574,7 @@ impl Default for Config {
             schedules: SchedulesConfig::default(),
             engine: EngineConfig::default(),
             auth: AuthConfig::default(),
+            telemetry: TelemetryConfig::default(),
         }
     }
 }
@@ -500,6 +590,30 @@ impl Default for EngineConfig {
             max_concurrent_replies: 64,
         }
     }
+}
+
+/// The standard OpenTelemetry variables that are set, under the keys they
+/// set (`OTEL_EXPORTER_OTLP_TRACES_PROTOCOL` after the generic one, so it
+/// wins).
+fn otel_variables() -> figment::providers::Serialized<figment::value::Dict> {
+    let mut telemetry = figment::value::Dict::new();
+    for (variable, key) in OTEL_VARIABLES {
+        if let Ok(value) = std::env::var(variable)
+            && !value.trim().is_empty()
+        {
+            let key = key.trim_start_matches("telemetry.");
+            let value = match value.trim().parse::<f64>() {
+                Ok(ratio) if key == "sampler_arg" => figment::value::Value::from(ratio),
+                _ => figment::value::Value::from(value.trim().to_owned()),
+            };
+            telemetry.insert(key.to_owned(), value);
+        }
+    }
+    let mut root = figment::value::Dict::new();
+    if !telemetry.is_empty() {
+        root.insert("telemetry".to_owned(), telemetry.into());
+    }
+    figment::providers::Serialized::defaults(root)
 }
 
 impl Config {
@@ -533,6 +647,7 @@ impl Config {
         }
         figment
             .merge(Env::raw().only(&["DATABASE_URL", "REDIS_URL", "AMQP_URL"]))
+            .merge(otel_variables())
             .merge(Env::prefixed(ENV_PREFIX).split("__"))
     }
 
@@ -562,6 +677,37 @@ impl Config {
                 message: message.to_owned(),
             })
         };
+        let telemetry = &self.telemetry;
+        for (key, url) in [
+            ("telemetry.otlp_endpoint", &telemetry.otlp_endpoint),
+            (
+                "telemetry.otlp_traces_endpoint",
+                &telemetry.otlp_traces_endpoint,
+            ),
+        ] {
+            if let Some(url) = url
+                && !(url.starts_with("http://") || url.starts_with("https://"))
+            {
+                return invalid(key, "must be an http:// or https:// URL");
+            }
+        }
+        const SAMPLERS: [&str; 6] = [
+            "always_on",
+            "always_off",
+            "traceidratio",
+            "parentbased_always_on",
+            "parentbased_always_off",
+            "parentbased_traceidratio",
+        ];
+        if !SAMPLERS.contains(&telemetry.sampler.as_str()) {
+            return invalid(
+                "telemetry.sampler",
+                &format!("unknown sampler; use one of {}", SAMPLERS.join(", ")),
+            );
+        }
+        if !(0.0..=1.0).contains(&telemetry.sampler_arg) {
+            return invalid("telemetry.sampler_arg", "must be a ratio from 0 to 1");
+        }
         if let Some(url) = &self.database_url {
             let url = url.expose();
             if !(url.starts_with("postgres://")
@@ -721,6 +867,81 @@ fn list_or_comma_separated<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String
 mod tests {
     use super::*;
     use figment::Jail;
+
+    #[test]
+    fn the_standard_opentelemetry_variables_win_over_the_file_and_lose_to_ours() {
+        Jail::expect_with(|jail| {
+            jail.clear_env();
+            jail.create_file(
+                "switchboard.toml",
+                "[telemetry]\notlp_endpoint = \"http://file:4318\"\nservice_name = \"from-file\"\n\
+                 sampler = \"always_off\"\n[telemetry.resource_attributes]\n\
+                 \"deployment.environment.name\" = \"staging\"\n",
+            )?;
+            let config = Config::load(None).unwrap();
+            assert_eq!(
+                config.telemetry.otlp_endpoint.as_deref(),
+                Some("http://file:4318")
+            );
+            assert_eq!(config.telemetry.otlp_protocol, OtlpProtocol::HttpProtobuf);
+            assert_eq!(config.telemetry.sampler, "always_off");
+            assert_eq!(
+                config.telemetry.resource_attributes["deployment.environment.name"],
+                "staging"
+            );
+
+            jail.set_env("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4317");
+            jail.set_env("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf");
+            jail.set_env("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "grpc");
+            jail.set_env("OTEL_SERVICE_NAME", "chat-api");
+            jail.set_env("OTEL_TRACES_SAMPLER", "parentbased_traceidratio");
+            jail.set_env("OTEL_TRACES_SAMPLER_ARG", "0.25");
+            let config = Config::load(None).unwrap();
+            let telemetry = &config.telemetry;
+            assert_eq!(
+                telemetry.otlp_endpoint.as_deref(),
+                Some("http://collector:4317")
+            );
+            assert_eq!(
+                telemetry.otlp_protocol,
+                OtlpProtocol::Grpc,
+                "the traces variable wins"
+            );
+            assert_eq!(telemetry.service_name, "chat-api");
+            assert_eq!(telemetry.sampler, "parentbased_traceidratio");
+            assert!((telemetry.sampler_arg - 0.25).abs() < f64::EPSILON);
+
+            jail.set_env("SWITCHBOARD_TELEMETRY__SERVICE_NAME", "ours");
+            assert_eq!(Config::load(None).unwrap().telemetry.service_name, "ours");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn a_wrong_sampler_ratio_or_endpoint_is_refused_by_key() {
+        Jail::expect_with(|jail| {
+            jail.clear_env();
+            for (variable, value, key) in [
+                ("OTEL_TRACES_SAMPLER", "sometimes", "telemetry.sampler"),
+                ("OTEL_TRACES_SAMPLER_ARG", "1.5", "telemetry.sampler_arg"),
+                (
+                    "OTEL_EXPORTER_OTLP_ENDPOINT",
+                    "collector:4317",
+                    "telemetry.otlp_endpoint",
+                ),
+            ] {
+                jail.set_env(variable, value);
+                match Config::load(None) {
+                    Err(ConfigError::Invalid { key: refused, .. }) => assert_eq!(refused, key),
+                    other => panic!("{variable}={value}: {other:?}"),
+                }
+                jail.set_env(variable, "");
+            }
+            jail.set_env("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json");
+            assert!(Config::load(None).is_err(), "http/json is not offered");
+            Ok(())
+        });
+    }
 
     #[test]
     fn defaults_without_file_or_environment() {

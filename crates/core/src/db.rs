@@ -612,7 +612,25 @@ impl Database {
         }
     }
 
-    /// Which engine this is.
+    /// A client span for one database operation worth seeing in a trace
+    /// (OpenTelemetry's database conventions); disabled when tracing is off.
+    pub fn span(&self, operation: &'static str) -> tracing::Span {
+        crate::telemetry::traced(|| {
+            let system = match self.kind() {
+                DatabaseKind::Sqlite => "sqlite",
+                DatabaseKind::Postgres => "postgresql",
+            };
+            tracing::info_span!(
+                "db",
+                otel.name = operation,
+                otel.kind = "client",
+                db.system.name = system,
+                db.operation.name = operation,
+            )
+        })
+    }
+
+    /// Which database engine this is.
     pub fn kind(&self) -> DatabaseKind {
         match self.pool {
             Pool::Sqlite(_) => DatabaseKind::Sqlite,

@@ -21,6 +21,7 @@ pub mod jobs;
 mod paging;
 pub mod shutdown;
 pub mod tasks;
+pub mod telemetry;
 
 pub use config::Config;
 pub use error::{Error, Result};

@@ -120,6 +120,14 @@ impl GrpcEngine {
                 .metadata_mut()
                 .insert("authorization", authorization.clone());
         }
+        for (name, value) in &request.trace_fields {
+            if let (Ok(name), Ok(value)) = (
+                tonic::metadata::MetadataKey::from_bytes(name.as_bytes()),
+                value.parse(),
+            ) {
+                grpc_request.metadata_mut().insert(name, value);
+            }
+        }
         grpc_request
     }
 }

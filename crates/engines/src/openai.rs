@@ -168,6 +168,9 @@ impl ReplyEngine for OpenAiEngine {
         if let Some(key) = &self.config.api_key {
             call = call.bearer_auth(key);
         }
+        for (name, value) in &request.trace_fields {
+            call = call.header(name.as_str(), value.as_str());
+        }
         async move {
             let response = call.send().await.map_err(|err| {
                 Error::Unavailable(format!(

@@ -221,6 +221,7 @@ pub(crate) async fn authenticate(
                     state.credential_recheck,
                 ));
                 request.extensions_mut().insert(principal.clone());
+                tracing::Span::current().record("user.id", principal.user_id.as_str());
                 caller_of(principal)
             }
             Ok(None) => Caller::Refused,

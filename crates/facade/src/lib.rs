@@ -20,6 +20,7 @@ mod grpc;
 mod grpc_request;
 mod health;
 mod metrics;
+mod trace;
 mod ws;
 
 use std::net::SocketAddr;
@@ -198,7 +199,10 @@ pub fn app(edge: Edge) -> Router {
             let rest = rest.clone();
             async move {
                 if is_grpc(&request) {
-                    let status = tonic::Status::unimplemented(format!("unknown method {}", request.uri().path()));
+                    let status = tonic::Status::unimplemented(format!(
+                        "unknown method {}",
+                        request.uri().path()
+                    ));
                     return status.into_http::<axum::body::Body>();
                 }
                 rest.handle(request).await
@@ -223,14 +227,11 @@ pub fn app(edge: Edge) -> Router {
             drain::gate,
         ))
         .layer(CatchPanicLayer::custom(panic_response))
-        .layer(TraceLayer::new_for_http().make_span_with(|request: &http::Request<_>| {
-            let request_id = request
-                .headers()
-                .get("x-request-id")
-                .and_then(|value| value.to_str().ok())
-                .unwrap_or_default();
-            tracing::info_span!("request", method = %request.method(), path = request.uri().path(), request_id)
-        }))
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(trace::request_span)
+                .on_eos(trace::on_end_of_stream),
+        )
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(SetRequestIdLayer::x_request_id(UuidRequestId));
     if let Some(cors) = cors_layer(&edge.cors_allowed_origins) {

@@ -113,11 +113,19 @@ pub(crate) async fn record(known: KnownRpcs, request: Request, next: Next) -> Re
     let path = request.uri().path().to_owned();
     let response = next.run(request).await;
 
-    let (transport, rpc) = match response.extensions().get::<MatchedRpc>() {
-        Some(MatchedRpc(rpc)) => ("rest", (*rpc).to_owned()),
+    let matched = response.extensions().get::<MatchedRpc>().copied();
+    let (transport, rpc) = match matched {
+        Some(MatchedRpc(binding)) => ("rest", binding.grpc_method.to_owned()),
         None if transport != "http" && known.0.contains(&path) => (transport, path),
         None => (transport, "other".to_owned()),
     };
+    crate::trace::record_response(
+        transport,
+        (rpc != "other").then_some(rpc.as_str()),
+        matched.map(|MatchedRpc(binding)| (binding.http_method, binding.template)),
+        response.status(),
+        response.headers(),
+    );
     let status = response.status().as_u16().to_string();
     let grpc_status = response
         .headers()

@@ -86,11 +86,12 @@ impl StreamFormat {
     }
 }
 
-/// Put in the extensions of every response to a matched route: the full
-/// gRPC method it called, so metrics and logs name the RPC whatever the
-/// transport, without a label per URL.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct MatchedRpc(pub &'static str);
+/// Put in the extensions of every response to a matched route: the binding
+/// it matched, so metrics, traces and logs name the RPC (its full gRPC
+/// method) whatever the transport, and the route by its template, without
+/// a label per URL.
+#[derive(Debug, Clone, Copy)]
+pub struct MatchedRpc(pub &'static HttpBinding);
 
 /// One binding and the code that calls its method.
 #[derive(Clone)]
@@ -407,9 +408,7 @@ impl RestRouter {
             && let Err(status) = authorize(parts.extensions.get::<Caller>(), policy)
         {
             let mut response = status_response(&status);
-            response
-                .extensions_mut()
-                .insert(MatchedRpc(route.binding.grpc_method));
+            response.extensions_mut().insert(MatchedRpc(route.binding));
             return response;
         }
         // A body announced larger than the limit is refused before a byte
@@ -423,9 +422,7 @@ impl RestRouter {
             .and_then(|value| value.trim().parse::<u64>().ok());
         if announced.is_some_and(|length| length > self.body_limit as u64) {
             let mut response = self.too_large();
-            response
-                .extensions_mut()
-                .insert(MatchedRpc(route.binding.grpc_method));
+            response.extensions_mut().insert(MatchedRpc(route.binding));
             return response;
         }
         let body = match http_body_util::Limited::new(body, self.body_limit)
@@ -476,9 +473,7 @@ impl RestRouter {
             last_event_id,
         };
         let mut response = (route.handler)(call).await;
-        response
-            .extensions_mut()
-            .insert(MatchedRpc(route.binding.grpc_method));
+        response.extensions_mut().insert(MatchedRpc(route.binding));
         response
     }
 

@@ -7,14 +7,15 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+mod telemetry;
+
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use switchboard_app::Services;
 use switchboard_app::Startup;
-use switchboard_core::config::{Config, LogFormat};
+use switchboard_core::config::Config;
 use switchboard_core::db::Database;
 use switchboard_core::identity::{Identity, Role};
-use tracing_subscriber::EnvFilter;
 
 /// Switchboard: a backend for chatbot products. One port serves native gRPC,
 /// gRPC-Web and REST/JSON, all generated from the protobuf definitions.
@@ -150,7 +151,7 @@ async fn identity(config: &Config) -> anyhow::Result<Identity> {
 }
 
 async fn create_user(config: Config, email: &str, role: &str) -> anyhow::Result<()> {
-    init_logging(&config)?;
+    telemetry::init_logs(&config)?;
     let role: Role = role
         .parse()
         .map_err(|e: switchboard_core::Error| anyhow::anyhow!("{e}"))?;
@@ -177,7 +178,7 @@ async fn create_user(config: Config, email: &str, role: &str) -> anyhow::Result<
 }
 
 async fn verify_audit(config: Config) -> anyhow::Result<()> {
-    init_logging(&config)?;
+    telemetry::init_logs(&config)?;
     let database = Database::connect(&config)
         .await
         .context("cannot connect to the database")?;
@@ -197,7 +198,7 @@ async fn verify_audit(config: Config) -> anyhow::Result<()> {
 }
 
 async fn rotate_keys(config: Config) -> anyhow::Result<()> {
-    init_logging(&config)?;
+    telemetry::init_logs(&config)?;
     let identity = identity(&config).await?;
     let kid = identity
         .keys()
@@ -210,20 +211,8 @@ async fn rotate_keys(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn init_logging(config: &Config) -> anyhow::Result<()> {
-    let filter = EnvFilter::try_new(&config.log_level).context("invalid log_level")?;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match config.log_format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.init(),
-    }
-    Ok(())
-}
-
 async fn serve(config: Config, workers: bool) -> anyhow::Result<()> {
-    init_logging(&config)?;
+    let telemetry = telemetry::init(&config)?;
     raise_open_files_limit();
     // Bind first: a port already taken fails before anything else starts.
     let listener = tokio::net::TcpListener::bind(config.listen)
@@ -255,6 +244,7 @@ async fn serve(config: Config, workers: bool) -> anyhow::Result<()> {
         .context("serving failed")?;
     services.shutdown().await;
     tracing::info!("shut down");
+    telemetry.shutdown().await;
     Ok(())
 }
 
@@ -285,7 +275,7 @@ fn raise_open_files_limit() {
 }
 
 async fn worker(config: Config, listen: Option<SocketAddr>) -> anyhow::Result<()> {
-    init_logging(&config)?;
+    let telemetry = telemetry::init(&config)?;
     let listener = match listen {
         Some(address) => Some(
             tokio::net::TcpListener::bind(address)
@@ -331,6 +321,7 @@ async fn worker(config: Config, listen: Option<SocketAddr>) -> anyhow::Result<()
     }
     services.shutdown().await;
     tracing::info!("shut down");
+    telemetry.shutdown().await;
     Ok(())
 }
 
@@ -401,7 +392,7 @@ async fn begin_drain(
 }
 
 async fn migrate(config: Config) -> anyhow::Result<()> {
-    init_logging(&config)?;
+    telemetry::init_logs(&config)?;
     let database = switchboard_core::db::Database::connect(&config)
         .await
         .context("cannot connect to the database")?;

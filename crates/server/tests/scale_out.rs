@@ -11,109 +11,15 @@
 //! `cargo test -p switchboard --test scale_out -- --nocapture` prints what
 //! happens.
 
-use std::process::{Command, Stdio};
+mod support;
+
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
+use support::{Cluster, EMAIL, PASSWORD};
 use switchboard_core::chat::DevEngine;
-use switchboard_testkit::ThrowawayPostgres;
-use switchboard_testkit::process::{Process, free_port};
+use switchboard_testkit::process::free_port;
 use switchboard_testkit::rest::RestClient;
-
-const PASSWORD: &str = "correct horse battery staple";
-const EMAIL: &str = "ops@example.test";
-
-/// The processes of one deployment and the database they share; dropping
-/// it kills the processes, then drops the database.
-struct Cluster {
-    env: Vec<(String, String)>,
-    // Before `database`: fields drop in order, and the processes must be
-    // gone before their database.
-    processes: Vec<(String, Process)>,
-    _database: ThrowawayPostgres,
-    _data_dir: tempfile::TempDir,
-}
-
-impl Cluster {
-    /// A fresh database and the environment of every process; `amqp`
-    /// selects RabbitMQ as the queue (Redis carries it otherwise).
-    async fn new(amqp: bool) -> Cluster {
-        let database = ThrowawayPostgres::create().await;
-        let data_dir = tempfile::tempdir().unwrap();
-        let mut env = vec![
-            ("DATABASE_URL", database.url().to_owned()),
-            ("REDIS_URL", "redis://127.0.0.1:6379".to_owned()),
-            (
-                "SWITCHBOARD_QUEUE__PREFIX",
-                format!("scale-{}", uuid::Uuid::now_v7().simple()),
-            ),
-            ("SWITCHBOARD_QUEUE__LEASE_SECS", "2".to_owned()),
-            ("SWITCHBOARD_ENGINE__TOKEN_DELAY_MS", "60".to_owned()),
-            ("SWITCHBOARD_LOG_LEVEL", "warn".to_owned()),
-            (
-                "SWITCHBOARD_DATA_DIR",
-                data_dir.path().display().to_string(),
-            ),
-        ];
-        if amqp {
-            env.push((
-                "AMQP_URL",
-                "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned(),
-            ));
-        }
-        Cluster {
-            env: env.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
-            processes: Vec::new(),
-            _database: database,
-            _data_dir: data_dir,
-        }
-    }
-
-    fn command(&self, args: &[&str]) -> Command {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_switchboard"));
-        command
-            .args(args)
-            .env_remove("AMQP_URL")
-            .env_remove("SWITCHBOARD_QUEUE__BACKEND")
-            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .stdin(Stdio::null());
-        command
-    }
-
-    /// Runs a command to its end.
-    fn run(&self, args: &[&str]) {
-        let output = self
-            .command(args)
-            .env("SWITCHBOARD_USER_PASSWORD", PASSWORD)
-            .output()
-            .unwrap();
-        assert!(
-            output.status.success(),
-            "switchboard {args:?}: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
-
-    /// Starts a long-running process named `name`.
-    fn spawn(&mut self, name: &str, args: &[&str]) -> u32 {
-        let process = Process::spawn(self.command(args));
-        let pid = process.id();
-        println!("started {name} (pid {pid}): switchboard {}", args.join(" "));
-        self.processes.push((name.to_owned(), process));
-        pid
-    }
-
-    /// Kills the process with `pid` with SIGKILL; returns its name.
-    fn kill(&mut self, pid: u32) -> String {
-        let (name, process) = self
-            .processes
-            .iter_mut()
-            .find(|(_, process)| process.id() == pid)
-            .unwrap_or_else(|| panic!("no process {pid} of this cluster"));
-        process.kill();
-        name.clone()
-    }
-}
 
 /// The test, with RabbitMQ or Redis as the queue.
 async fn a_reply_survives_its_worker_and_crosses_instances(amqp: bool) {

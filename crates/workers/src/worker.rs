@@ -15,6 +15,7 @@ use switchboard_core::shutdown::ShutdownSignal;
 use switchboard_core::tasks::AbortOnDrop;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio::task::JoinSet;
+use tracing::Instrument;
 
 /// How a [`Worker`] runs.
 #[derive(Debug, Clone)]
@@ -421,7 +422,12 @@ impl Worker {
         };
         let last_attempt = job.attempts >= job.max_attempts;
         let started = std::time::Instant::now();
-        let result = registered.handler.run(&job, last_attempt).await;
+        let span = job_span(&job);
+        let result = registered
+            .handler
+            .run(&job, last_attempt)
+            .instrument(span.clone())
+            .await;
         drop(renewal);
         drop(slots);
         let end = match result {
@@ -439,6 +445,12 @@ impl Worker {
             AttemptEnd::Retry { .. } => "retrying",
             AttemptEnd::Dead { .. } => "dead",
         };
+        span.record("switchboard.job.outcome", outcome);
+        if let AttemptEnd::Retry { error, .. } | AttemptEnd::Dead { error } = &end {
+            span.record("otel.status_code", "ERROR");
+            span.record("otel.status_description", error.as_str());
+        }
+        drop(span);
         metrics::counter!("switchboard_jobs_total", "kind" => job.kind.clone(), "outcome" => outcome)
             .increment(1);
         metrics::histogram!("switchboard_job_duration_seconds", "kind" => job.kind.clone())
@@ -592,4 +604,28 @@ async fn renew_lease(
             tracing::warn!(%job_id, error = %err, "cannot keep the delivery alive");
         }
     }
+}
+
+/// The span of one attempt at `job`, continuing the trace of the request
+/// that enqueued it (OpenTelemetry's messaging conventions: a consumer
+/// span named `process <kind>`); disabled when tracing is off.
+fn job_span(job: &Job) -> tracing::Span {
+    let span = switchboard_core::telemetry::traced(|| {
+        tracing::info_span!(
+            "job",
+            otel.name = %format_args!("process {}", job.kind),
+            otel.kind = "consumer",
+            otel.status_code = tracing::field::Empty,
+            otel.status_description = tracing::field::Empty,
+            messaging.system = "switchboard",
+            messaging.operation.type = "process",
+            messaging.destination.name = %job.kind,
+            messaging.message.id = %job.id,
+            switchboard.job.id = %job.id,
+            switchboard.job.attempt = job.attempts,
+            switchboard.job.outcome = tracing::field::Empty,
+        )
+    });
+    switchboard_core::telemetry::continue_stored(&span, job.trace_context.as_deref());
+    span
 }

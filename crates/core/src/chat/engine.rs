@@ -45,6 +45,11 @@ pub struct EngineRequest {
     /// The finished messages of the conversation, oldest first; the last
     /// one is usually the user's.
     pub history: Vec<Message>,
+    /// The W3C trace context of the engine call (`traceparent` and
+    /// `tracestate`), to send as gRPC metadata or HTTP headers so that an
+    /// engine that speaks OpenTelemetry joins the trace; empty when tracing
+    /// is off.
+    pub trace_fields: Vec<(String, String)>,
 }
 
 /// Generates replies.

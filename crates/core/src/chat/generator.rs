@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use tokio::sync::oneshot;
+use tracing::Instrument;
 
 use crate::cache::{Caches, Invalidation};
 use crate::chat::engine::{EngineEvent, EngineRequest, ReplyEngine, Usage};
@@ -20,6 +21,7 @@ use crate::chat::store::{self, ReplyEnding};
 use crate::db::Database;
 use crate::error::{Error, Result};
 use crate::tasks::AbortOnDrop;
+use crate::telemetry;
 
 /// How many earlier messages the engine sees.
 const HISTORY_LIMIT: u32 = 100;
@@ -141,11 +143,23 @@ impl ReplyGenerator {
     /// A database error while claiming or storing. An engine failure is not
     /// an error here: it is an outcome.
     pub async fn generate(&self, job: &ReplyJob, last_attempt: bool) -> Result<GenerateOutcome> {
-        let outcome = self.attempt(job, last_attempt).await;
+        let span = telemetry::traced(|| {
+            tracing::info_span!(
+                "generate_reply",
+                switchboard.reply_id = %job.reply_id,
+                switchboard.conversation_id = %job.conversation_id,
+                switchboard.reply.outcome = tracing::field::Empty,
+            )
+        });
+        let outcome = self
+            .attempt(job, last_attempt)
+            .instrument(span.clone())
+            .await;
         let label = match &outcome {
             Ok(outcome) => outcome_label(outcome),
             Err(_) => "error",
         };
+        span.record("switchboard.reply.outcome", label);
         metrics::counter!("switchboard_replies_total", "engine" => self.engine.name(), "outcome" => label)
             .increment(1);
         outcome
@@ -166,6 +180,7 @@ impl ReplyGenerator {
             now + self.lease,
             HISTORY_LIMIT,
         )
+        .instrument(self.db.span("claim_reply"))
         .await;
         let (claimed, history) = match first? {
             Some(claimed) => (claimed, history),
@@ -193,14 +208,20 @@ impl ReplyGenerator {
         let mut streamed = Streamed::default();
         let stop = match history {
             Ok(history) => {
+                let span = self.engine_span(attempt);
                 let request = EngineRequest {
                     conversation_id: reply.conversation_id.clone(),
                     reply_id: reply.id.clone(),
                     attempt,
                     history,
+                    trace_fields: telemetry::propagation_fields(&span),
                 };
-                self.stream(request, &publisher, lost_rx, &mut streamed)
-                    .await
+                let stop = self
+                    .stream(request, &publisher, lost_rx, &mut streamed)
+                    .instrument(span.clone())
+                    .await;
+                record_engine_end(&span, &stop, &streamed);
+                stop
             }
             Err(err) => Stop::Failed(err),
         };
@@ -245,7 +266,11 @@ impl ReplyGenerator {
             error: error.as_ref().map(|(c, m)| (c.as_str(), m.as_str())),
             usage: streamed.usage,
         };
-        let stored = match self.store_ending(&reply.id, attempt, &ending).await {
+        let stored = match self
+            .store_ending(&reply.id, attempt, &ending)
+            .instrument(self.db.span("finish_reply"))
+            .await
+        {
             Ok(stored) => stored,
             Err(err) => {
                 // Subscribers must not wait forever; the reply stays
@@ -371,6 +396,27 @@ impl ReplyGenerator {
         Ok(())
     }
 
+    /// The span of one engine call (OpenTelemetry's generative-AI
+    /// conventions: a client span named `chat <engine>`); disabled when
+    /// tracing is off.
+    fn engine_span(&self, attempt: u32) -> tracing::Span {
+        telemetry::traced(|| {
+            tracing::info_span!(
+                "engine",
+                otel.name = %format_args!("chat {}", self.engine.name()),
+                otel.kind = "client",
+                otel.status_code = tracing::field::Empty,
+                otel.status_description = tracing::field::Empty,
+                gen_ai.operation.name = "chat",
+                gen_ai.system = self.engine.name(),
+                gen_ai.usage.input_tokens = tracing::field::Empty,
+                gen_ai.usage.output_tokens = tracing::field::Empty,
+                switchboard.reply.attempt = attempt,
+                switchboard.reply.pieces = tracing::field::Empty,
+            )
+        })
+    }
+
     /// Publishes the engine's text until the stream ends, fails, the
     /// reply is cancelled or the lease is lost, collecting the text, the
     /// piece lengths and the usage.
@@ -407,6 +453,22 @@ impl ReplyGenerator {
                 },
             }
         }
+    }
+}
+
+/// Records on the engine call's `span` how it ended and what it streamed.
+fn record_engine_end(span: &tracing::Span, stop: &Stop, streamed: &Streamed) {
+    if span.is_disabled() {
+        return;
+    }
+    span.record("switchboard.reply.pieces", streamed.lengths.len());
+    if let Some(usage) = &streamed.usage {
+        span.record("gen_ai.usage.input_tokens", usage.prompt_tokens);
+        span.record("gen_ai.usage.output_tokens", usage.completion_tokens);
+    }
+    if let Stop::Failed(err) = stop {
+        span.record("otel.status_code", "ERROR");
+        span.record("otel.status_description", err.to_string());
     }
 }
 

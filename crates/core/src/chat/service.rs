@@ -6,6 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::cache::{Caches, Invalidation};
@@ -23,6 +24,7 @@ use crate::jobs::{Jobs, NewJob, RetryPolicy};
 use crate::paging::{
     self, Cursor, DEFAULT_CONVERSATION_PAGE_SIZE, DEFAULT_MESSAGE_PAGE_SIZE, Listing, Page,
 };
+use crate::telemetry;
 
 /// How long [`Chat::cancel_reply`] waits for the generator to store the
 /// cancelled reply.
@@ -314,7 +316,11 @@ impl Chat {
             max_attempts: self.reply_policy.max_attempts,
         }
         .into_job(now);
-        let inserted = store::insert_turn(&self.db, &who.user_id, &message, &reply, &job).await;
+        telemetry::set_attribute("switchboard.reply_id", || reply.id.clone());
+        telemetry::set_attribute("switchboard.job.id", || job.id.clone());
+        let inserted = store::insert_turn(&self.db, &who.user_id, &message, &reply, &job)
+            .instrument(self.db.span("insert_turn"))
+            .await;
         // Its `updated_at` moved.
         self.forget_conversation(conversation_id);
         if !inserted? {

@@ -468,8 +468,8 @@ pub(crate) async fn insert_turn(
                        AS v(id, conversation_id, role, content, status, created_at, updated_at) \
                      WHERE EXISTS (SELECT 1 FROM touched)), \
                    job AS (INSERT INTO jobs (id, kind, payload, state, attempts, max_attempts, \
-                     run_at, created_at, updated_at) \
-                     SELECT $16, $17, $18, $19, $20, $21, $22, $23, $24 FROM touched) \
+                     run_at, created_at, updated_at, trace_context) \
+                     SELECT $16, $17, $18, $19, $20, $21, $22, $23, $24, $25 FROM touched) \
                    SELECT COUNT(*) FROM touched";
         let mut query = sqlx::query_scalar::<_, i64>(sql)
             .bind(reply.created_at.timestamp_micros())

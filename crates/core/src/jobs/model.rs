@@ -94,6 +94,10 @@ pub struct Job {
     pub started_at: Option<DateTime<Utc>>,
     /// When it succeeded or died.
     pub finished_at: Option<DateTime<Utc>>,
+    /// The trace context of the span that enqueued it (see
+    /// [`crate::telemetry::stored_context`]), continued by the worker that
+    /// runs it; `None` when tracing is off.
+    pub trace_context: Option<String>,
 }
 
 /// A job to enqueue.
@@ -108,7 +112,8 @@ pub struct NewJob {
 }
 
 impl NewJob {
-    /// The row of this job, queued now with a fresh id.
+    /// The row of this job, queued now with a fresh id, in the trace of the
+    /// current span.
     pub(crate) fn into_job(self, now: DateTime<Utc>) -> Job {
         Job {
             id: uuid::Uuid::now_v7().to_string(),
@@ -125,6 +130,7 @@ impl NewJob {
             updated_at: now,
             started_at: None,
             finished_at: None,
+            trace_context: crate::telemetry::stored_context(&tracing::Span::current()),
         }
     }
 }

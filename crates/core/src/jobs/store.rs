@@ -16,7 +16,7 @@ use crate::{on_database, on_kept, on_tx, on_writer};
 macro_rules! job_columns {
     () => {
         "id, kind, payload, state, attempts, max_attempts, last_error, run_at, lease_until, \
-         worker, created_at, updated_at, started_at, finished_at"
+         worker, created_at, updated_at, started_at, finished_at, trace_context"
     };
 }
 
@@ -46,7 +46,8 @@ macro_rules! start_attempts_sql {
 
 /// Inserts a job row; the binds are those of [`bind_insert`].
 pub(crate) const INSERT_JOB: &str = "INSERT INTO jobs (id, kind, payload, state, attempts, \
-     max_attempts, run_at, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)";
+     max_attempts, run_at, created_at, updated_at, trace_context) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)";
 
 /// Binds `job` to [`INSERT_JOB`], on either engine.
 macro_rules! bind_insert {
@@ -61,6 +62,7 @@ macro_rules! bind_insert {
             .bind($crate::db::micros($job.run_at))
             .bind($crate::db::micros($job.created_at))
             .bind($crate::db::micros($job.updated_at))
+            .bind(&$job.trace_context)
     };
 }
 pub(crate) use bind_insert;
@@ -79,6 +81,7 @@ macro_rules! direct_job_params {
             $crate::db::micros($job.run_at),
             $crate::db::micros($job.created_at),
             $crate::db::micros($job.updated_at),
+            &$job.trace_context,
         ]
     };
 }
@@ -100,6 +103,7 @@ struct JobRow {
     updated_at: i64,
     started_at: Option<i64>,
     finished_at: Option<i64>,
+    trace_context: Option<String>,
 }
 
 impl JobRow {
@@ -120,6 +124,7 @@ impl JobRow {
             updated_at: row.get(11)?,
             started_at: row.get(12)?,
             finished_at: row.get(13)?,
+            trace_context: row.get(14)?,
         })
     }
 }
@@ -145,6 +150,7 @@ impl TryFrom<JobRow> for Job {
             kind: row.kind,
             last_error: row.last_error,
             worker: row.worker,
+            trace_context: row.trace_context,
         })
     }
 }
@@ -163,7 +169,7 @@ pub(crate) async fn insert(db: &Database, job: &Job) -> Result<()> {
     Ok(())
 }
 
-/// Rows per multi-row statement: [`insert_many`] binds nine values a row,
+/// Rows per multi-row statement: [`insert_many`] binds ten values a row,
 /// and PostgreSQL takes at most 65,535 binds a statement (SQLite 32,766).
 const ROWS_PER_STATEMENT: usize = 500;
 
@@ -192,8 +198,8 @@ pub(crate) async fn insert_many(db: &Database, jobs: &[Job]) -> Result<()> {
         for (chunk, texts) in jobs.chunks(ROWS_PER_STATEMENT).zip(payloads.chunks(ROWS_PER_STATEMENT)) {
             let sql = format!(
                 "INSERT INTO jobs (id, kind, payload, state, attempts, max_attempts, run_at, \
-                 created_at, updated_at) VALUES {}",
-                placeholders(1, chunk.len(), 9)
+                 created_at, updated_at, trace_context) VALUES {}",
+                placeholders(1, chunk.len(), 10)
             );
             let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
             for (job, payload) in chunk.iter().zip(texts) {

@@ -30,6 +30,7 @@ use tonic::transport::server::TcpIncoming;
 pub(crate) struct Seen {
     calls: AtomicU32,
     authorization: Mutex<Vec<Option<String>>>,
+    traceparent: Mutex<Vec<Option<String>>>,
     /// Notified when a response stream is dropped before its end.
     closed_early: Notify,
 }
@@ -45,6 +46,11 @@ impl Seen {
         self.authorization.lock().unwrap().clone()
     }
 
+    /// The `traceparent` header (or metadata) of each call.
+    pub(crate) fn traceparent(&self) -> Vec<Option<String>> {
+        self.traceparent.lock().unwrap().clone()
+    }
+
     /// Waits until a response stream was dropped before its end; panics
     /// after five seconds.
     pub(crate) async fn wait_closed_early(&self) {
@@ -53,9 +59,11 @@ impl Seen {
             .expect("the server never saw the client go away");
     }
 
-    fn record_call(&self, authorization: Option<&str>) -> u32 {
+    fn record_call(&self, authorization: Option<&str>, traceparent: Option<&str>) -> u32 {
         let authorization = authorization.map(str::to_owned);
         self.authorization.lock().unwrap().push(authorization);
+        let traceparent = traceparent.map(str::to_owned);
+        self.traceparent.lock().unwrap().push(traceparent);
         self.calls.fetch_add(1, Ordering::SeqCst) + 1
     }
 }
@@ -84,6 +92,17 @@ impl Drop for EndGuard {
 }
 
 /// A request with `turns` as history (role, content), oldest first.
+/// A `traceparent` the engine clients must pass on.
+pub(crate) const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+/// [`request`] in a trace: the engine call must carry [`TRACEPARENT`].
+pub(crate) fn traced_request(turns: &[(Role, &str)]) -> EngineRequest {
+    EngineRequest {
+        trace_fields: vec![("traceparent".to_owned(), TRACEPARENT.to_owned())],
+        ..request(turns)
+    }
+}
+
 pub(crate) fn request(turns: &[(Role, &str)]) -> EngineRequest {
     let now = chrono::Utc::now();
     let history = turns
@@ -104,6 +123,7 @@ pub(crate) fn request(turns: &[(Role, &str)]) -> EngineRequest {
         reply_id: "reply-1".into(),
         attempt: 1,
         history,
+        trace_fields: Vec::new(),
     }
 }
 
@@ -181,10 +201,15 @@ impl ChatEngine for ScriptedGrpcEngine {
         &self,
         request: tonic::Request<pb::GenerateRequest>,
     ) -> Result<tonic::Response<ResponseStream>, tonic::Status> {
-        let authorization = request.metadata().get("authorization");
+        let text = |name| {
+            request
+                .metadata()
+                .get(name)
+                .and_then(|value| value.to_str().ok())
+        };
         let call = self
             .seen
-            .record_call(authorization.and_then(|value| value.to_str().ok()));
+            .record_call(text("authorization"), text("traceparent"));
         self.requests.lock().unwrap().push(request.into_inner());
         let script = &self.script;
         if call <= script.unavailable_first {
@@ -343,10 +368,10 @@ async fn chat_completions(
     headers: HeaderMap,
     axum::Json(body): axum::Json<Value>,
 ) -> Response {
-    let authorization = headers.get(header::AUTHORIZATION);
+    let text = |name| headers.get(name).and_then(|value| value.to_str().ok());
     state
         .seen
-        .record_call(authorization.and_then(|value| value.to_str().ok()));
+        .record_call(text(header::AUTHORIZATION.as_str()), text("traceparent"));
     state.bodies.lock().unwrap().push(body);
     let answer = {
         let mut answers = state.answers.lock().unwrap();

@@ -8,7 +8,9 @@ use switchboard_core::error::Error;
 use switchboard_engines::pb;
 use switchboard_engines::{GrpcEngine, GrpcEngineConfig};
 
-use crate::engine_servers::{GrpcScript, dead_url, request, spawn_grpc_engine};
+use crate::engine_servers::{
+    GrpcScript, TRACEPARENT, dead_url, request, spawn_grpc_engine, traced_request,
+};
 
 fn engine_at(url: &str) -> GrpcEngine {
     GrpcEngine::new(GrpcEngineConfig {
@@ -29,7 +31,7 @@ async fn streams_the_reply_and_its_usage() {
     ];
 
     let events: Vec<EngineEvent> = engine_at(&server.url)
-        .generate(request(&turns))
+        .generate(traced_request(&turns))
         .try_collect()
         .await
         .unwrap();
@@ -59,6 +61,11 @@ async fn streams_the_reply_and_its_usage() {
     assert_eq!(
         server.seen.authorization(),
         [Some("Bearer engine-secret".into())]
+    );
+    assert_eq!(
+        server.seen.traceparent(),
+        [Some(TRACEPARENT.into())],
+        "the engine joins the trace"
     );
 }
 

@@ -9,7 +9,9 @@ use switchboard_core::chat::{EngineEvent, ReplyEngine, ResilienceConfig, Role, U
 use switchboard_core::error::{Error, Result};
 use switchboard_engines::{OpenAiEngine, OpenAiEngineConfig, ResilientEngine};
 
-use crate::engine_servers::{OpenAiAnswer, dead_url, request, spawn_openai_engine, sse_reply};
+use crate::engine_servers::{
+    OpenAiAnswer, TRACEPARENT, dead_url, request, spawn_openai_engine, sse_reply, traced_request,
+};
 
 fn engine_at(base_url: &str) -> OpenAiEngine {
     let mut config = OpenAiEngineConfig::new(base_url, "test-model");
@@ -39,7 +41,7 @@ async fn streams_text_and_usage_across_split_lines_and_characters() {
     let server = spawn_openai_engine(vec![OpenAiAnswer::Stream { body, piece: 7 }]).await;
 
     let events: Vec<EngineEvent> = engine_at(&server.base_url)
-        .generate(hi())
+        .generate(traced_request(&[(Role::User, "hi")]))
         .try_collect()
         .await
         .unwrap();
@@ -70,6 +72,11 @@ async fn streams_text_and_usage_across_split_lines_and_characters() {
         })
     );
     assert_eq!(server.seen.authorization(), [Some("Bearer sk-test".into())]);
+    assert_eq!(
+        server.seen.traceparent(),
+        [Some(TRACEPARENT.into())],
+        "the engine joins the trace"
+    );
 }
 
 #[tokio::test]
