@@ -48,6 +48,19 @@ pub fn set_attribute(key: &'static str, value: impl FnOnce() -> String) {
     }
 }
 
+/// The trace and span ids (lower-case hex) of the current span, for log
+/// lines; `None` when tracing is off or the span is in no trace.
+pub fn current_ids() -> Option<(String, String)> {
+    if !enabled() {
+        return None;
+    }
+    let context = Span::current().context();
+    let span = context.span();
+    let ids = span.span_context();
+    ids.is_valid()
+        .then(|| (ids.trace_id().to_string(), ids.span_id().to_string()))
+}
+
 /// Renames `span` once its name is known (a request's route is known only
 /// after routing). Recording `otel.name` is not enough: it is ignored once
 /// the span's OpenTelemetry context exists, which the first enter creates.

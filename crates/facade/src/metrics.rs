@@ -5,6 +5,11 @@
 //! HTTP status, and for gRPC the `grpc-status` when a call fails before its
 //! first message; a status sent in trailers after messages is not seen here).
 //! Durations run until the response starts, so a stream counts its setup.
+//!
+//! The same middleware writes the access log: one INFO line per request
+//! (target `switchboard::access`; `log_level = "info,switchboard::access=off"`
+//! turns it off) with the transport, RPC, route, statuses and duration
+//! (`event.duration`, in nanoseconds, to the response's start).
 
 use std::collections::HashSet;
 use std::sync::OnceLock;
@@ -137,9 +142,23 @@ pub(crate) async fn record(known: KnownRpcs, request: Request, next: Next) -> Re
             ""
         })
         .to_owned();
-    metrics::counter!(REQUESTS, "transport" => transport, "rpc" => rpc.clone(), "status" => status, "grpc_status" => grpc_status)
+    metrics::counter!(REQUESTS, "transport" => transport, "rpc" => rpc.clone(), "status" => status, "grpc_status" => grpc_status.clone())
         .increment(1);
+    let elapsed = started.elapsed();
+    // The access line, in the request's span (its id, method, path, user).
+    tracing::info!(
+        target: "switchboard::access",
+        {
+        switchboard.transport = transport,
+        switchboard.rpc = rpc.as_str(),
+        http.route = matched.map(|MatchedRpc(binding)| binding.template),
+        http.response.status_code = response.status().as_u16(),
+        rpc.grpc.status_code = (!grpc_status.is_empty()).then_some(grpc_status.as_str()),
+        event.duration = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX),
+        },
+        "request"
+    );
     metrics::histogram!(DURATION, "transport" => transport, "rpc" => rpc)
-        .record(started.elapsed().as_secs_f64());
+        .record(elapsed.as_secs_f64());
     response
 }

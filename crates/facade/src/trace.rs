@@ -6,8 +6,9 @@
 //! called, the user once authenticated and the status, including a gRPC
 //! status sent in trailers after a stream's messages.
 //!
-//! When tracing is off the span is the plain `request` span the logs have
-//! always carried (method, path, request id), with none of the extra fields.
+//! When tracing is off the span is the plain `request` span the logs carry
+//! (method, path, request id, the user once known), with none of the extra
+//! fields.
 
 use std::time::Duration;
 
@@ -25,7 +26,13 @@ pub(crate) fn request_span<B>(request: &Request<B>) -> Span {
         .and_then(|value| value.to_str().ok())
         .unwrap_or_default();
     if !telemetry::enabled() {
-        return tracing::info_span!("request", method = %request.method(), path = request.uri().path(), request_id);
+        return tracing::info_span!(
+            "request",
+            method = %request.method(),
+            path = request.uri().path(),
+            request_id,
+            user.id = Empty,
+        );
     }
     let span = tracing::info_span!(
         "request",

@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+mod ecs;
 mod telemetry;
 
 use anyhow::Context as _;

@@ -1,6 +1,7 @@
-//! Logs and traces of the process: the log lines on stderr (text or JSON,
-//! filtered by `log_level`) and, when an OTLP endpoint is configured (table
-//! `telemetry`, or the standard `OTEL_*` variables), spans exported to an
+//! Logs and traces of the process: the log lines on stderr (text, or JSON
+//! with ECS names, see [`crate::ecs`]; filtered by `log_level`) and, when
+//! an OTLP endpoint is configured (table `telemetry`, or the standard
+//! `OTEL_*` variables), spans exported to an
 //! OpenTelemetry collector over gRPC or HTTP/protobuf in batches.
 //!
 //! The two have their own filters: `log_level = "warn"` quiets the logs,
@@ -22,9 +23,12 @@ use switchboard_core::Config;
 use switchboard_core::config::{LogFormat, OtlpProtocol, TelemetryConfig};
 use tracing::Level;
 use tracing_subscriber::filter::Targets;
+use tracing_subscriber::fmt::format::JsonFields;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
+
+use crate::ecs::EcsFormat;
 
 /// What [`init`] installed; [`Telemetry::shutdown`] sends the spans still
 /// buffered before the process exits.
@@ -74,7 +78,10 @@ fn install(config: &Config, traces: bool) -> anyhow::Result<Telemetry> {
     let filter = EnvFilter::try_new(&config.log_level).context("invalid log_level")?;
     let logs = match config.log_format {
         LogFormat::Json => tracing_subscriber::fmt::layer()
-            .json()
+            .fmt_fields(JsonFields::new())
+            .event_format(EcsFormat {
+                service_name: config.telemetry.service_name.clone(),
+            })
             .with_writer(std::io::stderr)
             .with_filter(filter)
             .boxed(),

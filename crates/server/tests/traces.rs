@@ -7,7 +7,8 @@
 //! SendMessage span continues it, the job span in the worker is its child,
 //! and the reply's generation, its statements and the engine call hang
 //! below that, all in the caller's trace, with the reply's and the job's
-//! ids as attributes.
+//! ids as attributes. The API's JSON log lines of the request carry the
+//! same trace and span ids.
 //!
 //! `cargo test -p switchboard --test traces -- --nocapture` prints the
 //! span tree.
@@ -196,7 +197,9 @@ async fn one_chat_turn_is_one_trace_across_the_api_and_the_worker() {
     let listen = format!("127.0.0.1:{api_port}");
     let grpc_endpoint = format!("http://127.0.0.1:{grpc_port}");
     let http_endpoint = format!("http://127.0.0.1:{http_port}");
-    cluster.spawn_with(
+    let logs = tempfile::tempdir().unwrap();
+    let api_log = logs.path().join("api.log");
+    cluster.spawn_logged(
         "api",
         &["serve", "--no-workers", "--listen", &listen],
         &[
@@ -204,7 +207,10 @@ async fn one_chat_turn_is_one_trace_across_the_api_and_the_worker() {
             ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
             ("OTEL_SERVICE_NAME", "switchboard-api"),
             ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+            ("SWITCHBOARD_LOG_FORMAT", "json"),
+            ("SWITCHBOARD_LOG_LEVEL", "info"),
         ],
+        std::fs::File::create(&api_log).unwrap(),
     );
     cluster.spawn_with(
         "worker",
@@ -387,6 +393,20 @@ async fn one_chat_turn_is_one_trace_across_the_api_and_the_worker() {
             .is_some_and(|n| n.parse::<u32>().unwrap() > 0),
         "the engine's usage is recorded"
     );
+    // The API's log lines of the request carry its trace and span.
+    let log = std::fs::read_to_string(&api_log).unwrap();
+    let access = log
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .find(|line| {
+            line["log.logger"] == "switchboard::access"
+                && line["switchboard.rpc"] == "/switchboard.v1.ChatService/SendMessage"
+        })
+        .unwrap_or_else(|| panic!("no access line of SendMessage in {log}"));
+    assert_eq!(access["trace.id"], TRACE_ID, "{access}");
+    assert_eq!(access["span.id"], send.id().as_str(), "{access}");
+    assert_eq!(access["service.name"], "switchboard-api");
+
     let services: std::collections::HashSet<&str> =
         spans.iter().map(|span| span.service.as_str()).collect();
     assert_eq!(services.len(), 2, "one trace, two processes: {services:?}");

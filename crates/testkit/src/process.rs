@@ -37,6 +37,22 @@ impl Process {
         )
     }
 
+    /// Starts `command` with its standard output discarded and its errors
+    /// written to `stderr` (a log file a test reads).
+    ///
+    /// # Panics
+    ///
+    /// When the program cannot be started.
+    pub fn spawn_with_stderr(mut command: Command, stderr: std::fs::File) -> Process {
+        Process(
+            command
+                .stdout(Stdio::null())
+                .stderr(stderr)
+                .spawn()
+                .unwrap_or_else(|error| panic!("cannot start {command:?}: {error}")),
+        )
+    }
+
     /// The process id.
     pub fn id(&self) -> u32 {
         self.0.id()

@@ -100,9 +100,33 @@ impl Cluster {
     /// Starts a long-running process named `name` with `env` added to the
     /// cluster's environment.
     pub(crate) fn spawn_with(&mut self, name: &str, args: &[&str], env: &[(&str, &str)]) -> u32 {
+        self.start(name, args, env, None)
+    }
+
+    /// Like [`Cluster::spawn_with`], its errors (the log) written to `log`.
+    pub(crate) fn spawn_logged(
+        &mut self,
+        name: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+        log: std::fs::File,
+    ) -> u32 {
+        self.start(name, args, env, Some(log))
+    }
+
+    fn start(
+        &mut self,
+        name: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+        log: Option<std::fs::File>,
+    ) -> u32 {
         let mut command = self.command(args);
         command.envs(env.iter().copied());
-        let process = Process::spawn(command);
+        let process = match log {
+            Some(log) => Process::spawn_with_stderr(command, log),
+            None => Process::spawn(command),
+        };
         let pid = process.id();
         println!("started {name} (pid {pid}): switchboard {}", args.join(" "));
         self.processes.push((name.to_owned(), process));
