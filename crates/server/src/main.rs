@@ -120,7 +120,7 @@ async fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     let config = Config::load(cli.config.as_deref())?;
-    match cli.command {
+    let result = match cli.command {
         Command::Serve {
             listen,
             data_dir,
@@ -136,7 +136,9 @@ async fn main() -> anyhow::Result<()> {
         Command::Audit(AuditCommand::Verify) => verify_audit(config).await,
         Command::Keys(KeysCommand::Rotate) => rotate_keys(config).await,
         Command::Openapi => unreachable!("handled before the configuration is loaded"),
-    }
+    };
+    telemetry::flush_logs();
+    result
 }
 
 /// The database, migrated, and the identity domain over it, for the
@@ -195,7 +197,7 @@ async fn verify_audit(config: Config) -> anyhow::Result<()> {
     for problem in &report.problems {
         println!("  {problem}");
     }
-    std::process::exit(1);
+    telemetry::exit(1);
 }
 
 async fn rotate_keys(config: Config) -> anyhow::Result<()> {
@@ -379,7 +381,7 @@ async fn begin_drain(
     tokio::spawn(async {
         shutdown_signal().await;
         tracing::warn!("a second shutdown signal: exiting at once, without the rest of the grace");
-        std::process::exit(130);
+        telemetry::exit(130);
     });
     if services.runs_workers() {
         tracing::info!(

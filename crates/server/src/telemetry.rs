@@ -9,6 +9,8 @@
 //! INFO and above (requests, jobs, engine calls, the statements worth
 //! seeing); the libraries' own spans stay out.
 
+use std::io::IsTerminal;
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -22,6 +24,7 @@ use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
 use switchboard_core::Config;
 use switchboard_core::config::{LogFormat, OtlpProtocol, TelemetryConfig};
 use tracing::Level;
+use tracing_appender::non_blocking::WorkerGuard;
 use tracing_subscriber::filter::Targets;
 use tracing_subscriber::fmt::format::JsonFields;
 use tracing_subscriber::layer::SubscriberExt;
@@ -76,17 +79,30 @@ pub(crate) fn init_logs(config: &Config) -> anyhow::Result<()> {
 /// Installs logging, and tracing if `traces` and configured.
 fn install(config: &Config, traces: bool) -> anyhow::Result<Telemetry> {
     let filter = EnvFilter::try_new(&config.log_level).context("invalid log_level")?;
+    // Lines are formatted where they happen and written by a thread of
+    // their own, as many at a time as are waiting (one write for a burst,
+    // not one per line; at once when there is one). Nothing is dropped: a
+    // full queue makes the logging thread wait.
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .buffered_lines_limit(LOG_QUEUE_LINES)
+        .thread_name("switchboard-log")
+        .finish(std::io::BufWriter::with_capacity(
+            64 * 1024,
+            std::io::stderr(),
+        ));
     let logs = match config.log_format {
         LogFormat::Json => tracing_subscriber::fmt::layer()
             .fmt_fields(JsonFields::new())
             .event_format(EcsFormat {
                 service_name: config.telemetry.service_name.clone(),
             })
-            .with_writer(std::io::stderr)
+            .with_writer(writer)
             .with_filter(filter)
             .boxed(),
         LogFormat::Text => tracing_subscriber::fmt::layer()
-            .with_writer(std::io::stderr)
+            .with_ansi(std::io::stderr().is_terminal())
+            .with_writer(writer)
             .with_filter(filter)
             .boxed(),
     };
@@ -107,6 +123,7 @@ fn install(config: &Config, traces: bool) -> anyhow::Result<Telemetry> {
         .with(traces)
         .try_init()
         .context("a logger was already installed")?;
+    *LOG_WRITER.lock().unwrap_or_else(PoisonError::into_inner) = Some(guard);
     if let Some(provider) = &provider {
         switchboard_core::telemetry::enable();
         opentelemetry::global::set_tracer_provider(provider.clone());
@@ -117,6 +134,28 @@ fn install(config: &Config, traces: bool) -> anyhow::Result<Telemetry> {
         );
     }
     Ok(Telemetry { provider })
+}
+
+/// Log lines queued for the writing thread at most.
+const LOG_QUEUE_LINES: usize = 16_384;
+
+/// The writing thread of the log; dropping it writes out what is queued.
+static LOG_WRITER: Mutex<Option<WorkerGuard>> = Mutex::new(None);
+
+/// Writes out the log lines still queued. Call before the process ends;
+/// later lines are not written.
+pub(crate) fn flush_logs() {
+    let guard = LOG_WRITER
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .take();
+    drop(guard);
+}
+
+/// Ends the process with `code` once the queued log lines are written.
+pub(crate) fn exit(code: i32) -> ! {
+    flush_logs();
+    std::process::exit(code)
 }
 
 /// Whether the standard variables turn the SDK or the trace exporter off.
