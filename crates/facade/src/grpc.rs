@@ -51,10 +51,16 @@ pub(crate) fn router(apis: &Apis, health: &HealthState) -> Router {
         .into_axum_router()
         // Inside the deadline, so a body that is slow to come counts
         // against it.
-        .layer(middleware::from_fn(move |request, next| {
-            grpc_request::check(single_message.clone(), request, next)
+        .layer(middleware::from_fn({
+            let single_message = single_message.clone();
+            move |request, next| grpc_request::check(single_message.clone(), request, next)
         }))
         .layer(middleware::from_fn(deadline))
+        // Inside tonic-web, where every answer ends in HTTP trailers: a
+        // status sent after a stream's messages is counted as it is.
+        .layer(middleware::from_fn(move |request, next| {
+            crate::metrics::count_grpc_call(single_message.clone(), request, next)
+        }))
         .layer(tonic_web::GrpcWebLayer::new())
 }
 

@@ -80,6 +80,13 @@ impl SingleMessageMethods {
     }
 }
 
+impl SingleMessageMethods {
+    /// Whether the method at `path` answers with a stream.
+    pub(crate) fn streams(&self, path: &str) -> bool {
+        self.0.get(path) == Some(&Takes::OneThenStream)
+    }
+}
+
 /// The middleware (see the module comment).
 pub(crate) async fn check(methods: SingleMessageMethods, request: Request, next: Next) -> Response {
     let Some(takes) = methods.0.get(request.uri().path()).copied() else {

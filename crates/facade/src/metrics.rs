@@ -1,33 +1,46 @@
-//! Prometheus metrics at `/metrics`: every request the listener serves is
-//! counted and timed by transport (`grpc`, `grpc-web`, `rest`, `http`), RPC
-//! (the full gRPC method, for REST the method its route calls; `other` for
-//! anything else, so a client cannot invent label values) and status (the
-//! HTTP status, and for gRPC the `grpc-status` when a call fails before its
-//! first message; a status sent in trailers after messages is not seen here).
-//! Durations run until the response starts, so a stream counts its setup.
-//!
-//! The same middleware writes the access log: one INFO line per request
-//! (target `switchboard::access`; `log_level = "info,switchboard::access=off"`
-//! turns it off) with the transport, RPC, route, statuses and duration
-//! (`event.duration`, in nanoseconds, to the response's start).
+//! Prometheus metrics at `/metrics`, and the access log. Every request the
+//! listener serves is counted (`switchboard_requests_total`) by transport
+//! (`grpc`, `grpc-web`, `rest`, `http`), RPC (the full gRPC method, for REST
+//! the method its route calls; `other` for anything else, so a client
+//! cannot invent label values), HTTP status and gRPC status, and gets one
+//! access line (target `switchboard::access`; `log_level =
+//! "info,switchboard::access=off"` turns them off) when it is counted. A
+//! gRPC call whose status comes in its trailers (every native gRPC answer
+//! but a trailers-only one, and a gRPC-Web one before tonic-web folds the
+//! trailers into its body) is counted when they pass, inside tonic-web, so
+//! a status sent after a stream's messages is the one counted; a caller that
+//! goes away first counts as CANCELLED. Durations
+//! (`switchboard_request_duration_seconds`) run until the response starts,
+//! so a stream counts its setup; `event.duration` in the access line runs
+//! until the request is counted. Reply streams open now are
+//! `switchboard_open_streams` by kind (`grpc`, `grpc-web`, `sse`, `ndjson`,
+//! `websocket`).
 
 use std::collections::HashSet;
+use std::pin::Pin;
 use std::sync::OnceLock;
+use std::task::{Context, Poll};
 use std::time::Instant;
 
 use axum::Router;
+use axum::body::Body;
 use axum::extract::Request;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use bytes::Bytes;
 use http::header;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use switchboard_rest::router::MatchedRpc;
+
+use crate::grpc_request::SingleMessageMethods;
 
 /// Requests served, by transport, RPC and status.
 const REQUESTS: &str = "switchboard_requests_total";
 /// Time until the response started, by transport and RPC.
 const DURATION: &str = "switchboard_request_duration_seconds";
+/// Reply streams open now, by kind.
+const OPEN_STREAMS: &str = "switchboard_open_streams";
 
 /// The process's Prometheus recorder. One per process: every app built in
 /// it (tests build many) reports into the same registry.
@@ -98,8 +111,23 @@ impl KnownRpcs {
     }
 }
 
-/// Counts and times one request.
-pub(crate) async fn record(known: KnownRpcs, request: Request, next: Next) -> Response {
+/// The labels of a call, and when it began: put in the request's
+/// extensions by [`record`] for [`count_grpc_call`].
+#[derive(Debug, Clone)]
+struct Call {
+    transport: &'static str,
+    rpc: String,
+    started: Instant,
+}
+
+/// On a gRPC response whose count and access line wait for its end
+/// (its status comes in the trailers).
+#[derive(Debug, Clone, Copy)]
+struct CountedAtEnd;
+
+/// Counts and times one request and writes its access line; a gRPC call
+/// answered with trailers is counted at its end, by [`count_grpc_call`].
+pub(crate) async fn record(known: KnownRpcs, mut request: Request, next: Next) -> Response {
     // Touch the recorder so counts start with the first request.
     let _ = handle();
     let started = Instant::now();
@@ -116,6 +144,18 @@ pub(crate) async fn record(known: KnownRpcs, request: Request, next: Next) -> Re
         "http"
     };
     let path = request.uri().path().to_owned();
+    if transport != "http" {
+        let rpc = if known.0.contains(&path) {
+            path.clone()
+        } else {
+            "other".to_owned()
+        };
+        request.extensions_mut().insert(Call {
+            transport,
+            rpc,
+            started,
+        });
+    }
     let response = next.run(request).await;
 
     let matched = response.extensions().get::<MatchedRpc>().copied();
@@ -131,34 +171,221 @@ pub(crate) async fn record(known: KnownRpcs, request: Request, next: Next) -> Re
         response.status(),
         response.headers(),
     );
-    let status = response.status().as_u16().to_string();
+    let elapsed = started.elapsed();
+    metrics::histogram!(DURATION, "transport" => transport, "rpc" => rpc.clone())
+        .record(elapsed.as_secs_f64());
+    if response.extensions().get::<CountedAtEnd>().is_some() {
+        return response;
+    }
     let grpc_status = response
         .headers()
         .get("grpc-status")
         .and_then(|value| value.to_str().ok())
-        .unwrap_or(if transport.starts_with("grpc") && status == "200" {
-            "0"
-        } else {
-            ""
-        })
-        .to_owned();
-    metrics::counter!(REQUESTS, "transport" => transport, "rpc" => rpc.clone(), "status" => status, "grpc_status" => grpc_status.clone())
-        .increment(1);
-    let elapsed = started.elapsed();
-    // The access line, in the request's span (its id, method, path, user).
+        .map(str::to_owned);
+    let call = Call {
+        transport,
+        rpc,
+        started,
+    };
+    let route = matched.map(|MatchedRpc(binding)| binding.template);
+    finish(
+        &call,
+        route,
+        response.status().as_u16(),
+        grpc_status.as_deref(),
+    );
+    match stream_kind(&response) {
+        Some(kind) => response.map(|body| Body::new(OpenStream::new(body, kind))),
+        None => response,
+    }
+}
+
+/// The kind of reply stream a REST answer is, if it is one.
+fn stream_kind(response: &Response) -> Option<&'static str> {
+    let content_type = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())?;
+    if content_type.starts_with("text/event-stream") {
+        Some("sse")
+    } else if content_type.starts_with("application/x-ndjson") {
+        Some("ndjson")
+    } else {
+        None
+    }
+}
+
+/// Counts a finished request and writes its access line (in the request's
+/// span: its id, method, path, user and trace).
+fn finish(call: &Call, route: Option<&str>, status: u16, grpc_status: Option<&str>) {
+    metrics::counter!(
+        REQUESTS,
+        "transport" => call.transport,
+        "rpc" => call.rpc.clone(),
+        "status" => status.to_string(),
+        "grpc_status" => grpc_status.unwrap_or("").to_owned()
+    )
+    .increment(1);
     tracing::info!(
         target: "switchboard::access",
         {
-        switchboard.transport = transport,
-        switchboard.rpc = rpc.as_str(),
-        http.route = matched.map(|MatchedRpc(binding)| binding.template),
-        http.response.status_code = response.status().as_u16(),
-        rpc.grpc.status_code = (!grpc_status.is_empty()).then_some(grpc_status.as_str()),
-        event.duration = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX),
+        switchboard.transport = call.transport,
+        switchboard.rpc = call.rpc.as_str(),
+        http.route = route,
+        http.response.status_code = status,
+        rpc.grpc.status_code = grpc_status,
+        event.duration = u64::try_from(call.started.elapsed().as_nanos()).unwrap_or(u64::MAX),
         },
         "request"
     );
-    metrics::histogram!(DURATION, "transport" => transport, "rpc" => rpc)
-        .record(elapsed.as_secs_f64());
-    response
+}
+
+/// Inside tonic-web, for every gRPC and gRPC-Web call: an answer that
+/// carries its status in its headers (trailers-only) is left to [`record`];
+/// any other is counted when its trailers come, with their `grpc-status`,
+/// or as CANCELLED (1) if the caller goes away first. A stream of replies
+/// also counts as open in `switchboard_open_streams` while it lasts.
+pub(crate) async fn count_grpc_call(
+    methods: SingleMessageMethods,
+    request: Request,
+    next: Next,
+) -> Response {
+    let call = request.extensions().get::<Call>().cloned();
+    let streams = methods.streams(request.uri().path());
+    let response = next.run(request).await;
+    let Some(call) = call else {
+        return response;
+    };
+    if response.headers().contains_key("grpc-status") {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    parts.extensions.insert(CountedAtEnd);
+    let status = parts.status.as_u16();
+    let body = StatusAtEnd {
+        inner: body,
+        call: Some((call.clone(), status)),
+    };
+    let body = if streams {
+        Body::new(OpenStream::new(Body::new(body), call.transport))
+    } else {
+        Body::new(body)
+    };
+    Response::from_parts(parts, body)
+}
+
+/// A gRPC answer's body that counts the call when its trailers pass.
+struct StatusAtEnd {
+    inner: Body,
+    /// The call and its HTTP status, until counted.
+    call: Option<(Call, u16)>,
+}
+
+impl http_body::Body for StatusAtEnd {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, axum::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(trailers) = frame.trailers_ref() {
+                    let grpc_status = trailers
+                        .get("grpc-status")
+                        .and_then(|value| value.to_str().ok())
+                        .map(str::to_owned);
+                    self.count(grpc_status.as_deref());
+                }
+            }
+            // Ended without trailers: a gRPC answer with no status.
+            Poll::Ready(None) => self.count(None),
+            Poll::Ready(Some(Err(_))) => self.count(Some(CANCELLED)),
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl StatusAtEnd {
+    fn count(&mut self, grpc_status: Option<&str>) {
+        if let Some((call, status)) = self.call.take() {
+            finish(&call, None, status, grpc_status);
+        }
+    }
+}
+
+impl Drop for StatusAtEnd {
+    fn drop(&mut self) {
+        // The caller went away before the status was sent.
+        self.count(Some(CANCELLED));
+    }
+}
+
+/// The gRPC status of a call its caller gave up on.
+const CANCELLED: &str = "1";
+
+/// A reply stream's body, counted in `switchboard_open_streams` by `kind`
+/// (`grpc`, `grpc-web`, `sse`, `ndjson`; the WebSocket counts itself)
+/// until it ends or is dropped.
+pub(crate) struct OpenStream {
+    inner: Body,
+    _open: OpenStreamGuard,
+}
+
+impl OpenStream {
+    fn new(inner: Body, kind: &'static str) -> Self {
+        Self {
+            inner,
+            _open: OpenStreamGuard::new(kind),
+        }
+    }
+}
+
+impl http_body::Body for OpenStream {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, axum::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// One open reply stream of `kind` in `switchboard_open_streams`, for as
+/// long as the guard lives.
+pub(crate) struct OpenStreamGuard(&'static str);
+
+impl OpenStreamGuard {
+    /// Counts a stream of `kind` as open.
+    pub(crate) fn new(kind: &'static str) -> Self {
+        metrics::gauge!(OPEN_STREAMS, "kind" => kind).increment(1.0);
+        Self(kind)
+    }
+}
+
+impl Drop for OpenStreamGuard {
+    fn drop(&mut self) {
+        metrics::gauge!(OPEN_STREAMS, "kind" => self.0).decrement(1.0);
+    }
 }

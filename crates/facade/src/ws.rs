@@ -62,6 +62,7 @@ use switchboard_rest::session::SessionCheck;
 use switchboard_rest::validate::{Validate, validate_fields};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
+use tracing::Instrument;
 
 use crate::drain::{Drain, SHUTTING_DOWN, Tracked};
 
@@ -251,15 +252,24 @@ pub(crate) async fn upgrade(chat: Arc<Chat>, drain: Drain, request: Request) -> 
         .write_buffer_size(WRITE_BUFFER_BYTES)
         .max_message_size(MAX_CLIENT_FRAME_BYTES)
         .max_frame_size(MAX_CLIENT_FRAME_BYTES)
-        .on_upgrade(move |socket| async move {
-            let socket_session = Session {
-                chat,
-                principal,
-                session,
-                drain,
-            };
-            serve(socket, socket_session).await;
-            drop(place);
+        .on_upgrade({
+            // The socket's logs and spans stay in the upgrade request's
+            // span (its id, user and trace).
+            let span = tracing::Span::current();
+            move |socket| {
+                async move {
+                    let _open = crate::metrics::OpenStreamGuard::new("websocket");
+                    let socket_session = Session {
+                        chat,
+                        principal,
+                        session,
+                        drain,
+                    };
+                    serve(socket, socket_session).await;
+                    drop(place);
+                }
+                .instrument(span)
+            }
         })
 }
 
