@@ -2,8 +2,8 @@
 # End-to-end check of a built `switchboard` binary with real outside clients:
 # curl (REST, SSE, NDJSON, Swagger UI), grpcurl (native gRPC through server
 # reflection, health), a Node gRPC-Web client (@connectrpc/connect-node),
-# openapi-spec-validator, schemathesis and, when Chromium is installed,
-# headless Chromium rendering /docs.
+# openapi-spec-validator, schemathesis, promtool (the /metrics scrape) and,
+# when Chromium is installed, headless Chromium rendering /docs.
 #
 # Every ChatService call needs credentials, so the run first registers a user
 # over REST and sends its access token on every call, whatever the client.
@@ -787,6 +787,10 @@ for series in 'transport="rest",rpc="/switchboard.v1.ChatService/CreateConversat
 done
 grep -q '^switchboard_request_duration_seconds_bucket{' "$TMP/metrics.txt" || fail "/metrics has no request duration histogram"
 ok "/metrics counts requests by transport, RPC and status (REST, gRPC, gRPC-Web; 401, 403, 429 and UNAUTHENTICATED too), with a duration histogram"
+command -v promtool >/dev/null || fail "promtool is missing: run scripts/install-test-tools.sh --prometheus"
+promtool check metrics < "$TMP/metrics.txt" > "$TMP/promtool.txt" 2>&1 \
+  || fail "promtool check metrics: $(short 600 < "$TMP/promtool.txt")"
+ok "promtool check metrics passes on the scrape ($(grep -c '^# HELP' "$TMP/metrics.txt") families, each with its help text)"
 
 step "OpenAPI and Swagger UI"
 code=$(curl -sS -o "$TMP/openapi.served.json" -w '%{http_code}' --max-time 10 "$BASE/openapi.json") || fail "GET /openapi.json failed"

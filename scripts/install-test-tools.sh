@@ -12,6 +12,9 @@
 #   --bench    h2load (Debian nghttp2-client), only if missing; dramatiq with its
 #              redis and pika extras (pinned, in .venv-tools) for scripts/bench/dramatiq_bench.py
 #   --browser  chromium (Debian), only if missing, for the Swagger UI render check
+#   --prometheus  prometheus and prometheus-alertmanager (Debian), only if missing:
+#              promtool (metrics, rules and their unit tests), amtool, and a real
+#              Prometheus server for the monitoring checks of scripts/e2e.sh
 #
 # Environment: PYTHON (default python3), TOOLS_VENV (default ROOT/.venv-tools).
 set -euo pipefail
@@ -22,12 +25,14 @@ PYTHON=${PYTHON:-python3}
 WEB_CLIENT=$ROOT/scripts/grpc-web-client
 want_bench=0
 want_browser=0
+want_prometheus=0
 for arg in "$@"; do
   case $arg in
     --bench) want_bench=1 ;;
     --browser) want_browser=1 ;;
-    --all) want_bench=1; want_browser=1 ;;
-    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+    --prometheus) want_prometheus=1 ;;
+    --all) want_bench=1; want_browser=1; want_prometheus=1 ;;
+    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
     *) echo "install-test-tools: unknown argument $arg" >&2; exit 2 ;;
   esac
 done
@@ -100,5 +105,10 @@ fi
 if [[ $want_browser == 1 ]] && [[ ! -x /usr/bin/chromium ]]; then
   apt_install chromium
 fi
+if [[ $want_prometheus == 1 ]] && ! { command -v promtool && command -v amtool && command -v prometheus; } >/dev/null; then
+  # Debian's packages would start the servers as services where an init
+  # system runs; the checks start their own on loopback.
+  apt_install prometheus prometheus-alertmanager
+fi
 
-say "ready: grpcurl $("$grpcurl_bin" -version 2>&1 | awk '{print $2}'), $("$VENV/bin/schemathesis" --version 2>&1), $("$VENV/bin/just" --version), buf $("$WEB_CLIENT/node_modules/.bin/buf" --version)$(command -v h2load >/dev/null && echo ", $(h2load --version | head -1)")$([[ -x /usr/bin/chromium ]] && echo ", chromium")"
+say "ready: grpcurl $("$grpcurl_bin" -version 2>&1 | awk '{print $2}'), $("$VENV/bin/schemathesis" --version 2>&1), $("$VENV/bin/just" --version), buf $("$WEB_CLIENT/node_modules/.bin/buf" --version)$(command -v h2load >/dev/null && echo ", $(h2load --version | head -1)")$([[ -x /usr/bin/chromium ]] && echo ", chromium")$(command -v promtool >/dev/null && echo ", $(promtool --version 2>&1 | head -1)")"

@@ -185,7 +185,7 @@ impl Services {
             identity.share_login_throttle(Arc::new(counters));
         }
         let identity = Arc::new(identity);
-        tokio::spawn(gauge_job_states(jobs.clone(), stopped.clone()));
+        tokio::spawn(sample_gauges(jobs.clone(), db.clone(), stopped.clone()));
         let shutdown_grace = Duration::from_secs(config.shutdown_grace_secs);
         let mut background = Vec::new();
         if startup.workers {
@@ -344,8 +344,15 @@ fn build_engine(config: &EngineConfig) -> Result<Arc<dyn ReplyEngine>> {
     })
 }
 
-/// Keeps the `switchboard_jobs{state}` gauge current (every 5 s) until `stop`.
-async fn gauge_job_states(jobs: Arc<Jobs>, stop: ShutdownSignal) {
+/// How often the sampled gauges are read.
+const GAUGE_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Keeps the sampled gauges current (every [`GAUGE_INTERVAL`]) until
+/// `stop`: jobs by state (`switchboard_jobs`), how long the oldest due job
+/// has waited for a worker (`switchboard_jobs_oldest_due_age_seconds`), and
+/// the database pool (`switchboard_db_connections` by `state`, `in_use` or
+/// `idle`, and `switchboard_db_connections_max`).
+async fn sample_gauges(jobs: Arc<Jobs>, db: Database, stop: ShutdownSignal) {
     let states = [
         JobState::Queued,
         JobState::Running,
@@ -363,8 +370,16 @@ async fn gauge_job_states(jobs: Arc<Jobs>, stop: ShutdownSignal) {
                 metrics::gauge!("switchboard_jobs", "state" => state.as_str()).set(n as f64);
             }
         }
+        if let Ok(age) = jobs.oldest_due_age().await {
+            metrics::gauge!("switchboard_jobs_oldest_due_age_seconds").set(age.as_secs_f64());
+        }
+        let (open, idle) = db.pool_usage();
+        let in_use = f64::from(open) - idle as f64;
+        metrics::gauge!("switchboard_db_connections", "state" => "in_use").set(in_use.max(0.0));
+        metrics::gauge!("switchboard_db_connections", "state" => "idle").set(idle as f64);
+        metrics::gauge!("switchboard_db_connections_max").set(f64::from(db.pool_max()));
         tokio::select! {
-            () = tokio::time::sleep(Duration::from_secs(5)) => {}
+            () = tokio::time::sleep(GAUGE_INTERVAL) => {}
             () = stop.requested() => return,
         }
     }

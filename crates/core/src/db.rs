@@ -454,6 +454,24 @@ impl Database {
         &self.pool
     }
 
+    /// The pool's connections now: `(open, idle)`. Kept PostgreSQL
+    /// connections ([`kept`]) count as open and not idle: they are out of
+    /// the pool's hands.
+    pub fn pool_usage(&self) -> (u32, usize) {
+        match &self.pool {
+            Pool::Sqlite(pool) => (pool.size(), pool.num_idle()),
+            Pool::Postgres(pool) => (pool.size(), pool.num_idle()),
+        }
+    }
+
+    /// The pool's ceiling (`database_max_connections`).
+    pub fn pool_max(&self) -> u32 {
+        match &self.pool {
+            Pool::Sqlite(pool) => pool.options().get_max_connections(),
+            Pool::Postgres(pool) => pool.options().get_max_connections(),
+        }
+    }
+
     /// The direct SQLite connections ([`direct`]), for a SQLite file.
     pub fn direct(&self) -> Option<&Direct> {
         self.direct.as_deref()

@@ -64,6 +64,13 @@ fn handle() -> &'static PrometheusHandle {
             )
             .expect("the bucket list is not empty")
             .set_buckets_for_metric(
+                Matcher::Full("switchboard_engine_call_duration_seconds".to_owned()),
+                &[
+                    0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
+                ],
+            )
+            .expect("the bucket list is not empty")
+            .set_buckets_for_metric(
                 Matcher::Full("switchboard_job_duration_seconds".to_owned()),
                 &[
                     0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
@@ -75,8 +82,82 @@ fn handle() -> &'static PrometheusHandle {
         if metrics::set_global_recorder(recorder).is_err() {
             tracing::warn!("a metrics recorder was already installed; /metrics shows only its own");
         }
+        describe();
         handle
     })
+}
+
+/// The help text and unit of every metric family Switchboard exports,
+/// wherever in the code it is recorded: the catalogue `/metrics` shows as
+/// `# HELP` lines (the README's table says the same).
+fn describe() {
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    describe_counter!(
+        REQUESTS,
+        "Requests served, by transport, RPC, HTTP status and gRPC status; a gRPC call counted when its status is sent"
+    );
+    describe_histogram!(
+        DURATION,
+        Unit::Seconds,
+        "Time from a request's arrival until its response started, by transport and RPC"
+    );
+    describe_gauge!(OPEN_STREAMS, "Reply streams open now, by kind");
+    describe_gauge!(
+        "switchboard_jobs",
+        "Jobs in the jobs table by state, read every 5 s"
+    );
+    describe_gauge!(
+        "switchboard_jobs_oldest_due_age_seconds",
+        Unit::Seconds,
+        "How long the job that has waited longest for a worker has been due (0 when none waits)"
+    );
+    describe_counter!(
+        "switchboard_jobs_total",
+        "Job attempts finished, by kind and outcome (succeeded, retrying, dead)"
+    );
+    describe_histogram!(
+        "switchboard_job_duration_seconds",
+        Unit::Seconds,
+        "Duration of one job attempt, by kind"
+    );
+    describe_counter!(
+        "switchboard_scheduled_runs_total",
+        "Scheduled job runs, by task and outcome"
+    );
+    describe_counter!(
+        "switchboard_replies_total",
+        "Reply attempts, by engine and outcome"
+    );
+    describe_histogram!(
+        "switchboard_reply_first_token_seconds",
+        Unit::Seconds,
+        "From an attempt's engine call to its first text, by engine"
+    );
+    describe_gauge!(
+        "switchboard_engine_breaker_state",
+        "The engine's circuit breaker: 0 closed, 1 half-open, 2 open"
+    );
+    describe_counter!(
+        "switchboard_engine_calls_total",
+        "Engine calls (one per reply attempt), by engine and outcome"
+    );
+    describe_histogram!(
+        "switchboard_engine_call_duration_seconds",
+        Unit::Seconds,
+        "From an engine call to its end, by engine"
+    );
+    describe_counter!(
+        "switchboard_engine_tokens_total",
+        "Tokens the engine reported, by engine and direction (input: the prompt, output: the reply)"
+    );
+    describe_gauge!(
+        "switchboard_db_connections",
+        "The database pool's connections, by state (in_use, idle), read every 5 s"
+    );
+    describe_gauge!(
+        "switchboard_db_connections_max",
+        "The database pool's ceiling (database_max_connections)"
+    );
 }
 
 /// `GET /metrics` in the Prometheus text format.

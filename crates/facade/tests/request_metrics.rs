@@ -4,7 +4,9 @@
 //! answer, in the trailers after a stream's messages (native gRPC and
 //! gRPC-Web), CANCELLED when the caller goes away — and
 //! `switchboard_open_streams` counts reply streams by kind while they are
-//! open (native gRPC, gRPC-Web, SSE, NDJSON, WebSocket).
+//! open (native gRPC, gRPC-Web, SSE, NDJSON, WebSocket). The queue's, the
+//! engine's and the database pool's families move with the work that
+//! should move them.
 //!
 //! A test binary of its own: the recorder is process-wide, and these tests
 //! compare counts before and after, one test at a time.
@@ -23,7 +25,7 @@ use switchboard_testkit::grpc::{self, Wire};
 use tokio::sync::Mutex;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
-use support::{Backend, PASSWORD, TestApp, spawn_app_with};
+use support::{Backend, PASSWORD, TestApp, spawn_app_running, spawn_app_with};
 
 /// One test at a time: they compare process-wide counts.
 static SERIAL: Mutex<()> = Mutex::const_new(());
@@ -325,6 +327,168 @@ async fn unary_calls_and_a_caller_that_goes_away_are_counted_with_their_status()
     assert_eq!(
         requests(&app, "rest", GET_CONVERSATION, "404", "").await,
         rest_before + 1.0
+    );
+    app.stop().await;
+}
+
+/// Sends `content` in a new conversation: (conversation, reply).
+async fn send(app: &TestApp, content: &str) -> (String, String) {
+    let token = app.owner.access_token.clone();
+    let (_, conversation) = app
+        .create_conversation(Some(&token), json!({"title": "metrics"}))
+        .await;
+    let cid = conversation["id"].as_str().unwrap().to_owned();
+    let (status, sent) = app
+        .rest(
+            "POST",
+            &format!("/v1/conversations/{cid}/messages"),
+            Some(&token),
+            Some(json!({"content": content})),
+        )
+        .await;
+    assert_eq!(status, 200, "{sent}");
+    (cid, sent["reply"]["id"].as_str().unwrap().to_owned())
+}
+
+/// Waits until the reply is stored with `status` and its job has finished.
+async fn reply_ends(app: &TestApp, cid: &str, reply: &str, status: &str) {
+    eventually(&format!("the reply {status}"), || async {
+        let messages = app
+            .get_json(&format!("/v1/conversations/{cid}/messages"))
+            .await;
+        messages["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|message| message["id"] == reply && message["status"] == status)
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_queue_the_engine_and_the_database_pool_are_measured() {
+    let _serial = SERIAL.lock().await;
+
+    // Without workers, a sent message's job waits: the backlog has an age.
+    let app = spawn_app_running(Backend::Sqlite, |_| {}, false).await;
+    send(&app, "nobody takes this").await;
+    eventually("the oldest due job's age above zero", || async {
+        sample(&app, "switchboard_jobs_oldest_due_age_seconds", &[]).await > 0.0
+            && sample(&app, "switchboard_jobs", &[("state", "queued")]).await >= 1.0
+    })
+    .await;
+    assert_eq!(
+        sample(&app, "switchboard_db_connections_max", &[]).await,
+        10.0
+    );
+    let open = sample(&app, "switchboard_db_connections", &[("state", "idle")]).await
+        + sample(&app, "switchboard_db_connections", &[("state", "in_use")]).await;
+    assert!(open >= 1.0, "the pool has connections: {open}");
+    app.stop().await;
+
+    // With workers: one reply that completes, one whose two attempts fail.
+    let app = spawn_app_with(Backend::Sqlite, |config| {
+        config.engine.token_delay_ms = 0;
+        config.queue.generate_reply.max_attempts = 2;
+        config.queue.generate_reply.backoff_base_ms = 10;
+        config.queue.generate_reply.backoff_max_ms = 10;
+    })
+    .await;
+    let dev = [("engine", "dev")];
+    let counters = [
+        (
+            "switchboard_engine_calls_total",
+            vec![("outcome", "completed")],
+        ),
+        (
+            "switchboard_engine_calls_total",
+            vec![("outcome", "failed")],
+        ),
+        (
+            "switchboard_engine_tokens_total",
+            vec![("direction", "input")],
+        ),
+        (
+            "switchboard_engine_tokens_total",
+            vec![("direction", "output")],
+        ),
+        ("switchboard_engine_call_duration_seconds_count", vec![]),
+        ("switchboard_reply_first_token_seconds_count", vec![]),
+        ("switchboard_replies_total", vec![("outcome", "completed")]),
+        ("switchboard_replies_total", vec![("outcome", "retried")]),
+        ("switchboard_replies_total", vec![("outcome", "failed")]),
+    ];
+    let jobs = [
+        vec![("kind", "generate_reply"), ("outcome", "succeeded")],
+        vec![("kind", "generate_reply"), ("outcome", "retrying")],
+        vec![("kind", "generate_reply"), ("outcome", "dead")],
+    ];
+    let mut before = Vec::new();
+    for (name, labels) in &counters {
+        let labels: Vec<_> = dev.iter().chain(labels).copied().collect();
+        before.push(sample(&app, name, &labels).await);
+    }
+    let mut jobs_before = Vec::new();
+    for labels in &jobs {
+        jobs_before.push(sample(&app, "switchboard_jobs_total", labels).await);
+    }
+    let durations_before = sample(
+        &app,
+        "switchboard_job_duration_seconds_count",
+        &[("kind", "generate_reply")],
+    )
+    .await;
+
+    let (cid, reply) = send(&app, "count my words please").await;
+    reply_ends(&app, &cid, &reply, "MESSAGE_STATUS_COMPLETE").await;
+    let (cid, reply) = send(&app, "this one breaks [dev:fail]").await;
+    reply_ends(&app, &cid, &reply, "MESSAGE_STATUS_FAILED").await;
+    eventually("the failed reply's job is dead", || async {
+        sample(&app, "switchboard_jobs_total", &jobs[2]).await == jobs_before[2] + 1.0
+    })
+    .await;
+
+    let mut after = Vec::new();
+    for (name, labels) in &counters {
+        let labels: Vec<_> = dev.iter().chain(labels).copied().collect();
+        after.push(sample(&app, name, &labels).await);
+    }
+    let moved: Vec<f64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
+    assert_eq!(moved[0], 1.0, "one engine call completed");
+    assert_eq!(moved[1], 2.0, "two engine calls failed (both attempts)");
+    assert!(
+        moved[2] >= 4.0,
+        "the prompt's words counted in: {}",
+        moved[2]
+    );
+    assert!(
+        moved[3] >= 10.0,
+        "the reply's words counted out: {}",
+        moved[3]
+    );
+    assert_eq!(moved[4], 3.0, "every engine call timed");
+    assert_eq!(moved[5], 3.0, "every attempt's first token timed");
+    assert_eq!(moved[6], 1.0, "one reply completed");
+    assert_eq!(moved[7], 1.0, "the first failed attempt released the reply");
+    assert_eq!(moved[8], 1.0, "the last attempt failed the reply");
+    for (labels, (outcome, expected)) in
+        jobs.iter()
+            .zip([("succeeded", 1.0), ("retrying", 1.0), ("dead", 1.0)])
+    {
+        let now = sample(&app, "switchboard_jobs_total", labels).await;
+        let was = jobs_before[jobs.iter().position(|l| l == labels).unwrap()];
+        assert_eq!(now - was, expected, "jobs {outcome}");
+    }
+    assert_eq!(
+        sample(
+            &app,
+            "switchboard_job_duration_seconds_count",
+            &[("kind", "generate_reply")],
+        )
+        .await
+            - durations_before,
+        3.0,
+        "every attempt timed"
     );
     app.stop().await;
 }

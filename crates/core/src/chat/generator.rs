@@ -209,6 +209,7 @@ impl ReplyGenerator {
         let stop = match history {
             Ok(history) => {
                 let span = self.engine_span(attempt);
+                let started = Instant::now();
                 let request = EngineRequest {
                     conversation_id: reply.conversation_id.clone(),
                     reply_id: reply.id.clone(),
@@ -221,6 +222,7 @@ impl ReplyGenerator {
                     .instrument(span.clone())
                     .await;
                 record_engine_end(&span, &stop, &streamed);
+                self.count_engine_call(&stop, &streamed, started.elapsed());
                 stop
             }
             Err(err) => Stop::Failed(err),
@@ -415,6 +417,31 @@ impl ReplyGenerator {
                 switchboard.reply.pieces = tracing::field::Empty,
             )
         })
+    }
+
+    /// Counts one engine call in `switchboard_engine_calls_total` by how it
+    /// ended (`completed`, `failed`, `cancelled`, `lost`), its duration in
+    /// `switchboard_engine_call_duration_seconds`, and the tokens the engine
+    /// reported in `switchboard_engine_tokens_total` by `direction`
+    /// (`input`: the prompt, `output`: the reply).
+    fn count_engine_call(&self, stop: &Stop, streamed: &Streamed, took: Duration) {
+        let engine = self.engine.name();
+        let outcome = match stop {
+            Stop::End => "completed",
+            Stop::Failed(_) => "failed",
+            Stop::Cancelled => "cancelled",
+            Stop::Lost => "lost",
+        };
+        metrics::counter!("switchboard_engine_calls_total", "engine" => engine, "outcome" => outcome)
+            .increment(1);
+        metrics::histogram!("switchboard_engine_call_duration_seconds", "engine" => engine)
+            .record(took.as_secs_f64());
+        if let Some(usage) = &streamed.usage {
+            metrics::counter!("switchboard_engine_tokens_total", "engine" => engine, "direction" => "input")
+                .increment(u64::from(usage.prompt_tokens));
+            metrics::counter!("switchboard_engine_tokens_total", "engine" => engine, "direction" => "output")
+                .increment(u64::from(usage.completion_tokens));
+        }
     }
 
     /// Publishes the engine's text until the stream ends, fails, the

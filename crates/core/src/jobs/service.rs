@@ -173,6 +173,20 @@ impl Jobs {
         }
     }
 
+    /// How long the job that has waited longest for a worker has been due
+    /// (zero when none is waiting): the queue's backlog, in time.
+    ///
+    /// # Errors
+    ///
+    /// A database error.
+    pub async fn oldest_due_age(&self) -> Result<std::time::Duration> {
+        let now = now();
+        Ok(store::oldest_due(&self.db, now)
+            .await?
+            .and_then(|due| (now - due).to_std().ok())
+            .unwrap_or_default())
+    }
+
     /// How many jobs are in each state (states with none are left out).
     ///
     /// # Errors

@@ -615,6 +615,15 @@ pub(crate) async fn purge_succeeded(db: &Database, before: DateTime<Utc>) -> Res
 }
 
 /// How many jobs are in each state, for metrics and tests.
+/// When the job that has waited longest for a worker became due: the
+/// smallest `run_at` of the queued and retrying jobs due by `now`.
+pub(crate) async fn oldest_due(db: &Database, now: DateTime<Utc>) -> Result<Option<DateTime<Utc>>> {
+    let sql = "SELECT MIN(run_at) FROM jobs WHERE state IN ('queued', 'retrying') AND run_at <= $1";
+    let oldest: Option<i64> =
+        on_database!(db, pool => sqlx::query_scalar(sql).bind(micros(now)).fetch_one(pool).await?);
+    oldest.map(from_micros).transpose()
+}
+
 pub(crate) async fn count_by_state(db: &Database) -> Result<Vec<(String, i64)>> {
     let sql = "SELECT state, COUNT(*) FROM jobs GROUP BY state";
     let rows = on_database!(db, pool => sqlx::query_as(sql).fetch_all(pool).await?);

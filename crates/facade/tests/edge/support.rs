@@ -140,6 +140,16 @@ pub(crate) async fn spawn_app_with(
     backend: Backend,
     configure: impl FnOnce(&mut Config),
 ) -> TestApp {
+    spawn_app_running(backend, configure, true).await
+}
+
+/// Like [`spawn_app_with`]; without job workers when `workers` is false
+/// (jobs then stay queued).
+pub(crate) async fn spawn_app_running(
+    backend: Backend,
+    configure: impl FnOnce(&mut Config),
+    workers: bool,
+) -> TestApp {
     let data_dir = tempfile::tempdir().expect("a temporary directory");
     let token_delay_ms = 5;
     let mut config = Config {
@@ -160,7 +170,13 @@ pub(crate) async fn spawn_app_with(
         }
     };
     configure(&mut config);
-    let services = Services::start(&config).await.expect("services start");
+    let startup = switchboard_app::Startup {
+        workers,
+        engine: None,
+    };
+    let services = Services::start_with(&config, startup)
+        .await
+        .expect("services start");
     let owner = sign_in_new(&services, "owner@example.test", Role::User).await;
     let edge = switchboard_facade::Edge::new(&services, &config);
     let drain = edge.drain.clone();
