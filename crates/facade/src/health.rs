@@ -81,7 +81,9 @@ async fn refresh(inner: &Inner) -> (ServingStatus, Option<String>) {
     let (status, reason) = if inner.drain.is_draining() {
         (ServingStatus::NotServing, Some("shutting down".to_owned()))
     } else {
-        match inner.database.check_writable().await {
+        let writable = inner.database.check_writable().await;
+        metrics::gauge!("switchboard_database_up").set(if writable.is_ok() { 1.0 } else { 0.0 });
+        match writable {
             Ok(()) => (ServingStatus::Serving, None),
             Err(error) => {
                 tracing::warn!(%error, "not ready: the database cannot take writes");
@@ -93,6 +95,8 @@ async fn refresh(inner: &Inner) -> (ServingStatus, Option<String>) {
             }
         }
     };
+    let ready = if status == ServingStatus::Serving { 1.0 } else { 0.0 };
+    metrics::gauge!("switchboard_ready").set(ready);
     inner.status.send_if_modified(|current| {
         let changed = *current != status;
         *current = status;

@@ -155,6 +155,14 @@ fn describe() {
         "The database pool's connections, by state (in_use, idle), read every 5 s"
     );
     describe_gauge!(
+        "switchboard_ready",
+        "1 while the instance is ready (its /readyz answers 200), 0 while it is not or shuts down"
+    );
+    describe_gauge!(
+        "switchboard_database_up",
+        "1 while the database takes writes, 0 while it does not (checked every few seconds)"
+    );
+    describe_gauge!(
         "switchboard_db_connections_max",
         "The database pool's ceiling (database_max_connections)"
     );

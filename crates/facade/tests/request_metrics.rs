@@ -492,3 +492,35 @@ async fn the_queue_the_engine_and_the_database_pool_are_measured() {
     );
     app.stop().await;
 }
+
+#[tokio::test]
+async fn readiness_and_the_database_are_gauged_and_a_drain_makes_the_instance_not_ready() {
+    let _serial = SERIAL.lock().await;
+    let mut app = spawn_app_with(Backend::Sqlite, |config| {
+        config.shutdown_grace_secs = 3;
+    })
+    .await;
+    eventually("ready and the database up", || async {
+        sample(&app, "switchboard_ready", &[]).await == 1.0
+            && sample(&app, "switchboard_database_up", &[]).await == 1.0
+    })
+    .await;
+    // A stream keeps the draining server listening while it is scraped.
+    let token = app.owner.access_token.clone();
+    let (cid, mid) = stalled_reply(&app, &token).await;
+    let stream = app
+        .http
+        .get(app.url(&format!("/v1/conversations/{cid}/messages/{mid}:stream")))
+        .header("accept", "text/event-stream")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), 200);
+    app.begin_shutdown();
+    eventually("not ready once the drain began", || async {
+        sample(&app, "switchboard_ready", &[]).await == 0.0
+    })
+    .await;
+    drop(stream);
+    app.stop().await;
+}
