@@ -25,6 +25,11 @@ e2e profile="debug": tools
     cargo build -p switchboard {{ if profile == "release" { "--release" } else { "" } }}
     scripts/e2e.sh {{target_dir}}/{{profile}}/switchboard
 
+# the monitoring artefacts (rules, alerts, dashboard) against a real Prometheus scraping a fresh build
+monitoring profile="debug": (tools "--prometheus")
+    cargo build -p switchboard {{ if profile == "release" { "--release" } else { "" } }}
+    scripts/monitoring-check.sh {{target_dir}}/{{profile}}/switchboard
+
 # transports (h2load), chat turns, queue throughput vs Dramatiq, memory under failed sign-ins (BENCH_SECTIONS picks); rewrites docs/benchmarks.md
 bench:
     cargo build --release -p switchboard -p switchboard-bench

@@ -95,7 +95,11 @@ async fn refresh(inner: &Inner) -> (ServingStatus, Option<String>) {
             }
         }
     };
-    let ready = if status == ServingStatus::Serving { 1.0 } else { 0.0 };
+    let ready = if status == ServingStatus::Serving {
+        1.0
+    } else {
+        0.0
+    };
     metrics::gauge!("switchboard_ready").set(ready);
     inner.status.send_if_modified(|current| {
         let changed = *current != status;

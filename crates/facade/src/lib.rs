@@ -107,6 +107,14 @@ pub(crate) struct Apis {
     pub(crate) jobs: Arc<JobApi>,
 }
 
+/// Installs the process's Prometheus recorder now. Call it before the
+/// services start: a value recorded before the recorder exists (a gauge
+/// set once at start, such as a closed circuit breaker) is lost. Building
+/// [`app`] or [`worker_app`] installs it too.
+pub fn install_metrics_recorder() {
+    metrics::install();
+}
+
 /// What a `switchboard worker` process serves for operators when asked to
 /// listen: `/healthz`, `/readyz` (the database, and the engine's circuit
 /// breaker as this worker sees it) and `/metrics` (jobs run, their

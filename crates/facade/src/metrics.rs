@@ -168,6 +168,11 @@ fn describe() {
     );
 }
 
+/// Installs the recorder (once per process).
+pub(crate) fn install() {
+    let _ = handle();
+}
+
 /// `GET /metrics` in the Prometheus text format.
 pub(crate) fn routes() -> Router {
     let handle = handle().clone();

@@ -216,6 +216,7 @@ async fn rotate_keys(config: Config) -> anyhow::Result<()> {
 
 async fn serve(config: Config, workers: bool) -> anyhow::Result<()> {
     let telemetry = telemetry::init(&config)?;
+    switchboard_facade::install_metrics_recorder();
     raise_open_files_limit();
     // Bind first: a port already taken fails before anything else starts.
     let listener = tokio::net::TcpListener::bind(config.listen)
@@ -279,6 +280,7 @@ fn raise_open_files_limit() {
 
 async fn worker(config: Config, listen: Option<SocketAddr>) -> anyhow::Result<()> {
     let telemetry = telemetry::init(&config)?;
+    switchboard_facade::install_metrics_recorder();
     let listener = match listen {
         Some(address) => Some(
             tokio::net::TcpListener::bind(address)
