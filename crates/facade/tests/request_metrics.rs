@@ -97,23 +97,10 @@ where
     panic!("{what} did not happen within ten seconds");
 }
 
-/// A reply that sends two tokens and then nothing until it is cancelled:
-/// (conversation, reply).
+/// A reply that sends two tokens and then nothing until it is cancelled,
+/// sent as `token`: (conversation, reply).
 async fn stalled_reply(app: &TestApp, token: &str) -> (String, String) {
-    let (_, conversation) = app
-        .create_conversation(Some(token), json!({"title": "metrics"}))
-        .await;
-    let cid = conversation["id"].as_str().unwrap().to_owned();
-    let (status, sent) = app
-        .rest(
-            "POST",
-            &format!("/v1/conversations/{cid}/messages"),
-            Some(token),
-            Some(json!({"content": "hold on [dev:stall]"})),
-        )
-        .await;
-    assert_eq!(status, 200, "{sent}");
-    (cid, sent["reply"]["id"].as_str().unwrap().to_owned())
+    send_as(app, token, "hold on [dev:stall]").await
 }
 
 fn stream_reply_frame(cid: &str, mid: &str) -> Vec<u8> {
@@ -331,18 +318,22 @@ async fn unary_calls_and_a_caller_that_goes_away_are_counted_with_their_status()
     app.stop().await;
 }
 
-/// Sends `content` in a new conversation: (conversation, reply).
+/// Sends `content` in a new conversation as the owner: (conversation, reply).
 async fn send(app: &TestApp, content: &str) -> (String, String) {
-    let token = app.owner.access_token.clone();
+    send_as(app, &app.owner.access_token, content).await
+}
+
+/// Sends `content` in a new conversation as `token`: (conversation, reply).
+async fn send_as(app: &TestApp, token: &str, content: &str) -> (String, String) {
     let (_, conversation) = app
-        .create_conversation(Some(&token), json!({"title": "metrics"}))
+        .create_conversation(Some(token), json!({"title": "metrics"}))
         .await;
     let cid = conversation["id"].as_str().unwrap().to_owned();
     let (status, sent) = app
         .rest(
             "POST",
             &format!("/v1/conversations/{cid}/messages"),
-            Some(&token),
+            Some(token),
             Some(json!({"content": content})),
         )
         .await;

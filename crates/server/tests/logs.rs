@@ -54,6 +54,16 @@ fn login_frame(email: &str, password: &str) -> Vec<u8> {
     )
 }
 
+/// POSTs `body` to `url` (with `token` as a bearer token, if any) and
+/// returns the answer's JSON.
+async fn post(http: &reqwest::Client, url: String, token: Option<&str>, body: Value) -> Value {
+    let mut request = http.post(url).json(&body);
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    request.send().await.unwrap().json().await.unwrap()
+}
+
 #[tokio::test]
 async fn the_log_is_ecs_json_with_one_access_line_per_request_and_no_secrets() {
     let data_dir = tempfile::tempdir().unwrap();
@@ -80,15 +90,13 @@ async fn the_log_is_ecs_json_with_one_access_line_per_request_and_no_secrets() {
     let email = "logged@example.test";
 
     // REST: register, a wrong and a right password, a refresh.
-    let registered: Value = http
-        .post(format!("{base}/v1/auth:register"))
-        .json(&json!({"email": email, "password": secrets.password}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let registered = post(
+        &http,
+        format!("{base}/v1/auth:register"),
+        None,
+        json!({"email": email, "password": secrets.password}),
+    )
+    .await;
     let access = registered["accessToken"].as_str().unwrap().to_owned();
     let refresh = registered["refreshToken"].as_str().unwrap().to_owned();
     let refused = http
@@ -98,15 +106,13 @@ async fn the_log_is_ecs_json_with_one_access_line_per_request_and_no_secrets() {
         .await
         .unwrap();
     assert_eq!(refused.status(), 401);
-    let refreshed: Value = http
-        .post(format!("{base}/v1/auth:refresh"))
-        .json(&json!({"refreshToken": refresh}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let refreshed = post(
+        &http,
+        format!("{base}/v1/auth:refresh"),
+        None,
+        json!({"refreshToken": refresh}),
+    )
+    .await;
     let access = refreshed["accessToken"]
         .as_str()
         .unwrap_or(&access)
@@ -114,16 +120,13 @@ async fn the_log_is_ecs_json_with_one_access_line_per_request_and_no_secrets() {
     let refresh_again = refreshed["refreshToken"].as_str().unwrap().to_owned();
 
     // REST with the token, an API key, and a bogus token.
-    let key: Value = http
-        .post(format!("{base}/v1/me/api-keys"))
-        .bearer_auth(&access)
-        .json(&json!({"name": "logs"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let key = post(
+        &http,
+        format!("{base}/v1/me/api-keys"),
+        Some(&access),
+        json!({"name": "logs"}),
+    )
+    .await;
     let api_key = key["secret"].as_str().unwrap().to_owned();
     let me = http
         .get(format!("{base}/v1/me"))
@@ -139,27 +142,21 @@ async fn the_log_is_ecs_json_with_one_access_line_per_request_and_no_secrets() {
         .await
         .unwrap();
     assert_eq!(bogus.status(), 401);
-    let conversation: Value = http
-        .post(format!("{base}/v1/conversations"))
-        .bearer_auth(&access)
-        .json(&json!({"title": "logged"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let conversation = post(
+        &http,
+        format!("{base}/v1/conversations"),
+        Some(&access),
+        json!({"title": "logged"}),
+    )
+    .await;
     let cid = conversation["id"].as_str().unwrap().to_owned();
-    let sent: Value = http
-        .post(format!("{base}/v1/conversations/{cid}/messages"))
-        .bearer_auth(&access)
-        .json(&json!({"content": secrets.message_over_rest}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let sent = post(
+        &http,
+        format!("{base}/v1/conversations/{cid}/messages"),
+        Some(&access),
+        json!({"content": secrets.message_over_rest}),
+    )
+    .await;
     let reply_id = sent["reply"]["id"].as_str().unwrap().to_owned();
     let streamed = http
         .get(format!(
