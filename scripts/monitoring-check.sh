@@ -9,7 +9,9 @@
 #     unknown requests, native gRPC calls with and without credentials
 #   3 a Prometheus (Debian's package) on loopback scraping it every second
 #     and evaluating deploy/prometheus/rules.yml (its groups every 2 s here)
-#   4 every panel expression of deploy/grafana/switchboard.json (with
+#   4 `switchboard probe` once and with --every --listen (its metrics through
+#     promtool check metrics)
+#   5 every panel expression of deploy/grafana/switchboard.json (with
 #     $__rate_interval = 1m and $instance = .*) and every rule expression,
 #     through Prometheus' HTTP API: each parses, each panel returns data,
 #     and no alert fires on the healthy server
@@ -114,6 +116,20 @@ for round in 1 2 3 4 5 6 7 8; do
   sleep 1
 done
 ok "load: 8 rounds of a conversation, a reply streamed over SSE, a 401, a 404, and native gRPC calls (OK, UNAUTHENTICATED)"
+
+key=$(json "${auth[@]}" -X POST "$BASE/v1/me/api-keys" -d '{"name":"probe"}' | jq -r .secret)
+SWITCHBOARD_PROBE_API_KEY=$key "$BIN" probe "$BASE" >"$TMP/probe.txt" 2>&1 || fail "switchboard probe failed: $(cat "$TMP/probe.txt")"
+PROBE_PORT=$(free_port)
+SWITCHBOARD_PROBE_API_KEY=$key "$BIN" probe "$BASE" --every 1s --listen "127.0.0.1:$PROBE_PORT" >/dev/null 2>&1 &
+PIDS+=($!)
+for _ in $(seq 50); do
+  curl -sf "http://127.0.0.1:$PROBE_PORT/metrics" 2>/dev/null | grep -q '^switchboard_probe_up 1' && break
+  sleep 0.2
+done
+curl -sf "http://127.0.0.1:$PROBE_PORT/metrics" >"$TMP/probe-metrics.txt" || fail "the probe serves no metrics"
+grep -q '^switchboard_probe_up 1' "$TMP/probe-metrics.txt" || fail "the probe does not pass: $(cat "$TMP/probe-metrics.txt")"
+promtool check metrics <"$TMP/probe-metrics.txt" >"$TMP/out" 2>&1 || fail "promtool check metrics on the probe: $(cat "$TMP/out")"
+ok "switchboard probe passes every step ($(grep -c '^ok' "$TMP/probe.txt") steps), and its own metrics pass promtool check metrics"
 
 query() { curl -sS --get "$PROM/api/v1/query" --data-urlencode "query=$1"; }
 for _ in $(seq 60); do

@@ -1,13 +1,14 @@
 //! The `switchboard` binary: parses the command line, loads the
 //! configuration, sets up logging, and runs one of `serve`, `worker`,
-//! `migrate`, `user create`, `audit verify`, `keys rotate` or `openapi`. Everything else
-//! lives in the library crates.
+//! `migrate`, `user create`, `audit verify`, `keys rotate`, `openapi` or
+//! `probe`. Everything else lives in the library crates.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 mod ecs;
+mod probe;
 mod telemetry;
 
 use anyhow::Context as _;
@@ -80,6 +81,28 @@ enum Command {
     Keys(KeysCommand),
     /// Print the OpenAPI 3.1 document of the REST API to standard output.
     Openapi,
+    /// Synthetic monitoring: check /readyz, then run a whole chat turn over
+    /// REST (the reply as Server-Sent Events) and over native gRPC with a
+    /// probe account's API key, and delete the conversation. Prints each
+    /// step's latency; exits 1 naming the step that failed. With --every it
+    /// probes for ever and serves its own metrics at --listen.
+    Probe {
+        /// The server's base URL, such as http://127.0.0.1:8080.
+        url: String,
+        /// The probe account's API key (sent as a bearer token); an argument
+        /// shows in `ps`, so prefer the variable.
+        #[arg(long, env = "SWITCHBOARD_PROBE_API_KEY", hide_env_values = true)]
+        api_key: String,
+        /// The longest one step may take, such as 10s or 500ms.
+        #[arg(long, default_value = "10s", value_parser = probe::parse_duration)]
+        timeout: Duration,
+        /// Probe for ever, this often (such as 30s), instead of once.
+        #[arg(long, value_parser = probe::parse_duration)]
+        every: Option<Duration>,
+        /// With --every: serve the probe's Prometheus metrics at ADDR/metrics.
+        #[arg(long, value_name = "ADDR", requires = "every")]
+        listen: Option<SocketAddr>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -119,6 +142,24 @@ async fn main() -> anyhow::Result<()> {
         print!("{}", switchboard_proto::OPENAPI_JSON);
         return Ok(());
     }
+    if let Command::Probe {
+        url,
+        api_key,
+        timeout,
+        every,
+        listen,
+    } = cli.command
+    {
+        // The probe runs anywhere: it reads no configuration.
+        return probe::run(probe::ProbeOptions {
+            url,
+            api_key,
+            timeout,
+            every,
+            listen,
+        })
+        .await;
+    }
     let config = Config::load(cli.config.as_deref())?;
     let result = match cli.command {
         Command::Serve {
@@ -135,7 +176,9 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Audit(AuditCommand::Verify) => verify_audit(config).await,
         Command::Keys(KeysCommand::Rotate) => rotate_keys(config).await,
-        Command::Openapi => unreachable!("handled before the configuration is loaded"),
+        Command::Openapi | Command::Probe { .. } => {
+            unreachable!("handled before the configuration is loaded")
+        }
     };
     telemetry::flush_logs();
     result
