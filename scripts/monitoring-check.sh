@@ -4,7 +4,8 @@
 #   1 promtool check config / check rules / test rules (every alert fires on
 #     the series that should raise it and stays silent otherwise), amtool
 #     check-config, and the dashboard's JSON
-#   2 a `switchboard serve` (SQLite, the dev engine) under a short load:
+#   2 a `switchboard serve` (SQLite, the dev engine, this machine's Redis for
+#     the queue and the reply bus) under a short load:
 #     a sign-up, conversations, replies streamed over SSE, refused and
 #     unknown requests, native gRPC calls with and without credentials
 #   3 a Prometheus (Debian's package) on loopback scraping it every second
@@ -18,7 +19,7 @@
 #
 # usage: scripts/monitoring-check.sh BINARY
 # Needs: promtool, amtool, prometheus (scripts/install-test-tools.sh
-# --prometheus), curl, jq, .venv-tools (PyYAML). Prints "MONITORING FAIL: …"
+# --prometheus), curl, jq, .venv-tools (PyYAML), Redis at 127.0.0.1:6379. Prints "MONITORING FAIL: …"
 # and exits non-zero on any mismatch.
 set -euo pipefail
 
@@ -69,6 +70,7 @@ ok "the dashboard is JSON with $(jq '[.panels[] | select(.type != "row")] | leng
 printf '\n== a Switchboard under load, scraped by a real Prometheus ==\n'
 SB_PORT=$(free_port)
 BASE=http://127.0.0.1:$SB_PORT
+REDIS_URL=redis://127.0.0.1:6379 SWITCHBOARD_QUEUE__PREFIX=monitoring-$$-$RANDOM \
 SWITCHBOARD_DATA_DIR=$TMP/data SWITCHBOARD_LOG_LEVEL=warn SWITCHBOARD_ENGINE__TOKEN_DELAY_MS=0 \
   "$BIN" serve --listen "127.0.0.1:$SB_PORT" >"$TMP/switchboard.log" 2>&1 &
 PIDS+=($!)

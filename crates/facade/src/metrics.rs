@@ -64,6 +64,14 @@ fn handle() -> &'static PrometheusHandle {
             )
             .expect("the bucket list is not empty")
             .set_buckets_for_metric(
+                Matcher::Full("switchboard_redis_bus_lag_seconds".to_owned()),
+                &[
+                    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+                    0.5, 1.0,
+                ],
+            )
+            .expect("the bucket list is not empty")
+            .set_buckets_for_metric(
                 Matcher::Full("switchboard_engine_call_duration_seconds".to_owned()),
                 &[
                     0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
@@ -153,6 +161,19 @@ fn describe() {
     describe_gauge!(
         "switchboard_db_connections",
         "The database pool's connections, by state (in_use, idle), read every 5 s"
+    );
+    describe_histogram!(
+        "switchboard_redis_bus_lag_seconds",
+        Unit::Seconds,
+        "From a reply event's publish on the Redis bus to its arrival here (across hosts, their clocks' difference included)"
+    );
+    describe_gauge!(
+        "switchboard_redis_subscribed",
+        "1 while the Redis subscription (reply event, cache invalidation) is up, 0 while it is lost"
+    );
+    describe_counter!(
+        "switchboard_redis_resubscriptions_total",
+        "Redis subscriptions restored after they were lost, by subscription"
     );
     describe_gauge!(
         "switchboard_ready",

@@ -5,8 +5,8 @@
 //! gRPC-Web), CANCELLED when the caller goes away — and
 //! `switchboard_open_streams` counts reply streams by kind while they are
 //! open (native gRPC, gRPC-Web, SSE, NDJSON, WebSocket). The queue's, the
-//! engine's and the database pool's families move with the work that
-//! should move them.
+//! engine's (its breaker too), the scheduler's, the database's, readiness
+//! and the Redis bus's families move with the work that should move them.
 //!
 //! A test binary of its own: the recorder is process-wide, and these tests
 //! compare counts before and after, one test at a time.
@@ -257,6 +257,12 @@ async fn unary_calls_and_a_caller_that_goes_away_are_counted_with_their_status()
     let not_found_before = requests(&app, "grpc", GET_CONVERSATION, "200", "5").await;
     let rest_before = requests(&app, "rest", GET_CONVERSATION, "404", "").await;
     let cancelled_before = requests(&app, "grpc", STREAM_REPLY, "200", "1").await;
+    let timed_before = sample(
+        &app,
+        "switchboard_request_duration_seconds_count",
+        &[("transport", "grpc"), ("rpc", GET_CONVERSATION)],
+    )
+    .await;
     let h2 = reqwest::Client::builder()
         .http2_prior_knowledge()
         .build()
@@ -314,6 +320,16 @@ async fn unary_calls_and_a_caller_that_goes_away_are_counted_with_their_status()
     assert_eq!(
         requests(&app, "rest", GET_CONVERSATION, "404", "").await,
         rest_before + 1.0
+    );
+    assert_eq!(
+        sample(
+            &app,
+            "switchboard_request_duration_seconds_count",
+            &[("transport", "grpc"), ("rpc", GET_CONVERSATION)],
+        )
+        .await,
+        timed_before + 2.0,
+        "both gRPC calls timed"
     );
     app.stop().await;
 }
@@ -383,6 +399,18 @@ async fn the_queue_the_engine_and_the_database_pool_are_measured() {
         config.queue.generate_reply.max_attempts = 2;
         config.queue.generate_reply.backoff_base_ms = 10;
         config.queue.generate_reply.backoff_max_ms = 10;
+        // The failing reply's two attempts open the breaker.
+        config.engine.resilience.failure_threshold = 2;
+    })
+    .await;
+    eventually("the breaker reported closed from the start", || async {
+        sample(
+            &app,
+            "switchboard_engine_breaker_state",
+            &[("engine", "dev")],
+        )
+        .await
+            == 0.0
     })
     .await;
     let dev = [("engine", "dev")];
@@ -481,6 +509,16 @@ async fn the_queue_the_engine_and_the_database_pool_are_measured() {
         3.0,
         "every attempt timed"
     );
+    eventually("the breaker open after two failed calls", || async {
+        sample(
+            &app,
+            "switchboard_engine_breaker_state",
+            &[("engine", "dev")],
+        )
+        .await
+            == 2.0
+    })
+    .await;
     app.stop().await;
 }
 
@@ -489,11 +527,19 @@ async fn readiness_and_the_database_are_gauged_and_a_drain_makes_the_instance_no
     let _serial = SERIAL.lock().await;
     let mut app = spawn_app_with(Backend::Sqlite, |config| {
         config.shutdown_grace_secs = 3;
+        // Every second, so that a run is counted while the test waits.
+        config.schedules.purge_expired_sessions = "* * * * * *".to_owned();
     })
     .await;
+    let purges = [("task", "purge_expired_sessions"), ("outcome", "succeeded")];
+    let purged_before = sample(&app, "switchboard_scheduled_runs_total", &purges).await;
     eventually("ready and the database up", || async {
         sample(&app, "switchboard_ready", &[]).await == 1.0
             && sample(&app, "switchboard_database_up", &[]).await == 1.0
+    })
+    .await;
+    eventually("a scheduled run counted", || async {
+        sample(&app, "switchboard_scheduled_runs_total", &purges).await > purged_before
     })
     .await;
     // A stream keeps the draining server listening while it is scraped.
@@ -513,5 +559,96 @@ async fn readiness_and_the_database_are_gauged_and_a_drain_makes_the_instance_no
     })
     .await;
     drop(stream);
+    app.stop().await;
+}
+
+/// Sends one command to the Redis on this machine over RESP; its answer.
+async fn redis_command(args: &[&str]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect("127.0.0.1:6379")
+        .await
+        .expect("Redis at 127.0.0.1:6379 (the tests need it)");
+    let mut command = format!("*{}\r\n", args.len());
+    for arg in args {
+        command.push_str(&format!("${}\r\n{arg}\r\n", arg.len()));
+    }
+    stream.write_all(command.as_bytes()).await.unwrap();
+    let mut answer = vec![0; 256];
+    let read = stream.read(&mut answer).await.unwrap();
+    String::from_utf8_lossy(&answer[..read]).into_owned()
+}
+
+#[tokio::test]
+async fn the_redis_bus_is_measured_and_a_lost_subscription_is_restored() {
+    let _serial = SERIAL.lock().await;
+    let prefix = format!("metrics-{}", uuid::Uuid::now_v7().simple());
+    let app = spawn_app_with(Backend::Sqlite, |config| {
+        config.redis_url = Some(switchboard_core::config::Secret::new(
+            "redis://127.0.0.1:6379".to_owned(),
+        ));
+        config.queue.prefix = prefix.clone();
+        config.engine.token_delay_ms = 0;
+    })
+    .await;
+    let subscriptions = ["reply event", "cache invalidation"];
+    for subscription in subscriptions {
+        eventually(&format!("the {subscription} subscription up"), || async {
+            sample(
+                &app,
+                "switchboard_redis_subscribed",
+                &[("subscription", subscription)],
+            )
+            .await
+                == 1.0
+        })
+        .await;
+    }
+    let lag_before = sample(&app, "switchboard_redis_bus_lag_seconds_count", &[]).await;
+    let (cid, reply) = send(&app, "over the bus").await;
+    reply_ends(&app, &cid, &reply, "MESSAGE_STATUS_COMPLETE").await;
+    eventually("reply events timed across the bus", || async {
+        sample(&app, "switchboard_redis_bus_lag_seconds_count", &[]).await > lag_before
+    })
+    .await;
+
+    // Redis drops every Pub/Sub connection: both subscriptions come back.
+    let mut restored_before = Vec::new();
+    for subscription in subscriptions {
+        restored_before.push(
+            sample(
+                &app,
+                "switchboard_redis_resubscriptions_total",
+                &[("subscription", subscription)],
+            )
+            .await,
+        );
+    }
+    let killed = redis_command(&["CLIENT", "KILL", "TYPE", "pubsub"]).await;
+    assert!(
+        killed.starts_with(':') && !killed.starts_with(":0"),
+        "{killed}"
+    );
+    for (subscription, before) in subscriptions.iter().zip(restored_before) {
+        eventually(
+            &format!("the {subscription} subscription restored"),
+            || async {
+                sample(
+                    &app,
+                    "switchboard_redis_resubscriptions_total",
+                    &[("subscription", subscription)],
+                )
+                .await
+                    > before
+                    && sample(
+                        &app,
+                        "switchboard_redis_subscribed",
+                        &[("subscription", subscription)],
+                    )
+                    .await
+                        == 1.0
+            },
+        )
+        .await;
+    }
     app.stop().await;
 }

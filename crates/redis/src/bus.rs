@@ -159,6 +159,18 @@ struct FanOut {
 /// An event as it travels on a reply's local channel: its seq and JSON.
 type LiveEvent = (u32, Arc<str>);
 
+/// Now, in microseconds since the Unix epoch.
+fn unix_micros() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| {
+            i64::try_from(since.as_micros()).unwrap_or(i64::MAX)
+        })
+}
+
+/// A parsed [`Announcement`]: the reply, its events, when it was sent.
+type Announced = (String, Vec<(u32, String)>, Option<i64>);
+
 /// What `{prefix}:reply-events` carries: the events of one publish, in
 /// order, each `[seq, event JSON as a string]`. (Before, one message per
 /// event, `{"reply_id", "seq", "event"}`; still read, so a process of the
@@ -168,6 +180,10 @@ type LiveEvent = (u32, Arc<str>);
 enum Announcement {
     Events {
         reply_id: String,
+        /// When it was published (Unix time in microseconds, the
+        /// publisher's clock), for `switchboard_redis_bus_lag_seconds`.
+        #[serde(default)]
+        sent_at: Option<i64>,
         events: Vec<(u32, String)>,
     },
     Event {
@@ -178,16 +194,21 @@ enum Announcement {
 }
 
 impl Announcement {
-    /// The reply and its events, in order, that `payload` announces.
-    fn parse(payload: &str) -> Result<(String, Vec<(u32, String)>)> {
+    /// The reply and its events, in order, that `payload` announces, and
+    /// when it was published if it says.
+    fn parse(payload: &str) -> Result<Announced> {
         Ok(
             match serde_json::from_str::<Announcement>(payload).map_err(Error::internal)? {
-                Announcement::Events { reply_id, events } => (reply_id, events),
+                Announcement::Events {
+                    reply_id,
+                    sent_at,
+                    events,
+                } => (reply_id, events, sent_at),
                 Announcement::Event {
                     reply_id,
                     seq,
                     event,
-                } => (reply_id, vec![(seq, event)]),
+                } => (reply_id, vec![(seq, event)], None),
             },
         )
     }
@@ -273,8 +294,9 @@ impl RedisReplyBus {
             return Ok(());
         };
         let opening = format!(
-            "{{\"reply_id\":{},\"events\":[",
-            serde_json::to_string(reply_id).map_err(Error::internal)?
+            "{{\"reply_id\":{},\"sent_at\":{},\"events\":[",
+            serde_json::to_string(reply_id).map_err(Error::internal)?,
+            unix_micros()
         );
         let mut publish = PUBLISH.prepare_invoke();
         publish
@@ -411,13 +433,18 @@ impl FanOut {
             .get_payload::<String>()
             .map_err(redis_error)
             .and_then(|payload| Announcement::parse(&payload));
-        let (reply_id, events) = match announced {
+        let (reply_id, events, sent_at) = match announced {
             Ok(announced) => announced,
             Err(err) => {
                 tracing::warn!(error = %err, "ignoring a malformed reply event");
                 return;
             }
         };
+        if let Some(sent_at) = sent_at {
+            // Across hosts this includes the difference of their clocks.
+            let lag = (unix_micros() - sent_at).max(0) as f64 / 1e6;
+            metrics::histogram!("switchboard_redis_bus_lag_seconds").record(lag);
+        }
         if let Some(sender) = self.lock().get(&reply_id) {
             for (seq, event) in events {
                 // Err only if every receiver went since the lookup.
@@ -586,8 +613,9 @@ mod tests {
     fn an_announcement_carries_its_events_in_order() {
         let payload =
             r#"{"reply_id":"r1","events":[[3,"{\"kind\":\"delta\"}"],[4,"{\"kind\":\"done\"}"]]}"#;
-        let (reply_id, events) = Announcement::parse(payload).expect("parses");
+        let (reply_id, events, sent_at) = Announcement::parse(payload).expect("parses");
         assert_eq!(reply_id, "r1");
+        assert_eq!(sent_at, None, "an announcement of the previous release");
         assert_eq!(
             events,
             vec![
@@ -600,7 +628,7 @@ mod tests {
     #[test]
     fn the_previous_releases_one_event_announcement_is_still_read() {
         let payload = r#"{"reply_id":"r1","seq":7,"event":"{\"kind\":\"done\"}"}"#;
-        let (reply_id, events) = Announcement::parse(payload).expect("parses");
+        let (reply_id, events, _) = Announcement::parse(payload).expect("parses");
         assert_eq!(reply_id, "r1");
         assert_eq!(events, vec![(7, r#"{"kind":"done"}"#.to_owned())]);
     }

@@ -13,6 +13,11 @@ use switchboard_core::Result;
 use crate::bus::retry_delay;
 use crate::redis_error;
 
+/// 1 while the subscription named by its label is up, 0 while it is lost.
+const SUBSCRIBED: &str = "switchboard_redis_subscribed";
+/// Subscriptions restored after they were lost.
+const RESUBSCRIPTIONS: &str = "switchboard_redis_resubscriptions_total";
+
 /// Keeps `channel` subscribed for as long as its owner lives.
 ///
 /// After each successful subscription `subscribed` runs first (false: the
@@ -21,7 +26,8 @@ use crate::redis_error;
 /// (`Some(reason)`, logged, and the loop subscribes again) or its owner is
 /// gone (`None`). If the first attempt fails, its error goes to `ready` and
 /// the task ends; later failures are logged and retried. `what` names the
-/// subscription in the logs.
+/// subscription in the logs and in the `subscription` label of
+/// `switchboard_redis_subscribed` and `switchboard_redis_resubscriptions_total`.
 pub(crate) async fn keep_subscribed<Serve, Served>(
     client: redis::Client,
     channel: String,
@@ -46,14 +52,19 @@ pub(crate) async fn keep_subscribed<Serve, Served>(
                 if !subscribed() {
                     return;
                 }
+                metrics::gauge!(SUBSCRIBED, "subscription" => what).set(1.0);
                 if let Some(ready) = ready.take() {
+                    // The series exists from the start, at 0.
+                    metrics::counter!(RESUBSCRIPTIONS, "subscription" => what).increment(0);
                     let _ = ready.send(Ok(()));
                 } else {
+                    metrics::counter!(RESUBSCRIPTIONS, "subscription" => what).increment(1);
                     tracing::info!(%channel, "{what} subscription restored");
                 }
                 let Some(reason) = serve(pubsub).await else {
                     return;
                 };
+                metrics::gauge!(SUBSCRIBED, "subscription" => what).set(0.0);
                 tracing::warn!(%channel, %reason, "lost the {what} subscription; subscribing again");
             }
             Err(err) => {
