@@ -351,7 +351,8 @@ const GAUGE_INTERVAL: Duration = Duration::from_secs(5);
 /// `stop`: jobs by state (`switchboard_jobs`), how long the oldest due job
 /// has waited for a worker (`switchboard_jobs_oldest_due_age_seconds`), and
 /// the database pool (`switchboard_db_connections` by `state`, `in_use` or
-/// `idle`, and `switchboard_db_connections_max`).
+/// `idle`, `switchboard_db_connections_max`, and how long taking a
+/// connection took, `switchboard_db_pool_acquire_seconds`).
 async fn sample_gauges(jobs: Arc<Jobs>, db: Database, stop: ShutdownSignal) {
     let states = [
         JobState::Queued,
@@ -361,6 +362,9 @@ async fn sample_gauges(jobs: Arc<Jobs>, db: Database, stop: ShutdownSignal) {
         JobState::Dead,
     ];
     loop {
+        // First: the statements below would wait for a connection too.
+        let waited = db.pool_acquire_wait().await;
+        metrics::gauge!("switchboard_db_pool_acquire_seconds").set(waited.as_secs_f64());
         if let Ok(counts) = jobs.counts().await {
             for state in states {
                 let n = counts

@@ -464,6 +464,19 @@ impl Database {
         }
     }
 
+    /// How long taking a connection from the pool takes now (it is given
+    /// back at once): about nothing while one is free, the wait for one
+    /// while all are in use. A pool that cannot give one by its acquire
+    /// timeout counts as having waited that long.
+    pub async fn pool_acquire_wait(&self) -> std::time::Duration {
+        let started = std::time::Instant::now();
+        let _ = match &self.pool {
+            Pool::Sqlite(pool) => pool.acquire().await.map(drop),
+            Pool::Postgres(pool) => pool.acquire().await.map(drop),
+        };
+        started.elapsed()
+    }
+
     /// The pool's ceiling (`database_max_connections`).
     pub fn pool_max(&self) -> u32 {
         match &self.pool {

@@ -184,6 +184,11 @@ fn describe() {
         "1 while the database takes writes, 0 while it does not (checked every few seconds)"
     );
     describe_gauge!(
+        "switchboard_db_pool_acquire_seconds",
+        Unit::Seconds,
+        "How long taking a database pool connection took at the last sample (every 5 s): the wait while every connection is in use"
+    );
+    describe_gauge!(
         "switchboard_db_connections_max",
         "The database pool's ceiling (database_max_connections)"
     );

@@ -377,7 +377,12 @@ async fn the_queue_the_engine_and_the_database_pool_are_measured() {
     let _serial = SERIAL.lock().await;
 
     // Without workers, a sent message's job waits: the backlog has an age.
-    let app = spawn_app_running(Backend::Sqlite, |_| {}, false).await;
+    let app = spawn_app_running(
+        Backend::Sqlite,
+        |config| config.database_max_connections = 2,
+        false,
+    )
+    .await;
     send(&app, "nobody takes this").await;
     eventually("the oldest due job's age above zero", || async {
         sample(&app, "switchboard_jobs_oldest_due_age_seconds", &[]).await > 0.0
@@ -386,11 +391,24 @@ async fn the_queue_the_engine_and_the_database_pool_are_measured() {
     .await;
     assert_eq!(
         sample(&app, "switchboard_db_connections_max", &[]).await,
-        10.0
+        2.0
     );
     let open = sample(&app, "switchboard_db_connections", &[("state", "idle")]).await
         + sample(&app, "switchboard_db_connections", &[("state", "in_use")]).await;
     assert!(open >= 1.0, "the pool has connections: {open}");
+    assert!(sample(&app, "switchboard_db_pool_acquire_seconds", &[]).await < 1.0);
+    // Every connection held for longer than a sampling interval: the
+    // sampler waits for one, and says how long.
+    let switchboard_core::db::Pool::Sqlite(pool) = app.services().database().pool() else {
+        panic!("a SQLite pool");
+    };
+    let held = (pool.acquire().await.unwrap(), pool.acquire().await.unwrap());
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    drop(held);
+    eventually("the sampler's wait for a connection", || async {
+        sample(&app, "switchboard_db_pool_acquire_seconds", &[]).await >= 1.0
+    })
+    .await;
     app.stop().await;
 
     // With workers: one reply that completes, one whose two attempts fail.
