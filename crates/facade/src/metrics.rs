@@ -315,7 +315,13 @@ pub(crate) async fn record(known: KnownRpcs, mut request: Request, next: Next) -
         grpc_status.as_deref(),
     );
     match stream_kind(&response) {
-        Some(kind) => response.map(|body| Body::new(OpenStream::new(body, kind))),
+        Some(kind) => response.map(|body| {
+            Body::new(Observed {
+                inner: body,
+                call: None,
+                _open: Some(OpenStreamGuard::new(kind)),
+            })
+        }),
         None => response,
     }
 }
@@ -382,26 +388,27 @@ pub(crate) async fn count_grpc_call(
     let (mut parts, body) = response.into_parts();
     parts.extensions.insert(CountedAtEnd);
     let status = parts.status.as_u16();
-    let body = StatusAtEnd {
+    let body = Observed {
         inner: body,
         call: Some((call.clone(), status)),
+        _open: streams.then(|| OpenStreamGuard::new(call.transport)),
     };
-    let body = if streams {
-        Body::new(OpenStream::new(Body::new(body), call.transport))
-    } else {
-        Body::new(body)
-    };
-    Response::from_parts(parts, body)
+    Response::from_parts(parts, Body::new(body))
 }
 
-/// A gRPC answer's body that counts the call when its trailers pass.
-struct StatusAtEnd {
+/// A response body watched until it ends: a gRPC answer's `call` is
+/// counted when its trailers pass (or as CANCELLED when it is dropped
+/// first), and a reply stream counts as open while its guard lives.
+struct Observed {
     inner: Body,
-    /// The call and its HTTP status, until counted.
+    /// A gRPC call and its HTTP status, until counted.
     call: Option<(Call, u16)>,
+    /// A reply stream's place in `switchboard_open_streams` (`grpc`,
+    /// `grpc-web`, `sse`, `ndjson`; the WebSocket counts itself).
+    _open: Option<OpenStreamGuard>,
 }
 
-impl http_body::Body for StatusAtEnd {
+impl http_body::Body for Observed {
     type Data = Bytes;
     type Error = axum::Error;
 
@@ -437,7 +444,7 @@ impl http_body::Body for StatusAtEnd {
     }
 }
 
-impl StatusAtEnd {
+impl Observed {
     fn count(&mut self, grpc_status: Option<&str>) {
         if let Some((call, status)) = self.call.take() {
             finish(&call, None, status, grpc_status);
@@ -445,7 +452,7 @@ impl StatusAtEnd {
     }
 }
 
-impl Drop for StatusAtEnd {
+impl Drop for Observed {
     fn drop(&mut self) {
         // The caller went away before the status was sent.
         self.count(Some(CANCELLED));
@@ -454,43 +461,6 @@ impl Drop for StatusAtEnd {
 
 /// The gRPC status of a call its caller gave up on.
 const CANCELLED: &str = "1";
-
-/// A reply stream's body, counted in `switchboard_open_streams` by `kind`
-/// (`grpc`, `grpc-web`, `sse`, `ndjson`; the WebSocket counts itself)
-/// until it ends or is dropped.
-pub(crate) struct OpenStream {
-    inner: Body,
-    _open: OpenStreamGuard,
-}
-
-impl OpenStream {
-    fn new(inner: Body, kind: &'static str) -> Self {
-        Self {
-            inner,
-            _open: OpenStreamGuard::new(kind),
-        }
-    }
-}
-
-impl http_body::Body for OpenStream {
-    type Data = Bytes;
-    type Error = axum::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<http_body::Frame<Bytes>, axum::Error>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.inner.size_hint()
-    }
-}
 
 /// One open reply stream of `kind` in `switchboard_open_streams`, for as
 /// long as the guard lives.

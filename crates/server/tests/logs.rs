@@ -5,8 +5,9 @@
 //! rating comment over REST, native gRPC, gRPC-Web and the WebSocket, at
 //! the most talkative level (`debug`), then reads the log file.
 
-use std::process::{Command, Stdio};
 use std::time::Duration;
+
+mod support;
 
 use futures::{SinkExt, StreamExt};
 use prost::Message as _;
@@ -14,7 +15,7 @@ use serde_json::{Value, json};
 use switchboard_proto::v1::{LoginRequest, SendMessageRequest};
 use switchboard_testkit::grpc::{self, Wire};
 use switchboard_testkit::process::{Process, free_port};
-use switchboard_testkit::rest::wait_ready;
+use switchboard_testkit::rest::{post_json, wait_ready};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 /// Every secret the test sends; none may appear in the log.
@@ -54,35 +55,17 @@ fn login_frame(email: &str, password: &str) -> Vec<u8> {
     )
 }
 
-/// POSTs `body` to `url` (with `token` as a bearer token, if any) and
-/// returns the answer's JSON.
-async fn post(http: &reqwest::Client, url: String, token: Option<&str>, body: Value) -> Value {
-    let mut request = http.post(url).json(&body);
-    if let Some(token) = token {
-        request = request.bearer_auth(token);
-    }
-    request.send().await.unwrap().json().await.unwrap()
-}
-
 #[tokio::test]
 async fn the_log_is_ecs_json_with_one_access_line_per_request_and_no_secrets() {
     let data_dir = tempfile::tempdir().unwrap();
     let log_path = data_dir.path().join("server.log");
     let port = free_port();
     let base = format!("http://127.0.0.1:{port}");
-    let mut command = Command::new(env!("CARGO_BIN_EXE_switchboard"));
+    let mut command = support::embedded_serve(&data_dir.path().join("data"), port);
     command
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-        .env_remove("DATABASE_URL")
-        .env_remove("SWITCHBOARD_DATABASE_URL")
-        .env_remove("REDIS_URL")
-        .env_remove("AMQP_URL")
-        .env("SWITCHBOARD_DATA_DIR", data_dir.path().join("data"))
         .env("SWITCHBOARD_LOG_FORMAT", "json")
         .env("SWITCHBOARD_LOG_LEVEL", "debug")
-        .env("OTEL_SERVICE_NAME", "switchboard-logs-test")
-        .env("SWITCHBOARD_ENGINE__TOKEN_DELAY_MS", "0")
-        .stdin(Stdio::null());
+        .env("OTEL_SERVICE_NAME", "switchboard-logs-test");
     let server = Process::spawn_with_stderr(command, std::fs::File::create(&log_path).unwrap());
     let http = reqwest::Client::new();
     wait_ready(&http, &base).await;
@@ -90,7 +73,7 @@ async fn the_log_is_ecs_json_with_one_access_line_per_request_and_no_secrets() {
     let email = "logged@example.test";
 
     // REST: register, a wrong and a right password, a refresh.
-    let registered = post(
+    let registered = post_json(
         &http,
         format!("{base}/v1/auth:register"),
         None,
@@ -106,7 +89,7 @@ async fn the_log_is_ecs_json_with_one_access_line_per_request_and_no_secrets() {
         .await
         .unwrap();
     assert_eq!(refused.status(), 401);
-    let refreshed = post(
+    let refreshed = post_json(
         &http,
         format!("{base}/v1/auth:refresh"),
         None,
@@ -120,7 +103,7 @@ async fn the_log_is_ecs_json_with_one_access_line_per_request_and_no_secrets() {
     let refresh_again = refreshed["refreshToken"].as_str().unwrap().to_owned();
 
     // REST with the token, an API key, and a bogus token.
-    let key = post(
+    let key = post_json(
         &http,
         format!("{base}/v1/me/api-keys"),
         Some(&access),
@@ -142,7 +125,7 @@ async fn the_log_is_ecs_json_with_one_access_line_per_request_and_no_secrets() {
         .await
         .unwrap();
     assert_eq!(bogus.status(), 401);
-    let conversation = post(
+    let conversation = post_json(
         &http,
         format!("{base}/v1/conversations"),
         Some(&access),
@@ -150,7 +133,7 @@ async fn the_log_is_ecs_json_with_one_access_line_per_request_and_no_secrets() {
     )
     .await;
     let cid = conversation["id"].as_str().unwrap().to_owned();
-    let sent = post(
+    let sent = post_json(
         &http,
         format!("{base}/v1/conversations/{cid}/messages"),
         Some(&access),

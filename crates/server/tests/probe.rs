@@ -3,12 +3,14 @@
 //! its latency, and exits 1; `--every --listen` keeps probing and its
 //! metrics follow the server going away.
 
+mod support;
+
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use serde_json::{Value, json};
 use switchboard_testkit::process::{Process, free_port};
-use switchboard_testkit::rest::wait_ready;
+use switchboard_testkit::rest::{post_json, wait_ready};
 
 /// A `switchboard serve` on a fresh SQLite data dir with `env` added.
 struct Server {
@@ -21,18 +23,10 @@ impl Server {
     async fn start(env: &[(&str, String)]) -> Server {
         let data_dir = tempfile::tempdir().unwrap();
         let port = free_port();
-        let mut command = Command::new(env!("CARGO_BIN_EXE_switchboard"));
+        let mut command = support::embedded_serve(data_dir.path(), port);
         command
-            .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-            .env_remove("DATABASE_URL")
-            .env_remove("SWITCHBOARD_DATABASE_URL")
-            .env_remove("REDIS_URL")
-            .env_remove("AMQP_URL")
-            .env("SWITCHBOARD_DATA_DIR", data_dir.path())
             .env("SWITCHBOARD_LOG_LEVEL", "warn")
-            .env("SWITCHBOARD_ENGINE__TOKEN_DELAY_MS", "0")
-            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-            .stdin(Stdio::null());
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())));
         let server = Server {
             base: format!("http://127.0.0.1:{port}"),
             process: Process::spawn(command),
@@ -45,26 +39,21 @@ impl Server {
     /// Registers the probe's account and gives its API key.
     async fn probe_key(&self) -> String {
         let http = reqwest::Client::new();
-        let registered: Value = http
-            .post(format!("{}/v1/auth:register", self.base))
-            .json(&json!({"email": "probe@example.test", "password": "a long enough password 1"}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let registered = post_json(
+            &http,
+            format!("{}/v1/auth:register", self.base),
+            None,
+            json!({"email": "probe@example.test", "password": "a long enough password 1"}),
+        )
+        .await;
         let token = registered["accessToken"].as_str().unwrap();
-        let key: Value = http
-            .post(format!("{}/v1/me/api-keys", self.base))
-            .bearer_auth(token)
-            .json(&json!({"name": "probe"}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let key = post_json(
+            &http,
+            format!("{}/v1/me/api-keys", self.base),
+            Some(token),
+            json!({"name": "probe"}),
+        )
+        .await;
         key["secret"].as_str().unwrap().to_owned()
     }
 }

@@ -26,6 +26,26 @@ pub async fn wait_ready(http: &reqwest::Client, base: &str) {
     }
 }
 
+/// POSTs `body` to `url` (with `token` as a bearer token, if any) and
+/// returns the answer's JSON, whatever its status.
+///
+/// # Panics
+///
+/// When the request cannot be sent or the answer is not JSON.
+pub async fn post_json(
+    http: &reqwest::Client,
+    url: String,
+    token: Option<&str>,
+    body: Value,
+) -> Value {
+    let mut request = http.post(url).json(&body);
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let response = request.send().await.expect("the request is sent");
+    response.json().await.expect("a JSON answer")
+}
+
 /// A REST client of one server instance, signed in: every call sends its
 /// access token.
 #[derive(Debug, Clone)]

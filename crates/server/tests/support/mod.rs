@@ -5,6 +5,7 @@
 // Each test binary uses the part it needs.
 #![allow(dead_code)]
 
+use std::path::Path;
 use std::process::{Command, Stdio};
 
 use switchboard_testkit::ThrowawayPostgres;
@@ -14,6 +15,23 @@ use switchboard_testkit::process::Process;
 pub(crate) const PASSWORD: &str = "correct horse battery staple";
 /// That admin's email.
 pub(crate) const EMAIL: &str = "ops@example.test";
+
+/// `switchboard serve` on 127.0.0.1:`port` with the embedded defaults
+/// (SQLite in `data_dir`, the in-process queue, the dev engine without
+/// delay), whatever the test runner's environment says; callers add theirs.
+pub(crate) fn embedded_serve(data_dir: &Path, port: u16) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_switchboard"));
+    command
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .env_remove("DATABASE_URL")
+        .env_remove("SWITCHBOARD_DATABASE_URL")
+        .env_remove("REDIS_URL")
+        .env_remove("AMQP_URL")
+        .env("SWITCHBOARD_DATA_DIR", data_dir)
+        .env("SWITCHBOARD_ENGINE__TOKEN_DELAY_MS", "0")
+        .stdin(Stdio::null());
+    command
+}
 
 /// The processes of one deployment and the database they share; dropping
 /// it kills the processes, then drops the database.
